@@ -1,0 +1,139 @@
+"""The compression contract every method implements (see DESIGN.md, "Contracts").
+
+A method is a frozen dataclass: its fields are its options, validated once on construction. It takes the
+visual tokens of a clip ``feats [T, N, D]`` on a ``(T, H, W)`` grid (N = H * W, raster order), optional
+``importance [T, N]`` (attention each token receives in one vision layer) and optional ``metric [T, N, Dk]``
+(that layer's keys averaged over heads, for VisionZip), and returns a :class:`Compressed`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+
+class MethodError(ValueError):
+    """A bad method name, option or input; the message is meant for the user."""
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Token grid of a clip: T frames (temporal groups for Qwen2.5-VL) of H x W tokens."""
+
+    T: int
+    H: int
+    W: int
+
+    @property
+    def N(self) -> int:
+        return self.H * self.W
+
+    def positions(self, index: Tensor) -> Tensor:
+        """Global indices ``t*N + h*W + w`` [K] -> positions (t, h, w) [K, 3]."""
+        t, n = index // self.N, index % self.N
+        return torch.stack([t, n // self.W, n % self.W], dim=-1)
+
+
+@dataclass
+class Compressed:
+    """What a method returns.
+
+    ``tokens [K, D]`` in the input dtype, ordered by ``index`` (temporal-then-raster) unless a reference mode
+    says otherwise. ``index [K]`` is each token's representative global index ``t*N + n``; the token takes that
+    token's position. Token k was made from ``sources[offsets[k]:offsets[k+1]]`` (representative first): one
+    index for a kept token, a group for a merged one.
+    """
+
+    tokens: Tensor  # [K, D]
+    index: Tensor  # [K] long
+    sources: Tensor  # [M] long
+    offsets: Tensor  # [K+1] long
+    grid: Grid
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def positions(self) -> Tensor:
+        """(t, h, w) of each output token's representative, [K, 3]."""
+        return self.grid.positions(self.index)
+
+    def groups(self) -> list[Tensor]:
+        """Source indices of each output token (a Python list; for tests and reports, not hot paths)."""
+        return list(torch.split(self.sources, torch.diff(self.offsets).tolist()))
+
+    @staticmethod
+    def kept(feats: Tensor, index: Tensor, grid: Grid, stats: dict[str, Any] | None = None) -> Compressed:
+        """Output made of tokens kept as they are: ``feats [T, N, D]`` gathered at global ``index [K]``."""
+        index = index.to(torch.long)
+        tokens = feats.reshape(-1, feats.shape[-1])[index]
+        offsets = torch.arange(index.numel() + 1, device=index.device)
+        return Compressed(tokens, index, index.clone(), offsets, grid, dict(stats or {}))
+
+
+def per_frame_counts(index: Tensor, grid: Grid) -> list[int]:
+    """How many output tokens each frame holds (by representative)."""
+    return torch.bincount(index // grid.N, minlength=grid.T).tolist()
+
+
+@dataclass(frozen=True)
+class Method:
+    """Base of every compression method: validates the ratio and the inputs once, runs ``compress`` in float32.
+
+    Subclasses set ``name`` (the registry key), ``needs`` (which optional inputs they read), ``recipes``
+    (per-``model_type`` option defaults) and implement :meth:`compress`.
+    """
+
+    name: ClassVar[str] = ""
+    needs: ClassVar[frozenset[str]] = frozenset()
+    recipes: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    keep: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.keep, (int, float)) or not (0.0 < float(self.keep) <= 1.0):
+            raise MethodError(f"keep must be in (0, 1], got {self.keep!r}")
+
+    def __call__(
+        self,
+        feats: Tensor,
+        grid: Grid,
+        importance: Tensor | None = None,
+        metric: Tensor | None = None,
+    ) -> Compressed:
+        """Compress ``feats [T, N, D]``; see the module docstring for the optional inputs."""
+        if feats.ndim != 3 or feats.shape[:2] != (grid.T, grid.N):
+            raise MethodError(f"feats must be [T, N, D] = [{grid.T}, {grid.N}, D], got {tuple(feats.shape)}")
+        if "importance" in self.needs:
+            if importance is None or importance.shape != (grid.T, grid.N):
+                raise MethodError(f"method {self.name!r} needs importance [T, N] = [{grid.T}, {grid.N}]")
+            importance = importance.float()
+        if "metric" in self.needs:
+            if metric is None or metric.shape[:2] != (grid.T, grid.N):
+                raise MethodError(f"method {self.name!r} needs a key metric [T, N, Dk]")
+            metric = metric.float()
+        if self.keep >= 1.0 and not getattr(self, "reference", False):
+            index = torch.arange(grid.T * grid.N, device=feats.device)
+            out = Compressed.kept(feats, index, grid)
+        else:
+            out = self.compress(feats.float(), grid, importance, metric)
+            out.tokens = out.tokens.to(feats.dtype)
+        out.stats = {
+            "tokens_in": grid.T * grid.N,
+            "tokens_out": int(out.tokens.shape[0]),
+            "per_frame": per_frame_counts(out.index, grid),
+            **out.stats,
+        }
+        return out
+
+    def compress(
+        self, feats: Tensor, grid: Grid, importance: Tensor | None, metric: Tensor | None
+    ) -> Compressed:  # pragma: no cover - abstract
+        """Float32 ``feats [T, N, D]`` -> :class:`Compressed`; called only when there is something to drop."""
+        raise NotImplementedError
+
+    def options(self) -> dict[str, Any]:
+        """The method's options as a plain dict (for reports)."""
+        return dataclasses.asdict(self)

@@ -1,0 +1,1 @@
+"""Video decoding and one adapter per model family (keyed by the checkpoint's ``model_type``)."""
