@@ -1,0 +1,47 @@
+"""Importance from one vision layer without eager attention everywhere.
+
+A forward pre-hook on one attention module recomputes ``softmax(q k^T * scale)`` for that layer only, in chunks
+of queries so memory stays bounded, and stores the attention each token *receives*: the mean over heads and
+queries (the "[CLS] attention" surrogate of FlashVID and the VisionZip video ports; ALGORITHMS.md 1.3). The
+module itself still runs with SDPA/flash attention. Maths in float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+# Upper bound on one chunk of attention probabilities (elements); 2**26 float32 = 256 MiB.
+_CHUNK_ELEMENTS = 2**26
+
+
+def received_attention(q: Tensor, k: Tensor, scale: float) -> Tensor:
+    """Mean attention each key receives: q, k [B, heads, L, d] -> [B, L] float32 (mean over heads and queries)."""
+    B, H, L, _ = q.shape
+    q, k = q.float(), k.float()
+    rows = max(1, _CHUNK_ELEMENTS // max(1, H * L))
+    total = torch.zeros(B, L, dtype=torch.float32, device=q.device)
+    for start in range(0, L, rows):
+        logits = torch.matmul(q[:, :, start : start + rows], k.transpose(-1, -2)) * scale  # [B, H, r, L]
+        total += torch.softmax(logits, dim=-1).sum(dim=(1, 2))
+    return total / (H * L)
+
+
+@contextmanager
+def capture_inputs(module: nn.Module, fn: Callable[[nn.Module, tuple, dict], Any]) -> Iterator[list[Any]]:
+    """While active, every call of ``module`` first runs ``fn(module, args, kwargs)``; results are collected."""
+    results: list[Any] = []
+
+    def hook(mod: nn.Module, args: tuple, kwargs: dict) -> None:
+        with torch.no_grad():
+            results.append(fn(mod, args, kwargs))
+
+    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield results
+    finally:
+        handle.remove()

@@ -1,0 +1,260 @@
+"""What every model adapter shares: loading, the chat prompt, timed generation, and the data passed between stages.
+
+An adapter (one file per HF ``model_type``) writes only what its family does differently: preprocessing, how the
+vision tower is run and its importance read, and how compressed tokens enter the prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..kernels import Compressed, Grid
+from .errors import ModelError
+from .preprocess import PreprocessConfig
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class Pixels:
+    """Model-ready pixel values and what the adapter needs to read them (e.g. Qwen's grid)."""
+
+    values: Tensor
+    frames: int
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EncodedVideo:
+    """Visual tokens of one clip before compression."""
+
+    feats: Tensor  # [T, N, D] in the model dtype (post-projector/pooling or post-merger)
+    grid: Grid
+    importance: Tensor | None = None  # [T, N] float32, attention received in the hooked vision layer
+    metric: Tensor | None = None  # [T, N, Dk] float32, that layer's keys averaged over heads
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GenerationOptions:
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    return_logits: bool = False
+
+
+@dataclass
+class Generation:
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    prefill_s: float  # time to first token: the prefill forward and the first sampled token
+    decode_s: float  # every later token
+    logits: list[Tensor] | None = None  # per step [1, vocab], only with return_logits
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued device work, so a perf_counter reading after it is honest."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ModelError(f"unknown dtype {dtype!r}; choose auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def _looks_like_path(model: str) -> bool:
+    """A hub repo id is ``name`` or ``org/name``; anything else is meant as a local path."""
+    return model.startswith((".", "/", "~")) or model.count("/") > 1
+
+
+def load_config(model: str) -> Any:
+    """The checkpoint's config, with a one-line error for a missing directory or an unreachable hub."""
+    from transformers import AutoConfig
+
+    path = Path(model).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ModelError(f"--model {model!r} is a file; give a model directory or a Hugging Face repo id")
+    if not path.exists() and _looks_like_path(model):
+        raise ModelError(f"model directory {model!r} does not exist")
+    try:
+        return AutoConfig.from_pretrained(str(path) if path.is_dir() else model)
+    except (OSError, ValueError) as exc:
+        if path.is_dir():
+            raise ModelError(f"{model!r} is not a supported model directory: {_first_line(exc)}") from None
+        raise ModelError(
+            f"model {model!r} is not in the local Hugging Face cache and the hub cannot be reached: download it "
+            f"where there is network (`hf download {model}`), or point --model at a local directory holding its "
+            "config.json, weights, tokenizer and preprocessor config"
+        ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def read_json(model: str, name: str) -> dict[str, Any] | None:
+    """A JSON file of the checkpoint (local directory or cached hub repo), or None when it has none."""
+    text = read_text(model, name)
+    return json.loads(text) if text is not None else None
+
+
+def read_text(model: str, name: str) -> str | None:
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return (path / name).read_text() if (path / name).is_file() else None
+    from transformers.utils import cached_file
+
+    try:
+        found = cached_file(model, name, _raise_exceptions_for_missing_entries=False)
+    except OSError:
+        return None
+    return Path(found).read_text() if found else None
+
+
+class _Clock:
+    """A generate() streamer that timestamps the first generated token (device-synchronised)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.calls = 0
+        self.first_token_at: float | None = None
+
+    def put(self, value: Tensor) -> None:
+        self.calls += 1
+        if self.calls == 2:  # the first call carries the prompt
+            synchronize(self.device)
+            self.first_token_at = time.perf_counter()
+
+    def end(self) -> None:
+        pass
+
+
+class Pipeline:
+    """Base adapter. Subclasses set ``model_type`` and ``model_class`` and implement the family's steps."""
+
+    model_type: ClassVar[str]
+    model_class: ClassVar[str]  # name of the transformers class
+    video_token: ClassVar[str]
+
+    def __init__(self, model: Any, tokenizer: Any, preprocess: PreprocessConfig, chat_template: str | None,
+                 name: str):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.preprocess_config = preprocess
+        self.chat_template = chat_template
+        self.name = name
+
+    # -- loading ---------------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, model: str, config: Any, device: torch.device, dtype: torch.dtype) -> Pipeline:
+        import transformers
+        from transformers import AutoTokenizer
+
+        model_cls = getattr(transformers, cls.model_class)
+        kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": "sdpa"}
+        if device.type == "cuda":
+            kwargs["device_map"] = "auto" if device.index is None else {"": device.index}
+        try:
+            net = model_cls.from_pretrained(model, config=config, **kwargs).eval()
+            tokenizer = AutoTokenizer.from_pretrained(model)
+        except OSError as exc:
+            raise ModelError(f"cannot load {model!r}: {_first_line(exc)}") from None
+        if device.type != "cuda":
+            net.to(device)
+        preprocess = read_json(model, "video_preprocessor_config.json") or read_json(model, "preprocessor_config.json")
+        if preprocess is None:
+            raise ModelError(f"{model!r} has no preprocessor_config.json; vidq needs it to prepare frames")
+        template = read_text(model, "chat_template.jinja")
+        if template is None and (legacy := read_json(model, "chat_template.json")):
+            template = legacy.get("chat_template")
+        return cls(net, tokenizer, PreprocessConfig.from_dict(preprocess), template, model)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.get_input_embeddings().weight.dtype
+
+    # -- family steps --------------------------------------------------------------------------------------
+    def preprocess(self, frames: np.ndarray, timestamps: list[float]) -> Pixels:
+        """uint8 frames [T, H, W, 3] -> model pixel values, exactly as the HF processor makes them."""
+        raise NotImplementedError
+
+    def encode(self, pixels: Pixels, need: frozenset[str] = frozenset()) -> EncodedVideo:
+        """Vision tower (+ projector/pooling or merger); ``need`` may ask for "importance" and "metric"."""
+        raise NotImplementedError
+
+    def inputs(self, encoded: EncodedVideo, compressed: Compressed, question: str) -> dict[str, Any]:
+        """generate() keyword arguments that put exactly the compressed tokens into the prompt."""
+        raise NotImplementedError
+
+    # -- shared steps ----------------------------------------------------------------------------------------
+    def prompt_text(self, question: str) -> str:
+        """The chat prompt with one video placeholder (expanded to the token count by the adapter)."""
+        messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+        return self.tokenizer.apply_chat_template(
+            messages, chat_template=self.chat_template, tokenize=False, add_generation_prompt=True
+        )
+
+    def expand_prompt(self, question: str, count: int) -> Tensor:
+        """Token ids [1, L] of the prompt with the video placeholder repeated ``count`` times."""
+        text = self.prompt_text(question)
+        if text.count(self.video_token) != 1:
+            raise ModelError(f"the chat template of {self.name!r} must hold one {self.video_token} placeholder")
+        before, after = text.split(self.video_token)
+        ids = (
+            self.tokenizer(before, add_special_tokens=False)["input_ids"]
+            + [self.tokenizer.convert_tokens_to_ids(self.video_token)] * count
+            + self.tokenizer(after, add_special_tokens=False)["input_ids"]
+        )
+        return torch.tensor([ids], device=self.device)
+
+    def generate(self, inputs: dict[str, Any], options: GenerationOptions) -> Generation:
+        """Run generate(); the streamer marks the first token so prefill and decoding are timed apart."""
+        clock = _Clock(self.device)
+        sampling: dict[str, Any] = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        if options.temperature > 0:
+            sampling = {"do_sample": True, "temperature": options.temperature, "top_p": options.top_p, "top_k": None}
+        prompt_len = int(inputs["input_ids"].shape[1])
+        synchronize(self.device)
+        start = time.perf_counter()
+        out = self.model.generate(
+            **inputs,
+            max_new_tokens=options.max_new_tokens,
+            streamer=clock,
+            return_dict_in_generate=True,
+            output_logits=options.return_logits,
+            pad_token_id=self.tokenizer.pad_token_id,
+            **sampling,
+        )
+        synchronize(self.device)
+        end = time.perf_counter()
+        first = clock.first_token_at or end
+        new_ids = out.sequences[0, prompt_len:].tolist()
+        text = self.tokenizer.decode(new_ids, skip_special_tokens=True).strip()
+        logits = [x.detach() for x in out.logits] if options.return_logits else None
+        return Generation(text, new_ids, prompt_len, first - start, end - first, logits)

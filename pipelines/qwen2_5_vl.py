@@ -1,0 +1,136 @@
+"""Qwen2.5-VL: patches of two frames -> windowed ViT -> 2x2 merger -> tokens with 3-D M-RoPE positions.
+
+What differs from the base: the dynamic "smart" resize and patch layout, importance read in window order and
+averaged over each 2x2 merge unit, and explicit ``position_ids`` for the kept tokens: the full sequence's
+positions are computed and the columns of the kept tokens taken (a merged token takes its representative's
+position). Without explicit positions generate() would silently fall back to 1-D positions.
+
+Text after the video, two rules (``text_after_video``):
+* ``"hf"`` (default): as transformers 5.x computes it, text resumes at ``start + max(H', W')`` of the video.
+  This is what the stock HF model does, so vidq's uncompressed logits equal it bit for bit.
+* ``"qwen"``: as the original Qwen2.5-VL code did, text resumes at ``max(video positions) + 1``. On long videos
+  the temporal positions pass ``max(H', W')``, so under ``"hf"`` the question's positions overlap the video's;
+  ``"qwen"`` avoids that and matches how the model was trained.
+Both are computed on the uncompressed sequence, so compression never moves the text.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from ..kernels import Compressed, Grid
+from .attention import capture_inputs, received_attention
+from .base import EncodedVideo, Pipeline, Pixels
+from .preprocess import normalize, patchify, resize, smart_resize, to_tensor
+
+TEXT_AFTER_VIDEO_RULES = ("hf", "qwen")
+
+
+class Qwen2_5_VLPipeline(Pipeline):
+    model_type = "qwen2_5_vl"
+    model_class = "Qwen2_5_VLForConditionalGeneration"
+    video_token = "<|video_pad|>"
+    text_after_video: ClassVar[str] = "hf"
+
+    def preprocess(self, frames: np.ndarray, timestamps: list[float]) -> Pixels:
+        cfg = self.preprocess_config
+        size = cfg.size or {}
+        factor = cfg.patch_size * cfg.merge_size
+        height, width = smart_resize(
+            frames.shape[1], frames.shape[2], factor, size["shortest_edge"], size["longest_edge"]
+        )
+        video = normalize(resize(to_tensor(frames, self.device), height, width, cfg.resample), cfg)
+        patches, grid = patchify(video, cfg.patch_size, cfg.merge_size, cfg.temporal_patch_size)
+        # Seconds per temporal group, from the true sampling rate (as qwen-vl-utils passes fps to the processor).
+        span = (timestamps[-1] - timestamps[0]) if len(timestamps) > 1 else 0.0
+        sample_fps = (len(timestamps) - 1) / span if span > 0 else 1.0
+        return Pixels(
+            patches,
+            frames=len(frames),
+            meta={"grid_thw": torch.tensor([grid], device=self.device),
+                  "second_per_grid": cfg.temporal_patch_size / sample_fps},
+        )
+
+    def encode(self, pixels: Pixels, need: frozenset[str] = frozenset()) -> EncodedVideo:
+        from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
+        from transformers.vision_utils import get_vision_window_index
+
+        visual = self.model.model.visual
+        grid_thw = pixels.meta["grid_thw"]
+        merge = visual.spatial_merge_size
+
+        def layer_stats(mod: Any, args: tuple, kwargs: dict) -> tuple[Tensor | None, Tensor | None]:
+            hidden = kwargs.get("hidden_states", args[0] if args else None)  # [S, C], window order
+            S = hidden.shape[0]
+            q, k, _ = mod.qkv(hidden).reshape(S, 3, mod.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+            metric = k.float().mean(1) if "metric" in need else None  # keys before RoPE: content, not place
+            importance = None
+            if "importance" in need:
+                cos, sin = kwargs["position_embeddings"]
+                q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)
+                bounds = kwargs["cu_seqlens"].tolist()
+                importance = torch.cat([
+                    received_attention(q[a:b].transpose(0, 1)[None], k[a:b].transpose(0, 1)[None], mod.scaling)[0]
+                    for a, b in zip(bounds[:-1], bounds[1:])
+                ])
+            return importance, metric
+
+        with torch.no_grad(), capture_inputs(visual.blocks[-1].attn, layer_stats) as stats:
+            out = self.model.model.get_video_features(pixels.values.to(self.dtype), grid_thw)
+        t, h, w = (int(v) for v in grid_thw[0])
+        grid = Grid(t, h // merge, w // merge)
+        feats = torch.cat(out.pooler_output, dim=0).view(grid.T, grid.N, -1)
+        importance, metric = stats[0] if stats else (None, None)
+        if importance is not None or metric is not None:
+            window_index, _ = get_vision_window_index(
+                grid_thw, spatial_merge_size=merge, window_size=visual.window_size, patch_size=visual.patch_size
+            )
+            raster = torch.argsort(window_index)
+            unit = merge * merge  # the patches of one merge unit are contiguous in window order
+            if importance is not None:
+                importance = importance.view(-1, unit).mean(1)[raster].view(grid.T, grid.N)
+            if metric is not None:
+                metric = metric.view(-1, unit, metric.shape[-1]).mean(1)[raster].view(grid.T, grid.N, -1)
+        return EncodedVideo(feats, grid, importance, metric, meta=dict(pixels.meta))
+
+    def full_positions(self, encoded: EncodedVideo, question: str, rule: str | None = None) -> tuple[Tensor, Tensor]:
+        """Input ids [1, L] of the uncompressed prompt and its M-RoPE positions [3, 1, L] under ``rule``."""
+        rule = rule or self.text_after_video
+        if rule not in TEXT_AFTER_VIDEO_RULES:
+            raise ValueError(f"text_after_video must be one of {TEXT_AFTER_VIDEO_RULES}, got {rule!r}")
+        ids = self.expand_prompt(question, encoded.grid.T * encoded.grid.N)
+        video = ids[0] == self.model.config.video_token_id
+        types = video.long()[None] * 2
+        positions, _ = self.model.model.get_rope_index(
+            ids, mm_token_type_ids=types, video_grid_thw=encoded.meta["grid_thw"],
+            second_per_grid_ts=torch.tensor([encoded.meta["second_per_grid"]], device=ids.device),
+        )
+        if rule == "qwen":
+            after = torch.nonzero(video)[-1].item() + 1
+            shift = positions[:, 0, : after].max() + 1 - positions[:, 0, after].min()
+            positions[:, 0, after:] += shift
+        return ids, positions
+
+    def inputs(self, encoded: EncodedVideo, compressed: Compressed, question: str) -> dict[str, Any]:
+        full_ids, full_pos = self.full_positions(encoded, question)
+        video = (full_ids[0] == self.model.config.video_token_id).nonzero()[:, 0]
+        first, last = int(video[0]), int(video[-1])
+        columns = torch.cat([
+            torch.arange(first, device=full_ids.device),
+            first + compressed.index.to(full_ids.device),
+            torch.arange(last + 1, full_ids.shape[1], device=full_ids.device),
+        ])
+        input_ids = full_ids[:, columns]
+        mrope = full_pos[:, :, columns]  # [3, 1, L']
+        text = torch.arange(input_ids.shape[1], device=input_ids.device).view(1, 1, -1)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": torch.ones_like(input_ids),
+            "position_ids": torch.cat([text, mrope], dim=0),  # [4, 1, L']: text row, then (t, h, w)
+            "mm_encoder_outputs": {"video": BaseModelOutputWithPooling(pooler_output=(compressed.tokens,))},
+        }
