@@ -1,0 +1,38 @@
+"""Shared fixtures: tiny random checkpoints of both model families, built offline once per session."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+FAMILIES = ("llava_onevision", "qwen2_5_vl")
+
+# Tests never reach the hub: every model is a local directory.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def _load_sample_module(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "samples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """{model_type: directory} of tiny random checkpoints of the real architectures."""
+    builders = _load_sample_module("build_tiny_models").BUILDERS
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {name: build(root / name) for name, build in builders.items()}
+
+
+@pytest.fixture(scope="session", params=FAMILIES)
+def tiny_model(request, tiny_models) -> Path:
+    """Each family's tiny checkpoint in turn."""
+    return tiny_models[request.param]
