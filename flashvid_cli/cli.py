@@ -1,0 +1,154 @@
+"""The ``vidq`` command line: parse, build a config, call the library API, render. No torch code here."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from .api import DEFAULT_METHOD, DEFAULT_MODEL
+
+app = typer.Typer(
+    name="vidq",
+    help="Answer questions about videos with a vision-language model, fast, with visual token compression.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+DEBUG_VARIABLE = "VIDQ_DEBUG"
+
+# Options shared by the commands that load a model.
+Model = Annotated[
+    str, typer.Option("--model", "-m", help="Hugging Face repo id or local model directory.")
+]
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+Dtype = Annotated[str, typer.Option(help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16.")]
+Method = Annotated[str, typer.Option(help="Compression method; `vidq methods` lists them and their options.")]
+Keep = Annotated[float, typer.Option(help="Share of visual tokens to keep, 0 < keep <= 1.")]
+Opt = Annotated[
+    Optional[list[str]], typer.Option("--opt", help="A method option as key=value; repeat for several.")
+]
+Frames = Annotated[Optional[int], typer.Option(help="Sample N frames uniformly over the video.")]
+Fps = Annotated[Optional[float], typer.Option(help="Sample F frames per second (capped by --max-frames).")]
+MaxFrames = Annotated[int, typer.Option(help="Most frames to sample; the default count without --frames/--fps.")]
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Known errors become one red line on stderr and exit 1; set VIDQ_DEBUG=1 to get the traceback instead."""
+    from .kernels import MethodError
+    from .pipelines.errors import VidqError
+
+    debug = os.environ.get(DEBUG_VARIABLE, "") not in {"", "0"}
+    try:
+        yield
+    except (typer.Exit, typer.Abort):
+        raise
+    except KeyboardInterrupt:
+        err.print("[red]vidq: interrupted[/]")
+        raise typer.Exit(130) from None
+    except (VidqError, MethodError) as exc:
+        if debug:
+            raise
+        err.print(f"[red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: never a bare traceback
+        if debug:
+            raise
+        err.print(
+            f"[red]internal error:[/] {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+            f"(set {DEBUG_VARIABLE}=1 for the traceback)",
+            highlight=False, soft_wrap=True,
+        )
+        raise typer.Exit(1) from None
+
+
+def parse_options(pairs: list[str] | None) -> dict[str, str]:
+    """``["k=v", ...]`` -> ``{"k": "v"}``; a pair without ``=`` is a user error."""
+    from .api import ConfigError
+
+    options: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--opt expects key=value, got {pair!r}")
+        options[key.strip()] = value.strip()
+    return options
+
+
+@app.command()
+def ask(
+    video: Annotated[Path, typer.Argument(help="The video file.")],
+    question: Annotated[str, typer.Argument(help="The question to ask about it.")],
+    model: Model = DEFAULT_MODEL,
+    method: Method = DEFAULT_METHOD,
+    keep: Keep = 0.25,
+    opt: Opt = None,
+    frames: Frames = None,
+    fps: Fps = None,
+    max_frames: MaxFrames = 32,
+    max_new_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 64,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 is greedy.")] = 0.0,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    seed: Annotated[int, typer.Option(help="Seed for sampling (and anything random).")] = 0,
+    decoder: Annotated[str, typer.Option(help="Video decoder: auto, decord or pyav.")] = "auto",
+    text_after_video: Annotated[
+        Optional[str], typer.Option(help="Qwen2.5-VL: where text after the video resumes: hf (default) or qwen.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the answer and report.")] = False,
+) -> None:
+    """Ask QUESTION about VIDEO: the answer on stdout, a per-stage timing and token report on stderr."""
+    with user_errors():
+        from .api import AskConfig, VideoQA
+        from .report import print_report
+
+        config = AskConfig(
+            method=method, keep=keep, options=parse_options(opt), frames=frames, fps=fps, max_frames=max_frames,
+            max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, decoder=decoder,
+            text_after_video=text_after_video,
+        )
+        result = VideoQA(model, device=device, dtype=dtype).ask(video, question, config)
+        if as_json:
+            typer.echo(json.dumps(result.to_dict()))
+        else:
+            typer.echo(result.answer)
+            print_report(result.report, err)
+
+
+@app.command()
+def methods() -> None:
+    """List the compression methods, their options and defaults."""
+    with user_errors():
+        import dataclasses
+
+        from rich.table import Table
+
+        from .kernels import methods as registered
+
+        table = Table(show_edge=False)
+        table.add_column("method")
+        table.add_column("needs")
+        table.add_column("options (default)")
+        for name, cls in registered().items():
+            fields = [f for f in dataclasses.fields(cls) if f.name != "keep"]
+            options = ", ".join(f"{f.name}={f.default!r}" for f in fields) or "-"
+            table.add_row(name, ", ".join(sorted(cls.needs)) or "-", options)
+        Console().print(table)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="vidq")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Render an :class:`~flashvid_cli.api.AskResult` report as rich tables (the CLI's only presentation code)."""
+
+from __future__ import annotations
+
+from rich.console import Console, Group
+from rich.table import Table
+
+from .api import Report
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:,.1f} ms"
+
+
+def _bytes(n: int) -> str:
+    return f"{n / 2**20:,.0f} MiB"
+
+
+def _timestamps(values: list[float], limit: int = 12) -> str:
+    shown = ", ".join(f"{t:.2f}" for t in values[:limit])
+    return shown + (f", ... ({len(values)} in all)" if len(values) > limit else "")
+
+
+def report_tables(report: Report) -> Group:
+    """Two tables: stage timings with token counts, then the run's settings and the sampled frames."""
+    t, k, v = report.timings, report.tokens, report.video
+    stages = Table(title="vidq report", title_justify="left", show_edge=False, pad_edge=False)
+    stages.add_column("stage")
+    stages.add_column("time", justify="right")
+    stages.add_column("share", justify="right")
+    for name, value in [
+        ("decode", t.decode), ("preprocess", t.preprocess), ("vision encode", t.encode),
+        ("compress", t.compress), ("prefill", t.prefill), ("generation", t.generate),
+    ]:
+        stages.add_row(name, _ms(value), f"{100 * value / t.total:.0f}%" if t.total else "-")
+    stages.add_row("[bold]time to first token[/]", f"[bold]{_ms(t.time_to_first_token)}[/]", "", end_section=False)
+    stages.add_row("[bold]total[/]", f"[bold]{_ms(t.total)}[/]", "")
+
+    facts = Table(show_header=False, show_edge=False, pad_edge=False, box=None)
+    facts.add_column(style="dim")
+    facts.add_column()
+    options = ", ".join(f"{key}={val}" for key, val in report.method_options.items()) or "-"
+    facts.add_row("model", f"{report.model} ({report.model_type}) on {report.device}, {report.dtype}")
+    facts.add_row("method", f"{report.method} keep={report.keep:g} ({options})")
+    facts.add_row("visual tokens", f"{k.visual_before:,} -> {k.visual_after:,} ({100 * k.ratio:.1f}%)")
+    facts.add_row("prompt tokens", f"{k.prompt:,} in, {k.generated:,} generated")
+    facts.add_row("frames", f"{len(v.frame_indices)} of {v.total_frames} ({v.sampling}; decoder {v.decoder})")
+    facts.add_row("timestamps (s)", _timestamps(v.timestamps_s))
+    facts.add_row("peak memory", f"{_bytes(report.peak_memory_bytes)} ({report.peak_memory_kind})")
+    for note in v.notes:
+        facts.add_row("note", note)
+    return Group(stages, "", facts)
+
+
+def print_report(report: Report, console: Console) -> None:
+    console.print(report_tables(report))
