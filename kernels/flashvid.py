@@ -1,0 +1,176 @@
+"""``flashvid``: DySeg -> ADTS -> TSTM -> DPC-kNN of tree roots -> tokens sorted by position."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from . import ops
+from .base import Compressed, Grid, Method, MethodError
+
+
+def flashvid_budget(N: int, keep: float, expansion: float, alpha: float) -> tuple[int, int, int]:
+    """Per-frame ``(B, A, S)``: ``B = ceil(N*keep*e)``, ``A = ceil(B*alpha)`` ADTS tokens (at most N), ``S = B - A``.
+
+    Evaluated in IEEE double, left to right, exactly as the reference (``N*keep*e`` can land a hair above an
+    integer, and ceil then adds one: that is the reference's budget).
+    """
+    B = math.ceil(N * keep * expansion)
+    A = min(math.ceil(B * alpha), N)
+    return B, A, B - A
+
+
+@dataclass(frozen=True)
+class FlashVID(Method):
+    """FlashVID (Fan et al., "FlashVID: Efficient Video Large Language Models via Training-free Tree-based
+    Spatiotemporal Token Merging", ICLR 2026, arXiv 2602.08024), vision-side stage.
+
+    DySeg splits the clip into segments; per frame ADTS keeps ``A`` tokens by attention-calibrated diversity;
+    the other tokens form TSTM redundancy trees across consecutive frames of a segment (each tree becomes one
+    token at its root's position); DPC-kNN then clusters each frame's tree tokens down to about ``S`` per frame.
+    K is data dependent: ``A*T`` ADTS tokens plus, per segment of ``T_s`` frames, ``sum_f ceil(R_f * S*T_s / R)``
+    merged ones (between ``S*T`` and ``(S+1)*T`` overall; fewer only when there are fewer trees than that).
+
+    Default mode (vidq's decisions): ``e = 1.0``, each tree is its true mean, single-frame segments cluster their
+    candidate tokens only (no duplicate positions). ``reference=True`` reproduces the official outputs: ``e = 1.25``,
+    tree sum divided by 1 + direct children, ADTS tokens also clustered in single-frame segments (duplicates),
+    and with ``S = 0`` every tree is emitted unmerged. Clustering is deterministic in both modes.
+    """
+
+    name = "flashvid"
+    needs = frozenset({"importance"})
+    recipes = {
+        "llava_onevision": {"token_selection_method": "attn_div_v2", "min_segment_num": 8},
+        "qwen2_5_vl": {"token_selection_method": "attn_div", "min_segment_num": 4},
+    }
+
+    token_selection_method: Literal["attn_div", "attn_div_v2"] = "attn_div_v2"
+    alpha: float = 0.7
+    expansion: float | None = None
+    do_segment: bool = True
+    segment_threshold: float = 0.9
+    min_segment_num: int = 8
+    complementary_segment: bool = True
+    temporal_threshold: float = 0.8
+    knn: int = 7
+    reference: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.token_selection_method not in ("attn_div", "attn_div_v2"):
+            raise MethodError(f"flashvid.token_selection_method must be attn_div or attn_div_v2, got {self.token_selection_method!r}")
+        if self.expansion is None:
+            object.__setattr__(self, "expansion", 1.25 if self.reference else 1.0)
+        _check_range("alpha", self.alpha, 0.0, 1.0, low_open=True)
+        _check_range("expansion", self.expansion, 0.0, 2.0, low_open=True)
+        _check_range("segment_threshold", self.segment_threshold, -1.0, 1.0)
+        _check_range("temporal_threshold", self.temporal_threshold, -1.0, 1.0)
+        for key in ("min_segment_num", "knn"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise MethodError(f"flashvid.{key} must be an integer >= 1, got {value!r}")
+
+    def compress(self, feats: Tensor, grid: Grid, importance: Tensor | None, metric: Tensor | None) -> Compressed:
+        assert importance is not None
+        T, N, D = feats.shape
+        dev = feats.device
+        B, A, S = flashvid_budget(N, self.keep, self.expansion, self.alpha)
+        if self.do_segment:
+            lengths = ops.dyseg(feats.mean(1), self.segment_threshold, self.min_segment_num, self.complementary_segment)
+        else:
+            lengths = [T]
+        starts = [sum(lengths[:i]) for i in range(len(lengths))]
+
+        # ADTS runs on every frame at once: frames are independent, v2 only needs each frame's segment mean.
+        event = None
+        if self.token_selection_method == "attn_div_v2":
+            means = torch.stack([feats[s : s + n].mean(dim=(0, 1)) for s, n in zip(starts, lengths)])
+            event = means[torch.repeat_interleave(torch.arange(len(lengths), device=dev), torch.tensor(lengths, device=dev))]
+        # v2 in the reference never masks picked tokens; v1 masks them (with -1, equivalent to masking).
+        exclude = not (self.reference and event is not None)
+        picks = ops.adts_select(feats, importance, A, event, exclude)  # [T, A]
+        cand = torch.ones(T, N, dtype=torch.bool, device=dev).scatter_(1, picks, False)
+        adts_index = (picks + torch.arange(T, device=dev)[:, None] * N).flatten()
+
+        parts = [(feats.reshape(-1, D)[adts_index], adts_index, adts_index, torch.ones_like(adts_index))]
+        stats: dict[str, Any] = {"segments": lengths, "budget": {"B": B, "A": A, "S": S, "expansion": self.expansion}}
+        trees = ties = 0
+        for start, length in zip(starts, lengths):
+            values, roots, sources, sizes = self._trees(feats[start : start + length], cand[start : start + length], B)
+            offset = start * N
+            merged = self._cluster(values, roots + offset, sources + offset, sizes, N, length, S)
+            trees += int(roots.numel())
+            ties += merged[4]
+            parts.append(merged[:4])
+        tokens, index, sources, sizes = (torch.cat(p) for p in zip(*parts))
+        stats.update(trees=trees, merged_tokens=int(index.numel() - adts_index.numel()), density_ties=ties)
+        stats["duplicates"] = int(index.numel() - torch.unique(index).numel())
+        return ops.assemble(tokens, index, sources, sizes, grid, stats)
+
+    def _trees(self, feats: Tensor, cand: Tensor, B: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """One segment ``[T, N, D]`` -> its tree tokens ``values [R, D]``, flat ``roots [R]``, CSR ``sources, sizes``."""
+        T, N, _ = feats.shape
+        if T == 1:
+            # No temporal merging; the reference clusters every token here, ADTS picks included (duplicates).
+            pool = torch.ones_like(cand[0]) if self.reference else cand[0]
+            roots = pool.nonzero()[:, 0]
+            return feats[0, roots], roots, roots, torch.ones_like(roots)
+        link, parent, _ = ops.tstm_links(feats, cand, self.temporal_threshold, lower=B * T)
+        root = ops.tree_roots(link, parent)
+        return ops.tree_merge(feats, root, cand & ~link, link, parent, true_mean=not self.reference)
+
+    def _cluster(
+        self, values: Tensor, roots: Tensor, sources: Tensor, sizes: Tensor, N: int, T: int, S: int
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
+        """DPC-kNN per frame of a segment on its tree tokens (global ``roots``) -> merged parts + tie count."""
+        dev = values.device
+        frame = roots // N
+        frame_ids, counts = torch.unique_consecutive(frame, return_counts=True)
+        total = int(roots.numel())
+        ratio = S * T / total if total else 0.0
+        label = torch.full((total,), -1, dtype=torch.long, device=dev)  # cluster of each tree, -1 = dropped
+        is_centre = torch.zeros(total, dtype=torch.bool, device=dev)
+        centre_tree: list[Tensor] = []
+        n_clusters = ties = 0
+        start = 0
+        for count in counts.tolist():
+            span = slice(start, start + count)
+            nc = math.ceil(count * ratio)
+            if nc > 0 and ratio < 1:
+                centres, assign, tied = ops.dpc_knn(values[span], nc, min(nc, self.knn))
+                ties += int(tied)
+            elif nc > 0 or self.reference:
+                # Fewer trees than the budget (or, in the reference only, S == 0): every tree passes unmerged.
+                centres = assign = torch.arange(count, device=dev)
+                nc = count
+            else:
+                start += count
+                continue
+            label[span] = assign + n_clusters
+            is_centre[start + centres] = True
+            centre_tree.append(start + centres)
+            n_clusters += nc
+            start += count
+        if not centre_tree:
+            empty = roots.new_zeros(0)
+            return values.new_zeros(0, values.shape[-1]), empty, empty, empty, ties
+        kept = label >= 0
+        tokens = ops.group_mean(values[kept], label[kept], n_clusters)
+        index = roots[torch.cat(centre_tree)]
+        # Trees of a cluster in one group: the centre's tree first, then the others by root position.
+        order = torch.argsort(label * 2 + (~is_centre).long(), stable=True)[int((~kept).sum()) :]
+        sources, tree_sizes = ops.regroup(sources, sizes, order)
+        group_sizes = torch.zeros(n_clusters, dtype=torch.long, device=dev).index_add_(0, label[order], tree_sizes)
+        return tokens, index, sources, group_sizes, ties
+
+
+def _check_range(key: str, value: Any, low: float, high: float, low_open: bool = False) -> None:
+    """Raise :class:`MethodError` unless ``low <(=) value <= high``."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (value > low if low_open else value >= low)
+    if not (ok and value <= high):
+        bracket = "(" if low_open else "["
+        raise MethodError(f"flashvid.{key} must be in {bracket}{low}, {high}], got {value!r}")
