@@ -18,10 +18,11 @@ def load_pipeline(model: str, device: str = "auto", dtype: str = "auto") -> Pipe
     """Load a checkpoint (hub repo id or local directory) and wrap it in its family's adapter."""
     import importlib
 
-    from .base import load_config, resolve_device, resolve_dtype
+    from .base import load_config, resolve_checkpoint, resolve_device, resolve_dtype
     from .errors import ModelError
 
-    config = load_config(model)
+    path = resolve_checkpoint(model)
+    config = load_config(path, model)
     model_type = getattr(config, "model_type", None)
     if model_type not in ADAPTERS:
         raise ModelError(
@@ -30,4 +31,4 @@ def load_pipeline(model: str, device: str = "auto", dtype: str = "auto") -> Pipe
     module, cls = ADAPTERS[model_type].split(":")
     adapter = getattr(importlib.import_module(f"{__name__}.{module}"), cls)
     torch_device = resolve_device(device)
-    return adapter.from_pretrained(model, config, torch_device, resolve_dtype(dtype, torch_device))
+    return adapter.from_pretrained(path, model, config, torch_device, resolve_dtype(dtype, torch_device))

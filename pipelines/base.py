@@ -89,48 +89,78 @@ def _looks_like_path(model: str) -> bool:
     return model.startswith((".", "/", "~")) or model.count("/") > 1
 
 
-def load_config(model: str) -> Any:
-    """The checkpoint's config, with a one-line error for a missing directory or an unreachable hub."""
-    from transformers import AutoConfig
+# Files a checkpoint needs; weights in other formats (.bin, .pt) are not fetched.
+_CHECKPOINT_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
 
+
+def resolve_checkpoint(model: str) -> Path:
+    """A local directory holding ``model``: the directory itself, the hub cache, or a fresh download.
+
+    The cache is tried first, so a cached model loads offline without waiting on the network; an uncached repo
+    id is downloaded only after a quick reachability check, so a machine without network gets one clear line
+    at once instead of minutes of retries.
+    """
     path = Path(model).expanduser()
     if path.exists() and not path.is_dir():
         raise ModelError(f"--model {model!r} is a file; give a model directory or a Hugging Face repo id")
-    if not path.exists() and _looks_like_path(model):
+    if path.is_dir():
+        return path
+    if _looks_like_path(model):
         raise ModelError(f"model directory {model!r} does not exist")
+    from huggingface_hub import constants, snapshot_download
+
     try:
-        return AutoConfig.from_pretrained(str(path) if path.is_dir() else model)
-    except (OSError, ValueError) as exc:
-        if path.is_dir():
-            raise ModelError(f"{model!r} is not a supported model directory: {_first_line(exc)}") from None
+        return Path(snapshot_download(model, allow_patterns=_CHECKPOINT_FILES, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not (fully) cached: fall through to the download
+        pass
+    if constants.HF_HUB_OFFLINE or not _hub_reachable(constants.ENDPOINT):
         raise ModelError(
             f"model {model!r} is not in the local Hugging Face cache and the hub cannot be reached: download it "
             f"where there is network (`hf download {model}`), or point --model at a local directory holding its "
             "config.json, weights, tokenizer and preprocessor config"
-        ) from None
+        )
+    try:
+        return Path(snapshot_download(model, allow_patterns=_CHECKPOINT_FILES))
+    except Exception as exc:  # noqa: BLE001 - gated, missing or failed repos all end here
+        raise ModelError(f"cannot download {model!r} from the hub: {_first_line(exc)}") from None
+
+
+def _hub_reachable(endpoint: str, timeout: float = 3.0) -> bool:
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(endpoint)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def load_config(path: Path, model: str) -> Any:
+    """The checkpoint's config; a directory that is not a transformers model is a one-line error."""
+    from transformers import AutoConfig
+
+    if not (path / "config.json").is_file():
+        raise ModelError(f"{model!r} is not a model directory: it has no config.json")
+    try:
+        return AutoConfig.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"{model!r} is not a supported model directory: {_first_line(exc)}") from None
 
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-def read_json(model: str, name: str) -> dict[str, Any] | None:
-    """A JSON file of the checkpoint (local directory or cached hub repo), or None when it has none."""
-    text = read_text(model, name)
+def read_json(path: Path, name: str) -> dict[str, Any] | None:
+    """A JSON file of the checkpoint directory, or None when it has none."""
+    text = read_text(path, name)
     return json.loads(text) if text is not None else None
 
 
-def read_text(model: str, name: str) -> str | None:
-    path = Path(model).expanduser()
-    if path.is_dir():
-        return (path / name).read_text() if (path / name).is_file() else None
-    from transformers.utils import cached_file
-
-    try:
-        found = cached_file(model, name, _raise_exceptions_for_missing_entries=False)
-    except OSError:
-        return None
-    return Path(found).read_text() if found else None
+def read_text(path: Path, name: str) -> str | None:
+    return (path / name).read_text() if (path / name).is_file() else None
 
 
 class _Clock:
@@ -168,7 +198,8 @@ class Pipeline:
 
     # -- loading ---------------------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, model: str, config: Any, device: torch.device, dtype: torch.dtype) -> Pipeline:
+    def from_pretrained(cls, path: Path, name: str, config: Any, device: torch.device, dtype: torch.dtype
+                        ) -> Pipeline:
         import transformers
         from transformers import AutoTokenizer
 
@@ -177,19 +208,19 @@ class Pipeline:
         if device.type == "cuda":
             kwargs["device_map"] = "auto" if device.index is None else {"": device.index}
         try:
-            net = model_cls.from_pretrained(model, config=config, **kwargs).eval()
-            tokenizer = AutoTokenizer.from_pretrained(model)
-        except OSError as exc:
-            raise ModelError(f"cannot load {model!r}: {_first_line(exc)}") from None
+            net = model_cls.from_pretrained(path, config=config, **kwargs).eval()
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"cannot load {name!r}: {_first_line(exc)}") from None
         if device.type != "cuda":
             net.to(device)
-        preprocess = read_json(model, "video_preprocessor_config.json") or read_json(model, "preprocessor_config.json")
+        preprocess = read_json(path, "video_preprocessor_config.json") or read_json(path, "preprocessor_config.json")
         if preprocess is None:
-            raise ModelError(f"{model!r} has no preprocessor_config.json; vidq needs it to prepare frames")
-        template = read_text(model, "chat_template.jinja")
-        if template is None and (legacy := read_json(model, "chat_template.json")):
+            raise ModelError(f"{name!r} has no preprocessor_config.json; vidq needs it to prepare frames")
+        template = read_text(path, "chat_template.jinja")
+        if template is None and (legacy := read_json(path, "chat_template.json")):
             template = legacy.get("chat_template")
-        return cls(net, tokenizer, PreprocessConfig.from_dict(preprocess), template, model)
+        return cls(net, tokenizer, PreprocessConfig.from_dict(preprocess), template, name)
 
     @property
     def device(self) -> torch.device:
