@@ -48,6 +48,7 @@ def user_errors() -> Iterator[None]:
     from .pipelines.errors import VidqError
 
     debug = os.environ.get(DEBUG_VARIABLE, "") not in {"", "0"}
+    _quiet_transformers(debug)
     try:
         yield
     except (typer.Exit, typer.Abort):
@@ -69,6 +70,17 @@ def user_errors() -> Iterator[None]:
             highlight=False, soft_wrap=True,
         )
         raise typer.Exit(1) from None
+
+
+def _quiet_transformers(debug: bool) -> None:
+    """Keep stderr for the report: no weight-loading bars or config chatter unless debugging."""
+    if not debug:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
 
 
 def parse_options(pairs: list[str] | None) -> dict[str, str]:

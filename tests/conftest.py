@@ -36,3 +36,11 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 def tiny_model(request, tiny_models) -> Path:
     """Each family's tiny checkpoint in turn."""
     return tiny_models[request.param]
+
+
+@pytest.fixture(scope="session")
+def sample_video() -> Path:
+    """The committed sample clip (48 distinct frames, 8 fps)."""
+    path = REPO / "samples" / "sample.mp4"
+    assert path.is_file(), "samples/sample.mp4 is missing: run python samples/make_sample_video.py"
+    return path

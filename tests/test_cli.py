@@ -1,0 +1,167 @@
+"""``vidq ask`` through Typer's runner: the text report, the --json schema, and every bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from flashvid_cli.cli import app
+
+runner = CliRunner()
+QUESTION = "What happens last?"
+
+
+def vidq(*args: str, env: dict[str, str] | None = None):
+    return runner.invoke(app, list(args), env=env)
+
+
+def one_error_line(result) -> str:
+    """The command failed with exactly one non-empty line on stderr and no traceback."""
+    assert result.exit_code != 0, result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def broken_files(tmp_path_factory, sample_video) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("broken")
+    data = sample_video.read_bytes()
+    files = {
+        "text": root / "notes.mp4",
+        "truncated": root / "truncated.mp4",
+        "empty": root / "empty.mp4",
+        "audio_only": root / "audio.mp4",
+    }
+    files["text"].write_text("this is not a video\n")
+    files["truncated"].write_bytes(data[: len(data) // 3])
+    files["empty"].write_bytes(b"")
+    _write_audio_only(files["audio_only"])
+    return files
+
+
+def _write_audio_only(path: Path) -> None:
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=16000)
+        for i in range(10):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), dtype=np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 16000, i * 1024
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
+def test_ask_prints_answer_and_text_report(tiny_models, sample_video, family):
+    result = vidq("ask", str(sample_video), QUESTION, "--model", str(tiny_models[family]),
+                  "--method", "pool", "--keep", "0.5", "--frames", "4", "--max-new-tokens", "3")
+    assert result.exit_code == 0, result.stderr
+    assert len(result.stdout.splitlines()) <= 1  # stdout holds only the answer
+    for expected in ["vidq report", "decode", "preprocess", "vision encode", "compress", "prefill",
+                     "generation", "time to first token", "visual tokens", "4 of ", "peak memory", "pool keep=0.5"]:
+        assert expected in result.stderr, expected
+
+
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
+def test_ask_json_schema(tiny_models, sample_video, family):
+    result = vidq("ask", str(sample_video), QUESTION, "--model", str(tiny_models[family]), "--method", "none",
+                  "--fps", "2", "--max-frames", "6", "--max-new-tokens", "2", "--json")
+    assert result.exit_code == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert isinstance(out["answer"], str)
+    report = out["report"]
+    assert report["model_type"] == family and report["method"] == "none" and report["keep"] == 1.0
+    assert report["device"] == "cpu" and report["dtype"] == "float32"
+    timings = report["timings"]
+    stages = ["decode", "preprocess", "encode", "compress", "prefill", "generate"]
+    assert set(timings) == set(stages) | {"total", "time_to_first_token"}
+    assert all(isinstance(timings[s], float) and timings[s] >= 0 for s in timings)
+    assert timings["total"] >= sum(timings[s] for s in stages) * 0.99
+    video = report["video"]
+    assert len(video["frame_indices"]) == len(video["timestamps_s"]) == 6
+    assert video["sampling"].startswith("fps=2")
+    assert all(b > a for a, b in zip(video["timestamps_s"], video["timestamps_s"][1:]))
+    tokens = report["tokens"]
+    assert tokens["visual_after"] == tokens["visual_before"] and tokens["ratio"] == 1.0
+    assert tokens["prompt"] > tokens["visual_after"] and 1 <= tokens["generated"] <= 2
+    assert report["peak_memory_bytes"] > 0 and report["peak_memory_kind"] == "process RSS"
+
+
+def test_ask_pool_reduces_visual_tokens(tiny_models, sample_video):
+    result = vidq("ask", str(sample_video), QUESTION, "--model", str(tiny_models["llava_onevision"]),
+                  "--method", "pool", "--keep", "0.25", "--frames", "4", "--max-new-tokens", "1", "--json")
+    tokens = json.loads(result.stdout)["report"]["tokens"]
+    # 4 frames of 4x4 pooled to 2x2, plus the one newline token.
+    assert (tokens["visual_before"], tokens["visual_after"]) == (4 * 16 + 1, 4 * 4 + 1)
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--keep", "0"], "--keep must be in (0, 1]"),
+        (["--keep", "1.5"], "--keep must be in (0, 1]"),
+        (["--frames", "0"], "--frames must be at least 1"),
+        (["--frames", "4", "--fps", "1"], "not both"),
+        (["--method", "nosuch"], "unknown method 'nosuch'"),
+        (["--method", "pool", "--opt", "nosuch=1"], "has no option 'nosuch'"),
+        (["--opt", "novalue"], "key=value"),
+    ],
+)
+def test_bad_options_get_one_line(tiny_models, sample_video, args, expected):
+    result = vidq("ask", str(sample_video), QUESTION, "--model", str(tiny_models["llava_onevision"]), *args)
+    assert expected in one_error_line(result)
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory", "text", "truncated", "empty", "audio_only"])
+def test_bad_videos_get_one_line(tiny_models, broken_files, tmp_path, kind):
+    path = {"missing": tmp_path / "nope.mp4", "directory": tmp_path}.get(kind) or broken_files[kind]
+    result = vidq("ask", str(path), QUESTION, "--model", str(tiny_models["llava_onevision"]))
+    line = one_error_line(result)
+    assert str(Path(path).name) in line or str(path) in line
+
+
+def test_bad_models_get_one_line(sample_video, tmp_path):
+    unsupported = tmp_path / "bert"
+    unsupported.mkdir()
+    (unsupported / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    cases = {
+        str(tmp_path / "missing-model"): "does not exist",
+        str(tmp_path): "no config.json",
+        str(unsupported): "vidq supports llava_onevision, qwen2_5_vl",
+        "nobody/not-a-cached-model": "--model at a local directory",
+    }
+    for model, expected in cases.items():
+        result = vidq("ask", str(sample_video), QUESTION, "--model", model, env={"HF_HUB_OFFLINE": "1"})
+        line = one_error_line(result)
+        assert expected in line, line
+    line = one_error_line(vidq("ask", str(sample_video), QUESTION, "--model", "nobody/not-a-cached-model",
+                               env={"HF_HUB_OFFLINE": "1"}))
+    assert "nobody/not-a-cached-model" in line
+
+
+def test_debug_variable_shows_the_traceback(tiny_models, tmp_path):
+    result = vidq("ask", str(tmp_path / "nope.mp4"), QUESTION, "--model", str(tiny_models["llava_onevision"]),
+                  env={"VIDQ_DEBUG": "1"})
+    assert result.exit_code != 0 and result.exception is not None
+
+
+def test_methods_lists_the_registry():
+    result = vidq("methods")
+    assert result.exit_code == 0
+    for name in ["none", "pool"]:
+        assert name in result.stdout
+
+
+def test_python_dash_m_runs_the_cli():
+    out = subprocess.run([sys.executable, "-m", "flashvid_cli", "ask", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--keep" in out.stdout
