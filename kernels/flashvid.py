@@ -26,8 +26,7 @@ def flashvid_budget(N: int, keep: float, expansion: float, alpha: float) -> tupl
 
 @dataclass(frozen=True)
 class FlashVID(Method):
-    """FlashVID (Fan et al., "FlashVID: Efficient Video Large Language Models via Training-free Tree-based
-    Spatiotemporal Token Merging", ICLR 2026, arXiv 2602.08024), vision-side stage.
+    """FlashVID (Fan et al., ICLR 2026, arXiv:2602.08024; code: Fanziyang-v/FlashVID), vision-side stage.
 
     DySeg splits the clip into segments; per frame ADTS keeps ``A`` tokens by attention-calibrated diversity;
     the other tokens form TSTM redundancy trees across consecutive frames of a segment (each tree becomes one
@@ -62,7 +61,8 @@ class FlashVID(Method):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.token_selection_method not in ("attn_div", "attn_div_v2"):
-            raise MethodError(f"flashvid.token_selection_method must be attn_div or attn_div_v2, got {self.token_selection_method!r}")
+            got = self.token_selection_method
+            raise MethodError(f"flashvid.token_selection_method must be attn_div or attn_div_v2, got {got!r}")
         if self.expansion is None:
             object.__setattr__(self, "expansion", 1.25 if self.reference else 1.0)
         _check_range("alpha", self.alpha, 0.0, 1.0, low_open=True)
@@ -89,7 +89,8 @@ class FlashVID(Method):
         event = None
         if self.token_selection_method == "attn_div_v2":
             means = torch.stack([feats[s : s + n].mean(dim=(0, 1)) for s, n in zip(starts, lengths)])
-            event = means[torch.repeat_interleave(torch.arange(len(lengths), device=dev), torch.tensor(lengths, device=dev))]
+            segment_of = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths)).to(dev)  # [T]
+            event = means[segment_of]
         # v2 in the reference never masks picked tokens; v1 masks them (with -1, equivalent to masking).
         exclude = not (self.reference and event is not None)
         picks = ops.adts_select(feats, importance, A, event, exclude)  # [T, A]
@@ -112,7 +113,7 @@ class FlashVID(Method):
         return ops.assemble(tokens, index, sources, sizes, grid, stats)
 
     def _trees(self, feats: Tensor, cand: Tensor, B: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """One segment ``[T, N, D]`` -> its tree tokens ``values [R, D]``, flat ``roots [R]``, CSR ``sources, sizes``."""
+        """One segment ``[T, N, D]`` -> tree tokens ``values [R, D]``, flat ``roots [R]``, CSR ``sources, sizes``."""
         T, N, _ = feats.shape
         if T == 1:
             # No temporal merging; the reference clusters every token here, ADTS picks included (duplicates).

@@ -126,7 +126,7 @@ def tstm_links(feats: Tensor, cand: Tensor, tau: float, lower: int) -> tuple[Ten
 
 
 def tree_roots(link: Tensor, parent: Tensor) -> Tensor:
-    """Root of each token's redundancy tree: ``link, parent [T, N]`` -> flat index ``t*N + n`` of the root ``[T, N]``."""
+    """Root of each token's tree: ``link, parent [T, N]`` -> the root's flat index ``t*N + n``, ``[T, N]``."""
     T, N = link.shape
     own = torch.arange(T * N, device=link.device).view(T, N)
     root = own.clone()
@@ -174,7 +174,8 @@ def dpc_knn(x: Tensor, num_clusters: int, k: int) -> tuple[Tensor, Tensor, bool]
     nearest = dist.topk(min(k, n), dim=-1, largest=False).values
     density = (-(nearest**2).mean(-1)).exp()  # [n]
     idx = torch.arange(n, device=x.device)
-    denser = (density[None, :] > density[:, None]) | ((density[None, :] == density[:, None]) & (idx[None, :] < idx[:, None]))
+    other, this = density[None, :], density[:, None]
+    denser = (other > this) | ((other == this) & (idx[None, :] < idx[:, None]))  # [n, n]: j denser than i
     delta = torch.where(denser, dist, dist.max()).min(-1).values
     centres = top_indices(delta * density, num_clusters)
     assign = dist[:, centres].argmin(-1)

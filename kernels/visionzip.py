@@ -24,7 +24,7 @@ def visionzip_budget(keep: float, N: int, contextual: int | None = None) -> tupl
 class VisionZip(Method):
     """VisionZip (Yang et al., "VisionZip: Longer is Better but Not Necessary in Vision Language Models", CVPR 2025).
 
-    The SigLIP/video form (DyToK port): per frame keep the ``dominant`` tokens receiving the most attention, then
+    The SigLIP/video form (the DyToK port, yu-lin-li/DyToK): per frame keep the ``dominant`` tokens receiving the most attention, then
     split the rest into ``contextual`` evenly spaced targets and merge every other token into its most similar
     target by cosine of the key metric. A contextual token is ``target + mean(assigned)``, the official formula
     (not a mean); it takes the target's position and its sources are the target then the assigned tokens.
@@ -63,7 +63,8 @@ class VisionZip(Method):
         keys = ops.normalize(metric)
         sim = keys[frame, others] @ keys[frame, targets].transpose(-1, -2)  # [T, O, ctx]
         assign = sim.argmax(-1) if ctx else others  # [T, O]
-        sums = torch.zeros(T, ctx, D, device=dev).scatter_add_(1, assign[..., None].expand(-1, -1, D), feats[frame, others])
+        spread = assign[..., None].expand(-1, -1, D)
+        sums = torch.zeros(T, ctx, D, device=dev).scatter_add_(1, spread, feats[frame, others])
         counts = torch.zeros(T, ctx, device=dev).scatter_add_(1, assign, torch.ones_like(assign, dtype=feats.dtype))
         ctx_tokens = feats[frame, targets] + sums / counts.clamp_min(1)[..., None]
 

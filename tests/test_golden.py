@@ -23,7 +23,10 @@ from flashvid_cli.kernels.visionzip import visionzip_budget
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = Path(os.environ.get("VIDQ_GOLDEN_DIR", REPO.parent / "shared" / "golden"))
 TOL = {"atol": 1e-5, "rtol": 1e-5}  # README: merged features and tokens within 1e-5
-NOT_IMPLEMENTED = {"cdpruner_": "CDPruner is not a vidq method yet", "fastv_": "FastV / inner-LLM pruning is not in kernels yet"}
+NOT_IMPLEMENTED = {
+    "cdpruner_": "CDPruner is not a vidq method yet",
+    "fastv_": "FastV / inner-LLM pruning is not in kernels yet",
+}
 FLASHVID_OPTIONS = (
     "do_segment",
     "segment_threshold",
@@ -74,7 +77,8 @@ def test_golden(path: Path, key: str) -> None:
 def clip(case: dict) -> tuple[torch.Tensor, torch.Tensor, Grid]:
     """Features as float32 (the reference consumed exactly these values), attention, grid from ``meta``."""
     meta = case["meta"]
-    return case["inputs"]["features"].float(), case["inputs"]["cls_attention"].float(), Grid(meta["F"], meta["H"], meta["W"])
+    inputs = case["inputs"]
+    return inputs["features"].float(), inputs["cls_attention"].float(), Grid(meta["F"], meta["H"], meta["W"])
 
 
 def as_global(indices: torch.Tensor, N: int) -> torch.Tensor:
@@ -190,7 +194,8 @@ def match_duplicates(index: torch.Tensor, tokens: torch.Tensor, gold: torch.Tens
     for count in counts.tolist():
         if count > 1:
             rows = list(range(start, start + count))
-            best = min(itertools.permutations(rows), key=lambda perm: float((tokens[list(perm)] - gold[rows]).abs().max()))
+            perms = itertools.permutations(rows)
+            best = min(perms, key=lambda perm: float((tokens[list(perm)] - gold[rows]).abs().max()))
             tokens[rows] = tokens[list(best)]
         start += count
     return tokens

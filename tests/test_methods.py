@@ -19,6 +19,7 @@ import dataclasses
 
 import pytest
 import torch
+from torch import Tensor
 
 from flashvid_cli.kernels import Grid, MethodError, build, methods
 from flashvid_cli.kernels.divprune import divprune_budget
@@ -31,7 +32,7 @@ KEEPS = [0.1, 0.3, 0.75]
 METHODS = sorted(methods())
 
 
-def make_clip(T: int, H: int, W: int, D: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Grid]:
+def make_clip(T: int, H: int, W: int, D: int = 16, seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Grid]:
     """Features with temporal redundancy and a scene cut (so trees and segments form), attention, key metric."""
     g = torch.Generator().manual_seed(seed)
     N = H * W
@@ -73,7 +74,11 @@ def test_contract(name: str, keep: float, shape: tuple[int, int, int]) -> None:
 
 # The default recipe (min 8 segments) makes every frame of these short clips its own segment; these variants
 # make FlashVID build TSTM trees across frames too.
-SEGMENTATIONS = [{"min_segment_num": 2}, {"do_segment": False}, {"token_selection_method": "attn_div", "min_segment_num": 3}]
+SEGMENTATIONS = [
+    {"min_segment_num": 2},
+    {"do_segment": False},
+    {"token_selection_method": "attn_div", "min_segment_num": 3},
+]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
@@ -145,7 +150,10 @@ def test_model_dtype_round_trip(name: str) -> None:
     assert out.tokens.dtype == torch.bfloat16
 
 
-@pytest.mark.parametrize("name", [n for n in METHODS if "reference" in {f.name for f in dataclasses.fields(methods()[n])}])
+WITH_REFERENCE = [n for n in METHODS if "reference" in {f.name for f in dataclasses.fields(methods()[n])}]
+
+
+@pytest.mark.parametrize("name", WITH_REFERENCE)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_reference_mode(name: str, shape: tuple[int, int, int]) -> None:
     """Reference modes: deterministic, representative first; FlashVID may repeat a position (ADTS token also a
@@ -176,7 +184,8 @@ def test_flashvid_true_mean_trees() -> None:
     flat = feats.reshape(-1, feats.shape[-1])
     for token, group in zip(out.tokens, out.groups()):
         torch.testing.assert_close(token, flat[group].mean(0))
-    ref = build("flashvid", 0.5, options={"do_segment": False, "reference": True, "expansion": 1.0})(feats, grid, importance)
+    ref_options = {"do_segment": False, "reference": True, "expansion": 1.0}
+    ref = build("flashvid", 0.5, options=ref_options)(feats, grid, importance)
     assert not torch.allclose(ref.tokens, out.tokens)
 
 
