@@ -148,6 +148,9 @@ def check_dpc(case: dict, res: dict) -> None:
     p = res["params"]
     tokens = res["tokens"] if res["tokens"] is not None else case["inputs"]["features"][0].float()
     centres, assign, _ = ops.dpc_knn(tokens, p["num_clusters"], p["k"])
+    assert torch.equal(assign[centres], torch.arange(p["num_clusters"]))
+    if not res.get("rng_invariant", True):
+        pytest.skip("the reference's outcome here depends on its random density noise; vidq breaks ties by index")
     assert torch.equal(centres, res["center_indices"])
     assert torch.equal(assign, res["cluster_indices"])
     torch.testing.assert_close(ops.group_mean(tokens, assign, p["num_clusters"]), res["cluster_means"], **TOL)
