@@ -12,9 +12,12 @@ import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .pipelines.errors import VidqError
+
+if TYPE_CHECKING:
+    from .pipelines.video import DecodedVideo
 
 DEFAULT_MODEL = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
 DEFAULT_METHOD = "flashvid"
@@ -142,13 +145,29 @@ class VideoQA:
     def model_type(self) -> str:
         return self.pipeline.model_type
 
-    def ask(self, video: str | Path, question: str, config: AskConfig | None = None) -> AskResult:
-        """Decode, encode, compress, generate; every stage timed after a device synchronisation."""
+    @staticmethod
+    def decode(video: str | Path, config: AskConfig | None = None) -> DecodedVideo:
+        """Decode the frames ``config`` asks for (in a killable worker); safe to run ahead in another thread."""
+        from .pipelines.video import decode
+
+        config = config or AskConfig()
+        return decode(
+            video, frames=config.frames, fps=config.fps, max_frames=config.max_frames,
+            decoder=config.decoder, timeout_s=config.decode_timeout_s,
+        )
+
+    def ask(
+        self, video: str | Path, question: str, config: AskConfig | None = None, decoded: DecodedVideo | None = None
+    ) -> AskResult:
+        """Decode, encode, compress, generate; every stage timed after a device synchronisation.
+
+        ``decoded`` is the video already decoded by :meth:`decode` with the same config (batch work decodes the
+        next video while the model runs); the report's decode time is then only the wait for it, here zero.
+        """
         import torch
 
         from .kernels import build
         from .pipelines.base import GenerationOptions, synchronize
-        from .pipelines.video import decode
 
         config = config or AskConfig()
         if not question.strip():
@@ -175,10 +194,8 @@ class VideoQA:
             marks.append(time.perf_counter())
             return marks[-1] - marks[-2]
 
-        decoded = decode(
-            video, frames=config.frames, fps=config.fps, max_frames=config.max_frames,
-            decoder=config.decoder, timeout_s=config.decode_timeout_s,
-        )
+        if decoded is None:
+            decoded = self.decode(video, config)
         t_decode = lap()
         with torch.inference_mode():
             pixels = pipe.preprocess(decoded.frames, decoded.timestamps)
