@@ -1,0 +1,62 @@
+"""vidq's torch preprocessing equals the HF video processors' pixel values (needs torchvision: the GPU machine)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from flashvid_cli.pipelines.base import read_json
+from flashvid_cli.pipelines.preprocess import PreprocessConfig, patchify, smart_resize
+
+try:
+    import torchvision  # noqa: F401
+except ImportError:
+    torchvision = None
+needs_torchvision = pytest.mark.skipif(
+    torchvision is None, reason="HF video processors need torchvision, which has no CPU build here (run on the GPU machine)"
+)
+
+
+def _frames(count: int, height: int, width: int) -> np.ndarray:
+    return np.random.default_rng(1).integers(0, 256, (count, height, width, 3), dtype=np.uint8)
+
+
+@needs_torchvision
+@pytest.mark.parametrize("shape", [(4, 90, 150), (3, 384, 384), (5, 241, 433)])
+def test_llava_onevision_pixels_equal_hf(tiny_models, shape):
+    from transformers import LlavaOnevisionVideoProcessor
+
+    from flashvid_cli.pipelines import load_pipeline
+
+    path = tiny_models["llava_onevision"]
+    pipe = load_pipeline(str(path), device="cpu", dtype="float32")
+    frames = _frames(*shape)
+    hf = LlavaOnevisionVideoProcessor(**read_json(path, "video_preprocessor_config.json"))
+    expected = hf(videos=[frames], return_tensors="pt")["pixel_values_videos"][0]
+    torch.testing.assert_close(pipe.preprocess(frames, list(range(len(frames)))).values, expected, rtol=0, atol=0)
+
+
+@needs_torchvision
+@pytest.mark.parametrize("shape", [(4, 90, 150), (5, 241, 433), (2, 720, 1280)])
+def test_qwen2_5_vl_pixels_equal_hf(tiny_models, shape):
+    from transformers import Qwen2VLVideoProcessor
+
+    from flashvid_cli.pipelines import load_pipeline
+
+    path = tiny_models["qwen2_5_vl"]
+    pipe = load_pipeline(str(path), device="cpu", dtype="float32")
+    frames = _frames(*shape)
+    config = read_json(path, "preprocessor_config.json")
+    hf = Qwen2VLVideoProcessor(**config)
+    out = hf(videos=[frames], return_tensors="pt", cap_pixels_per_frame=False)
+    ours = pipe.preprocess(frames, list(range(len(frames))))
+    assert ours.meta["grid_thw"].tolist() == out["video_grid_thw"].tolist()
+    torch.testing.assert_close(ours.values, out["pixel_values_videos"], rtol=0, atol=0)
+
+
+def test_smart_resize_and_patchify_shapes():
+    cfg = PreprocessConfig(mean=(0.5,) * 3, std=(0.5,) * 3)
+    assert smart_resize(90, 150, 28, 56 * 56, 112 * 112) == (84, 140)
+    patches, grid = patchify(torch.zeros(3, 3, 56, 84), cfg.patch_size, cfg.merge_size, cfg.temporal_patch_size)
+    assert grid == (2, 4, 6) and patches.shape == (2 * 4 * 6, 3 * 2 * 14 * 14)
