@@ -25,8 +25,10 @@ def sample(path: str, fmap: FrameMap, indices: list[int], out_hw: tuple[int, int
     import decord  # here, not at module top: the PyAV-only path should not pay for loading decord
 
     try:
-        # width/height are the output size after decord applies the display rotation.
-        vr = decord.VideoReader(path, ctx=decord.cpu(0), width=out_hw[1], height=out_hw[0])
+        # width/height are the output size after decord applies the display rotation; pass them only to
+        # downscale (decord 3.4 fails on a 32x32 clip when told its own size).
+        size = {} if out_hw == fmap.display_hw else {"width": out_hw[1], "height": out_hw[0]}
+        vr = decord.VideoReader(path, ctx=decord.cpu(0), **size)
         _check_frame_map(vr, fmap, notes)
         frames = vr.get_batch(indices).asnumpy()
     except DecordUnfit:

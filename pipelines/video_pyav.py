@@ -35,6 +35,11 @@ class FrameMap:
     notes: list[str] = field(default_factory=list)
 
     @property
+    def display_hw(self) -> tuple[int, int]:
+        """(height, width) as shown, after the display rotation."""
+        return self.coded_hw if self.rotation % 180 == 0 else self.coded_hw[::-1]
+
+    @property
     def seconds(self) -> np.ndarray:
         """Presentation time of every frame in seconds since the first frame. [N]"""
         p = np.asarray(self.pts, dtype=np.float64)

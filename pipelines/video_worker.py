@@ -29,7 +29,8 @@ class Request:
     max_frames: int
     decoder: str  # "auto" | "decord" | "pyav"
     max_side: int | None
-    hang_s: float = 0.0  # test hook: stall this long before decoding, to exercise the timeout
+    hang_in: str = ""  # test hook: "start" or a decoder phase ("decord", "pyav") in which to stall...
+    hang_s: float = 0.0  # ...for this long, to exercise the timeout and the decord fallback
 
 
 def run(req: Request, on_phase=lambda phase: None) -> tuple[dict, np.ndarray]:
@@ -41,8 +42,8 @@ def run(req: Request, on_phase=lambda phase: None) -> tuple[dict, np.ndarray]:
     seconds = fmap.seconds  # [N] since the first frame
     fps, duration = _rate_and_duration(fmap, seconds)
     notes += _cross_check(fmap, fps)
-    indices, sampling = _select(req, seconds, notes)
-    source_hw = fmap.coded_hw if fmap.rotation % 180 == 0 else fmap.coded_hw[::-1]
+    indices, sampling = _select(req, seconds, duration, notes)
+    source_hw = fmap.display_hw
     out_hw = fit_within(source_hw, req.max_side)
     if out_hw != source_hw:
         notes.append(f"downscaled at decode from {source_hw[1]}x{source_hw[0]} to {out_hw[1]}x{out_hw[0]}")
@@ -81,11 +82,11 @@ def _cross_check(fmap: video_pyav.FrameMap, fps: float) -> list[str]:
     return notes
 
 
-def _select(req: Request, seconds: np.ndarray, notes: list[str]) -> tuple[list[int], str]:
+def _select(req: Request, seconds: np.ndarray, duration: float, notes: list[str]) -> tuple[list[int], str]:
     """The frame indices to decode and a human-readable description of the rule."""
     total = len(seconds)
     if req.fps is not None:
-        idx = fps_indices(seconds, req.fps, req.max_frames)
+        idx = fps_indices(seconds, req.fps, req.max_frames, duration)
         return idx, f"fps={req.fps:g} (max {req.max_frames}): {len(idx)} frames"
     n = req.frames if req.frames is not None else req.max_frames
     idx = uniform_indices(total, n)
@@ -123,6 +124,12 @@ def _decode(req, fmap, indices, out_hw, counter, notes, on_phase) -> tuple[np.nd
     return np.stack([rgb for _, rgb in got]), real, "pyav"
 
 
+def _maybe_hang(req: Request, phase: str) -> None:
+    """Stall in `phase` if the request asks to (tests only)."""
+    if req.hang_in == phase:
+        time.sleep(req.hang_s)
+
+
 def main() -> None:
     """Worker process entry: argv = [write fd, request JSON]; sends ("phase"|"ok"|"error", ...) then frame bytes."""
     from multiprocessing.connection import Connection
@@ -130,9 +137,13 @@ def main() -> None:
     conn = Connection(int(sys.argv[1]), readable=False)
     req = Request(**json.loads(sys.argv[2]))
     try:
-        if req.hang_s:
-            time.sleep(req.hang_s)
-        meta, frames = run(req, on_phase=lambda phase: conn.send(("phase", phase)))
+        _maybe_hang(req, "start")
+
+        def on_phase(phase: str) -> None:
+            conn.send(("phase", phase))
+            _maybe_hang(req, phase)
+
+        meta, frames = run(req, on_phase)
         meta["stats"]["torch_loaded"] = "torch" in sys.modules  # the worker must stay light
         frames = np.ascontiguousarray(frames)
         conn.send(("ok", meta, frames.shape))
