@@ -17,13 +17,15 @@ def uniform_indices(total: int, n: int) -> list[int]:
     return np.linspace(0, total - 1, n).round().astype(int).tolist()
 
 
-def fps_indices(seconds: np.ndarray, fps: float, max_frames: int) -> list[int]:
-    """The frame on screen at every 1/fps seconds of true time (from t=0), without repeats, capped at max_frames.
+def fps_indices(seconds: np.ndarray, fps: float, max_frames: int, duration: float | None = None) -> list[int]:
+    """The frame on screen at every 1/fps seconds of true time in [0, duration), without repeats, capped.
 
-    `seconds` is the sorted presentation time of every frame [N]. When more than max_frames are selected,
-    max_frames of them are kept uniformly (the same rule as `uniform_indices`, over the selection).
+    `seconds` is the sorted presentation time of every frame [N]; `duration` (default: the last timestamp,
+    inclusive) is when the last frame leaves the screen. When more than max_frames are selected, max_frames
+    of them are kept uniformly (the same rule as `uniform_indices`, over the selection).
     """
-    times = np.arange(0.0, float(seconds[-1]) + 1e-9, 1.0 / fps)
+    end = float(seconds[-1]) + 1e-9 if duration is None else max(float(duration), 1e-9)
+    times = np.arange(0.0, end, 1.0 / fps)
     # The frame shown at time t is the last one whose timestamp is <= t (1 us slack for float rounding).
     picked = np.searchsorted(seconds, times + 1e-6, side="right") - 1
     picked = np.unique(np.clip(picked, 0, len(seconds) - 1))
