@@ -12,53 +12,15 @@ import argparse
 import json
 from pathlib import Path
 
-# The chat templates of the real checkpoints' processors, reduced to what a video question needs.
-LLAVA_CHAT_TEMPLATE = (
-    "{% for message in messages %}{{'<|im_start|>' + message['role'] + ' '}}"
-    "{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}{{ '<video>' }}{% endfor %}"
-    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ '\\n' + content['text'] }}"
-    "{% endfor %}{{'<|im_end|>\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+from flashvid_cli.pipelines.tiny import (  # shared with the random full-size builder
+    LLAVA_CHAT_TEMPLATE,
+    LLAVA_SPECIAL,
+    QWEN_CHAT_TEMPLATE,
+    QWEN_SPECIAL,
+    build_tokenizer,
+    llava_preprocessors,
+    qwen_preprocessor,
 )
-QWEN_CHAT_TEMPLATE = (
-    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
-    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
-    "{% for content in message['content'] %}{% if content['type'] == 'video' %}"
-    "{{ '<|vision_start|><|video_pad|><|vision_end|>' }}{% elif content['type'] == 'text' %}{{ content['text'] }}"
-    "{% endif %}{% endfor %}{{ '<|im_end|>\\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
-LLAVA_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
-QWEN_SPECIAL = [
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>",
-    "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>",
-]
-_CORPUS = [
-    "What happens last in the video? The red square moves to the right and a blue circle appears.",
-    "Describe the video. A person walks into the room, picks up a cup and leaves.",
-    "How many objects are there? There are three objects: a square, a circle and a triangle.",
-    "Which way does the object move? It moves from left to right, then up.",
-    "What colour is the background at the end? The background turns green.",
-    "system You are a helpful assistant. user assistant",
-] * 4
-
-
-def build_tokenizer(special: list[str], vocab_size: int = 420):
-    """A byte-level BPE trained on a few sentences, wrapped in the real ``Qwen2Tokenizer`` class."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import Qwen2Tokenizer
-
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    bpe.train_from_iterator(_CORPUS, trainer)
-    state = json.loads(bpe.to_str())["model"]
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
-    tok = Qwen2Tokenizer(vocab=state["vocab"], merges=merges, eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    tok.add_special_tokens({"additional_special_tokens": [s for s in special if s != "<|endoftext|>"]})
-    return tok
 
 
 def _save_common(model, tok, out: Path, chat_template: str, preprocessor: dict, video_preprocessor: dict | None):
@@ -96,14 +58,7 @@ def build_llava_onevision(out: str | Path, seed: int = 0) -> Path:
     )
     torch.manual_seed(seed)
     model = LlavaOnevisionForConditionalGeneration(config).eval()
-    mean_std = dict(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
-    video = dict(
-        video_processor_type="LlavaOnevisionVideoProcessor", processor_class="LlavaOnevisionProcessor",
-        size={"height": 112, "width": 112}, resample=3, do_resize=True, do_rescale=True,
-        rescale_factor=1 / 255, do_normalize=True, do_convert_rgb=True, **mean_std,
-    )
-    image = dict(video, image_processor_type="LlavaOnevisionImageProcessor")
-    image.pop("video_processor_type")
+    image, video = llava_preprocessors(112)
     return _save_common(model, tok, Path(out), LLAVA_CHAT_TEMPLATE, image, video)
 
 
@@ -132,12 +87,7 @@ def build_qwen2_5_vl(out: str | Path, seed: int = 0) -> Path:
     )
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
-    clip = dict(image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711])
-    # Real Qwen2.5-VL checkpoints ship only preprocessor_config.json; its min/max pixels size the video too.
-    preprocessor = dict(
-        image_processor_type="Qwen2VLImageProcessor", processor_class="Qwen2_5_VLProcessor",
-        min_pixels=56 * 56, max_pixels=112 * 112, patch_size=14, temporal_patch_size=2, merge_size=2, **clip,
-    )
+    preprocessor = qwen_preprocessor(min_pixels=56 * 56, max_pixels=112 * 112)
     return _save_common(model, tok, Path(out), QWEN_CHAT_TEMPLATE, preprocessor, None)
 
 
