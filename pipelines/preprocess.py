@@ -1,9 +1,8 @@
 """Frame preprocessing in plain torch, equal to the HF video processors' pixel values.
 
 The HF video processors need torchvision, which has no CPU build here; these functions read the same
-preprocessor config keys and do the same arithmetic: torchvision's uint8 bicubic resize (float32 antialiased
-interpolation, clamp, round back to uint8), then the processors' fused rescale-and-normalise
-``(x - mean/scale) / (std/scale)`` in float32. ``tests/test_preprocess_hf.py`` proves the equality wherever
+preprocessor config keys and do the same arithmetic: torchvision's uint8 antialiased resize (see ``resize``),
+then the processors' fused rescale-and-normalise ``(x - mean/scale) / (std/scale)`` in float32. ``tests/test_preprocess_hf.py`` proves the equality wherever
 torchvision is installed.
 """
 
@@ -67,14 +66,34 @@ def to_tensor(frames: np.ndarray | Tensor, device: torch.device | str = "cpu") -
 
 
 def resize(video: Tensor, height: int, width: int, resample: int = 3) -> Tensor:
-    """uint8 [T, 3, H, W] -> uint8 [T, 3, height, width], as torchvision resizes uint8 tensors (antialiased)."""
+    """uint8 [T, 3, H, W] -> uint8 [T, 3, height, width], exactly as torchvision resizes uint8 tensors.
+
+    torchvision (which the HF processors call) returns the input when the size is unchanged, resizes uint8 natively
+    on CPU (torch's fixed-point antialiased kernels), and elsewhere goes through float32, clamps and rounds; the
+    two differ by a grey level here and there, so vidq follows the same per-device rule.
+    """
     mode = _RESAMPLE.get(resample, "bicubic")
-    if mode == "nearest":
-        return torch.nn.functional.interpolate(video, size=(height, width), mode="nearest")
+    if tuple(video.shape[-2:]) == (height, width):
+        return video
+    if mode == "nearest" or (video.device.type == "cpu" and _native_uint8_on_cpu(mode)):
+        antialias = mode != "nearest"
+        return torch.nn.functional.interpolate(
+            video, size=(height, width), mode=mode, align_corners=None if mode == "nearest" else False,
+            antialias=antialias,
+        )
     out = torch.nn.functional.interpolate(
         video.float(), size=(height, width), mode=mode, align_corners=False, antialias=True
     )
     return out.clamp_(0, 255).round_().to(torch.uint8)
+
+
+def _native_uint8_on_cpu(mode: str) -> bool:
+    """torchvision's rule: bicubic always, bilinear only with AVX2/AVX512 (or on ARM)."""
+    if mode != "bilinear":
+        return True
+    import platform
+
+    return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") or platform.machine() in ("aarch64", "arm64")
 
 
 def normalize(video: Tensor, cfg: PreprocessConfig) -> Tensor:
