@@ -22,19 +22,25 @@ def _frames(count: int, height: int, width: int) -> np.ndarray:
     return np.random.default_rng(1).integers(0, 256, (count, height, width, 3), dtype=np.uint8)
 
 
+def _ours(tiny_models, family: str, shape: tuple[int, int, int]):
+    """The family's tiny checkpoint, a random clip of ``shape`` and vidq's pixels for it."""
+    from flashvid_cli.pipelines import load_pipeline
+
+    path = tiny_models[family]
+    pipe = load_pipeline(str(path), device="cpu", dtype="float32")
+    frames = _frames(*shape)
+    return path, frames, pipe.preprocess(frames, list(range(len(frames))))
+
+
 @needs_torchvision
 @pytest.mark.parametrize("shape", [(4, 90, 150), (3, 384, 384), (5, 241, 433)])
 def test_llava_onevision_pixels_equal_hf(tiny_models, shape):
     from transformers import LlavaOnevisionVideoProcessor
 
-    from flashvid_cli.pipelines import load_pipeline
-
-    path = tiny_models["llava_onevision"]
-    pipe = load_pipeline(str(path), device="cpu", dtype="float32")
-    frames = _frames(*shape)
+    path, frames, ours = _ours(tiny_models, "llava_onevision", shape)
     hf = LlavaOnevisionVideoProcessor(**read_json(path, "video_preprocessor_config.json"))
     expected = hf(videos=[frames], return_tensors="pt")["pixel_values_videos"][0]
-    torch.testing.assert_close(pipe.preprocess(frames, list(range(len(frames)))).values, expected, rtol=0, atol=0)
+    torch.testing.assert_close(ours.values, expected, rtol=0, atol=0)
 
 
 @needs_torchvision
@@ -42,15 +48,9 @@ def test_llava_onevision_pixels_equal_hf(tiny_models, shape):
 def test_qwen2_5_vl_pixels_equal_hf(tiny_models, shape):
     from transformers import Qwen2VLVideoProcessor
 
-    from flashvid_cli.pipelines import load_pipeline
-
-    path = tiny_models["qwen2_5_vl"]
-    pipe = load_pipeline(str(path), device="cpu", dtype="float32")
-    frames = _frames(*shape)
-    config = read_json(path, "preprocessor_config.json")
-    hf = Qwen2VLVideoProcessor(**config)
+    path, frames, ours = _ours(tiny_models, "qwen2_5_vl", shape)
+    hf = Qwen2VLVideoProcessor(**read_json(path, "preprocessor_config.json"))
     out = hf(videos=[frames], return_tensors="pt", cap_pixels_per_frame=False)
-    ours = pipe.preprocess(frames, list(range(len(frames))))
     assert ours.meta["grid_thw"].tolist() == out["video_grid_thw"].tolist()
     torch.testing.assert_close(ours.values, out["pixel_values_videos"], rtol=0, atol=0)
 
