@@ -20,7 +20,11 @@ def load_pipeline(model: str, device: str = "auto", dtype: str = "auto") -> Pipe
 
     from .base import load_config, resolve_checkpoint, resolve_device, resolve_dtype
     from .errors import ModelError
+    from .random_init import is_random, load_random
 
+    if is_random(model):  # random:NAME or random:PATH, full-size architectures for timing (random_init.py)
+        torch_device = resolve_device(device)
+        return load_random(model, torch_device, resolve_dtype(dtype, torch_device))
     path = resolve_checkpoint(model)
     config = load_config(path, model)
     model_type = getattr(config, "model_type", None)
