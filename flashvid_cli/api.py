@@ -118,6 +118,7 @@ class Report:
 class AskResult:
     answer: str
     report: Report
+    token_ids: list[int] = field(default_factory=list)  # the generated ids, to compare answers token by token
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -239,7 +240,7 @@ class VideoQA:
             peak_memory_bytes=peak,
             peak_memory_kind=peak_kind,
         )
-        return AskResult(gen.text, report)
+        return AskResult(gen.text, report, list(gen.token_ids))
 
 
 def ask(

@@ -96,6 +96,28 @@ def parse_options(pairs: list[str] | None) -> dict[str, str]:
     return options
 
 
+def parse_list(text: str, kind: type, option: str) -> list:
+    """``"a,b"`` -> ``[kind(a), kind(b)]``; a value that does not parse is a user error naming the option."""
+    from .api import ConfigError
+
+    values = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        try:
+            values.append(kind(item))
+        except ValueError:
+            raise ConfigError(f"{option}: cannot read {item!r} as {kind.__name__}") from None
+    return values
+
+
+def warn_random(model: str) -> None:
+    """Say loudly that a ``random:`` model's answers mean nothing (its timings are real)."""
+    if model.startswith("random:"):
+        err.print(f"[bold red]WARNING: {model} has RANDOM WEIGHTS: its answers are meaningless; only timings, "
+                  "token counts and memory are real.[/]", highlight=False)
+
+
 @app.command()
 def ask(
     video: Annotated[Path, typer.Argument(help="The video file.")],
@@ -128,6 +150,7 @@ def ask(
             max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, decoder=decoder,
             text_after_video=text_after_video,
         )
+        warn_random(model)
         result = VideoQA(model, device=device, dtype=dtype).ask(video, question, config)
         if as_json:
             typer.echo(json.dumps(result.to_dict()))
@@ -155,6 +178,10 @@ def methods() -> None:
             options = ", ".join(f"{f.name}={f.default!r}" for f in fields) or "-"
             table.add_row(name, ", ".join(sorted(cls.needs)) or "-", options)
         Console().print(table)
+
+
+# Commands that live in their own modules register themselves on `app` when imported.
+from .commands import bench as _bench  # noqa: E402, F401
 
 
 def main() -> None:

@@ -1,0 +1,1 @@
+"""One module per ``vidq`` command that outgrew ``cli.py``; each registers itself on ``cli.app``."""
