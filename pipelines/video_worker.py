@@ -109,7 +109,9 @@ def _decode(req, fmap, indices, out_hw, counter, notes, on_phase) -> tuple[np.nd
     if req.decoder in ("auto", "decord"):
         on_phase("decord")
         try:
-            return video_decord.sample(req.path, fmap, indices, out_hw, notes), indices, "decord"
+            frames = video_decord.sample(req.path, fmap, indices, out_hw, notes)
+            _cross_decode_last(req, fmap, indices, out_hw, counter, frames)
+            return frames, indices, "decord"
         except video_decord.DecordUnfit as e:
             if req.decoder == "decord":
                 raise VideoError(f"{req.path}: decord cannot be trusted on this file: {e}") from None
@@ -128,6 +130,13 @@ def _maybe_hang(req: Request, phase: str) -> None:
     """Stall in `phase` if the request asks to (tests only)."""
     if req.hang_in == phase:
         time.sleep(req.hang_s)
+
+
+def _cross_decode_last(req, fmap, indices, out_hw, counter, frames) -> None:
+    """Decode the last sampled frame with PyAV too (one GOP) and require decord's to match it."""
+    got = video_pyav.sample(req.path, fmap, indices[-1:], out_hw, counter)
+    if got and got[0][0] == fmap.pts[indices[-1]]:  # compare only if PyAV decoded that exact frame
+        video_decord.check_against(frames[-1], got[0][1], indices[-1])
 
 
 def main() -> None:
