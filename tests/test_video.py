@@ -98,8 +98,9 @@ def write(path: Path, data: bytes) -> Path:
 
 
 def nearest(frame: np.ndarray, refs: list[np.ndarray]) -> tuple[int, float]:
-    """Index of the reference frame closest to `frame` (mean absolute difference) and that difference."""
-    d = [np.abs(frame.astype(np.int16) - r.astype(np.int16)).mean() if r.shape == frame.shape else 1e9 for r in refs]
+    """Index of the reference frame closest to `frame` (mean absolute difference on every 4th pixel) and that difference."""
+    small = frame[::4, ::4].astype(np.int16)
+    d = [np.abs(small - r[::4, ::4]).mean() if r.shape == frame.shape else 1e9 for r in refs]
     return int(np.argmin(d)), float(min(d))
 
 
@@ -141,20 +142,39 @@ def test_real_file_gets_frames_or_one_clear_error(path: Path):
 
 
 @needs_videos
-@pytest.mark.parametrize("name", OVERCOUNTED)
-@pytest.mark.parametrize("n", [8, 32])
-def test_overcounted_files_give_distinct_real_frames(name: str, n: int):
-    """Where the container over-reports, every sampled frame is the real frame at its index, none repeated."""
-    path = VIDEOS / name
-    if not path.exists():
-        pytest.skip(f"{name} absent")
+@pytest.mark.parametrize("path", [p for p in REAL_FILES if "8k" not in p.name], ids=lambda p: p.name)
+def test_sampled_frames_are_the_real_frames_at_their_indices(path: Path):
+    """Each returned frame is FFmpeg's frame at the reported index, none repeated: no padding copies, no wrong seek.
+
+    This is what catches decord's silent failures: copies of the last frame on over-counted files
+    (OVERCOUNTED) and frames from the wrong GOP on the VFR multi-GOP HEVC file. (The 8K clip is left out
+    only because its full-size reference frames take 800 MB.)
+    """
     refs = reference_frames(path)
-    v = decode(path, frames=n, timeout_s=None)
-    check_result(v)
-    assert v.total_frames == len(refs) and len(v.indices) == min(n, len(refs)) or "did not decode" in str(v.notes)
-    matched = [nearest(f, refs) for f in v.frames]
-    assert [m for m, _ in matched] == v.indices, "returned frames are not the frames at the reported indices"
-    assert max(d for _, d in matched) < 1.0
+    if not refs:
+        pytest.skip("FFmpeg decodes no frame of this file")
+    for n in (8, 32):
+        v = decode(path, frames=n, timeout_s=None, max_side=None)
+        check_result(v)
+        assert v.total_frames == len(refs)
+        matched = [nearest(f, refs) for f in v.frames]
+        assert [m for m, _ in matched] == v.indices or _legit_duplicates(refs, v.indices, matched)
+        assert max(d for _, d in matched) < 1.0
+
+
+def _legit_duplicates(refs, indices, matched) -> bool:
+    """True where every mismatch is a frame identical to the one it matched (the AVI repeats frames)."""
+    return all(i == m or np.array_equal(refs[i], refs[m]) for i, (m, _) in zip(indices, matched))
+
+
+@needs_videos
+@pytest.mark.parametrize("name", OVERCOUNTED)
+def test_overcounted_files_are_noted(name: str):
+    """Where the container over-reports its frames, the result says how many really decode."""
+    if not (VIDEOS / name).exists():
+        pytest.skip(f"{name} absent")
+    v = decode(VIDEOS / name, frames=8, timeout_s=None)
+    assert any("decodable" in n for n in v.notes)
 
 
 @needs_videos
