@@ -36,10 +36,10 @@ class DivPrune(Method):
         exclude = not self.reference
         if self.per_frame:
             k = divprune_budget(self.keep, N)
-            picks = ops.maxmin_greedy(ops.cosine_distance(feats), k, exclude)  # [T, k]
+            picks = ops.maxmin_select(ops.cosine_similarity(feats), k, exclude=exclude)  # [T, k]
             picks = picks + torch.arange(T, device=feats.device)[:, None] * N
         else:
             k = divprune_budget(self.keep, T * N)
-            picks = ops.maxmin_greedy(ops.cosine_distance(feats.reshape(1, T * N, D)), k, exclude)  # [1, k]
+            picks = ops.maxmin_select(ops.cosine_similarity(feats.reshape(1, T * N, D)), k, exclude=exclude)  # [1, k]
         index = torch.sort(picks.flatten()).values
         return Compressed.kept(feats, index, grid, {"selected": k, "scope": "frame" if self.per_frame else "clip"})

@@ -3,8 +3,8 @@
 Each function is written once here from ``shared/ALGORITHMS.md`` and used by several methods: the cosine
 distance and max-min diversity greedy (ADTS and DivPrune), DySeg, TSTM trees, DPC-kNN, grouping of sources,
 and the attention-map pooling of LLaVA-OneVision. ``maxmin_greedy``, ``tstm_links`` and ``tree_roots`` are the
-hot loops: a later ``ops_triton.py`` can replace them behind the same signatures (a dispatcher that checks
-``tensor.is_cuda`` goes in front of the torch version; the torch version stays the CPU path and the spec).
+hot loops: their Triton twins live in ``*_triton.py`` beside this file, and ``dispatch.use_triton`` picks one per
+call (CUDA and triton importable, or ``VIDQ_KERNELS``); the torch code here stays the CPU path and the spec.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import dispatch
 from .base import Compressed, Grid
 
 
@@ -68,6 +69,30 @@ def maxmin_greedy(cost: Tensor, k: int, exclude: bool = True) -> Tensor:
     return picks
 
 
+def maxmin_select(
+    sim: Tensor, k: int, weight: Tensor | None = None, relevance: Tensor | None = None, exclude: bool = True
+) -> Tensor:
+    """Max-min greedy on the calibrated cost ``((1 - sim) * weight_j) * relevance_j``: ``sim [B, N, N]`` -> ``[B, k]``.
+
+    ``weight`` and ``relevance`` are per column ``[B, N]`` (optional). The Triton kernel forms the same float32
+    cost on the fly from the same ``sim``, so both paths compare identical values and return identical picks.
+    """
+    if dispatch.use_triton(sim):
+        return dispatch.kernel("greedy").maxmin_greedy(sim, k, weight, relevance, exclude)
+    cost = 1.0 - sim
+    if weight is not None:
+        cost = cost * weight[:, None, :]
+    if relevance is not None:
+        cost = cost * relevance[:, None, :]
+    return maxmin_greedy(cost, k, exclude)
+
+
+def cosine_similarity(x: Tensor) -> Tensor:
+    """``cos`` between every token pair of each batch row: ``[B, N, D] -> [B, N, N]`` (``1 - cosine_distance``)."""
+    xn = normalize(x)
+    return xn @ xn.transpose(-1, -2)
+
+
 def adts_select(feats: Tensor, attn: Tensor, k: int, event: Tensor | None = None, exclude: bool = True) -> Tensor:
     """FlashVID ADTS, each frame independently: ``feats [T, N, D]``, ``attn [T, N]`` -> picks ``[T, k]`` in pick order.
 
@@ -76,11 +101,9 @@ def adts_select(feats: Tensor, attn: Tensor, k: int, event: Tensor | None = None
     scaled by 1e6 only because the reference does so (it changes float rounding, hence near-ties).
     """
     weight = attn * 1e6  # [T, N]
-    cost = cosine_distance(feats) * weight[:, None, :]
-    if event is not None:
-        relevance = (feats @ event[:, :, None])[..., 0]  # [T, N], a raw dot product (may be negative)
-        cost = cost * relevance[:, None, :]
-    return maxmin_greedy(cost, k, exclude)
+    # v2's relevance is a raw dot product (may be negative).
+    relevance = (feats @ event[:, :, None])[..., 0] if event is not None else None  # [T, N]
+    return maxmin_select(cosine_similarity(feats), k, weight, relevance, exclude)
 
 
 def dyseg(frame_feats: Tensor, threshold: float, min_segments: int, complementary: bool = True) -> list[int]:
@@ -113,8 +136,11 @@ def tstm_links(feats: Tensor, cand: Tensor, tau: float, lower: int) -> tuple[Ten
     T, N, _ = feats.shape
     xn = normalize(feats)
     sim = xn[1:] @ xn[:-1].transpose(-1, -2)  # [T-1, N, N]: token n of frame f vs token m of frame f-1
-    sim = sim.masked_fill(~(cand[1:, :, None] & cand[:-1, None, :]), -1.0)
-    best, parent = sim.max(-1)  # [T-1, N]; empty when T == 1
+    if dispatch.use_triton(sim):
+        best, parent = dispatch.kernel("tstm").best_parent(sim, cand)
+    else:
+        sim = sim.masked_fill(~(cand[1:, :, None] & cand[:-1, None, :]), -1.0)
+        best, parent = sim.max(-1)  # [T-1, N]; empty when T == 1
     max_sim = torch.cat([best.new_full((1, N), -1.0), best])
     parent = torch.cat([parent.new_zeros(1, N), parent])
     link = max_sim > tau
@@ -127,6 +153,8 @@ def tstm_links(feats: Tensor, cand: Tensor, tau: float, lower: int) -> tuple[Ten
 
 def tree_roots(link: Tensor, parent: Tensor) -> Tensor:
     """Root of each token's tree: ``link, parent [T, N]`` -> the root's flat index ``t*N + n``, ``[T, N]``."""
+    if dispatch.use_triton(link, parent):
+        return dispatch.kernel("tstm").tree_roots(link, parent)
     T, N = link.shape
     own = torch.arange(T * N, device=link.device).view(T, N)
     root = own.clone()
@@ -146,7 +174,6 @@ def tree_merge(
     """
     T, N, D = feats.shape
     flat_root = root.flatten()
-    sums = torch.zeros(T * N, D, dtype=feats.dtype, device=feats.device).index_add_(0, flat_root, feats.reshape(-1, D))
     size = torch.bincount(flat_root, minlength=T * N)
     roots = keep.flatten().nonzero()[:, 0]
     if true_mean:
@@ -154,10 +181,14 @@ def tree_merge(
     else:
         child_of = ((torch.arange(T, device=feats.device)[:, None] - 1) * N + parent)[link]
         divisor = 1 + torch.bincount(child_of, minlength=T * N)[roots]
-    values = sums[roots] / divisor[:, None].to(feats.dtype)
     # Members sorted by root (stable, so ascending inside a tree); a root is its tree's earliest, smallest index.
     order = torch.argsort(flat_root, stable=True)
     sources = order[keep.flatten()[flat_root[order]]]
+    if dispatch.use_triton(feats):
+        values = dispatch.kernel("segment").segment_mean(feats.reshape(-1, D), sources, size[roots], divisor)
+        return values.to(feats.dtype), roots, sources, size[roots]
+    sums = torch.zeros(T * N, D, dtype=feats.dtype, device=feats.device).index_add_(0, flat_root, feats.reshape(-1, D))
+    values = sums[roots] / divisor[:, None].to(feats.dtype)
     return values, roots, sources, size[roots]
 
 
@@ -186,6 +217,10 @@ def dpc_knn(x: Tensor, num_clusters: int, k: int) -> tuple[Tensor, Tensor, bool]
 
 def group_mean(x: Tensor, labels: Tensor, num_groups: int) -> Tensor:
     """Mean of the rows of ``x [n, D]`` per label ``[n]`` (labels in ``[0, num_groups)``) -> ``[num_groups, D]``."""
+    if dispatch.use_triton(x, labels):
+        counts = torch.bincount(labels, minlength=num_groups)
+        members = torch.argsort(labels, stable=True)
+        return dispatch.kernel("segment").segment_mean(x, members, counts, counts.clamp_min(1)).to(x.dtype)
     sums = torch.zeros(num_groups, x.shape[-1], dtype=x.dtype, device=x.device).index_add_(0, labels, x)
     counts = torch.bincount(labels, minlength=num_groups).clamp_min(1)
     return sums / counts[:, None].to(x.dtype)
