@@ -1,0 +1,113 @@
+"""``vidq annotate``: answer questions about every video of a folder or glob into a resumable JSON-lines file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..api import DEFAULT_METHOD, DEFAULT_MODEL
+from ..cli import (
+    Device, Dtype, Fps, Frames, Keep, MaxFrames, Method, Model, Opt, app, err, parse_options, user_errors, warn_random,
+)
+
+
+@app.command()
+def annotate(
+    videos: Annotated[str, typer.Argument(help="A directory (searched recursively), a glob, or one video file.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The JSON-lines file to write (appended, resumable).")],
+    question: Annotated[Optional[list[str]], typer.Option("--question", "-q", help="A question; repeatable.")]
+    = None,
+    questions: Annotated[Optional[Path], typer.Option(help="A file with one question per line.")] = None,
+    model: Model = DEFAULT_MODEL,
+    method: Method = DEFAULT_METHOD,
+    keep: Keep = 0.25,
+    opt: Opt = None,
+    frames: Frames = None,
+    fps: Fps = None,
+    max_frames: MaxFrames = 32,
+    max_new_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 64,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 is greedy.")] = 0.0,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    seed: Annotated[int, typer.Option(help="Seed for sampling (and anything random).")] = 0,
+    decoder: Annotated[str, typer.Option(help="Video decoder: auto, decord or pyav.")] = "auto",
+    decode_timeout: Annotated[float, typer.Option(help="Seconds before a video's decoding is killed.")] = 120.0,
+    prefetch: Annotated[int, typer.Option(help="Videos decoded ahead while the model runs.")] = 2,
+    engine: Annotated[str, typer.Option(help="local (this process) or ray (Ray Data; pip install 'vidq[ray]').")]
+    = "local",
+    ray_actors: Annotated[int, typer.Option(help="Ray engine: model replicas (actors).")] = 1,
+    gpus_per_actor: Annotated[float, typer.Option(help="Ray engine: GPUs per actor (0 on CPU).")] = 0.0,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar or summary; errors only.")] = False,
+) -> None:
+    """Answer QUESTION(s) about every video in VIDEOS, one JSON line per (video, question); reruns skip done lines."""
+    with user_errors():
+        from ..annotate import AnnotateConfig, annotate as run, find_videos, read_questions
+        from ..api import AskConfig, ConfigError
+
+        if bool(question) == bool(questions):
+            raise ConfigError("give --question (repeatable) or --questions FILE, one of the two")
+        asked = list(dict.fromkeys(q.strip() for q in question)) if question else read_questions(questions)
+        config = AnnotateConfig(
+            model=model, device=device, dtype=dtype, prefetch=prefetch, engine=engine, ray_actors=ray_actors,
+            ray_gpus_per_actor=gpus_per_actor,
+            ask=AskConfig(
+                method=method, keep=keep, options=parse_options(opt), frames=frames, fps=fps, max_frames=max_frames,
+                max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, decoder=decoder,
+                decode_timeout_s=decode_timeout,
+            ),
+        )
+        found = find_videos(videos)
+        if not quiet:
+            warn_random(model)
+        progress = None if quiet else _Progress()
+        try:
+            summary = run(found, asked, out, config, on_event=progress.event if progress else None)
+        finally:
+            if progress is not None:
+                progress.stop()
+        if not quiet:
+            err.print(
+                f"[bold]{summary.done} done[/], {summary.skipped} skipped (already in {summary.out}), "
+                f"[{'red' if summary.failed else 'dim'}]{summary.failed} failed[/], in {summary.elapsed_s:.1f}s",
+                highlight=False,
+            )
+
+
+class _Progress:
+    """A rich progress bar on stderr: counts, rate and ETA; it starts when the work is known."""
+
+    def __init__(self) -> None:
+        from rich.progress import (
+            BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("annotating"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+            TextColumn("[red]{task.fields[failed]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            console=err, transient=False,
+        )
+        self.task = None
+        self.failed = 0
+
+    def event(self, kind: str, record: dict) -> None:
+        if kind == "start":
+            if record.get("repaired_bytes"):
+                err.print(f"[yellow]cut off a torn last line ({record['repaired_bytes']} bytes) left by an "
+                          "interrupted run[/]", highlight=False)
+            todo = record["total"] - record["skipped"]
+            if todo:
+                self.progress.start()
+                self.task = self.progress.add_task("annotate", total=todo, rate="", failed="")
+            return
+        self.failed += kind == "failed"
+        speed = self.progress.tasks[0].speed
+        self.progress.update(
+            self.task, advance=1, rate=f"{speed:.2f}/s" if speed else "",
+            failed=f"{self.failed} failed" if self.failed else "",
+        )
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.progress.stop()

@@ -1,0 +1,194 @@
+"""``vidq annotate``: the right lines for good, corrupt and non-video files; resuming; kills; the Ray engine."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from flashvid_cli.annotate import AnnotateConfig, JsonLines, annotate, find_videos, read_questions
+from flashvid_cli.api import AskConfig, ConfigError
+from flashvid_cli.cli import app
+
+runner = CliRunner()
+QUESTIONS = ["What happens?", "How many objects?"]
+FAST = AskConfig(method="pool", keep=0.5, frames=4, max_new_tokens=2)
+FAST_ARGS = ["--method", "pool", "--keep", "0.5", "--frames", "4", "--max-new-tokens", "2"]
+
+
+@pytest.fixture()
+def folder(tmp_path, sample_video) -> Path:
+    """Three good videos (one nested, one .mkv), a corrupt .mp4 and a text file."""
+    root = tmp_path / "videos"
+    (root / "sub").mkdir(parents=True)
+    for name in ["a.mp4", "sub/b.mp4", "sub/c.mkv"]:
+        shutil.copy(sample_video, root / name)
+    (root / "corrupt.mp4").write_bytes(sample_video.read_bytes()[:3000])
+    (root / "notes.txt").write_text("not a video\n")
+    return root
+
+
+def read_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def keys(lines: list[dict]) -> list[tuple[str, str]]:
+    return [(r["video"], r["question"]) for r in lines]
+
+
+def test_find_videos_by_extension_recursively(folder):
+    found = find_videos(folder)
+    assert [Path(p).relative_to(folder).as_posix() for p in found] == ["a.mp4", "corrupt.mp4", "sub/b.mp4", "sub/c.mkv"]
+    assert find_videos(str(folder / "sub" / "*.mkv")) == [str(folder / "sub" / "c.mkv")]
+    with pytest.raises(ConfigError, match="no video files"):
+        find_videos(folder / "*.txt")
+
+
+def test_read_questions_skips_blanks_and_duplicates(tmp_path):
+    path = tmp_path / "q.txt"
+    path.write_text("What happens?\n\n  How many?  \nWhat happens?\n")
+    assert read_questions(path) == ["What happens?", "How many?"]
+
+
+def test_annotate_writes_one_line_per_video_and_question(tiny_models, folder, tmp_path):
+    out = tmp_path / "out.jsonl"
+    config = AnnotateConfig(model=str(tiny_models["llava_onevision"]), device="cpu", ask=FAST)
+    summary = annotate(find_videos(folder), QUESTIONS, out, config)
+    lines = read_lines(out)
+    assert (summary.done, summary.failed, summary.skipped, summary.total) == (6, 2, 0, 8)
+    assert sorted(keys(lines)) == sorted((str(folder / v), q) for v in ["a.mp4", "corrupt.mp4", "sub/b.mp4",
+                                                                          "sub/c.mkv"] for q in QUESTIONS)
+    for line in lines:
+        assert set(line) == {"video", "question", "answer", "error", "decode_s", "report", "options"}
+        assert line["options"]["method"] == "pool" and line["options"]["frames"] == 4
+        if line["video"].endswith("corrupt.mp4"):
+            assert line["answer"] is None and line["report"] is None and "corrupt.mp4" in line["error"]
+        else:
+            assert line["error"] is None and isinstance(line["answer"], str) and line["decode_s"] > 0
+            assert line["report"]["tokens"]["generated"] >= 1 and len(line["report"]["video"]["frame_indices"]) == 4
+
+    again = annotate(find_videos(folder), QUESTIONS, out, config)  # resumed: nothing left to do
+    assert (again.done, again.failed, again.skipped) == (0, 0, 8)
+    assert read_lines(out) == lines
+
+
+def test_a_torn_last_line_is_cut_off_and_redone(tiny_models, folder, tmp_path):
+    out = tmp_path / "out.jsonl"
+    config = AnnotateConfig(model=str(tiny_models["qwen2_5_vl"]), device="cpu", ask=FAST)
+    videos = find_videos(folder / "sub")
+    annotate(videos[:1], QUESTIONS[:1], out, config)
+    with open(out, "a") as f:  # what a kill in the middle of a write leaves
+        f.write('{"video": "' + videos[1] + '", "question": "What ha')
+    sink = JsonLines(out)
+    sink.close()
+    assert sink.repaired > 0 and len(read_lines(out)) == 1
+    summary = annotate(videos, QUESTIONS[:1], out, config)
+    assert (summary.done, summary.skipped) == (1, 1)
+    assert sorted(keys(read_lines(out))) == [(v, QUESTIONS[0]) for v in videos]
+
+
+def test_a_decode_past_its_time_limit_costs_only_its_lines(tiny_models, folder, tmp_path):
+    out = tmp_path / "out.jsonl"
+    ask = AskConfig(method="pool", keep=0.5, frames=4, max_new_tokens=2, decode_timeout_s=0.001)
+    summary = annotate(find_videos(folder / "sub"), QUESTIONS[:1], out,
+                       AnnotateConfig(model=str(tiny_models["llava_onevision"]), device="cpu", ask=ask))
+    assert (summary.done, summary.failed) == (0, 2)
+    assert all("timed out" in line["error"] for line in read_lines(out))
+
+
+def test_cli_progress_summary_and_quiet(tiny_models, folder, tmp_path):
+    out = tmp_path / "out.jsonl"
+    base = ["annotate", str(folder), "--question", QUESTIONS[0], "--out", str(out),
+            "--model", str(tiny_models["llava_onevision"]), *FAST_ARGS]
+    result = runner.invoke(app, base)
+    assert result.exit_code == 0, result.stderr
+    assert "3 done, 0 skipped" in result.stderr and "1 failed" in result.stderr and result.stdout == ""
+    quiet = runner.invoke(app, [*base, "--quiet"])
+    assert quiet.exit_code == 0 and quiet.stderr == "" and len(read_lines(out)) == 4
+
+
+@pytest.mark.parametrize("args, expected", [
+    ([], "give --question (repeatable) or --questions FILE"),
+    (["--question", "Q", "--engine", "spark"], "--engine must be one of local, ray"),
+    (["--question", "Q", "--method", "nosuch"], "unknown method 'nosuch'"),
+    (["--questions", "/nonexistent/q.txt"], "cannot read --questions"),
+])
+def test_cli_bad_options_get_one_line(tiny_models, folder, tmp_path, args, expected):
+    result = runner.invoke(app, ["annotate", str(folder), "--out", str(tmp_path / "o.jsonl"),
+                                 "--model", str(tiny_models["llava_onevision"]), *args])
+    assert result.exit_code == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and expected in lines[0], result.stderr
+
+
+def test_no_videos_is_one_line(tiny_models, tmp_path):
+    result = runner.invoke(app, ["annotate", str(tmp_path), "-q", "Q", "--out", str(tmp_path / "o.jsonl"),
+                                 "--model", str(tiny_models["llava_onevision"])])
+    assert result.exit_code == 1 and "no video files" in result.stderr
+
+
+def test_killed_run_resumes_without_duplicates_or_loss(tiny_models, sample_video, tmp_path):
+    root = tmp_path / "many"
+    root.mkdir()
+    for i in range(8):
+        shutil.copy(sample_video, root / f"v{i}.mp4")
+    out = tmp_path / "out.jsonl"
+    command = [sys.executable, "-m", "flashvid_cli", "annotate", str(root), "-q", QUESTIONS[0], "-q", QUESTIONS[1],
+               "--out", str(out), "--model", str(tiny_models["llava_onevision"]), "--quiet", *FAST_ARGS]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out.exists() and out.read_bytes().count(b"\n") >= 1:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
+    survived = [line for line in out.read_text().splitlines(keepends=True) if line.endswith("\n")]
+    assert 1 <= len(survived) < 16, "the kill should land mid-run"
+
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    lines = out.read_text().splitlines(keepends=True)
+    assert lines[: len(survived)] == survived  # nothing finished was lost or rewritten
+    records = [json.loads(line) for line in lines]
+    assert len(keys(records)) == len(set(keys(records))) == 16
+    assert all(r["error"] is None for r in records)
+
+
+def test_ray_engine_without_ray_is_one_clear_error(monkeypatch, tiny_models, folder, tmp_path):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    config = AnnotateConfig(model=str(tiny_models["llava_onevision"]), device="cpu", ask=FAST, engine="ray")
+    with pytest.raises(ConfigError, match=r"pip install 'vidq\[ray\]'"):
+        annotate(find_videos(folder), QUESTIONS[:1], tmp_path / "o.jsonl", config)
+
+
+def test_ray_engine_gives_the_same_lines_as_the_local_one(tiny_models, folder, tmp_path):
+    ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'vidq[ray]'")
+    pytest.importorskip("ray.data", reason="the ray engine needs Ray Data: pip install 'ray[data]'")
+    videos = find_videos(folder)
+    model = str(tiny_models["llava_onevision"])
+    local, remote = tmp_path / "local.jsonl", tmp_path / "ray.jsonl"
+    annotate(videos, QUESTIONS, local, AnnotateConfig(model=model, device="cpu", ask=FAST))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        summary = annotate(videos, QUESTIONS, remote,
+                           AnnotateConfig(model=model, device="cpu", ask=FAST, engine="ray", ray_actors=1))
+    finally:
+        ray.shutdown()
+    assert (summary.done, summary.failed) == (6, 2)
+
+    def comparable(path: Path) -> dict:
+        return {(r["video"], r["question"]): (r["answer"], r["error"], r["options"],
+                                              r["report"] and r["report"]["tokens"]) for r in read_lines(path)}
+
+    assert comparable(remote) == comparable(local)
