@@ -14,7 +14,8 @@ try:
 except ImportError:
     torchvision = None
 needs_torchvision = pytest.mark.skipif(
-    torchvision is None, reason="HF video processors need torchvision, which has no CPU build here (run on the GPU machine)"
+    torchvision is None,
+    reason="HF video processors need torchvision (no CPU build on PyPI; the README's Tests section says how to run this)",
 )
 
 
