@@ -44,6 +44,14 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in {"1", "true", "on", "yes"}
 
 
+def interpreter_tiles() -> bool:
+    """Whether launchers pick big tiles: the interpreter pays per operation, not per element.
+
+    ``VIDQ_TRITON_TILES=gpu`` keeps the GPU tile sizes under the interpreter, so tests cover their multi-tile loops.
+    """
+    return interpreting() and os.environ.get("VIDQ_TRITON_TILES", "").strip().lower() != "gpu"
+
+
 def use_triton(*tensors: Tensor) -> bool:
     """True when the Triton kernel should run on ``tensors``; raises if it is forced but cannot run."""
     chosen = mode()

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
-from torch import Tensor
 import torch
+from torch import Tensor
+
+from . import dispatch
 
 
 @triton.jit
@@ -107,8 +109,10 @@ def maxmin_greedy(
     second = torch.empty(B, N, dtype=torch.float32, device=sim.device)
     picks = torch.empty(B, k, dtype=torch.int32, device=sim.device)
     flags = dict(HAS_W=weight is not None, HAS_R=relevance is not None)
-    block_c = min(128, triton.next_power_of_2(N))
-    _second_smallest_kernel[(B, triton.cdiv(N, block_c))](sim, w, r, second, N, **flags, BLOCK_R=32, BLOCK_C=block_c)
+    # Small tiles keep a GPU program's registers in check; the CPU interpreter pays per operation, so it gets big ones.
+    block_r, block_c = (256, 256) if dispatch.interpreter_tiles() else (32, 128)
+    block_r, block_c = min(block_r, triton.next_power_of_2(N)), min(block_c, triton.next_power_of_2(N))
+    _second_smallest_kernel[(B, triton.cdiv(N, block_c))](sim, w, r, second, N, **flags, BLOCK_R=block_r, BLOCK_C=block_c)
     block_n = triton.next_power_of_2(N)
     warps = 4 if block_n <= 1024 else 8 if block_n <= 4096 else 16
     _greedy_kernel[(B,)](sim, w, r, second, picks, N, k, **flags, EXCLUDE=exclude, BLOCK_N=block_n, num_warps=warps)

@@ -13,6 +13,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from . import dispatch
+
 
 @triton.jit
 def _best_parent_kernel(
@@ -51,8 +53,9 @@ def best_parent(sim: Tensor, cand: Tensor) -> tuple[Tensor, Tensor]:
     best = torch.empty(F, N, dtype=torch.float32, device=sim.device)
     parent = torch.empty(F, N, dtype=torch.int32, device=sim.device)
     if F:
-        block_m = min(256, triton.next_power_of_2(N))
-        block_r = min(32, triton.next_power_of_2(N))
+        # The CPU interpreter pays per operation, not per element: one program per frame there.
+        block_r, block_m = (1024, 256) if dispatch.interpreter_tiles() else (32, 256)
+        block_r, block_m = min(block_r, triton.next_power_of_2(N)), min(block_m, triton.next_power_of_2(N))
         _best_parent_kernel[(F, triton.cdiv(N, block_r))](sim, cand8, best, parent, N, BLOCK_R=block_r, BLOCK_M=block_m)
     return best, parent.long()
 
