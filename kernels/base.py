@@ -9,6 +9,8 @@ visual tokens of a clip ``feats [T, N, D]`` on a ``(T, H, W)`` grid (N = H * W, 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -78,6 +80,26 @@ def per_frame_counts(index: Tensor, grid: Grid) -> list[int]:
     return torch.bincount(index // grid.N, minlength=grid.T).tolist()
 
 
+@contextmanager
+def cpu_threads(count: int | None) -> Iterator[None]:
+    """Run the block with ``count`` intra-op CPU threads (None: leave as is), restoring the setting afterwards.
+
+    Compression is ~1000 small ops (a few hundred KB each). With OpenMP threads every op pays a team wake-up, and
+    ``index_add_``'s parallel path is far slower still: on a 2-core machine the first FlashVID call at 32x196x896
+    took 0.6-2.6 s with 2 threads and 0.14-0.25 s with one (later calls 0.6-3.8 s vs 0.11-0.18 s when the
+    cores are shared). ``vidq ask`` makes one call per process, so that first call is what users wait for.
+    """
+    before = torch.get_num_threads()
+    if count is None or count == before:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @dataclass(frozen=True)
 class Method:
     """Base of every compression method: validates the ratio and the inputs once, runs ``compress`` in float32.
@@ -118,7 +140,8 @@ class Method:
             index = torch.arange(grid.T * grid.N, device=feats.device)
             out = Compressed.kept(feats, index, grid)
         else:
-            out = self.compress(feats.float(), grid, importance, metric)
+            with cpu_threads(1 if feats.device.type == "cpu" else None):
+                out = self.compress(feats.float(), grid, importance, metric)
             out.tokens = out.tokens.to(feats.dtype)
         out.stats = {
             "tokens_in": grid.T * grid.N,
