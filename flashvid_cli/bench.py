@@ -227,6 +227,7 @@ def run_bench(
 ) -> BenchResult:
     """Run every (method, keep) of ``config`` on every video; ``on_run(video, method, keep, done, total)`` reports
     progress after each row."""
+    videos = list(dict.fromkeys(str(v) for v in videos))  # a video named twice is benchmarked once
     size = LanguageModelSize.of(qa)
     tokenizer = qa.pipeline.tokenizer
     pairs = config.runs()
@@ -323,7 +324,8 @@ def plot_bench(result: BenchResult, path: str | Path) -> Path:
                          color="#333333" if not note.startswith("differs") else "#b03a2e")
         ax_time.set_yticks(ys, labels)
         ax_time.set_xlim(0, longest * 1.55)
-        ax_time.set_xlabel("time to first token, ms (median; stages stacked; [min-max] over repeats)")
+        ax_time.set_xlabel("ms to first token: bars stack the stage medians; "
+                           "labels give the median time to first token [min-max over repeats]")
         ax_time.set_title(Path(video).name, loc="left", fontsize=10)
         ax_time.grid(axis="x", alpha=0.3)
         ax_time.spines[["top", "right"]].set_visible(False)

@@ -27,7 +27,9 @@ DEBUG_VARIABLE = "VIDQ_DEBUG"
 
 # Options shared by the commands that load a model.
 Model = Annotated[
-    str, typer.Option("--model", "-m", help="Hugging Face repo id or local model directory.")
+    str, typer.Option("--model", "-m", help="Hugging Face repo id, local model directory, or random:NAME "
+                      "(llava-onevision-0.5b, llava-onevision-7b, qwen2.5-vl-7b, or a config.json path): the real "
+                      "architecture with random weights, for timing.")
 ]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 Dtype = Annotated[str, typer.Option(help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16.")]

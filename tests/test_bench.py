@@ -23,9 +23,10 @@ FAST = ["--frames", "4", "--max-new-tokens", "2"]
 @pytest.fixture(scope="module")
 def bench_run(tiny_models, sample_video, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    video = str(sample_video)
+    other = out / "other.mp4"
+    other.write_bytes(sample_video.read_bytes())
     result = runner.invoke(app, [
-        "bench", video, video, "--model", str(tiny_models["llava_onevision"]),
+        "bench", str(sample_video), str(other), str(sample_video), "--model", str(tiny_models["llava_onevision"]),
         "--methods", "flashvid,divprune,visionzip,pool,none", "--keep", "0.1,0.5", "--repeat", "2", "--warmup", "0",
         "--json", str(out / "bench.json"), "--plot", str(out / "bench.png"), *FAST,
     ])
@@ -48,8 +49,8 @@ def test_bench_json_has_every_row_and_the_environment(bench_run):
         assert key in env, key
     assert env["versions"]["transformers"].startswith("5.23") and env["repeat"] == 2 and env["frames"]["frames"] == 4
     rows = doc["rows"]
-    # 2 videos x (4 methods x 2 keeps + none once).
-    assert len(rows) == 2 * 9
+    # 2 videos (one named twice) x (4 methods x 2 keeps + none once).
+    assert len(rows) == 2 * 9 and len({r["video"] for r in rows}) == 2
     assert {(r["method"], r["keep"]) for r in rows} == {
         *((m, k) for m in ["flashvid", "divprune", "visionzip", "pool"] for k in [0.1, 0.5]), ("none", 1.0)}
     for row in rows:
