@@ -112,6 +112,7 @@ class Report:
     timings: Timings
     peak_memory_bytes: int
     peak_memory_kind: str  # "cuda allocated" or "process RSS"
+    text_after_video: str | None = None  # Qwen2.5-VL: the rule used for the positions after the video
 
 
 @dataclass
@@ -175,14 +176,16 @@ class VideoQA:
             raise ConfigError("the question is empty")
         pipe = self.pipeline
         method = build(config.method, config.keep, model_type=pipe.model_type, options=config.options)
-        if config.text_after_video is not None:
-            if pipe.model_type != "qwen2_5_vl":
-                raise ConfigError("--text-after-video applies to Qwen2.5-VL models only")
+        rule = None
+        if pipe.model_type == "qwen2_5_vl":
             from .pipelines.qwen2_5_vl import TEXT_AFTER_VIDEO_RULES
 
-            if config.text_after_video not in TEXT_AFTER_VIDEO_RULES:
+            rule = config.text_after_video or type(pipe).text_after_video
+            if rule not in TEXT_AFTER_VIDEO_RULES:
                 raise ConfigError(f"--text-after-video must be one of {', '.join(TEXT_AFTER_VIDEO_RULES)}")
-            pipe.text_after_video = config.text_after_video
+            pipe.text_after_video = rule  # set on every call, so one question's rule never leaks into the next
+        elif config.text_after_video is not None:
+            raise ConfigError("--text-after-video applies to Qwen2.5-VL models only")
         device = pipe.device
         torch.manual_seed(config.seed)
         if device.type == "cuda":
@@ -239,6 +242,7 @@ class VideoQA:
             ),
             peak_memory_bytes=peak,
             peak_memory_kind=peak_kind,
+            text_after_video=rule,
         )
         return AskResult(gen.text, report, list(gen.token_ids))
 

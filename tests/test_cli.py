@@ -165,3 +165,16 @@ def test_methods_lists_the_registry():
 def test_python_dash_m_runs_the_cli():
     out = subprocess.run([sys.executable, "-m", "flashvid_cli", "ask", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--keep" in out.stdout
+
+
+def test_text_after_video_rule_is_per_question(tiny_models, sample_video):
+    from flashvid_cli.api import AskConfig, VideoQA
+
+    qa = VideoQA(str(tiny_models["qwen2_5_vl"]), device="cpu")
+    base = dict(method="none", frames=4, max_new_tokens=1)
+    first = qa.ask(sample_video, QUESTION, AskConfig(text_after_video="qwen", **base))
+    second = qa.ask(sample_video, QUESTION, AskConfig(**base))
+    assert (first.report.text_after_video, second.report.text_after_video) == ("qwen", "hf")
+    line = one_error_line(vidq("ask", str(sample_video), QUESTION, "--model", str(tiny_models["llava_onevision"]),
+                               "--text-after-video", "qwen"))
+    assert "Qwen2.5-VL models only" in line
