@@ -42,6 +42,8 @@ def report_tables(report: Report) -> Group:
     options = ", ".join(f"{key}={val}" for key, val in report.method_options.items()) or "-"
     facts.add_row("model", f"{report.model} ({report.model_type}) on {report.device}, {report.dtype}")
     facts.add_row("method", f"{report.method} keep={report.keep:g} ({options})")
+    if report.text_after_video:
+        facts.add_row("positions", f"M-RoPE, text after the video by the {report.text_after_video!r} rule")
     facts.add_row("visual tokens", f"{k.visual_before:,} -> {k.visual_after:,} ({100 * k.ratio:.1f}%)")
     facts.add_row("prompt tokens", f"{k.prompt:,} in, {k.generated:,} generated")
     facts.add_row("frames", f"{len(v.frame_indices)} of {v.total_frames} ({v.sampling}; decoder {v.decoder})")
