@@ -41,6 +41,10 @@ Opt = Annotated[
 Frames = Annotated[Optional[int], typer.Option(help="Sample N frames uniformly over the video.")]
 Fps = Annotated[Optional[float], typer.Option(help="Sample F frames per second (capped by --max-frames).")]
 MaxFrames = Annotated[int, typer.Option(help="Most frames to sample; the default count without --frames/--fps.")]
+MaxNewTokens = Annotated[int, typer.Option(help="Most tokens to generate.")]
+Temperature = Annotated[float, typer.Option(help="Sampling temperature; 0 is greedy.")]
+Seed = Annotated[int, typer.Option(help="Seed for sampling (and anything random).")]
+Decoder = Annotated[str, typer.Option(help="Video decoder: auto, decord or pyav.")]
 
 
 @contextmanager
@@ -131,12 +135,12 @@ def ask(
     frames: Frames = None,
     fps: Fps = None,
     max_frames: MaxFrames = 32,
-    max_new_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 64,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 is greedy.")] = 0.0,
+    max_new_tokens: MaxNewTokens = 64,
+    temperature: Temperature = 0.0,
     device: Device = "auto",
     dtype: Dtype = "auto",
-    seed: Annotated[int, typer.Option(help="Seed for sampling (and anything random).")] = 0,
-    decoder: Annotated[str, typer.Option(help="Video decoder: auto, decord or pyav.")] = "auto",
+    seed: Seed = 0,
+    decoder: Decoder = "auto",
     text_after_video: Annotated[
         Optional[str], typer.Option(help="Qwen2.5-VL: where text after the video resumes: hf (default) or qwen.")
     ] = None,

@@ -9,7 +9,8 @@ import typer
 
 from ..api import DEFAULT_METHOD, DEFAULT_MODEL
 from ..cli import (
-    Device, Dtype, Fps, Frames, Keep, MaxFrames, Method, Model, Opt, app, err, parse_options, user_errors, warn_random,
+    Decoder, Device, Dtype, Fps, Frames, Keep, MaxFrames, MaxNewTokens, Method, Model, Opt, Seed, Temperature, app, err,
+    parse_options, user_errors, warn_random,
 )
 
 
@@ -27,12 +28,12 @@ def annotate(
     frames: Frames = None,
     fps: Fps = None,
     max_frames: MaxFrames = 32,
-    max_new_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 64,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 is greedy.")] = 0.0,
+    max_new_tokens: MaxNewTokens = 64,
+    temperature: Temperature = 0.0,
     device: Device = "auto",
     dtype: Dtype = "auto",
-    seed: Annotated[int, typer.Option(help="Seed for sampling (and anything random).")] = 0,
-    decoder: Annotated[str, typer.Option(help="Video decoder: auto, decord or pyav.")] = "auto",
+    seed: Seed = 0,
+    decoder: Decoder = "auto",
     decode_timeout: Annotated[float, typer.Option(help="Seconds before a video's decoding is killed.")] = 120.0,
     prefetch: Annotated[int, typer.Option(help="Videos decoded ahead while the model runs.")] = 2,
     engine: Annotated[str, typer.Option(help="local (this process) or ray (Ray Data; pip install 'vidq[ray]').")]

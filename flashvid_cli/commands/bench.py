@@ -11,7 +11,9 @@ from rich.console import Console
 from rich.table import Table
 
 from ..api import DEFAULT_MODEL
-from ..cli import Device, Dtype, Fps, Frames, MaxFrames, Model, app, err, parse_list, user_errors, warn_random
+from ..cli import (
+    Decoder, Device, Dtype, Fps, Frames, MaxFrames, MaxNewTokens, Model, app, err, parse_list, user_errors, warn_random,
+)
 
 
 @app.command()
@@ -27,10 +29,10 @@ def bench(
     frames: Frames = None,
     fps: Fps = None,
     max_frames: MaxFrames = 32,
-    max_new_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 16,
+    max_new_tokens: MaxNewTokens = 16,
     device: Device = "auto",
     dtype: Dtype = "auto",
-    decoder: Annotated[str, typer.Option(help="Video decoder: auto, decord or pyav.")] = "auto",
+    decoder: Decoder = "auto",
     json_file: Annotated[
         Optional[Path], typer.Option("--json", help="Write every row and the environment to this JSON file.")
     ] = None,
