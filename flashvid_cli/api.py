@@ -215,9 +215,8 @@ class VideoQA:
         total = marks[-1] - marks[0]
         peak, peak_kind = _peak_memory(device)
 
-        before = encoded.grid.T * encoded.grid.N
-        after = int(compressed.tokens.shape[0]) + (1 if pipe.model_type == "llava_onevision" else 0)
-        before += 1 if pipe.model_type == "llava_onevision" else 0
+        before = encoded.grid.T * encoded.grid.N + pipe.extra_video_tokens
+        after = int(compressed.tokens.shape[0]) + pipe.extra_video_tokens
         stats = {k: v for k, v in compressed.stats.items() if k not in {"tokens_in", "tokens_out"}}
         report = Report(
             model=pipe.name,

@@ -187,6 +187,7 @@ class Pipeline:
     model_type: ClassVar[str]
     model_class: ClassVar[str]  # name of the transformers class
     video_token: ClassVar[str]
+    extra_video_tokens: ClassVar[int] = 0  # tokens the family adds after the video (LLaVA-OneVision's newline)
 
     def __init__(self, model: Any, tokenizer: Any, preprocess: PreprocessConfig, chat_template: str | None,
                  name: str):

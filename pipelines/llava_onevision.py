@@ -24,6 +24,7 @@ class LlavaOnevisionPipeline(Pipeline):
     model_type = "llava_onevision"
     model_class = "LlavaOnevisionForConditionalGeneration"
     video_token = "<video>"
+    extra_video_tokens = 1  # one image_newline after the whole video
 
     def preprocess(self, frames: np.ndarray, timestamps: list[float]) -> Pixels:
         cfg = self.preprocess_config
