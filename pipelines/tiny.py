@@ -44,8 +44,8 @@ _CORPUS = [
 ] * 4
 
 
-def build_tokenizer(special: list[str], vocab_size: int = 420) -> Any:
-    """A byte-level BPE trained on a few sentences, wrapped in the real ``Qwen2Tokenizer`` class."""
+def build_tokenizer(special: list[str], vocab_size: int = 420, corpus: list[str] | None = None) -> Any:
+    """A byte-level BPE trained on ``corpus`` (default: a few sentences), wrapped in the real ``Qwen2Tokenizer``."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
 
@@ -55,7 +55,7 @@ def build_tokenizer(special: list[str], vocab_size: int = 420) -> Any:
         vocab_size=vocab_size, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    bpe.train_from_iterator(_CORPUS, trainer)
+    bpe.train_from_iterator(corpus or _CORPUS, trainer)
     state = json.loads(bpe.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
     tok = Qwen2Tokenizer(vocab=state["vocab"], merges=merges, eos_token="<|im_end|>", pad_token="<|endoftext|>")
