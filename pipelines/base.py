@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -290,3 +291,30 @@ class Pipeline:
         text = self.tokenizer.decode(new_ids, skip_special_tokens=True).strip()
         logits = [x.detach() for x in out.logits] if options.return_logits else None
         return Generation(text, new_ids, prompt_len, first - start, end - first, logits)
+
+    def append_tokens(self, inputs: dict[str, Any], ids: Sequence[int]) -> dict[str, Any]:
+        """``inputs`` with ``ids`` appended after the prompt, placed exactly as generate() would place them.
+
+        ``position_ids`` (Qwen2.5-VL's [4, 1, L]: the sequence index, then M-RoPE t, h, w) grow by
+        ``last + 1 + arange`` on every row, as generate() extends them. That is right because every prompt ends in
+        text, where t, h and w are equal and advance by one per token. Without ``position_ids`` the model counts
+        positions itself (LLaVA-OneVision).
+        """
+        input_ids = inputs["input_ids"]
+        extra = torch.as_tensor(list(ids), dtype=input_ids.dtype, device=input_ids.device).view(1, -1)  # [1, n]
+        out = dict(inputs)
+        out["input_ids"] = torch.cat([input_ids, extra], dim=1)
+        out["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones_like(extra)], dim=1)
+        if (positions := inputs.get("position_ids")) is not None:
+            step = torch.arange(1, extra.shape[1] + 1, dtype=positions.dtype, device=positions.device)
+            out["position_ids"] = torch.cat([positions, positions[..., -1:] + step], dim=-1)  # [R, 1, L + n]
+        return out
+
+    def last_logits(self, inputs: dict[str, Any], count: int = 1) -> Tensor:
+        """Float32 logits [count, vocab] at the last ``count`` positions of one forward pass (no generate, no cache).
+
+        The logits at position i predict token i + 1; only ``count`` rows go through the LM head.
+        """
+        with torch.inference_mode():
+            out = self.model(**inputs, use_cache=False, logits_to_keep=count)
+        return out.logits[0].float()
