@@ -1,0 +1,112 @@
+"""``vidq eval``: multiple-choice accuracy per compression method and keep ratio; a table, JSON and a PNG."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from ..api import DEFAULT_MODEL
+from ..cli import (
+    Decoder, Device, Dtype, Fps, Frames, MaxFrames, Model, app, err, parse_list, user_errors, warn_random,
+)
+
+
+@app.command("eval")
+def evaluate(
+    data: Annotated[Path, typer.Argument(help="JSON lines: video, question, options, answer (letter, index or "
+                                              "text), optional type and id.")],
+    model: Model = DEFAULT_MODEL,
+    methods: Annotated[str, typer.Option(help="Comma-separated methods; `none` (every token) runs once.")]
+    = "flashvid,divprune,visionzip,pool,none",
+    keep: Annotated[str, typer.Option(help="Comma-separated keep ratios, each in (0, 1].")] = "1.0,0.5,0.25,0.1",
+    scoring: Annotated[str, typer.Option(help="likelihood: each option's summed log-probability as the answer; "
+                                              "letter: the options listed, the logit of each one's letter.")]
+    = "likelihood",
+    limit: Annotated[Optional[int], typer.Option(help="Evaluate only the first N questions.")] = None,
+    frames: Frames = None,
+    fps: Fps = None,
+    max_frames: MaxFrames = 32,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    decoder: Decoder = "auto",
+    json_file: Annotated[
+        Optional[Path], typer.Option("--json", help="Write the rows, every prediction and the environment here.")
+    ] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Draw accuracy against keep, a line per method, to this PNG.")]
+    = None,
+) -> None:
+    """Multiple-choice accuracy of each method at each keep ratio; every video is encoded once."""
+    with user_errors():
+        from ..api import AskConfig, VideoQA
+        from ..evaluate import EvalConfig, plot_eval, read_dataset, require_matplotlib, run_eval
+
+        config = EvalConfig(
+            methods=tuple(parse_list(methods, str, "--methods")),
+            keeps=tuple(parse_list(keep, float, "--keep")),
+            scoring=scoring,
+            limit=limit,
+            ask=AskConfig(frames=frames, fps=fps, max_frames=max_frames, decoder=decoder),
+        )
+        if plot is not None:
+            require_matplotlib()
+        questions = read_dataset(data)[:limit]
+        warn_random(model)
+        qa = VideoQA(model, device=device, dtype=dtype)
+        videos = len({q.video for q in questions})
+        err.print(f"[dim]loaded {model} in {qa.load_s:.1f}s; {len(questions)} questions on {videos} videos x "
+                  f"{len(config.runs())} rows, {scoring} scoring[/]", highlight=False, soft_wrap=True)
+        with _progress() as progress:
+            task = progress.add_task("evaluating", total=len(questions), failed="")
+            result = run_eval(qa, questions, config, progress=lambda done, total, failed: progress.update(
+                task, completed=done, failed=f"{failed} failed" if failed else ""))
+        out = Console()
+        print_eval(result, out if out.is_terminal else Console(width=200))
+        if json_file is not None:
+            json_file.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+            err.print(f"wrote {json_file}", highlight=False)
+        if plot is not None:
+            plot_eval(result, plot)
+            err.print(f"wrote {plot}", highlight=False)
+        if result.failed_questions:
+            first = next(p for p in result.predictions if p.error is not None)
+            err.print(f"[yellow]{result.failed_questions} of {len(questions)} questions failed and are left out of "
+                      f"the accuracy (errors in --json); the first, {escape(first.id)}: {escape(first.error)}[/]",
+                      highlight=False, soft_wrap=True)
+        warn_random(model)  # again at the end, where the eye lands
+
+
+def _progress():
+    from rich.progress import (
+        BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TextColumn("[red]{task.fields[failed]}"),
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err, transient=True,
+        disable=not err.is_terminal,  # a log file gets the summary lines, not a blank line per redraw
+    )
+
+
+def print_eval(result, console: Console) -> None:
+    """One row per (method, keep): accuracy, correct of scored, failed, mean visual tokens; then the chance level."""
+    env = result.environment
+    table = Table(title=f"vidq eval: {env['questions']} questions, {env['scoring']} scoring",
+                  title_justify="left", show_edge=False, pad_edge=False)
+    for name in ["method", "keep", "accuracy", "correct", "failed", "visual tokens"]:
+        table.add_column(name, justify="left" if name == "method" else "right", no_wrap=True)
+    for r in result.rows:
+        table.add_row(
+            r.method, f"{r.keep:g}", f"[bold]{r.accuracy:.1%}[/]" if r.accuracy is not None else "-",
+            f"{r.correct}/{r.total}", f"[yellow]{r.failed}[/]" if r.failed else "0",
+            f"{r.visual_tokens:,.0f}" if r.visual_tokens is not None else "-",
+        )
+    console.print(table)
+    console.print(f"chance: {env['chance']:.1%} (the mean of 1/options over the scored questions)", highlight=False)
+    console.print(f"[dim]{env['model']} on {env['device']} ({env['dtype']}); visual tokens: the mean the LLM sees[/]",
+                  highlight=False)

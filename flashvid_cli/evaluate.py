@@ -1,0 +1,536 @@
+"""Multiple-choice accuracy per compression method and keep ratio, with one loaded model.
+
+    questions = read_dataset("mcq.jsonl")
+    result = run_eval(VideoQA(model), questions, EvalConfig(methods=("flashvid", "none"), keeps=(0.5, 0.1)))
+    result.rows[0].accuracy, result.to_dict()
+    plot_eval(result, "eval.png")
+
+The data is JSON lines, one question each (the shape of Video-MME and its kin)::
+
+    {"video": "clips/00012.mp4", "question": "...", "options": ["red", "green", "blue"], "answer": "C",
+     "type": "colour_at_end", "id": "00012"}
+
+``video`` is relative to the file's folder (or absolute); a Video-MME prefix ("A. ", "A) ", "(A) ") is cut from
+the options; ``answer`` is a letter, a 0-based index, or one option's text; ``type``/``task_type`` and
+``id``/``question_id`` are optional.
+
+Scoring:
+* ``likelihood``: the prompt is the question alone (as ``vidq ask`` asks it); an option's score is the sum of the
+  log-probabilities of its tokens as the assistant's answer. One forward pass when every option is one token
+  (the last position's distribution scores them all), otherwise one forward per option over prompt + option.
+* ``letter``: the question, an "A. text" line per option, then an instruction to answer with the letter (the
+  convention lmms-eval uses for LLaVA-OneVision on Video-MME); an option's score is its letter's logit at the
+  first generated position. One forward pass.
+
+Each video is decoded (ahead, in a background thread), preprocessed and encoded once for all of its questions,
+with every input the requested methods need; each (method, keep) compresses it once. ``none`` ignores keep: one
+row, at keep 1. A video that fails costs its questions (counted as failed, outside the denominator), not the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import re
+import statistics
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .api import AskConfig, ConfigError, VideoQA
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from .pipelines.base import EncodedVideo, Pipeline
+    from .pipelines.video import DecodedVideo
+
+DEFAULT_METHODS = ("flashvid", "divprune", "visionzip", "pool", "none")
+DEFAULT_KEEPS = (1.0, 0.5, 0.25, 0.1)
+SCORINGS = ("likelihood", "letter")
+REFERENCE_METHOD = "none"
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+LETTER_INSTRUCTION = "Answer with the option's letter from the given choices directly."
+PREFETCH = 2  # videos decoded ahead while the model works
+# "A. text", "A) text", "(A) text", "A: text": the letter must be the option's own (A for the first, ...).
+_PREFIX = re.compile(r"^\s*(?:\((?P<paren>[A-Z])\)|(?P<bare>[A-Z])[.):])\s*(?P<text>.*)$", re.DOTALL)
+
+
+class DatasetError(ConfigError):
+    """A questions file that cannot be read; the message names the file and line."""
+
+
+# -- the data -----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Question:
+    """One multiple-choice question about one video."""
+
+    video: str  # resolved against the questions file's folder
+    question: str
+    options: tuple[str, ...]  # the texts, any "A. " prefix cut
+    answer: int  # 0-based index into options
+    type: str | None = None
+    id: str = ""
+    source: str = ""  # "file.jsonl:line"
+
+
+def read_dataset(path: str | Path) -> list[Question]:
+    """Every question of a JSON-lines file; the first bad line is a one-line error naming the file and line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DatasetError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise DatasetError(f"{path} is not UTF-8 text; expected one JSON object per line") from None
+    questions = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            where = f"{path}:{number}"
+            try:
+                questions.append(_parse_question(line, path.parent, where))
+            except ValueError as exc:
+                raise DatasetError(f"{where}: {exc}") from None
+    if not questions:
+        raise DatasetError(f"{path} holds no questions; expected one JSON object per line")
+    return questions
+
+
+def _parse_question(line: str, folder: Path, where: str) -> Question:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc.msg}, column {exc.colno})") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+    for key in ("video", "question", "options", "answer"):
+        if key not in record:
+            raise ValueError(f"missing {key!r}")
+    video, question, options = record["video"], record["question"], record["options"]
+    if not isinstance(video, str) or not video.strip():
+        raise ValueError("'video' must be a non-empty string (a path)")
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError("'question' must be a non-empty string")
+    if not isinstance(options, list) or len(options) < 2 or not all(isinstance(o, str) for o in options):
+        raise ValueError("'options' must be a list of at least 2 strings")
+    if len(options) > len(LETTERS):
+        raise ValueError(f"at most {len(LETTERS)} options, got {len(options)}")
+    texts = strip_prefixes(options)
+    if any(not t for t in texts):
+        raise ValueError(f"option {LETTERS[texts.index('')]} is empty")
+    if len(set(texts)) < len(texts):
+        raise ValueError(f"two options read the same: {next(t for t in texts if texts.count(t) > 1)!r}")
+    kind = record.get("type", record.get("task_type"))
+    ident = record.get("id", record.get("question_id"))
+    return Question(
+        video=str(folder / Path(video).expanduser()),  # an absolute path stays as it is
+        question=question.strip(),
+        options=tuple(texts),
+        answer=answer_index(record["answer"], options, texts),
+        type=None if kind is None else str(kind),
+        id=str(ident) if ident is not None else where.rsplit(":", 1)[1],
+        source=where,
+    )
+
+
+def strip_prefixes(options: Sequence[str]) -> list[str]:
+    """Option texts: when every option starts with its own letter ("A. ", "B) ", "(C) "), the letters are cut."""
+    matches = [_PREFIX.match(o) for o in options]
+    if all(m and (m["paren"] or m["bare"]) == LETTERS[i] for i, m in enumerate(matches)):
+        return [m["text"].strip() for m in matches]
+    return [o.strip() for o in options]
+
+
+def answer_index(answer: Any, options: Sequence[str], texts: Sequence[str]) -> int:
+    """The 0-based index ``answer`` names: a letter, an index, or one option's text (with or without prefix)."""
+    count = len(texts)
+    if isinstance(answer, int) and not isinstance(answer, bool):
+        if not 0 <= answer < count:
+            raise ValueError(f"answer index {answer} is out of range for {count} options")
+        return answer
+    if not isinstance(answer, str) or not answer.strip():
+        raise ValueError(f"'answer' must be a letter, a 0-based index or an option's text, got {answer!r}")
+    answer = answer.strip()
+    by_text = [i for i in range(count) if answer in (texts[i], options[i].strip())]
+    letter = answer.upper() if len(answer) == 1 and answer.upper() in LETTERS else None
+    by_letter = LETTERS.index(letter) if letter is not None and LETTERS.index(letter) < count else None
+    if by_letter is not None and by_text and by_text[0] != by_letter:
+        raise ValueError(f"answer {answer!r} is ambiguous: option {letter}'s letter and option "
+                         f"{LETTERS[by_text[0]]}'s text")
+    if by_letter is not None:
+        return by_letter
+    if by_text:
+        return by_text[0]
+    if letter is not None:
+        raise ValueError(f"answer {answer!r} is past the last option, {LETTERS[count - 1]}")
+    raise ValueError(f"answer {answer!r} is neither a letter (A-{LETTERS[count - 1]}) nor an option's text")
+
+
+# -- what to run --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EvalConfig:
+    """Methods x keeps, how options are scored, how many questions; ``ask`` holds frame sampling and decoding."""
+
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    keeps: tuple[float, ...] = DEFAULT_KEEPS
+    scoring: str = "likelihood"
+    limit: int | None = None  # the first N questions
+    ask: AskConfig = field(default_factory=AskConfig)
+
+    def __post_init__(self) -> None:
+        from .kernels import methods as registered
+
+        if not self.methods:
+            raise ConfigError("--methods is empty")
+        unknown = [m for m in self.methods if m not in registered()]
+        if unknown:
+            raise ConfigError(f"unknown method {unknown[0]!r}; choose from: {', '.join(registered())}")
+        if not self.keeps:
+            raise ConfigError("--keep is empty")
+        for keep in self.keeps:
+            if not 0.0 < keep <= 1.0:
+                raise ConfigError(f"--keep values must be in (0, 1], got {keep}")
+        if self.scoring not in SCORINGS:
+            raise ConfigError(f"--scoring must be one of {', '.join(SCORINGS)}, got {self.scoring!r}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"--limit must be at least 1, got {self.limit}")
+
+    def runs(self) -> list[tuple[str, float]]:
+        """(method, keep) pairs in the order given; ``none`` once, at keep 1."""
+        pairs: list[tuple[str, float]] = []
+        for method in dict.fromkeys(self.methods):
+            keeps = (1.0,) if method == REFERENCE_METHOD else tuple(dict.fromkeys(self.keeps))
+            pairs += [(method, keep) for keep in keeps]
+        return pairs
+
+
+# -- results ------------------------------------------------------------------------------------------------------
+@dataclass
+class TypeScore:
+    accuracy: float | None
+    correct: int
+    total: int
+
+
+@dataclass
+class EvalRow:
+    method: str
+    keep: float
+    accuracy: float | None  # correct / total; None when no question could be scored
+    correct: int
+    total: int  # questions scored
+    failed: int  # questions that could not be scored (e.g. the video does not decode): not in total
+    visual_tokens: float | None  # mean over scored questions of what the LLM sees (LLaVA-OV's newline included)
+    visual_tokens_before: float | None  # the same, uncompressed
+    by_type: dict[str, TypeScore] = field(default_factory=dict)
+
+
+@dataclass
+class Prediction:
+    index: int  # position in the question list
+    id: str
+    method: str
+    keep: float
+    answer: int
+    predicted: int | None  # None when the question failed
+    correct: bool
+    scores: list[float] | None = None  # one per option: summed log-probability, or the letter's logit
+    error: str | None = None
+
+
+@dataclass
+class EvalResult:
+    environment: dict[str, Any]
+    rows: list[EvalRow]
+    predictions: list[Prediction]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def failed_questions(self) -> int:
+        return len({p.index for p in self.predictions if p.error is not None})
+
+
+# progress(done, total, failed) in questions, called after each video's questions are scored for every row
+ProgressCallback = Callable[[int, int, int], None]
+
+
+# -- scoring ------------------------------------------------------------------------------------------------------
+def letter_prompt(question: Question) -> str:
+    """The question, one "A. text" line per option, and the instruction to answer with the letter."""
+    lines = [question.question, *(f"{LETTERS[i]}. {text}" for i, text in enumerate(question.options))]
+    return "\n".join([*lines, LETTER_INSTRUCTION])
+
+
+def letter_scores(pipe: Pipeline, inputs: dict[str, Any], count: int) -> list[float]:
+    """The logit of each option's letter (A, B, ...) at the first generated position: one forward."""
+    ids = [pipe.tokenizer(letter, add_special_tokens=False)["input_ids"][0] for letter in LETTERS[:count]]
+    return pipe.last_logits(inputs)[-1, ids].tolist()
+
+
+def likelihood_scores(pipe: Pipeline, inputs: dict[str, Any], option_ids: Sequence[Sequence[int]],
+                      one_pass: bool = True) -> list[float]:
+    """Each option's summed token log-probabilities as the answer right after the prompt.
+
+    With ``one_pass`` and every option one token, one forward over the prompt scores them all (exact: each
+    score is the last position's log-probability of that token); otherwise one forward per option.
+    """
+    import torch
+
+    if one_pass and all(len(ids) == 1 for ids in option_ids):
+        logp = pipe.last_logits(inputs)[-1].log_softmax(-1)  # [vocab]
+        return [float(logp[ids[0]]) for ids in option_ids]
+    scores = []
+    for ids in option_ids:
+        # Position L - 1 + j predicts option token j; the last position (after the option) predicts nothing asked.
+        logits = pipe.last_logits(pipe.append_tokens(inputs, ids), count=len(ids) + 1)[:-1]  # [n, vocab]
+        picked = logits.log_softmax(-1).gather(1, torch.tensor(ids, device=logits.device)[:, None])
+        scores.append(float(picked.sum()))
+    return scores
+
+
+def score_question(pipe: Pipeline, encoded: EncodedVideo, compressed: Any, question: Question,
+                   scoring: str) -> list[float]:
+    """One score per option for ``question`` over the compressed video; the prediction is the argmax."""
+    if scoring == "letter":
+        return letter_scores(pipe, pipe.inputs(encoded, compressed, letter_prompt(question)), len(question.options))
+    option_ids = [pipe.tokenizer(text, add_special_tokens=False)["input_ids"] for text in question.options]
+    return likelihood_scores(pipe, pipe.inputs(encoded, compressed, question.question), option_ids)
+
+
+# -- the run ------------------------------------------------------------------------------------------------------
+@dataclass
+class _Tally:
+    correct: int = 0
+    total: int = 0
+    failed: int = 0
+    tokens: list[int] = field(default_factory=list)
+    tokens_before: list[int] = field(default_factory=list)
+    by_type: dict[str, list[int]] = field(default_factory=dict)  # type -> [correct, total]
+
+    def add(self, question: Question, correct: bool, tokens: int, tokens_before: int) -> None:
+        self.correct += correct
+        self.total += 1
+        self.tokens.append(tokens)
+        self.tokens_before.append(tokens_before)
+        if question.type is not None:
+            counts = self.by_type.setdefault(question.type, [0, 0])
+            counts[0] += correct
+            counts[1] += 1
+
+    def row(self, method: str, keep: float) -> EvalRow:
+        def mean(values: list[int]) -> float | None:
+            return statistics.fmean(values) if values else None
+
+        return EvalRow(
+            method, keep, self.correct / self.total if self.total else None, self.correct, self.total, self.failed,
+            mean(self.tokens), mean(self.tokens_before),
+            {t: TypeScore(c / n if n else None, c, n) for t, (c, n) in sorted(self.by_type.items())},
+        )
+
+
+def run_eval(qa: VideoQA, questions: Sequence[Question], config: EvalConfig,
+             progress: ProgressCallback | None = None) -> EvalResult:
+    """Score every question under every (method, keep) of ``config``; ``progress(done, total, failed)`` follows
+    the questions."""
+    import torch
+
+    from .annotate import error_text
+    from .kernels import build
+
+    started, stamp = time.perf_counter(), time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    questions = list(questions)[: config.limit]
+    if not questions:
+        raise ConfigError("no questions to evaluate")
+    pipe = qa.pipeline
+    rule = _text_after_video(pipe, config.ask)
+    methods = {pair: build(*pair, model_type=pipe.model_type) for pair in config.runs()}
+    need = frozenset().union(*(m.needs for m in methods.values()))  # one encode serves every method
+    by_video: dict[str, list[int]] = {}
+    for i, q in enumerate(questions):
+        by_video.setdefault(q.video, []).append(i)
+    tallies = {pair: _Tally() for pair in methods}
+    predictions: list[Prediction] = []
+    done, failed = 0, set()  # failed: indices of questions that failed in any row
+
+    for video, decoded, error in _decode_ahead(list(by_video), config.ask):
+        with torch.inference_mode():
+            encoded = None
+            if error is None:
+                encoded, error = _attempt(_encode, pipe, decoded, need)
+            for (name, keep), method in methods.items():
+                compressed, row_error = None, error
+                if row_error is None:
+                    compressed, row_error = _attempt(
+                        method, encoded.feats, encoded.grid, encoded.importance, encoded.metric)
+                for i in by_video[video]:
+                    q = questions[i]
+                    scores, question_error = None, row_error
+                    if question_error is None:
+                        scores, question_error = _attempt(score_question, pipe, encoded, compressed, q, config.scoring)
+                    if question_error is not None:
+                        tallies[(name, keep)].failed += 1
+                        failed.add(i)
+                        predictions.append(Prediction(i, q.id, name, keep, q.answer, None, False,
+                                                      error=error_text(question_error)))
+                        continue
+                    predicted = max(range(len(scores)), key=scores.__getitem__)  # the first of equal scores
+                    tallies[(name, keep)].add(
+                        q, predicted == q.answer, int(compressed.tokens.shape[0]) + pipe.extra_video_tokens,
+                        encoded.grid.T * encoded.grid.N + pipe.extra_video_tokens,
+                    )
+                    predictions.append(Prediction(i, q.id, name, keep, q.answer, predicted, predicted == q.answer,
+                                                  scores))
+        done += len(by_video[video])
+        if progress is not None:
+            progress(done, len(questions), len(failed))
+
+    rows = [tally.row(*pair) for pair, tally in tallies.items()]
+    scored = [q for i, q in enumerate(questions) if i not in failed] or questions
+    env = environment(qa, config, questions, rule, chance=chance_level(scored))
+    env.update(started=stamp, elapsed_s=time.perf_counter() - started)
+    return EvalResult(env, rows, predictions)
+
+
+def _encode(pipe: Pipeline, decoded: DecodedVideo, need: frozenset[str]) -> EncodedVideo:
+    return pipe.encode(pipe.preprocess(decoded.frames, decoded.timestamps), need=need)
+
+
+def _attempt(fn: Callable[..., Any], *args: Any) -> tuple[Any, Exception | None]:
+    """``(fn(*args), None)``, or ``(None, the exception)``: one bad video or question costs its rows, not the run."""
+    try:
+        return fn(*args), None
+    except Exception as exc:  # noqa: BLE001 - recorded on the question's predictions and counted as failed
+        return None, exc
+
+
+def _text_after_video(pipe: Pipeline, ask: AskConfig) -> str | None:
+    """Set Qwen2.5-VL's text-after-video rule for this run (as ``VideoQA.ask`` does per question)."""
+    if pipe.model_type != "qwen2_5_vl":
+        if ask.text_after_video is not None:
+            raise ConfigError("--text-after-video applies to Qwen2.5-VL models only")
+        return None
+    from .pipelines.qwen2_5_vl import TEXT_AFTER_VIDEO_RULES
+
+    rule = ask.text_after_video or type(pipe).text_after_video
+    if rule not in TEXT_AFTER_VIDEO_RULES:
+        raise ConfigError(f"--text-after-video must be one of {', '.join(TEXT_AFTER_VIDEO_RULES)}")
+    pipe.text_after_video = rule
+    return rule
+
+
+def _decode_ahead(videos: list[str], ask: AskConfig) -> Iterator[tuple[str, DecodedVideo | None, Exception | None]]:
+    """(video, decoded, None) or (video, None, error) in order, decoding up to PREFETCH videos ahead in threads."""
+    with ThreadPoolExecutor(max_workers=PREFETCH, thread_name_prefix="vidq-decode") as pool:
+        pending: dict[int, Future] = {}
+        try:
+            for i, video in enumerate(videos):
+                for j in range(i, min(len(videos), i + 1 + PREFETCH)):
+                    if j not in pending:
+                        pending[j] = pool.submit(VideoQA.decode, videos[j], ask)
+                decoded, error = _attempt(pending.pop(i).result)
+                yield video, decoded, error
+        finally:
+            for future in pending.values():
+                future.cancel()
+
+
+def chance_level(questions: Sequence[Question]) -> float:
+    """The accuracy of guessing uniformly: the mean of 1 / options."""
+    return statistics.fmean(1 / len(q.options) for q in questions)
+
+
+def environment(qa: VideoQA, config: EvalConfig, questions: Sequence[Question], rule: str | None,
+                chance: float) -> dict[str, Any]:
+    """Model, device, versions, data and scoring: what a reader needs to trust or reproduce the numbers."""
+    import torch
+    import transformers
+
+    from . import __version__
+    from .bench import _cpu_name
+    from .pipelines.random_init import is_random
+
+    pipe = qa.pipeline
+    device = pipe.device
+    ask = config.ask
+    return {
+        "model": pipe.name,
+        "model_type": pipe.model_type,
+        "random_weights": is_random(pipe.name),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "dtype": str(pipe.dtype).removeprefix("torch."),
+        "load_s": qa.load_s,
+        "dataset": [s for s in dict.fromkeys(q.source.rsplit(":", 1)[0] for q in questions) if s],
+        "questions": len(questions),
+        "videos": len({q.video for q in questions}),
+        "scoring": config.scoring,
+        "chance": chance,
+        "methods": list(dict.fromkeys(config.methods)),
+        "keeps": list(dict.fromkeys(config.keeps)),
+        "frames": {"frames": ask.frames, "fps": ask.fps, "max_frames": ask.max_frames, "decoder": ask.decoder},
+        "text_after_video": rule,
+        "versions": {
+            "vidq": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "cuda": torch.version.cuda,
+        },
+        "platform": platform.platform(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+# -- the plot -----------------------------------------------------------------------------------------------------
+def require_matplotlib() -> None:
+    """Fail at once, in one line, when the optional plot extra is missing (before an hour of evaluation)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ConfigError("--plot needs matplotlib: pip install 'vidq[plot]'") from None
+
+
+def plot_eval(result: EvalResult, path: str | Path) -> Path:
+    """A PNG: accuracy against keep (log scale, falling left to right), a line per method, `none` and chance flat."""
+    require_matplotlib()
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    env = result.environment
+    fig, ax = plt.subplots(figsize=(9, 5))
+    keeps = sorted({r.keep for r in result.rows if r.method != REFERENCE_METHOD} or {1.0})
+    for method in dict.fromkeys(r.method for r in result.rows):
+        rows = sorted((r for r in result.rows if r.method == method and r.accuracy is not None), key=lambda r: r.keep)
+        if method == REFERENCE_METHOD:
+            for r in rows:
+                ax.axhline(r.accuracy, color="#222222", linestyle="--", linewidth=1.2,
+                           label=f"none (every token): {r.accuracy:.1%}")
+        elif rows:
+            ax.plot([r.keep for r in rows], [r.accuracy for r in rows], marker="o", label=method)
+    ax.axhline(env["chance"], color="#888888", linestyle=":", linewidth=1.2, label=f"chance: {env['chance']:.1%}")
+    ax.set_xscale("log")
+    ax.set_xticks(keeps, [f"{k:g}" for k in keeps])
+    ax.minorticks_off()
+    ax.set_xlim(max(keeps) * 1.25, min(keeps) / 1.25)  # reversed: fewer tokens to the right
+    ax.set_ylim(-0.01, 1.01)  # a line at 0 or 1 stays visible
+    ax.set_xlabel("keep: share of visual tokens the LLM sees")
+    ax.set_ylabel("accuracy")
+    ax.grid(alpha=0.3)
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.legend(fontsize=9, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    failed = result.failed_questions
+    ax.set_title(f"vidq eval: {env['model']}\nn = {env['questions'] - failed} questions ({env['scoring']} scoring)"
+                 + (f", {failed} failed" if failed else ""), loc="left", fontsize=10)
+    if env.get("random_weights"):
+        fig.text(0.99, 0.99, "RANDOM WEIGHTS: accuracy is meaningless", ha="right", va="top", color="#c0392b",
+                 fontsize=9, fontweight="bold")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path

@@ -1,0 +1,291 @@
+"""``vidq eval``: reading questions, scoring that agrees with generate(), the run on tiny models, the command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from flashvid_cli.api import AskConfig, ConfigError, VideoQA
+from flashvid_cli.cli import app
+from flashvid_cli.evaluate import (
+    DatasetError,
+    EvalConfig,
+    Question,
+    likelihood_scores,
+    read_dataset,
+    run_eval,
+    score_question,
+)
+from flashvid_cli.kernels import build
+
+runner = CliRunner()
+FAST = AskConfig(frames=4)
+
+
+def write_jsonl(path: Path, *records: dict | str) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
+    return path
+
+
+def row(**fields) -> dict:
+    return {"video": "clip.mp4", "question": "What colour?", "options": ["red", "green", "blue"], "answer": "B",
+            **fields}
+
+
+# -- read_dataset --------------------------------------------------------------------------------------------------
+def test_read_dataset_answers_prefixes_and_paths(tmp_path):
+    path = write_jsonl(
+        tmp_path / "q.jsonl",
+        row(answer="C", type="colour", id="a1"),
+        row(answer=0, task_type="count", question_id=7),
+        "",
+        row(answer="green", video="/abs/clip.mp4"),
+        row(options=["A. red", "B. green", "C. blue"], answer="C. blue"),
+        row(options=["(A) red", "(B) green"], answer="B"),
+        row(options=["A) red", "B) green"], answer="red"),
+        row(options=["B. red", "A. green"], answer="A. green"),  # letters not in place: kept as text
+    )
+    qs = read_dataset(path)
+    assert [q.answer for q in qs] == [2, 0, 1, 2, 1, 0, 1]
+    assert qs[0] == Question(str(tmp_path / "clip.mp4"), "What colour?", ("red", "green", "blue"), 2, "colour", "a1",
+                             f"{path}:1")
+    assert (qs[1].type, qs[1].id) == ("count", "7")
+    assert qs[2].video == "/abs/clip.mp4" and qs[2].id == "4" and qs[2].type is None  # the line number
+    assert qs[3].options == ("red", "green", "blue")
+    assert qs[4].options == qs[5].options == ("red", "green")
+    assert qs[6].options == ("B. red", "A. green")
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("{not json", "not valid JSON"),
+    ("[1, 2]", "expected a JSON object"),
+    (json.dumps({"video": "a.mp4", "question": "q?", "options": ["a", "b"]}), "missing 'answer'"),
+    (json.dumps(row(options=["only"])), "at least 2 strings"),
+    (json.dumps(row(options=["a", 3])), "at least 2 strings"),
+    (json.dumps(row(options=["a", "a"], answer=0)), "two options read the same"),
+    (json.dumps(row(question=" ")), "'question' must be a non-empty string"),
+    (json.dumps(row(answer="purple")), "neither a letter (A-C) nor an option's text"),
+    (json.dumps(row(answer="D")), "past the last option, C"),
+    (json.dumps(row(answer=3)), "index 3 is out of range for 3 options"),
+    (json.dumps(row(answer=None)), "'answer' must be"),
+    (json.dumps(row(options=["B", "A"], answer="A")), "ambiguous"),
+])
+def test_read_dataset_bad_line_names_file_and_line(tmp_path, line, expected):
+    path = write_jsonl(tmp_path / "q.jsonl", row(), "", line)
+    with pytest.raises(DatasetError) as info:
+        read_dataset(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}:3: ") and expected in message and "\n" not in message
+    assert isinstance(info.value, ConfigError)
+
+
+def test_read_dataset_empty_or_missing_file(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("\n  \n")
+    with pytest.raises(DatasetError, match="holds no questions"):
+        read_dataset(tmp_path / "empty.jsonl")
+    with pytest.raises(DatasetError, match="cannot read .*nope.jsonl"):
+        read_dataset(tmp_path / "nope.jsonl")
+
+
+@pytest.mark.parametrize("fields, expected", [
+    ({"methods": ("pool", "nosuch")}, "unknown method 'nosuch'"),
+    ({"keeps": (0.5, 1.5)}, r"--keep values must be in \(0, 1\]"),
+    ({"keeps": ()}, "--keep is empty"),
+    ({"scoring": "vibes"}, "--scoring must be one of likelihood, letter"),
+    ({"limit": 0}, "--limit must be at least 1"),
+])
+def test_eval_config_rejects(fields, expected):
+    with pytest.raises(ConfigError, match=expected):
+        EvalConfig(**fields)
+
+
+def test_none_runs_once_whatever_the_keeps():
+    assert EvalConfig(methods=("pool", "none"), keeps=(0.5, 0.1, 0.5)).runs() == [
+        ("pool", 0.5), ("pool", 0.1), ("none", 1.0)]
+
+
+# -- scoring agrees with generate() ----------------------------------------------------------------------------------
+def encode_sample(pipe, video: Path, method: str = "pool", keep: float = 0.5):
+    decoded = VideoQA.decode(video, FAST)
+    with torch.inference_mode():
+        encoded = pipe.encode(pipe.preprocess(decoded.frames, decoded.timestamps),
+                              need=frozenset({"importance", "metric"}))
+        compressed = build(method, keep, model_type=pipe.model_type)(
+            encoded.feats, encoded.grid, encoded.importance, encoded.metric)
+    return encoded, compressed
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model, sample_video):
+    """(pipeline, prompt inputs) for each family, the video compressed by pool at 0.5 (Qwen's positions then skip)."""
+    qa = VideoQA(str(tiny_model), device="cpu")
+    encoded, compressed = encode_sample(qa.pipeline, sample_video)
+    with torch.inference_mode():
+        inputs = qa.pipeline.inputs(encoded, compressed, "What colour is the circle at the end?")
+    return qa.pipeline, inputs
+
+
+def test_appended_tokens_see_what_generate_sees(loaded):
+    """One forward over prompt + generated tokens gives generate()'s logits at every step: the extension of ids,
+    mask and (Qwen) M-RoPE positions is the one generate() makes."""
+    pipe, inputs = loaded
+    with torch.inference_mode():
+        out = pipe.model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False, output_logits=True,
+                                  return_dict_in_generate=True, pad_token_id=pipe.tokenizer.pad_token_id)
+    new = out.sequences[0, inputs["input_ids"].shape[1]:].tolist()
+    expected = torch.cat(out.logits).float()  # [3, vocab]: step s predicts new[s]
+    logits = pipe.last_logits(pipe.append_tokens(inputs, new[:2]), count=3)
+    torch.testing.assert_close(logits, expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(pipe.last_logits(inputs), expected[:1], rtol=0, atol=1e-5)
+
+
+def test_one_forward_shortcut_equals_a_forward_per_option(loaded):
+    pipe, inputs = loaded
+    single = [pipe.tokenizer(t, add_special_tokens=False)["input_ids"] for t in ["A", "B", "C", "D"]]
+    assert all(len(ids) == 1 for ids in single)
+    one = likelihood_scores(pipe, inputs, single)
+    each = likelihood_scores(pipe, inputs, single, one_pass=False)
+    torch.testing.assert_close(torch.tensor(one), torch.tensor(each), rtol=0, atol=1e-5)
+    # A two-token option scores its first token like the shortcut does, plus its second given the first.
+    first, second = single[0][0], single[1][0]
+    pair = likelihood_scores(pipe, inputs, [[first, second]])[0]
+    step = pipe.last_logits(pipe.append_tokens(inputs, [first]))[-1].log_softmax(-1)[second].item()
+    assert pair == pytest.approx(one[0] + step, abs=1e-5)
+
+
+def test_letter_scoring_reads_the_letters_logits(loaded, sample_video):
+    pipe, _ = loaded
+    encoded, compressed = encode_sample(pipe, sample_video, "none", 1.0)
+    question = Question("v.mp4", "What colour?", ("red", "green", "blue"), 1)
+    scores = score_question(pipe, encoded, compressed, question, "letter")
+    with torch.inference_mode():
+        inputs = pipe.inputs(encoded, compressed, "What colour?\nA. red\nB. green\nC. blue\n"
+                                                  "Answer with the option's letter from the given choices directly.")
+    logits = pipe.last_logits(inputs)[-1]
+    letters = [pipe.tokenizer(x, add_special_tokens=False)["input_ids"][0] for x in "ABC"]
+    assert scores == logits[letters].tolist()
+
+
+# -- run_eval ------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory, sample_video) -> Path:
+    root = tmp_path_factory.mktemp("eval")
+    (root / "clips").mkdir()
+    (root / "clips" / "clip.mp4").write_bytes(sample_video.read_bytes())
+    return write_jsonl(
+        root / "mcq.jsonl",
+        {"video": "clips/clip.mp4", "question": "What colour is the circle at the end?",
+         "options": ["A. red", "B. green", "C. blue", "D. yellow"], "answer": "C", "type": "colour", "id": "q1"},
+        {"video": "clips/missing.mp4", "question": "What happens?", "options": ["nothing", "a circle moves"],
+         "answer": 1, "type": "action", "id": "q2"},
+        {"video": "clips/clip.mp4", "question": "How many circles?", "options": ["one", "two", "three"],
+         "answer": "one", "type": "count", "id": "q3"},
+    )
+
+
+@pytest.fixture(scope="module")
+def llava(tiny_models) -> VideoQA:
+    return VideoQA(str(tiny_models["llava_onevision"]), device="cpu")
+
+
+def test_run_eval_rows_totals_and_a_missing_video(llava, dataset, monkeypatch):
+    encodes = []
+    original = llava.pipeline.encode
+    monkeypatch.setattr(llava.pipeline, "encode", lambda *a, **k: encodes.append(k["need"]) or original(*a, **k))
+    seen = []
+    config = EvalConfig(methods=("flashvid", "pool", "none"), keeps=(1.0, 0.25), ask=FAST)
+    result = run_eval(llava, read_dataset(dataset), config, progress=lambda *a: seen.append(a))
+
+    assert encodes == [frozenset({"importance"})]  # one good video, encoded once for every row and question
+    assert seen[-1] == (3, 3, 1)
+    assert [(r.method, r.keep) for r in result.rows] == [
+        ("flashvid", 1.0), ("flashvid", 0.25), ("pool", 1.0), ("pool", 0.25), ("none", 1.0)]
+    for r in result.rows:
+        assert (r.total, r.failed) == (2, 1) and 0 <= r.correct <= 2 and r.accuracy == r.correct / 2
+        assert set(r.by_type) == {"colour", "count"} and all(s.total == 1 for s in r.by_type.values())
+        assert r.visual_tokens <= r.visual_tokens_before
+    tokens = {(r.method, r.keep): r.visual_tokens for r in result.rows}
+    assert tokens[("pool", 0.25)] < tokens[("pool", 1.0)] == tokens[("none", 1.0)]
+    assert tokens[("none", 1.0)] == 4 * 16 + 1  # 4 frames of 4 x 4 tokens and the newline
+
+    assert len(result.predictions) == 3 * 5
+    missing = [p for p in result.predictions if p.id == "q2"]
+    assert len(missing) == 5 and all(p.predicted is None and not p.correct and "missing.mp4" in p.error
+                                     for p in missing)
+    scored = [p for p in result.predictions if p.error is None]
+    assert all(len(p.scores) == (4 if p.id == "q1" else 3) and p.correct == (p.predicted == p.answer)
+               for p in scored)
+    env = result.environment
+    assert env["chance"] == pytest.approx((1 / 4 + 1 / 3) / 2) and env["questions"] == 3
+    assert env["dataset"] == [str(dataset)] and env["scoring"] == "likelihood" and env["model_type"] == "llava_onevision"
+    json.dumps(result.to_dict())
+
+
+def test_run_eval_letter_scoring_and_limit(llava, dataset):
+    config = EvalConfig(methods=("none",), scoring="letter", limit=1, ask=FAST)
+    result = run_eval(llava, read_dataset(dataset), config)
+    assert [(r.method, r.total, r.failed) for r in result.rows] == [("none", 1, 0)]
+    (prediction,) = result.predictions
+    assert prediction.id == "q1" and len(prediction.scores) == 4
+
+
+# -- the command ---------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def eval_run(tiny_models, dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval-out")
+    plot = ["--plot", str(out / "eval.png")] if _has_matplotlib() else []
+    result = runner.invoke(app, [
+        "eval", str(dataset), "--model", str(tiny_models["qwen2_5_vl"]), "--methods", "divprune,none",
+        "--keep", "0.5", "--frames", "4", "--json", str(out / "eval.json"), *plot,
+    ])
+    return result, out
+
+
+def _has_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_eval_prints_a_table_and_says_what_failed(eval_run):
+    result, _ = eval_run
+    assert result.exit_code == 0, result.stderr
+    for text in ["divprune", "none", "accuracy", "chance: 29.2%", "/2"]:
+        assert text in result.stdout, text
+    assert "1 of 3 questions failed" in result.stderr and "q2" in result.stderr
+
+
+def test_eval_json(eval_run):
+    _, out = eval_run
+    doc = json.loads((out / "eval.json").read_text())
+    assert [(r["method"], r["keep"], r["total"], r["failed"]) for r in doc["rows"]] == [
+        ("divprune", 0.5, 2, 1), ("none", 1.0, 2, 1)]
+    assert doc["environment"]["frames"]["frames"] == 4 and doc["environment"]["text_after_video"] == "hf"
+    assert len(doc["predictions"]) == 6
+
+
+def test_eval_png(eval_run):
+    if not _has_matplotlib():
+        pytest.skip("matplotlib is not installed (pip install 'vidq[plot]')")
+    _, out = eval_run
+    assert (out / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["nope.jsonl"], "cannot read nope.jsonl"),
+    (["BAD", "--scoring", "vibes"], "--scoring must be one of"),
+    (["BAD", "--keep", "0"], "--keep values must be in (0, 1]"),
+    (["BAD"], ":2: not valid JSON"),
+])
+def test_eval_bad_input_gets_one_line(tmp_path, args, expected):
+    bad = write_jsonl(tmp_path / "bad.jsonl", row(), "{oops")
+    result = runner.invoke(app, ["eval", *[str(bad) if a == "BAD" else a for a in args], "--model", "unused"])
+    assert result.exit_code == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and expected in lines[0], result.stderr
