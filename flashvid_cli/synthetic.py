@@ -226,8 +226,9 @@ def through_codec(frames: np.ndarray) -> np.ndarray:
 # -- questions ----------------------------------------------------------------------------------------------
 
 
-def questions(clip: Clip, rng: np.random.Generator) -> list[QA]:
-    """One question of every type the clip can answer, in a random order; options are shuffled."""
+def questions(clip: Clip, rng: np.random.Generator, every: bool = False) -> list[QA]:
+    """One question of every type the clip can answer (``every``: all of them), in a random order; options are
+    shuffled."""
     by_type: dict[str, list[QA]] = {kind: [] for kind in QUESTION_TYPES}
     by_type["how_many"].append(_qa(rng, "how_many", "How many shapes appear in the video?", COUNTS,
                                    COUNTS[len(clip.shapes) - 1]))
@@ -243,7 +244,10 @@ def questions(clip: Clip, rng: np.random.Generator) -> list[QA]:
                                                 _colour_options(rng, s), s.end_colour))
             by_type["where_at_end"].append(_qa(rng, "where_at_end", f"Where is the {s.shape} at the end?",
                                                QUADRANTS, s.quadrant))
-    picked = [found[int(rng.integers(len(found)))] for found in by_type.values() if found]
+    if every:
+        picked = [qa for found in by_type.values() for qa in found]
+    else:
+        picked = [found[int(rng.integers(len(found)))] for found in by_type.values() if found]
     return [picked[i] for i in rng.permutation(len(picked))]
 
 
