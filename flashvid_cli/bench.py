@@ -44,18 +44,7 @@ class BenchConfig:
     ask: AskConfig = field(default_factory=AskConfig)
 
     def __post_init__(self) -> None:
-        from .kernels import methods as registered
-
-        if not self.methods:
-            raise ConfigError("--methods is empty")
-        unknown = [m for m in self.methods if m not in registered()]
-        if unknown:
-            raise ConfigError(f"unknown method {unknown[0]!r}; choose from: {', '.join(registered())}")
-        if not self.keeps:
-            raise ConfigError("--keep is empty")
-        for keep in self.keeps:
-            if not 0.0 < keep <= 1.0:
-                raise ConfigError(f"--keep values must be in (0, 1], got {keep}")
+        check_runs(self.methods, self.keeps)
         if self.repeat < 1:
             raise ConfigError(f"--repeat must be at least 1, got {self.repeat}")
         if self.warmup < 0:
@@ -64,12 +53,32 @@ class BenchConfig:
             raise ConfigError("the question is empty")
 
     def runs(self) -> list[tuple[str, float]]:
-        """(method, keep) pairs in the order given; ``none`` once, at keep 1."""
-        pairs: list[tuple[str, float]] = []
-        for method in dict.fromkeys(self.methods):
-            keeps = (1.0,) if method == REFERENCE_METHOD else tuple(dict.fromkeys(self.keeps))
-            pairs += [(method, keep) for keep in keeps]
-        return pairs
+        return method_runs(self.methods, self.keeps)
+
+
+def check_runs(methods: Sequence[str], keeps: Sequence[float]) -> None:
+    """Methods that exist and keeps in (0, 1], or a one-line ConfigError (shared by bench and eval)."""
+    from .kernels import methods as registered
+
+    if not methods:
+        raise ConfigError("--methods is empty")
+    unknown = [m for m in methods if m not in registered()]
+    if unknown:
+        raise ConfigError(f"unknown method {unknown[0]!r}; choose from: {', '.join(registered())}")
+    if not keeps:
+        raise ConfigError("--keep is empty")
+    for keep in keeps:
+        if not 0.0 < keep <= 1.0:
+            raise ConfigError(f"--keep values must be in (0, 1], got {keep}")
+
+
+def method_runs(methods: Sequence[str], keeps: Sequence[float]) -> list[tuple[str, float]]:
+    """(method, keep) pairs in the order given; ``none`` ignores keep, so it runs once, at keep 1."""
+    pairs: list[tuple[str, float]] = []
+    for method in dict.fromkeys(methods):
+        method_keeps = (1.0,) if method == REFERENCE_METHOD else tuple(dict.fromkeys(keeps))
+        pairs += [(method, keep) for keep in method_keeps]
+    return pairs
 
 
 @dataclass

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .api import AskConfig, ConfigError, VideoQA
+from .bench import check_runs, method_runs
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -182,18 +183,7 @@ class EvalConfig:
     ask: AskConfig = field(default_factory=AskConfig)
 
     def __post_init__(self) -> None:
-        from .kernels import methods as registered
-
-        if not self.methods:
-            raise ConfigError("--methods is empty")
-        unknown = [m for m in self.methods if m not in registered()]
-        if unknown:
-            raise ConfigError(f"unknown method {unknown[0]!r}; choose from: {', '.join(registered())}")
-        if not self.keeps:
-            raise ConfigError("--keep is empty")
-        for keep in self.keeps:
-            if not 0.0 < keep <= 1.0:
-                raise ConfigError(f"--keep values must be in (0, 1], got {keep}")
+        check_runs(self.methods, self.keeps)
         if self.scoring not in SCORINGS:
             raise ConfigError(f"--scoring must be one of {', '.join(SCORINGS)}, got {self.scoring!r}")
         if self.limit is not None and self.limit < 1:
@@ -201,11 +191,7 @@ class EvalConfig:
 
     def runs(self) -> list[tuple[str, float]]:
         """(method, keep) pairs in the order given; ``none`` once, at keep 1."""
-        pairs: list[tuple[str, float]] = []
-        for method in dict.fromkeys(self.methods):
-            keeps = (1.0,) if method == REFERENCE_METHOD else tuple(dict.fromkeys(self.keeps))
-            pairs += [(method, keep) for keep in keeps]
-        return pairs
+        return method_runs(self.methods, self.keeps)
 
 
 # -- results ------------------------------------------------------------------------------------------------------
