@@ -125,6 +125,22 @@ class AskResult:
         return dataclasses.asdict(self)
 
 
+def set_text_after_video(pipe: Any, requested: str | None) -> str | None:
+    """Set Qwen2.5-VL's text-after-video rule on ``pipe`` (the family default when None) and return it; other
+    families have no such rule, so asking for one is a ConfigError."""
+    if pipe.model_type != "qwen2_5_vl":
+        if requested is not None:
+            raise ConfigError("--text-after-video applies to Qwen2.5-VL models only")
+        return None
+    from .pipelines.qwen2_5_vl import TEXT_AFTER_VIDEO_RULES
+
+    rule = requested or type(pipe).text_after_video
+    if rule not in TEXT_AFTER_VIDEO_RULES:
+        raise ConfigError(f"--text-after-video must be one of {', '.join(TEXT_AFTER_VIDEO_RULES)}")
+    pipe.text_after_video = rule
+    return rule
+
+
 def _peak_memory(device: Any) -> tuple[int, str]:
     import torch
 
@@ -176,16 +192,7 @@ class VideoQA:
             raise ConfigError("the question is empty")
         pipe = self.pipeline
         method = build(config.method, config.keep, model_type=pipe.model_type, options=config.options)
-        rule = None
-        if pipe.model_type == "qwen2_5_vl":
-            from .pipelines.qwen2_5_vl import TEXT_AFTER_VIDEO_RULES
-
-            rule = config.text_after_video or type(pipe).text_after_video
-            if rule not in TEXT_AFTER_VIDEO_RULES:
-                raise ConfigError(f"--text-after-video must be one of {', '.join(TEXT_AFTER_VIDEO_RULES)}")
-            pipe.text_after_video = rule  # set on every call, so one question's rule never leaks into the next
-        elif config.text_after_video is not None:
-            raise ConfigError("--text-after-video applies to Qwen2.5-VL models only")
+        rule = set_text_after_video(pipe, config.text_after_video)  # every call: no rule leaks to the next
         device = pipe.device
         torch.manual_seed(config.seed)
         if device.type == "cuda":

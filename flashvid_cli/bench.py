@@ -197,7 +197,7 @@ def environment(qa: VideoQA, config: BenchConfig, videos: Sequence[str]) -> dict
     ask = config.ask
     return {
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "cpu_threads": torch.get_num_threads(),
         "dtype": str(pipe.dtype).removeprefix("torch."),
         "model": pipe.name,
@@ -220,7 +220,7 @@ def environment(qa: VideoQA, config: BenchConfig, videos: Sequence[str]) -> dict
     }
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
             return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .api import AskConfig, ConfigError, VideoQA
+from .api import AskConfig, ConfigError, VideoQA, set_text_after_video
 from .bench import check_runs, method_runs
 
 if TYPE_CHECKING:
@@ -334,7 +334,7 @@ def run_eval(qa: VideoQA, questions: Sequence[Question], config: EvalConfig,
     if not questions:
         raise ConfigError("no questions to evaluate")
     pipe = qa.pipeline
-    rule = _text_after_video(pipe, config.ask)
+    rule = set_text_after_video(pipe, config.ask.text_after_video)
     methods = {pair: build(*pair, model_type=pipe.model_type) for pair in config.runs()}
     need = frozenset().union(*(m.needs for m in methods.values()))  # one encode serves every method
     by_video: dict[str, list[int]] = {}
@@ -395,21 +395,6 @@ def _attempt(fn: Callable[..., Any], *args: Any) -> tuple[Any, Exception | None]
         return None, exc
 
 
-def _text_after_video(pipe: Pipeline, ask: AskConfig) -> str | None:
-    """Set Qwen2.5-VL's text-after-video rule for this run (as ``VideoQA.ask`` does per question)."""
-    if pipe.model_type != "qwen2_5_vl":
-        if ask.text_after_video is not None:
-            raise ConfigError("--text-after-video applies to Qwen2.5-VL models only")
-        return None
-    from .pipelines.qwen2_5_vl import TEXT_AFTER_VIDEO_RULES
-
-    rule = ask.text_after_video or type(pipe).text_after_video
-    if rule not in TEXT_AFTER_VIDEO_RULES:
-        raise ConfigError(f"--text-after-video must be one of {', '.join(TEXT_AFTER_VIDEO_RULES)}")
-    pipe.text_after_video = rule
-    return rule
-
-
 def _decode_ahead(videos: list[str], ask: AskConfig) -> Iterator[tuple[str, DecodedVideo | None, Exception | None]]:
     """(video, decoded, None) or (video, None, error) in order, decoding up to PREFETCH videos ahead in threads."""
     with ThreadPoolExecutor(max_workers=PREFETCH, thread_name_prefix="vidq-decode") as pool:
@@ -438,7 +423,7 @@ def environment(qa: VideoQA, config: EvalConfig, questions: Sequence[Question], 
     import transformers
 
     from . import __version__
-    from .bench import _cpu_name
+    from .bench import cpu_name
     from .pipelines.random_init import is_random
 
     pipe = qa.pipeline
@@ -449,7 +434,7 @@ def environment(qa: VideoQA, config: EvalConfig, questions: Sequence[Question], 
         "model_type": pipe.model_type,
         "random_weights": is_random(pipe.name),
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "dtype": str(pipe.dtype).removeprefix("torch."),
         "load_s": qa.load_s,
         "dataset": [s for s in dict.fromkeys(q.source.rsplit(":", 1)[0] for q in questions) if s],
