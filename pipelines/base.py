@@ -182,6 +182,30 @@ class _Clock:
         pass
 
 
+def chat_prompt(tokenizer: Any, chat_template: str | None, question: str) -> str:
+    """The chat prompt of one user turn (a video, then the question) ready for the assistant's answer."""
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+    return tokenizer.apply_chat_template(messages, chat_template=chat_template, tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def prompt_ids(tokenizer: Any, chat_template: str | None, video_token: str, question: str, count: int,
+               name: str = "the model") -> list[int]:
+    """Token ids of :func:`chat_prompt` with its one ``video_token`` placeholder repeated ``count`` times.
+
+    The single place that builds a prompt's ids: inference and the demo model's training both call it.
+    """
+    text = chat_prompt(tokenizer, chat_template, question)
+    if text.count(video_token) != 1:
+        raise ModelError(f"the chat template of {name!r} must hold one {video_token} placeholder")
+    before, after = text.split(video_token)
+    return (
+        tokenizer(before, add_special_tokens=False)["input_ids"]
+        + [tokenizer.convert_tokens_to_ids(video_token)] * count
+        + tokenizer(after, add_special_tokens=False)["input_ids"]
+    )
+
+
 class Pipeline:
     """Base adapter. Subclasses set ``model_type`` and ``model_class`` and implement the family's steps."""
 
@@ -248,22 +272,11 @@ class Pipeline:
     # -- shared steps ----------------------------------------------------------------------------------------
     def prompt_text(self, question: str) -> str:
         """The chat prompt with one video placeholder (expanded to the token count by the adapter)."""
-        messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
-        return self.tokenizer.apply_chat_template(
-            messages, chat_template=self.chat_template, tokenize=False, add_generation_prompt=True
-        )
+        return chat_prompt(self.tokenizer, self.chat_template, question)
 
     def expand_prompt(self, question: str, count: int) -> Tensor:
         """Token ids [1, L] of the prompt with the video placeholder repeated ``count`` times."""
-        text = self.prompt_text(question)
-        if text.count(self.video_token) != 1:
-            raise ModelError(f"the chat template of {self.name!r} must hold one {self.video_token} placeholder")
-        before, after = text.split(self.video_token)
-        ids = (
-            self.tokenizer(before, add_special_tokens=False)["input_ids"]
-            + [self.tokenizer.convert_tokens_to_ids(self.video_token)] * count
-            + self.tokenizer(after, add_special_tokens=False)["input_ids"]
-        )
+        ids = prompt_ids(self.tokenizer, self.chat_template, self.video_token, question, count, self.name)
         return torch.tensor([ids], device=self.device)
 
     def generate(self, inputs: dict[str, Any], options: GenerationOptions) -> Generation:

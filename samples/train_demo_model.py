@@ -39,6 +39,7 @@ import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from flashvid_cli import synthetic
+from flashvid_cli.pipelines.base import prompt_ids
 from flashvid_cli.pipelines.preprocess import PreprocessConfig, normalize, resize, to_tensor
 from flashvid_cli.pipelines.tiny import LLAVA_SPECIAL, build_tokenizer, llava_preprocessors
 
@@ -91,11 +92,10 @@ def build_model(tokenizer, seed: int):
 
 
 class Batcher:
-    """Turns clips and question turns into model inputs exactly as ``vidq ask`` builds its prompt."""
+    """Turns clips and questions into model inputs, the prompt built by the code ``vidq ask`` uses."""
 
     def __init__(self, tokenizer, video_tokens: int):
         self.tok = tokenizer
-        self.video_id = tokenizer.convert_tokens_to_ids("<video>")
         self.end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.video_tokens = video_tokens
         image, video = llava_preprocessors(synthetic.SIZE)
@@ -105,11 +105,7 @@ class Batcher:
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
     def first_prompt(self, question: str) -> list[int]:
-        messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
-        text = self.tok.apply_chat_template(messages, chat_template=DEMO_CHAT_TEMPLATE, tokenize=False,
-                                            add_generation_prompt=True)
-        before, after = text.split("<video>")
-        return self.ids(before) + [self.video_id] * self.video_tokens + self.ids(after)
+        return prompt_ids(self.tok, DEMO_CHAT_TEMPLATE, "<video>", question, self.video_tokens)
 
     def sequence(self, qa: synthetic.QA) -> tuple[list[int], list[int]]:
         """Token ids and labels (-100 except on the answer and its end token)."""
