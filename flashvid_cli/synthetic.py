@@ -214,12 +214,17 @@ def encode_mp4(frames: np.ndarray, target: str | Path | io.BytesIO) -> None:
 
 def through_codec(frames: np.ndarray) -> np.ndarray:
     """The frames after an H.264 round trip in memory: what a decoder returns for the written file."""
-    import av
-
     buffer = io.BytesIO()
     encode_mp4(frames, buffer)
     buffer.seek(0)
-    with av.open(buffer) as container:
+    return read_mp4(buffer)
+
+
+def read_mp4(source: str | Path | io.BytesIO) -> np.ndarray:
+    """Every frame of a video as uint8 RGB [T, H, W, 3], decoded by PyAV."""
+    import av
+
+    with av.open(str(source) if isinstance(source, Path) else source) as container:
         return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
 
 
