@@ -14,12 +14,21 @@ answer is the option's text (``red``, ``up``...), so ``vidq ask`` answers in wor
 video, so each visual token can see what is asked; with the stock video-first order and the same budget the
 model learnt counts and colours but never which object a question names.
 
-A second, auxiliary loss makes training fit in minutes on a CPU: a linear head on the visual tokens the language
-model reads predicts which shapes and colours cover each token's cell (the generator knows). Without it the
-answer loss sat at chance for 500 steps (12 minutes); with shapes and colours as targets, counts and colours were
-learnt within 300 steps but places and directions were not, so the head also predicts each token's row and column
-(keeping where a token is in what the language model reads). The head is thrown away: the checkpoint is the stock
-architecture.
+Two auxiliary losses make training fit in minutes on a CPU; their heads are thrown away, so the checkpoint is the
+stock architecture:
+
+- per visual token: a linear head on the tokens the language model reads predicts which shapes and colours cover
+  the token's cell (the generator knows) and, bound to the shape that covers it, the cell's row and column and the
+  shape's colour. Without it the answer loss sat at chance for 500 steps (12 minutes).
+- per frame: a linear head on the language model's output at each frame's last visual token predicts the answer
+  to the question about the clip so far (how many shapes so far, the named shape's colour in that frame...), which
+  after the last frame is the answer itself.
+
+SigLIP's position embeddings start at the patch embeddings' scale, not a tenth of it: from the default init,
+training wiped where a token is from its features. In half the steps the language model reads only a random
+10-100% of the visual tokens (the same share for the whole batch), so the model has seen inputs as short
+as compression makes them; the choice is random, not any method's, so it favours none of the methods that
+``vidq eval`` compares.
 
 It validates on a fixed balanced set (seed 999) as it goes, writes the
 checkpoint with its tokenizer, preprocessor configs and a model card, and prints one JSON line of its statistics.
@@ -67,7 +76,7 @@ def corpus() -> list[str]:
     return (lines + ["<|im_start|>user \nvideo<|im_end|>\n<|im_start|>assistant\n"]) * 8
 
 
-def build_model(tokenizer, seed: int):
+def build_model(tokenizer, seed: int, text_layers: int = 4, text_width: int = 128, position_std: float = 1.0):
     from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
 
     vision = dict(
@@ -75,8 +84,8 @@ def build_model(tokenizer, seed: int):
         num_attention_heads=4, image_size=synthetic.SIZE, patch_size=8,
     )
     text = dict(
-        model_type="qwen2", vocab_size=len(tokenizer), hidden_size=128, intermediate_size=384, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
+        model_type="qwen2", vocab_size=len(tokenizer), hidden_size=text_width, intermediate_size=3 * text_width,
+        num_hidden_layers=text_layers, num_attention_heads=text_width // 32, num_key_value_heads=text_width // 32, max_position_embeddings=2048, tie_word_embeddings=True,
         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"), pad_token_id=tokenizer.pad_token_id,
         bos_token_id=None,
     )
@@ -88,7 +97,12 @@ def build_model(tokenizer, seed: int):
         image_grid_pinpoints=[[64, 64]], tie_word_embeddings=True,
     )
     torch.manual_seed(seed)
-    return LlavaOnevisionForConditionalGeneration(config)
+    model = LlavaOnevisionForConditionalGeneration(config)
+    # SigLIP's default init makes position embeddings a tenth the size of patch embeddings; from there, training
+    # wiped where a token is from its features (a linear probe of a token's row fell to chance) and no question
+    # about place or motion was ever learnt. At the patch embeddings' scale, row and column are learnt in 75 steps.
+    torch.nn.init.normal_(model.model.vision_tower.embeddings.position_embedding.weight, std=position_std)
+    return model
 
 
 class Batcher:
@@ -104,12 +118,12 @@ class Batcher:
     def ids(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
-    def first_prompt(self, question: str) -> list[int]:
-        return prompt_ids(self.tok, DEMO_CHAT_TEMPLATE, "<video>", question, self.video_tokens)
+    def first_prompt(self, question: str, video_tokens: int | None = None) -> list[int]:
+        return prompt_ids(self.tok, DEMO_CHAT_TEMPLATE, "<video>", question, video_tokens or self.video_tokens)
 
-    def sequence(self, qa: synthetic.QA) -> tuple[list[int], list[int]]:
+    def sequence(self, qa: synthetic.QA, video_tokens: int | None = None) -> tuple[list[int], list[int]]:
         """Token ids and labels (-100 except on the answer and its end token)."""
-        prompt = self.first_prompt(qa.question)
+        prompt = self.first_prompt(qa.question, video_tokens)
         answer = self.ids(qa.answer_text) + [self.end_id]
         return prompt + answer, [-100] * len(prompt) + answer
 
@@ -121,10 +135,11 @@ class Batcher:
             for frames in clips
         ])
 
-    def batch(self, clips: list[np.ndarray], qas: list[synthetic.QA]) -> dict[str, torch.Tensor]:
+    def batch(self, clips: list[np.ndarray], qas: list[synthetic.QA], video_tokens: int | None = None
+              ) -> dict[str, torch.Tensor]:
         """One sequence per question; the pixels of ``clips`` (one per question, or fewer when the caller
         encodes the video itself and repeats it)."""
-        seqs = [self.sequence(qa) for qa in qas]
+        seqs = [self.sequence(qa, video_tokens) for qa in qas]
         width = max(len(ids) for ids, _ in seqs)
         pad = self.tok.pad_token_id
         input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in seqs])
@@ -136,31 +151,90 @@ class Batcher:
 
 CELL = 16  # pixels per side of the patch block one pooled token sees (2x2 patches of 8 px)
 SIDE = synthetic.SIZE // CELL
-ATTRIBUTES = (*synthetic.SHAPES, *synthetic.COLOURS, *(f"row {i}" for i in range(SIDE)),
-              *(f"column {i}" for i in range(SIDE)))
+ATTRIBUTES = (*synthetic.SHAPES, *synthetic.COLOURS,
+              *(f"{shape} in row {i}" for shape in synthetic.SHAPES for i in range(SIDE)),
+              *(f"{shape} in column {i}" for shape in synthetic.SHAPES for i in range(SIDE)),
+              *(f"{colour} {shape}" for shape in synthetic.SHAPES for colour in synthetic.COLOURS))
 
 
 def cell_labels(clip: synthetic.Clip) -> np.ndarray:
-    """[FRAMES, cells, attributes] 0/1: which shapes and colours cover a pooled token's cell (>= 8 pixels), and
-    the cell's row and column.
+    """[FRAMES, cells, attributes] 0/1: which shapes and colours cover a pooled token's cell (>= 8 pixels), and,
+    only where a shape covers it, the cell's row and column and the shape's colour, each bound to the shape
+    ("triangle in row 2", "red triangle").
 
-    Only the auxiliary loss reads these: it teaches the vision tower what is where, and to keep where a token is
-    in its features, so the language model has something to look for from the start. The head that predicts
-    them is not part of the checkpoint.
+    Only the auxiliary loss reads these: it teaches the vision tower what is where, so the language model has
+    something to look for from the start. A background token carries no place: attention that spreads over the
+    whole frame then still sums to where the shapes are (with every token's place in its features, it summed to
+    nothing, and no question about place or motion was learnt). The head that predicts them is not part of the
+    checkpoint.
     """
-    side = SIDE
-    labels = np.zeros((synthetic.FRAMES, side * side, len(ATTRIBUTES)), dtype=np.float32)
-    cells = np.arange(side * side)
-    labels[:, cells, ATTRIBUTES.index("row 0") + cells // side] = 1
-    labels[:, cells, ATTRIBUTES.index("column 0") + cells % side] = 1
+    labels = np.zeros((synthetic.FRAMES, SIDE * SIDE, len(ATTRIBUTES)), dtype=np.float32)
+    rows, columns = np.divmod(np.arange(SIDE * SIDE), SIDE)
     for f in range(synthetic.FRAMES):
         for s in clip.shapes:
             if s.visible(f):
-                cover = synthetic._mask(s.shape, *s.centre(f)).reshape(side, CELL, side, CELL).sum((1, 3))
-                cells = (cover >= 8).reshape(-1)
-                labels[f, cells, ATTRIBUTES.index(s.shape)] = 1
-                labels[f, cells, ATTRIBUTES.index(s.colour_at(f))] = 1
+                cover = synthetic._mask(s.shape, *s.centre(f)).reshape(SIDE, CELL, SIDE, CELL).sum((1, 3))
+                cells = np.flatnonzero(cover >= 8)
+                colour = s.colour_at(f)
+                for name in (s.shape, colour, f"{colour} {s.shape}"):
+                    labels[f, cells, ATTRIBUTES.index(name)] = 1
+                labels[f, cells, ATTRIBUTES.index(f"{s.shape} in row 0") + rows[cells]] = 1
+                labels[f, cells, ATTRIBUTES.index(f"{s.shape} in column 0") + columns[cells]] = 1
     return labels
+
+
+ANSWERS = (*synthetic.COUNTS, *synthetic.SHAPES, *synthetic.DIRECTIONS, *synthetic.COLOURS, *synthetic.QUADRANTS)
+
+
+def frame_targets(clip: synthetic.Clip, qa: synthetic.QA) -> np.ndarray:
+    """[FRAMES] the answer to ``qa`` about the clip so far, after each frame (an index into ANSWERS, -100 where the
+    partial clip does not answer it): how many shapes have appeared, which appeared latest, which way the named
+    shape moves (once it has moved two frames), its colour and its quadrant in that frame (while visible, and away
+    from the midlines). After the last frame it is the question's answer.
+
+    Only the second auxiliary loss reads these: read at the last visual token of each frame, where the language
+    model has seen the question and the clip up to that frame, they break each question into what one frame adds.
+    """
+    targets = np.full(synthetic.FRAMES, -100, dtype=np.int64)
+    named = next((s for s in clip.shapes if f" {s.shape} " in f" {qa.question[:-1]} "), None)
+    for f in range(synthetic.FRAMES):
+        seen = [s for s in clip.shapes if s.appear <= f]
+        answer = None
+        if qa.type == "how_many":
+            answer = synthetic.COUNTS[len(seen) - 1]
+        elif qa.type == "appears_last":
+            latest = [s for s in seen if s.appear == max(o.appear for o in seen)]
+            answer = latest[0].shape if len(seen) > 1 and len(latest) == 1 else None
+        elif qa.type == "direction":
+            answer = named.direction if f >= named.appear + 2 else None
+        elif named.visible(f):
+            x, y = named.centre(f)
+            if qa.type == "colour_at_end":
+                answer = named.colour_at(f)
+            elif min(abs(x - synthetic.SIZE / 2), abs(y - synthetic.SIZE / 2)) >= 3:
+                answer = synthetic.QUADRANTS[2 * (y > synthetic.SIZE / 2) + (x > synthetic.SIZE / 2)]
+        if answer is not None:
+            targets[f] = ANSWERS.index(answer)
+    return targets
+
+
+def kept_tokens(rng: np.random.Generator, clips: int, tokens_per_frame: int, drop_prob: float) -> list[np.ndarray]:
+    """Which visual tokens (indices in temporal-then-raster order) each clip's questions read this step: all of them,
+    or with probability ``drop_prob`` a random sorted subset of 10-100% (the same count for every clip), so the
+    language model also learns from the fewer tokens a compression method leaves. Random, not any one method's
+    choice, so the demo model favours none of the methods ``vidq eval`` compares."""
+    total = synthetic.FRAMES * tokens_per_frame
+    if rng.random() >= drop_prob:
+        return [np.arange(total)] * clips
+    count = int(rng.integers(round(0.1 * total), total + 1))
+    return [np.sort(rng.choice(total, count, replace=False)) for _ in range(clips)]
+
+
+def frame_ends(kept: np.ndarray, tokens_per_frame: int) -> np.ndarray:
+    """[FRAMES] the position, among the kept tokens, of each frame's last one (-1 where none of a frame is kept)."""
+    frames = kept // tokens_per_frame
+    last = np.searchsorted(frames, np.arange(synthetic.FRAMES), side="right") - 1
+    return np.where((last >= 0) & (frames[np.maximum(last, 0)] == np.arange(synthetic.FRAMES)), last, -1)
 
 
 def validation_set(count: int) -> list[tuple[np.ndarray, synthetic.QA]]:
@@ -204,7 +278,7 @@ def accuracy(model, batcher: Batcher, data, batch_size: int = 25) -> tuple[float
 def train(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     tokenizer = build_tokenizer(LLAVA_SPECIAL, vocab_size=512, corpus=corpus())
-    model = build_model(tokenizer, args.seed)
+    model = build_model(tokenizer, args.seed, args.text_layers, args.text_width)
     tokens_per_frame = (math.ceil(synthetic.SIZE / 8 / 2)) ** 2
     batcher = Batcher(tokenizer, synthetic.FRAMES * tokens_per_frame + 1)  # + LLaVA-OneVision's newline
     val = validation_set(args.val_count)
@@ -221,14 +295,18 @@ def train(args: argparse.Namespace) -> dict:
         return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
     aux_head = torch.nn.Linear(model.config.text_config.hidden_size, len(ATTRIBUTES))
-    optim.add_param_group({"params": list(aux_head.parameters()), "weight_decay": 0.0})
+    frame_head = torch.nn.Linear(model.config.text_config.hidden_size, len(ANSWERS))
+    heads = [*aux_head.parameters(), *frame_head.parameters()]
+    optim.add_param_group({"params": heads, "weight_decay": 0.0})
+    video_id = model.config.video_token_index
     config = model.config
     model.train()
     started = time.perf_counter()
     history = []
+    frame_hits: dict[str, list[float]] = {}
     running = None
     for step in range(args.steps):
-        clips, qas, cells, per_clip = [], [], [], []
+        clips, qas, cells, per_clip, so_far = [], [], [], [], []
         for _ in range(args.batch):
             clip = synthetic.random_clip(rng)
             clips.append(synthetic.through_codec(synthetic.render(clip)))
@@ -236,28 +314,48 @@ def train(args: argparse.Namespace) -> dict:
             qas += asked
             per_clip.append(len(asked))
             cells.append(cell_labels(clip))
+            so_far += [frame_targets(clip, qa) for qa in asked]
         for group in optim.param_groups:
             group["lr"] = lr_at(step)
-        inputs = batcher.batch(clips, qas)
+        kept = kept_tokens(rng, len(clips), tokens_per_frame, args.drop_prob)
+        inputs = batcher.batch(clips, qas, len(kept[0]) + 1)
         video = model.model.get_video_features(
             inputs.pop("pixel_values_videos"), vision_feature_layer=config.vision_feature_layer,
             vision_feature_select_strategy=config.vision_feature_select_strategy,
         ).pooler_output  # [B, FRAMES * cells + 1, D]: the tokens the language model reads
         aux = torch.nn.functional.binary_cross_entropy_with_logits(
             aux_head(video[:, :-1]), torch.from_numpy(np.stack(cells)).flatten(1, 2))
+        video = torch.stack([torch.cat([v[torch.from_numpy(k)], v[-1:]]) for v, k in zip(video, kept)])
         video = video.repeat_interleave(torch.tensor(per_clip), dim=0)  # one encode per clip, read by each question
-        answer = model(**inputs, mm_encoder_outputs={"video": BaseModelOutputWithPooling(pooler_output=video)}).loss
-        loss = answer + args.aux_weight * aux
+        last = np.stack([frame_ends(k, tokens_per_frame) for k in kept]).repeat(per_clip, axis=0)
+        targets = np.stack(so_far)
+        targets[last < 0] = -100  # a frame that lost every token has no running answer to read
+        targets = torch.from_numpy(targets)
+        first = (inputs["input_ids"] == video_id).int().argmax(1)  # where each sequence's video starts
+        ends = first[:, None] + torch.from_numpy(np.maximum(last, 0))
+        out = model(**inputs, mm_encoder_outputs={"video": BaseModelOutputWithPooling(pooler_output=video)},
+                    output_hidden_states=True)
+        answer = out.loss
+        hidden = out.hidden_states[-1][torch.arange(len(qas))[:, None], ends]  # [B, FRAMES, D]: each frame's last
+        per_frame = torch.nn.functional.cross_entropy(
+            frame_head(hidden).flatten(0, 1), targets.flatten(), ignore_index=-100)
+        loss = answer + args.aux_weight * aux + args.frame_weight * per_frame
+        with torch.no_grad():  # how often each frame's running answer is right, per question type, for the log
+            hit = frame_head(hidden).argmax(-1) == targets
+            for qa, row, want in zip(qas, hit, targets):
+                frame_hits.setdefault(qa.type, []).append(float(row[want >= 0].float().mean()) if (want >= 0).any()
+                                                          else float("nan"))
         optim.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_([*model.parameters(), *aux_head.parameters()], 1.0)
+        torch.nn.utils.clip_grad_norm_([*model.parameters(), *heads], 1.0)
         optim.step()
         running = answer.item() if running is None else 0.95 * running + 0.05 * answer.item()
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
             acc, per_type = accuracy(model, batcher, val)
             elapsed = time.perf_counter() - started
             history.append({"step": step + 1, "minutes": round(elapsed / 60, 2), "loss": round(running, 4),
-                            "val_accuracy": round(acc, 4), "per_type": {k: round(v, 3) for k, v in per_type.items()}})
+                            "val_accuracy": round(acc, 4), "per_type": {k: round(v, 3) for k, v in per_type.items()},
+                            "frame_accuracy": {k: round(float(np.nanmean(v[-200:])), 3) for k, v in frame_hits.items()}})
             print(json.dumps(history[-1]), flush=True)
     minutes = (time.perf_counter() - started) / 60
     final_acc, per_type = accuracy(model, batcher, val)
@@ -309,8 +407,10 @@ compression method's effect on accuracy, can be checked offline with a model who
 **How it was trained.** `{command}`: seed {seed}, {steps} steps of {batch} fresh clips each ({clips_seen:,} clips,
 three questions of different types per clip), AdamW, peak learning rate {lr}, {warmup} warm-up steps then cosine
 decay, float32 on CPU with {threads} threads: {train_minutes} minutes on {cpu}, torch {torch}. The loss is the
-answer tokens' cross-entropy plus an auxiliary loss: a linear head on the visual tokens predicts which shapes and
-colours cover each token's cell, and the cell's row and column; that head is not part of the checkpoint. Every
+answer tokens' cross-entropy plus two auxiliary losses whose heads are not part of the checkpoint: per visual token,
+which shapes and colours cover its cell and, bound to that shape, the cell's row and column and the shape's colour;
+per frame, at its last visual token, the answer to the question about the clip so far. In half the steps the
+language model read only a random 10-100% of the visual tokens, so the model has also seen inputs as short as compression makes them. Every
 frame went through an H.264 round trip and vidq's own preprocessing, so training saw what inference sees.
 
 **How good it is.** On the balanced validation set (seed {val_seed}, {val_count} questions, one clip each; an
@@ -323,7 +423,7 @@ keep ratio on a held-out test set is in vidq's `docs/ACCURACY.md`.
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("vidq-demo-llava-ov"))
-    parser.add_argument("--steps", type=int, default=1400)
+    parser.add_argument("--steps", type=int, default=1800)
     parser.add_argument("--batch", type=int, default=8, help="clips per step")
     parser.add_argument("--lr", type=float, default=1.5e-3)
     parser.add_argument("--warmup", type=int, default=100)
@@ -331,6 +431,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--questions", type=int, default=3, help="questions per training clip (distinct types)")
     parser.add_argument("--aux-weight", type=float, default=1.0, help="weight of the per-token attribute loss")
+    parser.add_argument("--text-layers", type=int, default=4, help="layers of the Qwen2 language model")
+    parser.add_argument("--text-width", type=int, default=128, help="hidden size of the language model (32 per head)")
+    parser.add_argument("--frame-weight", type=float, default=1.0,
+                        help="weight of the per-frame running-answer loss")
+    parser.add_argument("--drop-prob", type=float, default=0.5,
+                        help="share of steps whose questions read a random 10-100%% of the visual tokens")
     parser.add_argument("--eval-every", type=int, default=200)
     parser.add_argument("--val-count", type=int, default=150)
     args = parser.parse_args()

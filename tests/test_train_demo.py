@@ -1,0 +1,91 @@
+"""The demo model's training targets (samples/train_demo_model.py): what the auxiliary losses teach is true of
+the clip, and the running answer after the last frame is the question's answer. Nothing here trains."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import _load_sample_module
+from flashvid_cli import synthetic
+
+train = _load_sample_module("train_demo_model")
+TOKENS_PER_FRAME = train.SIDE * train.SIDE
+
+
+@pytest.fixture(scope="module")
+def clips() -> list[synthetic.Clip]:
+    rng = np.random.default_rng(11)
+    return [synthetic.random_clip(rng) for _ in range(120)]
+
+
+def test_running_answer_after_the_last_frame_is_the_answer(clips):
+    rng = np.random.default_rng(12)
+    asked = 0
+    for clip in clips:
+        for qa in synthetic.questions(clip, rng, every=True):
+            targets = train.frame_targets(clip, qa)
+            assert targets.shape == (synthetic.FRAMES,)
+            assert train.ANSWERS[targets[-1]] == qa.answer_text, (qa, clip)
+            known = targets[targets >= 0]
+            if qa.type in {"direction", "appears_last"}:  # fixed once known
+                assert (known == known[-1]).all() or qa.type == "appears_last"
+            asked += 1
+    assert asked > 400
+
+
+def test_running_answer_follows_the_clip():
+    square = synthetic.Shape("square", "red", "blue", change_at=6, appear=0, vanish=synthetic.FRAMES,
+                             direction="right", start=(14.0, 14.0), end=(46.0, 14.0))
+    cross = synthetic.Shape("cross", "green", "green", change_at=synthetic.FRAMES, appear=4, vanish=synthetic.FRAMES,
+                            direction="down", start=(46.0, 22.0), end=(46.0, 50.0))
+    clip = synthetic.Clip((square, cross))
+    names = lambda qa: [train.ANSWERS[i] if i >= 0 else None for i in train.frame_targets(clip, qa)]  # noqa: E731
+    qa = lambda kind, question, options: synthetic.QA(kind, question, options, 0)  # noqa: E731
+    count = names(qa("how_many", "How many shapes appear in the video?", synthetic.COUNTS))
+    assert count[:4] == ["one"] * 4 and count[4:] == ["two"] * 12
+    last = names(qa("appears_last", "Which shape appears last?", synthetic.SHAPES))
+    assert last[:4] == [None] * 4 and last[4:] == ["cross"] * 12
+    colour = names(qa("colour_at_end", "What colour is the square at the end?", tuple(synthetic.COLOURS)))
+    assert colour[:6] == ["red"] * 6 and colour[6:] == ["blue"] * 10
+    way = names(qa("direction", "Which way does the cross move?", synthetic.DIRECTIONS))
+    assert way[:6] == [None] * 6 and way[6:] == ["down"] * 10
+    where = names(qa("where_at_end", "Where is the square at the end?", synthetic.QUADRANTS))
+    assert where[0] == "top left" and where[-1] == "top right" and None in where  # unlabelled near the midline
+
+
+def test_cell_labels_bind_place_and_colour_to_the_shape_that_covers_the_cell(clips):
+    for clip in clips[:30]:
+        labels = train.cell_labels(clip)
+        frames = synthetic.render(clip)
+        for f in range(synthetic.FRAMES):
+            for cell in range(TOKENS_PER_FRAME):
+                on = {train.ATTRIBUTES[j] for j in np.flatnonzero(labels[f, cell])}
+                row, column = divmod(cell, train.SIDE)
+                block = frames[f, row * train.CELL:(row + 1) * train.CELL, column * train.CELL:(column + 1) * train.CELL]
+                if not on:  # no shape covers 8 pixels of it: a background cell carries no label, place included
+                    assert (block != synthetic.BACKGROUND).any(-1).sum() < 8 * len(clip.shapes)
+                    continue
+                for s in clip.shapes:
+                    if s.shape in on:
+                        colour = s.colour_at(f)
+                        assert {colour, f"{colour} {s.shape}", f"{s.shape} in row {row}",
+                                f"{s.shape} in column {column}"} <= on
+                        assert (block == synthetic.COLOURS[colour]).all(-1).sum() >= 8
+
+
+def test_kept_tokens_and_frame_ends():
+    rng = np.random.default_rng(13)
+    every = train.kept_tokens(rng, 3, TOKENS_PER_FRAME, drop_prob=0.0)
+    assert all((k == np.arange(synthetic.FRAMES * TOKENS_PER_FRAME)).all() for k in every)
+    ends = train.frame_ends(every[0], TOKENS_PER_FRAME)
+    assert (ends == np.arange(1, synthetic.FRAMES + 1) * TOKENS_PER_FRAME - 1).all()
+    for _ in range(20):
+        kept = train.kept_tokens(rng, 4, TOKENS_PER_FRAME, drop_prob=1.0)
+        assert len({len(k) for k in kept}) == 1 and len(kept[0]) >= 0.1 * synthetic.FRAMES * TOKENS_PER_FRAME
+        for k in kept:
+            assert (np.diff(k) > 0).all()
+            ends = train.frame_ends(k, TOKENS_PER_FRAME)
+            for f, end in enumerate(ends):
+                in_frame = np.flatnonzero(k // TOKENS_PER_FRAME == f)
+                assert end == (in_frame[-1] if len(in_frame) else -1)
