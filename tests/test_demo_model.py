@@ -53,13 +53,13 @@ def test_committed_demo_set_is_what_the_generator_writes(tmp_path):
 
 
 def test_readme_example_answers_right():
-    """The README's offline example, through the CLI (uncompressed: the demo model is weak on compressed input)."""
+    """The README's offline example, through the CLI with the default compression."""
     question = next(json.loads(line) for line in DEMO_SET.read_text().splitlines()
                     if json.loads(line)["video"] == README_CLIP)
     truth = question["options"]["ABCD".index(question["answer"])]
     video = DEMO_SET.parent / README_CLIP
     result = CliRunner().invoke(app, ["ask", str(video), question["question"], "--model", str(DEMO),
-                                      "--method", "none", "--device", "cpu", "--json"])
+                                      "--device", "cpu", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["answer"] == truth
     assert question["question"] in (REPO / "README.md").read_text()
