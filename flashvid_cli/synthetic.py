@@ -86,8 +86,12 @@ class Shape:
 
     @property
     def quadrant(self) -> str:
-        x, y = self.end
-        return QUADRANTS[2 * (y > SIZE / 2) + (x > SIZE / 2)]
+        return quadrant(*self.end)
+
+
+def quadrant(x: float, y: float) -> str:
+    """The quarter of the frame that holds the point (x, y)."""
+    return QUADRANTS[2 * (y > SIZE / 2) + (x > SIZE / 2)]
 
 
 @dataclass(frozen=True)

@@ -85,7 +85,8 @@ def build_model(tokenizer, seed: int, text_layers: int = 4, text_width: int = 12
     )
     text = dict(
         model_type="qwen2", vocab_size=len(tokenizer), hidden_size=text_width, intermediate_size=3 * text_width,
-        num_hidden_layers=text_layers, num_attention_heads=text_width // 32, num_key_value_heads=text_width // 32, max_position_embeddings=2048, tie_word_embeddings=True,
+        num_hidden_layers=text_layers, num_attention_heads=text_width // 32, num_key_value_heads=text_width // 32,
+        max_position_embeddings=2048, tie_word_embeddings=True,
         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"), pad_token_id=tokenizer.pad_token_id,
         bos_token_id=None,
     )
@@ -212,7 +213,7 @@ def frame_targets(clip: synthetic.Clip, qa: synthetic.QA) -> np.ndarray:
             if qa.type == "colour_at_end":
                 answer = named.colour_at(f)
             elif min(abs(x - synthetic.SIZE / 2), abs(y - synthetic.SIZE / 2)) >= 3:
-                answer = synthetic.QUADRANTS[2 * (y > synthetic.SIZE / 2) + (x > synthetic.SIZE / 2)]
+                answer = synthetic.quadrant(x, y)
         if answer is not None:
             targets[f] = ANSWERS.index(answer)
     return targets
@@ -337,11 +338,11 @@ def train(args: argparse.Namespace) -> dict:
                     output_hidden_states=True)
         answer = out.loss
         hidden = out.hidden_states[-1][torch.arange(len(qas))[:, None], ends]  # [B, FRAMES, D]: each frame's last
-        per_frame = torch.nn.functional.cross_entropy(
-            frame_head(hidden).flatten(0, 1), targets.flatten(), ignore_index=-100)
+        guesses = frame_head(hidden)  # [B, FRAMES, len(ANSWERS)]
+        per_frame = torch.nn.functional.cross_entropy(guesses.flatten(0, 1), targets.flatten(), ignore_index=-100)
         loss = answer + args.aux_weight * aux + args.frame_weight * per_frame
         with torch.no_grad():  # how often each frame's running answer is right, per question type, for the log
-            hit = frame_head(hidden).argmax(-1) == targets
+            hit = guesses.argmax(-1) == targets
             for qa, row, want in zip(qas, hit, targets):
                 frame_hits.setdefault(qa.type, []).append(float(row[want >= 0].float().mean()) if (want >= 0).any()
                                                           else float("nan"))
@@ -355,7 +356,8 @@ def train(args: argparse.Namespace) -> dict:
             elapsed = time.perf_counter() - started
             history.append({"step": step + 1, "minutes": round(elapsed / 60, 2), "loss": round(running, 4),
                             "val_accuracy": round(acc, 4), "per_type": {k: round(v, 3) for k, v in per_type.items()},
-                            "frame_accuracy": {k: round(float(np.nanmean(v[-200:])), 3) for k, v in frame_hits.items()}})
+                            "frame_accuracy": {k: round(float(np.nanmean(v[-200:])), 3)
+                                               for k, v in frame_hits.items()}})
             print(json.dumps(history[-1]), flush=True)
     minutes = (time.perf_counter() - started) / 60
     final_acc, per_type = accuracy(model, batcher, val)
@@ -410,8 +412,9 @@ decay, float32 on CPU with {threads} threads: {train_minutes} minutes on {cpu}, 
 answer tokens' cross-entropy plus two auxiliary losses whose heads are not part of the checkpoint: per visual token,
 which shapes and colours cover its cell and, bound to that shape, the cell's row and column and the shape's colour;
 per frame, at its last visual token, the answer to the question about the clip so far. In half the steps the
-language model read only a random 10-100% of the visual tokens, so the model has also seen inputs as short as compression makes them. Every
-frame went through an H.264 round trip and vidq's own preprocessing, so training saw what inference sees.
+language model read only a random 10-100% of the visual tokens, so the model has also seen inputs as short as
+compression makes them. Every frame went through an H.264 round trip and vidq's own preprocessing, so training
+saw what inference sees.
 
 **How good it is.** On the balanced validation set (seed {val_seed}, {val_count} questions, one clip each; an
 option's score is the summed log-probability of its tokens): accuracy {val_accuracy:.1%} (chance 25%). Per
