@@ -14,21 +14,26 @@ answer is the option's text (``red``, ``up``...), so ``vidq ask`` answers in wor
 video, so each visual token can see what is asked; with the stock video-first order and the same budget the
 model learnt counts and colours but never which object a question names.
 
-Two auxiliary losses make training fit in minutes on a CPU; their heads are thrown away, so the checkpoint is the
-stock architecture:
+Training has two stages. Stage one trains the vision tower and projector alone on single frames (two from each
+of 64 fresh clips per step): from scratch, telling a circle from a cross in a 16-pixel cell is the slowest thing to
+learn, and whole clips, sixteen near-identical frames each, teach it far more slowly. Stage two trains the whole
+model on questions. Three auxiliary losses make it fit in half an hour on a CPU; their heads are thrown away, so
+the checkpoint is the stock architecture:
 
-- per visual token: a linear head on the tokens the language model reads predicts which shapes and colours cover
-  the token's cell (the generator knows) and, bound to the shape that covers it, the cell's row and column and the
-  shape's colour. Without it the answer loss sat at chance for 500 steps (12 minutes).
+- per visual token (both stages): a linear head on the tokens the language model reads predicts which shape covers
+  the token's cell, its colour, and, only where a shape covers it, the cell's row and column.
+- per visual token, in the language model's middle layer: whether the shape the question names covers the cell,
+  so the model learns to find what is asked about before reading where it is or what colour.
 - per frame: a linear head on the language model's output at each frame's last visual token predicts the answer
   to the question about the clip so far (how many shapes so far, the named shape's colour in that frame...), which
   after the last frame is the answer itself.
 
-SigLIP's position embeddings start at the patch embeddings' scale, not a tenth of it: from the default init,
-training wiped where a token is from its features. In half the steps the language model reads only a random
-10-100% of the visual tokens (the same share for the whole batch), so the model has seen inputs as short
-as compression makes them; the choice is random, not any method's, so it favours none of the methods that
-``vidq eval`` compares.
+Two things about the initial weights matter. SigLIP's position embeddings start at std 1, not a tenth of the patch
+embeddings' scale (from the default init, training wiped where a token is from its features), and the patch
+embeddings start four times their default scale, so a patch's content stands out from its position. In half the
+steps the language model reads only a random 10-100% of the visual tokens (the same share for the whole batch),
+so the model has seen inputs as short as compression makes them; the choice is random, not any method's, so it
+favours none of the methods that ``vidq eval`` compares.
 
 It validates on a fixed balanced set (seed 999) as it goes, writes the
 checkpoint with its tokenizer, preprocessor configs and a model card, and prints one JSON line of its statistics.
@@ -76,7 +81,8 @@ def corpus() -> list[str]:
     return (lines + ["<|im_start|>user \nvideo<|im_end|>\n<|im_start|>assistant\n"]) * 8
 
 
-def build_model(tokenizer, seed: int, text_layers: int = 4, text_width: int = 128, position_std: float = 1.0):
+def build_model(tokenizer, seed: int, text_layers: int = 4, text_width: int = 128, position_std: float = 1.0,
+                patch_scale: float = 1.0):
     from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
 
     vision = dict(
@@ -102,7 +108,11 @@ def build_model(tokenizer, seed: int, text_layers: int = 4, text_width: int = 12
     # SigLIP's default init makes position embeddings a tenth the size of patch embeddings; from there, training
     # wiped where a token is from its features (a linear probe of a token's row fell to chance) and no question
     # about place or motion was ever learnt. At the patch embeddings' scale, row and column are learnt in 75 steps.
-    torch.nn.init.normal_(model.model.vision_tower.embeddings.position_embedding.weight, std=position_std)
+    embeddings = model.model.vision_tower.embeddings
+    torch.nn.init.normal_(embeddings.position_embedding.weight, std=position_std)
+    # Scaled up, a patch's content stands out from its position: shapes are told apart in half the steps.
+    with torch.no_grad():
+        embeddings.patch_embedding.weight.mul_(patch_scale)
     return model
 
 
@@ -152,39 +162,62 @@ class Batcher:
 
 CELL = 16  # pixels per side of the patch block one pooled token sees (2x2 patches of 8 px)
 SIDE = synthetic.SIZE // CELL
-ATTRIBUTES = (*synthetic.SHAPES, *synthetic.COLOURS,
-              *(f"{shape} in row {i}" for shape in synthetic.SHAPES for i in range(SIDE)),
-              *(f"{shape} in column {i}" for shape in synthetic.SHAPES for i in range(SIDE)),
-              *(f"{colour} {shape}" for shape in synthetic.SHAPES for colour in synthetic.COLOURS))
+TARGETS = {"shape": 1 + len(synthetic.SHAPES), "colour": 1 + len(synthetic.COLOURS), "row": SIDE, "column": SIDE}
 
 
-def cell_labels(clip: synthetic.Clip) -> np.ndarray:
-    """[FRAMES, cells, attributes] 0/1: which shapes and colours cover a pooled token's cell (>= 8 pixels), and,
-    only where a shape covers it, the cell's row and column and the shape's colour, each bound to the shape
-    ("triangle in row 2", "red triangle").
+def cell_targets(clip: synthetic.Clip) -> np.ndarray:
+    """[FRAMES, cells, 4] class indices per pooled token: the shape that covers most of its cell (0 for none, else
+    1 + its index in SHAPES; a shape covers a cell with >= 8 pixels), that shape's colour in the frame (0 for none),
+    and, only where a shape covers it, the cell's row and column (-100, ignored, elsewhere).
 
     Only the auxiliary loss reads these: it teaches the vision tower what is where, so the language model has
     something to look for from the start. A background token carries no place: attention that spreads over the
-    whole frame then still sums to where the shapes are (with every token's place in its features, it summed to
-    nothing, and no question about place or motion was learnt). The head that predicts them is not part of the
-    checkpoint.
+    whole frame then still sums to where the shapes are. The head that predicts them is not part of the checkpoint.
     """
-    labels = np.zeros((synthetic.FRAMES, SIDE * SIDE, len(ATTRIBUTES)), dtype=np.float32)
+    targets = np.zeros((synthetic.FRAMES, SIDE * SIDE, len(TARGETS)), dtype=np.int64)
+    targets[..., 2:] = -100
+    best = np.zeros((synthetic.FRAMES, SIDE * SIDE))
     rows, columns = np.divmod(np.arange(SIDE * SIDE), SIDE)
     for f in range(synthetic.FRAMES):
         for s in clip.shapes:
             if s.visible(f):
-                cover = synthetic._mask(s.shape, *s.centre(f)).reshape(SIDE, CELL, SIDE, CELL).sum((1, 3))
-                cells = np.flatnonzero(cover >= 8)
-                colour = s.colour_at(f)
-                for name in (s.shape, colour, f"{colour} {s.shape}"):
-                    labels[f, cells, ATTRIBUTES.index(name)] = 1
-                labels[f, cells, ATTRIBUTES.index(f"{s.shape} in row 0") + rows[cells]] = 1
-                labels[f, cells, ATTRIBUTES.index(f"{s.shape} in column 0") + columns[cells]] = 1
-    return labels
+                cover = synthetic._mask(s.shape, *s.centre(f)).reshape(SIDE, CELL, SIDE, CELL).sum((1, 3)).ravel()
+                cells = np.flatnonzero((cover >= 8) & (cover > best[f]))
+                best[f, cells] = cover[cells]
+                targets[f, cells] = np.stack([
+                    np.full(len(cells), 1 + synthetic.SHAPES.index(s.shape)),
+                    np.full(len(cells), 1 + list(synthetic.COLOURS).index(s.colour_at(f))),
+                    rows[cells], columns[cells]], axis=1)
+    return targets
+
+
+def cell_loss(head: torch.nn.Linear, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The summed cross-entropies of ``head``'s four predictions per token (``features`` [..., D], ``targets``
+    [..., 4] from :func:`cell_targets`)."""
+    logits = head(features).flatten(0, -2).split(list(TARGETS.values()), dim=-1)
+    wanted = targets.flatten(0, -2)
+    return sum(torch.nn.functional.cross_entropy(part, wanted[:, i], ignore_index=-100)
+               for i, part in enumerate(logits))
 
 
 ANSWERS = (*synthetic.COUNTS, *synthetic.SHAPES, *synthetic.DIRECTIONS, *synthetic.COLOURS, *synthetic.QUADRANTS)
+
+
+def named_shape(clip: synthetic.Clip, qa: synthetic.QA) -> synthetic.Shape | None:
+    """The object the question names, if it names one."""
+    return next((s for s in clip.shapes if f" {s.shape} " in f" {qa.question[:-1]} "), None)
+
+
+def named_cells(clip: synthetic.Clip, qa: synthetic.QA, targets: np.ndarray) -> np.ndarray:
+    """[FRAMES * cells] 1.0 where the shape that ``qa`` names covers the token's cell, else 0.0; all -1.0 (ignored)
+    when the question names no shape. ``targets`` is the clip's :func:`cell_targets`.
+
+    Only the third auxiliary loss reads these: read from the language model's middle layer at every visual token,
+    they teach it to find what the question asks about before it reads where or what colour it is."""
+    named = named_shape(clip, qa)
+    if named is None:
+        return np.full(targets.shape[0] * targets.shape[1], -1.0, dtype=np.float32)
+    return (targets[..., 0].ravel() == 1 + synthetic.SHAPES.index(named.shape)).astype(np.float32)
 
 
 def frame_targets(clip: synthetic.Clip, qa: synthetic.QA) -> np.ndarray:
@@ -197,7 +230,7 @@ def frame_targets(clip: synthetic.Clip, qa: synthetic.QA) -> np.ndarray:
     model has seen the question and the clip up to that frame, they break each question into what one frame adds.
     """
     targets = np.full(synthetic.FRAMES, -100, dtype=np.int64)
-    named = next((s for s in clip.shapes if f" {s.shape} " in f" {qa.question[:-1]} "), None)
+    named = named_shape(clip, qa)
     for f in range(synthetic.FRAMES):
         seen = [s for s in clip.shapes if s.appear <= f]
         answer = None
@@ -276,10 +309,60 @@ def accuracy(model, batcher: Batcher, data, batch_size: int = 25) -> tuple[float
     return sum(every) / len(every), {k: sum(v) / len(v) for k, v in hits.items()}
 
 
+def video_tokens(model, pixels: torch.Tensor) -> torch.Tensor:
+    """[B, FRAMES * cells + 1, D]: the visual tokens the language model reads, LLaVA-OneVision's newline last."""
+    config = model.config
+    return model.model.get_video_features(
+        pixels, vision_feature_layer=config.vision_feature_layer,
+        vision_feature_select_strategy=config.vision_feature_select_strategy).pooler_output
+
+
+def warm_up_vision(model, head: torch.nn.Linear, batcher: Batcher, rng: np.random.Generator, steps: int,
+                   lr: float, clips: int = 64) -> list[dict]:
+    """Stage one: the vision tower and projector alone learn :func:`cell_targets` (which shape covers each token's
+    cell, its colour, the cell's row and column). Each step shows two random frames of each of ``clips`` fresh
+    clips, as clip-sized stacks of unrelated frames through the same H.264 round trip: many more clips per second
+    than whole videos, so shapes are told apart within minutes. Returns the log: the share of shape-covered
+    tokens whose shape is right, on held-out clips."""
+    params = [*model.model.vision_tower.parameters(), *model.model.multi_modal_projector.parameters(),
+              *head.parameters()]
+    optim = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
+    check_rng = np.random.default_rng(VALIDATION_SEED + 1)
+    check = [synthetic.random_clip(check_rng) for _ in range(8)]
+    check_pixels = batcher.pixels([synthetic.through_codec(synthetic.render(clip)) for clip in check])
+    check_shapes = torch.from_numpy(np.stack([cell_targets(clip)[..., 0].ravel() for clip in check]))
+    log, started = [], time.perf_counter()
+    for step in range(steps):
+        frames, targets = [], []
+        for _ in range(clips):
+            clip = synthetic.random_clip(rng)
+            picked = rng.choice(synthetic.FRAMES, 2, replace=False)
+            frames.append(synthetic.render(clip)[picked])
+            targets.append(cell_targets(clip)[picked])
+        stacks = np.concatenate(frames).reshape(-1, synthetic.FRAMES, *frames[0].shape[1:])
+        pixels = batcher.pixels([synthetic.through_codec(stack) for stack in stacks])
+        wanted = torch.from_numpy(np.concatenate(targets)).view(len(stacks), -1, len(TARGETS))
+        for group in optim.param_groups:
+            group["lr"] = lr * min(1.0, (step + 1) / 20)
+        loss = cell_loss(head, video_tokens(model, pixels)[:, :-1], wanted)
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        optim.step()
+        if (step + 1) % 100 == 0 or step + 1 == steps:
+            with torch.no_grad():
+                guess = head(video_tokens(model, check_pixels)[:, :-1])[..., :TARGETS["shape"]].argmax(-1)
+            covered = check_shapes > 0
+            log.append({"step": step + 1, "minutes": round((time.perf_counter() - started) / 60, 2),
+                        "loss": round(loss.item(), 4),
+                        "shape_accuracy": round(float((guess[covered] == check_shapes[covered]).float().mean()), 3)})
+            print(json.dumps({"vision": log[-1]}), flush=True)
+    return log
+
+
 def train(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     tokenizer = build_tokenizer(LLAVA_SPECIAL, vocab_size=512, corpus=corpus())
-    model = build_model(tokenizer, args.seed, args.text_layers, args.text_width)
+    model = build_model(tokenizer, args.seed, args.text_layers, args.text_width, patch_scale=args.patch_scale)
     tokens_per_frame = (math.ceil(synthetic.SIZE / 8 / 2)) ** 2
     batcher = Batcher(tokenizer, synthetic.FRAMES * tokens_per_frame + 1)  # + LLaVA-OneVision's newline
     val = validation_set(args.val_count)
@@ -295,37 +378,35 @@ def train(args: argparse.Namespace) -> dict:
         progress = (step - args.warmup) / max(args.steps - args.warmup, 1)
         return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
-    aux_head = torch.nn.Linear(model.config.text_config.hidden_size, len(ATTRIBUTES))
+    aux_head = torch.nn.Linear(model.config.text_config.hidden_size, sum(TARGETS.values()))
+    vision_log = warm_up_vision(model, aux_head, batcher, rng, args.vision_steps, args.vision_lr)
     frame_head = torch.nn.Linear(model.config.text_config.hidden_size, len(ANSWERS))
-    heads = [*aux_head.parameters(), *frame_head.parameters()]
+    bind_head = torch.nn.Linear(model.config.text_config.hidden_size, 1)
+    heads = [*aux_head.parameters(), *frame_head.parameters(), *bind_head.parameters()]
     optim.add_param_group({"params": heads, "weight_decay": 0.0})
     video_id = model.config.video_token_index
-    config = model.config
     model.train()
     started = time.perf_counter()
     history = []
     frame_hits: dict[str, list[float]] = {}
     running = None
     for step in range(args.steps):
-        clips, qas, cells, per_clip, so_far = [], [], [], [], []
+        clips, qas, cells, per_clip, so_far, flags = [], [], [], [], [], []
         for _ in range(args.batch):
             clip = synthetic.random_clip(rng)
             clips.append(synthetic.through_codec(synthetic.render(clip)))
             asked = synthetic.questions(clip, rng)[: args.questions]  # distinct types, random order
             qas += asked
             per_clip.append(len(asked))
-            cells.append(cell_labels(clip))
+            cells.append(cell_targets(clip))
             so_far += [frame_targets(clip, qa) for qa in asked]
+            flags += [named_cells(clip, qa, cells[-1]) for qa in asked]
         for group in optim.param_groups:
             group["lr"] = lr_at(step)
         kept = kept_tokens(rng, len(clips), tokens_per_frame, args.drop_prob)
         inputs = batcher.batch(clips, qas, len(kept[0]) + 1)
-        video = model.model.get_video_features(
-            inputs.pop("pixel_values_videos"), vision_feature_layer=config.vision_feature_layer,
-            vision_feature_select_strategy=config.vision_feature_select_strategy,
-        ).pooler_output  # [B, FRAMES * cells + 1, D]: the tokens the language model reads
-        aux = torch.nn.functional.binary_cross_entropy_with_logits(
-            aux_head(video[:, :-1]), torch.from_numpy(np.stack(cells)).flatten(1, 2))
+        video = video_tokens(model, inputs.pop("pixel_values_videos"))  # [B, FRAMES * cells + 1, D]
+        aux = cell_loss(aux_head, video[:, :-1], torch.from_numpy(np.stack(cells)).flatten(1, 2))
         video = torch.stack([torch.cat([v[torch.from_numpy(k)], v[-1:]]) for v, k in zip(video, kept)])
         video = video.repeat_interleave(torch.tensor(per_clip), dim=0)  # one encode per clip, read by each question
         last = np.stack([frame_ends(k, tokens_per_frame) for k in kept]).repeat(per_clip, axis=0)
@@ -340,7 +421,14 @@ def train(args: argparse.Namespace) -> dict:
         hidden = out.hidden_states[-1][torch.arange(len(qas))[:, None], ends]  # [B, FRAMES, D]: each frame's last
         guesses = frame_head(hidden)  # [B, FRAMES, len(ANSWERS)]
         per_frame = torch.nn.functional.cross_entropy(guesses.flatten(0, 1), targets.flatten(), ignore_index=-100)
-        loss = answer + args.aux_weight * aux + args.frame_weight * per_frame
+        kept_per_question = np.stack([k for k, n in zip(kept, per_clip) for _ in range(n)])
+        flags = torch.from_numpy(np.stack([f[k] for f, k in zip(flags, kept_per_question)]))
+        middle = out.hidden_states[args.bind_layer][
+            torch.arange(len(qas))[:, None], first[:, None] + torch.arange(flags.shape[1])]  # [B, kept, D]
+        named = flags >= 0
+        bind = torch.nn.functional.binary_cross_entropy_with_logits(
+            bind_head(middle).squeeze(-1)[named], flags[named]) if named.any() else middle.sum() * 0
+        loss = answer + args.aux_weight * aux + args.frame_weight * per_frame + args.bind_weight * bind
         with torch.no_grad():  # how often each frame's running answer is right, per question type, for the log
             hit = guesses.argmax(-1) == targets
             for qa, row, want in zip(qas, hit, targets):
@@ -363,11 +451,14 @@ def train(args: argparse.Namespace) -> dict:
     final_acc, per_type = accuracy(model, batcher, val)
     stats = {
         "steps": args.steps, "batch": args.batch, "lr": args.lr, "warmup": args.warmup, "seed": args.seed,
-        "threads": args.threads, "train_minutes": round(minutes, 1), "clips_seen": args.steps * args.batch,
+        "threads": args.threads, "vision_steps": args.vision_steps,
+        "vision_minutes": vision_log[-1]["minutes"] if vision_log else 0.0,
+        "vision_shape_accuracy": vision_log[-1]["shape_accuracy"] if vision_log else None,
+        "train_minutes": round(minutes, 1), "clips_seen": args.steps * args.batch,
         "parameters": sum(p.numel() for p in model.parameters()),
         "val_accuracy": round(final_acc, 4), "val_per_type": {k: round(v, 3) for k, v in per_type.items()},
         "val_count": len(val), "val_seed": VALIDATION_SEED, "cpu": platform.processor() or platform.machine(),
-        "torch": torch.__version__, "history": history,
+        "torch": torch.__version__, "vision_history": vision_log, "history": history,
         "command": "python samples/train_demo_model.py " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"),
     }
@@ -406,12 +497,17 @@ shapes from `flashvid_cli/synthetic.py`. It knows five questions and answers eac
 It knows nothing about real videos or other questions. It exists so that vidq's whole pipeline, and every
 compression method's effect on accuracy, can be checked offline with a model whose answers mean something.
 
-**How it was trained.** `{command}`: seed {seed}, {steps} steps of {batch} fresh clips each ({clips_seen:,} clips,
-three questions of different types per clip), AdamW, peak learning rate {lr}, {warmup} warm-up steps then cosine
-decay, float32 on CPU with {threads} threads: {train_minutes} minutes on {cpu}, torch {torch}. The loss is the
-answer tokens' cross-entropy plus two auxiliary losses whose heads are not part of the checkpoint: per visual token,
-which shapes and colours cover its cell and, bound to that shape, the cell's row and column and the shape's colour;
-per frame, at its last visual token, the answer to the question about the clip so far. In half the steps the
+**How it was trained.** `{command}`, seed {seed}, float32 on CPU with {threads} threads, torch {torch}, on
+{cpu}, in two stages. Stage one: {vision_steps} steps of the vision tower and projector alone on 128 single frames
+each (two from each of 64 fresh clips), {vision_minutes} minutes; it ends telling the shape under a token right
+{vision_shape_accuracy:.0%} of the time on held-out clips. Stage two: {steps} steps of {batch} fresh clips each
+({clips_seen:,} clips, three questions of different types per clip), AdamW, peak learning rate {lr}, {warmup}
+warm-up steps then cosine decay, {train_minutes} minutes. The loss is the answer tokens' cross-entropy plus three
+auxiliary losses whose heads are not part of the checkpoint: per visual token, which shape covers its cell, its
+colour and the cell's row and column (the only loss of stage one); per visual token in the language model's middle
+layer, whether the shape the question names covers the cell; per frame, at its last visual token, the answer to
+the question about the clip so far. SigLIP's position embeddings started at std 1 and its patch embeddings at four
+times their default scale (see the script's docstring for why). In half the steps the
 language model read only a random 10-100% of the visual tokens, so the model has also seen inputs as short as
 compression makes them. Every frame went through an H.264 round trip and vidq's own preprocessing, so training
 saw what inference sees.
@@ -426,7 +522,7 @@ keep ratio on a held-out test set is in vidq's `docs/ACCURACY.md`.
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("vidq-demo-llava-ov"))
-    parser.add_argument("--steps", type=int, default=1800)
+    parser.add_argument("--steps", type=int, default=2200)
     parser.add_argument("--batch", type=int, default=8, help="clips per step")
     parser.add_argument("--lr", type=float, default=1.5e-3)
     parser.add_argument("--warmup", type=int, default=100)
@@ -438,8 +534,15 @@ def main() -> None:
     parser.add_argument("--text-width", type=int, default=128, help="hidden size of the language model (32 per head)")
     parser.add_argument("--frame-weight", type=float, default=1.0,
                         help="weight of the per-frame running-answer loss")
+    parser.add_argument("--bind-weight", type=float, default=1.0,
+                        help="weight of the loss that finds the named shape's tokens in the language model")
+    parser.add_argument("--bind-layer", type=int, default=2, help="the language model layer that loss reads")
     parser.add_argument("--drop-prob", type=float, default=0.5,
                         help="share of steps whose questions read a random 10-100%% of the visual tokens")
+    parser.add_argument("--vision-steps", type=int, default=800,
+                        help="steps of stage one, the vision tower alone on single frames (128 per step)")
+    parser.add_argument("--vision-lr", type=float, default=2e-3, help="learning rate of stage one")
+    parser.add_argument("--patch-scale", type=float, default=4.0, help="factor on the initial patch embeddings")
     parser.add_argument("--eval-every", type=int, default=200)
     parser.add_argument("--val-count", type=int, default=150)
     args = parser.parse_args()

@@ -54,25 +54,47 @@ def test_running_answer_follows_the_clip():
     assert where[0] == "top left" and where[-1] == "top right" and None in where  # unlabelled near the midline
 
 
-def test_cell_labels_bind_place_and_colour_to_the_shape_that_covers_the_cell(clips):
+def test_cell_targets_name_the_shape_that_covers_the_cell_with_its_colour_and_place(clips):
     for clip in clips[:30]:
-        labels = train.cell_labels(clip)
+        targets = train.cell_targets(clip)
+        assert targets.shape == (synthetic.FRAMES, TOKENS_PER_FRAME, len(train.TARGETS))
         frames = synthetic.render(clip)
         for f in range(synthetic.FRAMES):
             for cell in range(TOKENS_PER_FRAME):
-                on = {train.ATTRIBUTES[j] for j in np.flatnonzero(labels[f, cell])}
-                row, column = divmod(cell, train.SIDE)
-                cell_rows, cell_columns = (slice(i * train.CELL, (i + 1) * train.CELL) for i in (row, column))
+                shape, colour, row, column = targets[f, cell]
+                place = divmod(cell, train.SIDE)
+                cell_rows, cell_columns = (slice(i * train.CELL, (i + 1) * train.CELL) for i in place)
                 block = frames[f, cell_rows, cell_columns]
-                if not on:  # no shape covers 8 pixels of it: a background cell carries no label, place included
+                if shape == 0:  # no shape covers 8 pixels of it: a background cell carries no colour and no place
+                    assert colour == 0 and row == column == -100
                     assert (block != synthetic.BACKGROUND).any(-1).sum() < 8 * len(clip.shapes)
                     continue
-                for s in clip.shapes:
-                    if s.shape in on:
-                        colour = s.colour_at(f)
-                        assert {colour, f"{colour} {s.shape}", f"{s.shape} in row {row}",
-                                f"{s.shape} in column {column}"} <= on
-                        assert (block == synthetic.COLOURS[colour]).all(-1).sum() >= 8
+                assert (row, column) == place
+                s = next(s for s in clip.shapes if s.shape == synthetic.SHAPES[shape - 1])
+                assert s.visible(f) and colour == 1 + list(synthetic.COLOURS).index(s.colour_at(f))
+                assert (block == synthetic.COLOURS[s.colour_at(f)]).all(-1).sum() >= 8
+
+
+def test_named_cells_mark_the_tokens_of_the_shape_the_question_names(clips):
+    rng = np.random.default_rng(14)
+    named = 0
+    for clip in clips[:40]:
+        targets = train.cell_targets(clip)
+        for qa in synthetic.questions(clip, rng, every=True):
+            flags = train.named_cells(clip, qa, targets)
+            assert flags.shape == (synthetic.FRAMES * TOKENS_PER_FRAME,)
+            if qa.type in ("how_many", "appears_last"):  # names no shape: ignored
+                assert (flags == -1).all()
+                continue
+            s = train.named_shape(clip, qa)
+            assert s.shape in qa.question
+            on = flags.reshape(synthetic.FRAMES, TOKENS_PER_FRAME) == 1
+            assert set(np.unique(flags)) <= {0.0, 1.0}
+            assert all(on[f].any() == (targets[f, :, 0] == 1 + synthetic.SHAPES.index(s.shape)).any()
+                       for f in range(synthetic.FRAMES))
+            assert not on[[f for f in range(synthetic.FRAMES) if not s.visible(f)]].any()
+            named += 1
+    assert named > 60
 
 
 def test_kept_tokens_and_frame_ends():
