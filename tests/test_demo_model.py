@@ -33,23 +33,24 @@ def test_checkpoint_is_the_real_class_and_small():
 
 
 def test_well_above_chance_on_held_out_questions(tmp_path, demo):
-    """Fresh questions of the two types the model has learnt (counts and colours at the end; docs/ACCURACY.md):
-    chance is under 25%, so a pipeline that loses or scrambles the video fails the bar."""
+    """Fresh questions, ten of each type: the model gets 99.6% of the docs' test set (docs/ACCURACY.md) and chance
+    is 25%, so a pipeline that loses, reorders or scrambles the video fails the bar, and so does every type."""
     path = synthetic.write_dataset(tmp_path, 50, seed=HELD_OUT_SEED)
-    learnt = [q for q in read_dataset(path) if q.type in {"how_many", "colour_at_end"}]
-    result = run_eval(demo, learnt, EvalConfig(methods=("none",), keeps=(1.0,)))
+    result = run_eval(demo, read_dataset(path), EvalConfig(methods=("none",), keeps=(1.0,)))
     row = result.rows[0]
-    assert row.total == 20 and row.failed == 0
-    assert row.accuracy >= 0.6, result.to_dict()["rows"]
+    assert row.total == 50 and row.failed == 0
+    assert row.accuracy >= 0.9, result.to_dict()["rows"]
+    assert all(kind.accuracy >= 0.7 for kind in row.by_type.values()), result.to_dict()["rows"]
 
 
 def test_committed_demo_set_is_what_the_generator_writes(tmp_path):
     rows = [json.loads(line) for line in DEMO_SET.read_text().splitlines()]
     again = synthetic.write_dataset(tmp_path, len(rows), seed=int(rows[0]["id"].split("-")[0]))
     assert again.read_text() == DEMO_SET.read_text()
-    for row in rows:  # same pictures (the encoder's bytes can vary with the process, not the frames' content)
+    for row in rows:  # same pictures: the encoder's output can vary a little from run to run (seen up to 6 levels,
+        # rarely more), while a shape one pixel out of place changes 0.6% of the values by a hundred or more
         fresh, committed = (synthetic.read_mp4(d / row["video"]).astype(int) for d in (tmp_path, DEMO_SET.parent))
-        assert abs(fresh - committed).max() <= 8
+        assert (abs(fresh - committed) > 16).mean() < 1e-3, row["video"]
 
 
 def test_readme_example_answers_right():
@@ -65,4 +66,4 @@ def test_readme_example_answers_right():
     assert question["question"] in (REPO / "README.md").read_text()
 
 
-README_CLIP = "clips/00000.mp4"  # the clip the README asks about
+README_CLIP = "clips/00002.mp4"  # the clip the README asks about
