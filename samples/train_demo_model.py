@@ -421,7 +421,7 @@ def train(args: argparse.Namespace) -> dict:
         hidden = out.hidden_states[-1][torch.arange(len(qas))[:, None], ends]  # [B, FRAMES, D]: each frame's last
         guesses = frame_head(hidden)  # [B, FRAMES, len(ANSWERS)]
         per_frame = torch.nn.functional.cross_entropy(guesses.flatten(0, 1), targets.flatten(), ignore_index=-100)
-        kept_per_question = np.stack([k for k, n in zip(kept, per_clip) for _ in range(n)])
+        kept_per_question = np.stack(kept).repeat(per_clip, axis=0)  # every clip's kept tokens have one count
         flags = torch.from_numpy(np.stack([f[k] for f, k in zip(flags, kept_per_question)]))
         middle = out.hidden_states[args.bind_layer][
             torch.arange(len(qas))[:, None], first[:, None] + torch.arange(flags.shape[1])]  # [B, kept, D]
