@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -189,15 +189,15 @@ def _mask(name: str, cx: float, cy: float) -> np.ndarray:
     raise ValueError(f"unknown shape {name!r}")
 
 
-def render(clip: Clip) -> np.ndarray:
-    """The clip's frames as uint8 RGB [FRAMES, SIZE, SIZE, 3]."""
-    frames = np.empty((FRAMES, SIZE, SIZE, 3), dtype=np.uint8)
-    frames[:] = BACKGROUND
-    for f in range(FRAMES):
+def render(clip: Clip, frames: Sequence[int] = range(FRAMES)) -> np.ndarray:
+    """The clip's frames (all, or those whose indices are given) as uint8 RGB [len(frames), SIZE, SIZE, 3]."""
+    out = np.empty((len(frames), SIZE, SIZE, 3), dtype=np.uint8)
+    out[:] = BACKGROUND
+    for i, f in enumerate(frames):
         for shape in clip.shapes:
             if shape.visible(f):
-                frames[f][_mask(shape.shape, *shape.centre(f))] = COLOURS[shape.colour_at(f)]
-    return frames
+                out[i][_mask(shape.shape, *shape.centre(f))] = COLOURS[shape.colour_at(f)]
+    return out
 
 
 def encode_mp4(frames: np.ndarray, target: str | Path | io.BytesIO) -> None:

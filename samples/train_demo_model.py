@@ -46,6 +46,7 @@ import json
 import math
 import platform
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -165,26 +166,27 @@ SIDE = synthetic.SIZE // CELL
 TARGETS = {"shape": 1 + len(synthetic.SHAPES), "colour": 1 + len(synthetic.COLOURS), "row": SIDE, "column": SIDE}
 
 
-def cell_targets(clip: synthetic.Clip) -> np.ndarray:
-    """[FRAMES, cells, 4] class indices per pooled token: the shape that covers most of its cell (0 for none, else
-    1 + its index in SHAPES; a shape covers a cell with >= 8 pixels), that shape's colour in the frame (0 for none),
-    and, only where a shape covers it, the cell's row and column (-100, ignored, elsewhere).
+def cell_targets(clip: synthetic.Clip, frames: Sequence[int] = range(synthetic.FRAMES)) -> np.ndarray:
+    """[len(frames), cells, 4] class indices per pooled token of the given frames (all by default): the shape that
+    covers most of its cell (0 for none, else 1 + its index in SHAPES; a shape covers a cell with >= 8 pixels), that
+    shape's colour in the frame (0 for none), and, only where a shape covers it, the cell's row and column (-100,
+    ignored, elsewhere).
 
     Only the auxiliary loss reads these: it teaches the vision tower what is where, so the language model has
     something to look for from the start. A background token carries no place: attention that spreads over the
     whole frame then still sums to where the shapes are. The head that predicts them is not part of the checkpoint.
     """
-    targets = np.zeros((synthetic.FRAMES, SIDE * SIDE, len(TARGETS)), dtype=np.int64)
+    targets = np.zeros((len(frames), SIDE * SIDE, len(TARGETS)), dtype=np.int64)
     targets[..., 2:] = -100
-    best = np.zeros((synthetic.FRAMES, SIDE * SIDE))
+    best = np.zeros((len(frames), SIDE * SIDE))
     rows, columns = np.divmod(np.arange(SIDE * SIDE), SIDE)
-    for f in range(synthetic.FRAMES):
+    for i, f in enumerate(frames):
         for s in clip.shapes:
             if s.visible(f):
                 cover = synthetic._mask(s.shape, *s.centre(f)).reshape(SIDE, CELL, SIDE, CELL).sum((1, 3)).ravel()
-                cells = np.flatnonzero((cover >= 8) & (cover > best[f]))
-                best[f, cells] = cover[cells]
-                targets[f, cells] = np.stack([
+                cells = np.flatnonzero((cover >= 8) & (cover > best[i]))
+                best[i, cells] = cover[cells]
+                targets[i, cells] = np.stack([
                     np.full(len(cells), 1 + synthetic.SHAPES.index(s.shape)),
                     np.full(len(cells), 1 + list(synthetic.COLOURS).index(s.colour_at(f))),
                     rows[cells], columns[cells]], axis=1)
@@ -337,8 +339,8 @@ def warm_up_vision(model, head: torch.nn.Linear, batcher: Batcher, rng: np.rando
         for _ in range(clips):
             clip = synthetic.random_clip(rng)
             picked = rng.choice(synthetic.FRAMES, 2, replace=False)
-            frames.append(synthetic.render(clip)[picked])
-            targets.append(cell_targets(clip)[picked])
+            frames.append(synthetic.render(clip, picked))
+            targets.append(cell_targets(clip, picked))
         stacks = np.concatenate(frames).reshape(-1, synthetic.FRAMES, *frames[0].shape[1:])
         pixels = batcher.pixels([synthetic.through_codec(stack) for stack in stacks])
         wanted = torch.from_numpy(np.concatenate(targets)).view(len(stacks), -1, len(TARGETS))

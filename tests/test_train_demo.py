@@ -59,6 +59,9 @@ def test_cell_targets_name_the_shape_that_covers_the_cell_with_its_colour_and_pl
         targets = train.cell_targets(clip)
         assert targets.shape == (synthetic.FRAMES, TOKENS_PER_FRAME, len(train.TARGETS))
         frames = synthetic.render(clip)
+        some = [15, 3, 8]  # stage one renders and labels only the frames it picks: the same as slicing
+        assert (synthetic.render(clip, some) == frames[some]).all()
+        assert (train.cell_targets(clip, some) == targets[some]).all()
         for f in range(synthetic.FRAMES):
             for cell in range(TOKENS_PER_FRAME):
                 shape, colour, row, column = targets[f, cell]
