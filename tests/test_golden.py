@@ -26,6 +26,9 @@ TOL = {"atol": 1e-5, "rtol": 1e-5}  # README: merged features and tokens within 
 NOT_IMPLEMENTED = {
     "cdpruner_": "CDPruner is not a vidq method yet",
     "fastv_": "FastV / inner-LLM pruning is not in kernels yet",
+    "evs_": "EVS is not a vidq method yet (issue: EVS and VidCom2)",
+    "vidcom2_": "VidCom2 is not a vidq method yet (issue: EVS and VidCom2)",
+    "vidcom2vllm_": "VidCom2's vLLM port is not a vidq method yet (issue: EVS and VidCom2)",
 }
 FLASHVID_OPTIONS = (
     "do_segment",
