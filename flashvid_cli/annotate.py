@@ -5,6 +5,8 @@
 - Resumable: every line is keyed by (absolute video path, question); a rerun reads the output first and skips the
   keys it holds. Each line is appended, flushed and fsynced before the next, so a kill loses no finished line; a
   line torn by a kill mid-write is cut off on the next start, so every line of the file always parses.
+- Once per video: each video is decoded, encoded and compressed once for all of its questions (the
+  ``VideoQA.prepare`` / ``compress`` / ``answer`` stages); every line's report holds those shared stages' times.
 - Isolated: each video is decoded in a worker process with a time limit (``VideoQA.decode``), so a corrupt or
   hanging file becomes one error line. The next videos decode in background threads while the model runs.
 - Engines: ``local`` (this process) or ``ray`` (Ray Data, see :mod:`.annotate_ray`); both write the same lines.
@@ -186,14 +188,25 @@ def timed_decode(video: str, config: AskConfig) -> tuple[Any, float]:
 def answer_video(qa: VideoQA, video: str, questions: list[str], config: AskConfig, options: dict[str, Any],
                  decoded: Any = None, decode_error: BaseException | None = None,
                  decode_s: float | None = None) -> Iterator[dict[str, Any]]:
-    """The per-video work both engines run: a line per question, an error line each when anything fails."""
+    """The per-video work both engines run: prepared once and compressed once (per question when the method
+    reads the question), then a line per question; an error line each when anything fails."""
+    prepared = compressed = None
+    error = decode_error
+    if error is None:
+        try:
+            method = qa.build_method(config)
+            prepared = qa.prepare(video, config, decoded=decoded, need=method.needs)
+            if "question" not in method.needs:
+                compressed = qa.compress(prepared, method)
+        except Exception as exc:  # noqa: BLE001 - one bad video costs its lines, never the run
+            error = exc
     for question in questions:
-        if decode_error is not None:
-            yield make_record(video, question, options, error=error_text(decode_error), decode_s=decode_s)
+        if error is not None:
+            yield make_record(video, question, options, error=error_text(error), decode_s=decode_s)
             continue
         try:
-            result = qa.ask(video, question, config, decoded=decoded)
-        except Exception as exc:  # noqa: BLE001 - one bad video costs its lines, never the run
+            result = qa.answer(prepared, question, config, compressed)
+        except Exception as exc:  # noqa: BLE001 - one bad question costs its line, never the run
             yield make_record(video, question, options, error=error_text(exc), decode_s=decode_s)
         else:
             yield make_record(video, question, options, result=result, decode_s=decode_s)

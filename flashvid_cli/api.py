@@ -3,13 +3,46 @@
     from flashvid_cli import ask
     result = ask("clip.mp4", "what happens last?", keep=0.1)
     print(result.answer, result.report.timings.time_to_first_token)
+
+``VideoQA.ask`` is four public stages, which ``annotate``, ``eval`` and ``bench`` compose the same way, so a
+video is decoded and encoded once however many methods, keeps and questions it serves::
+
+    qa = VideoQA(model)
+    prepared = qa.prepare("clip.mp4", config)        # decode -> preprocess -> vision tower: PreparedVideo
+    small = qa.compress(prepared, config)             # one method at one keep: CompressedVideo
+    result = qa.answer(prepared, "what happens last?", config, small)   # prompt + generate: AskResult
+
+* :meth:`VideoQA.decode` ``(video, config) -> DecodedVideo``: uint8 frames [T, H, W, 3] and their timestamps,
+  decoded in a killable worker (safe to run ahead in a thread). Raises ``VideoError`` (missing, unreadable,
+  corrupt or too slow a video).
+* :meth:`VideoQA.prepare` ``(video, config, decoded=None, need=None) -> PreparedVideo``: the visual tokens before
+  compression, ``encoded.feats [T, N, D]`` in the model dtype on a ``Grid(T, H, W)``, with ``importance [T, N]``
+  and ``metric [T, N, Dk]`` (float32) when ``need`` (default: the needs of ``config``'s method) asks for them;
+  the frames are not kept. Raises ``VideoError`` from decoding, ``MethodError`` for a bad method when ``need``
+  is taken from ``config``.
+* :meth:`VideoQA.compress` ``(prepared, method_or_config, question=None) -> CompressedVideo``: the method's
+  ``Compressed`` (``tokens [K, D]``) and its time. Raises ``MethodError`` (bad method or option) and
+  ``ConfigError`` when the method reads the question and none is given, or needs an input ``prepare`` did not
+  compute.
+* :meth:`VideoQA.answer` ``(prepared, question, config, compressed=None) -> AskResult``: the prompt, greedy or
+  sampled generation, and the :class:`Report`. Compresses first when ``compressed`` is None. Per-call choices
+  (``config.text_after_video``, the generation options, the seed) are arguments of this call only: nothing is
+  left set on the shared model. Raises ``ConfigError`` (empty question, a text-after-video rule the model has
+  not, ``compressed`` made for another question).
+* :meth:`VideoQA.ask` = ``prepare`` + ``compress`` + ``answer``; everything is checked before the video is
+  decoded.
+
+Reports built from the stages hold the stages' own times: ``answer`` on a shared ``PreparedVideo`` reports its
+decode, preprocess and encode times again (and ``prepared.cache`` says whether they were paid now).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import resource
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +50,10 @@ from typing import TYPE_CHECKING, Any
 from .pipelines.errors import VidqError
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
+    from .kernels import Compressed, Method
+    from .pipelines.base import EncodedVideo, Generation
     from .pipelines.video import DecodedVideo
 
 DEFAULT_MODEL = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
@@ -125,20 +162,56 @@ class AskResult:
         return dataclasses.asdict(self)
 
 
-def set_text_after_video(pipe: Any, requested: str | None) -> str | None:
-    """Set Qwen2.5-VL's text-after-video rule on ``pipe`` (the family default when None) and return it; other
-    families have no such rule, so asking for one is a ConfigError."""
-    if pipe.model_type != "qwen2_5_vl":
-        if requested is not None:
-            raise ConfigError("--text-after-video applies to Qwen2.5-VL models only")
-        return None
-    from .pipelines.qwen2_5_vl import TEXT_AFTER_VIDEO_RULES
+@dataclass
+class PrepareTimings:
+    """Seconds of the stages before compression, each read after a device synchronisation."""
 
-    rule = requested or type(pipe).text_after_video
-    if rule not in TEXT_AFTER_VIDEO_RULES:
-        raise ConfigError(f"--text-after-video must be one of {', '.join(TEXT_AFTER_VIDEO_RULES)}")
-    pipe.text_after_video = rule
-    return rule
+    decode: float  # the decode, or only the wait for it when ``prepare`` was given the decoded video (then ~0)
+    preprocess: float
+    encode: float
+
+
+@dataclass
+class PreparedVideo:
+    """One video decoded, preprocessed and through the vision tower: what every method and question starts from.
+
+    ``encoded`` is self-contained (tensors and plain metadata, no frames and no model weights), so it can be
+    stored and reloaded: ``feats [T, N, D]`` in the model dtype on ``encoded.grid``, ``importance [T, N]`` and
+    ``metric [T, N, Dk]`` in float32 when ``need`` held "importance" / "metric", else None; ``encoded.meta`` holds
+    what the family's prompt needs (Qwen2.5-VL: ``grid_thw [1, 3]`` and seconds per temporal group).
+    """
+
+    video: VideoInfo
+    encoded: EncodedVideo
+    timings: PrepareTimings
+    need: frozenset[str]  # the vision-tower inputs computed ("importance", "metric")
+    visual_tokens: int  # what the LLM would see uncompressed: T * N plus the family's extra tokens
+    cache: str = "off"  # "hit" | "miss" | "off": whether ``encoded`` came from the on-disk cache
+
+
+@dataclass
+class CompressedVideo:
+    """One method at one keep applied to a :class:`PreparedVideo`."""
+
+    method: Method  # the built method (name, keep, options)
+    compressed: Compressed  # tokens [K, D] in the model dtype, index [K], groups, stats
+    seconds: float  # the compression, after a device synchronisation
+    visual_tokens: int  # what the LLM sees: K plus the family's extra tokens (LLaVA-OneVision's newline)
+    question: str | None = None  # the question it was made for, when the method reads the question
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What reports and benchmark environments say about the loaded model."""
+
+    name: str  # --model as given (repo id, directory or random:NAME)
+    model_type: str  # the HF model_type, e.g. "llava_onevision"
+    device: str
+    dtype: str  # e.g. "float32"
+    extra_video_tokens: int  # tokens the family adds after the video
+    llm_params: int  # language-model parameters without the input embedding (a lookup, not a matmul)
+    llm_layers: int
+    llm_hidden: int
 
 
 def _peak_memory(device: Any) -> tuple[int, str]:
@@ -149,8 +222,16 @@ def _peak_memory(device: Any) -> tuple[int, str]:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "process RSS"
 
 
+def _needs_question(method: Method) -> bool:
+    return "question" in method.needs
+
+
 class VideoQA:
-    """A loaded model that answers questions about videos; load once, ask many times."""
+    """A loaded model that answers questions about videos; load once, ask many times (see the module docstring).
+
+    ``pipeline`` is the model family's adapter; callers use the public stages and accessors instead, which keep
+    no per-call state on it.
+    """
 
     def __init__(self, model: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto"):
         from .pipelines import load_pipeline
@@ -158,11 +239,76 @@ class VideoQA:
         started = time.perf_counter()
         self.pipeline = load_pipeline(model, device=device, dtype=dtype)
         self.load_s = time.perf_counter() - started
+        self._info: ModelInfo | None = None
 
     @property
     def model_type(self) -> str:
         return self.pipeline.model_type
 
+    # -- accessors ---------------------------------------------------------------------------------------------
+    @property
+    def info(self) -> ModelInfo:
+        """Name, family, device, dtype and the language model's size (computed once)."""
+        if self._info is None:
+            pipe = self.pipeline
+            model = pipe.model
+            embed = model.get_input_embeddings().weight
+            params = sum(p.numel() for p in model.model.language_model.parameters() if p is not embed)
+            text = model.config.text_config
+            self._info = ModelInfo(
+                name=pipe.name, model_type=pipe.model_type, device=str(pipe.device),
+                dtype=str(pipe.dtype).removeprefix("torch."), extra_video_tokens=pipe.extra_video_tokens,
+                llm_params=params, llm_layers=text.num_hidden_layers, llm_hidden=text.hidden_size,
+            )
+        return self._info
+
+    def text_after_video_rule(self, requested: str | None) -> str | None:
+        """The text-after-video rule a call uses: ``requested`` or the family default; None for families without
+        such a rule. Raises ConfigError for a rule the family does not have."""
+        rules = self.pipeline.text_after_video_rules
+        if not rules:
+            if requested is not None:
+                raise ConfigError("--text-after-video applies to Qwen2.5-VL models only")
+            return None
+        rule = requested or type(self.pipeline).text_after_video
+        if rule not in rules:
+            raise ConfigError(f"--text-after-video must be one of {', '.join(rules)}")
+        return rule
+
+    def build_method(self, config: AskConfig) -> Method:
+        """``config``'s method at its keep with its options, the model family's recipe first; raises MethodError."""
+        from .kernels import build
+
+        return build(config.method, config.keep, model_type=self.model_type, options=config.options)
+
+    def token_ids(self, text: str) -> list[int]:
+        """The tokenizer's ids of ``text``, no special tokens added."""
+        return list(self.pipeline.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def token_text(self, ids: int | Sequence[int]) -> str:
+        """The text of one token id or a sequence of ids (special tokens kept)."""
+        return self.pipeline.tokenizer.decode([ids] if isinstance(ids, int) else list(ids))
+
+    def prompt_inputs(self, prepared: PreparedVideo, compressed: CompressedVideo, prompt: str,
+                      text_after_video: str | None = None) -> dict[str, Any]:
+        """The model's keyword inputs for ``prompt`` about the compressed video (``input_ids [1, L]``...), with
+        Qwen2.5-VL's text after the video placed by ``text_after_video`` (the family default when None).
+
+        Raises ConfigError for a rule the family does not have."""
+        import torch
+
+        rule = self.text_after_video_rule(text_after_video)
+        with torch.inference_mode():
+            return self.pipeline.inputs(prepared.encoded, compressed.compressed, prompt, text_after_video=rule)
+
+    def last_logits(self, inputs: dict[str, Any], count: int = 1, append: Sequence[int] = ()) -> Tensor:
+        """Float32 logits [count, vocab] at the last ``count`` positions of one forward pass over ``inputs`` with
+        the token ids ``append`` placed after the prompt as generate() would place them (position i predicts
+        token i + 1)."""
+        pipe = self.pipeline
+        return pipe.last_logits(pipe.append_tokens(inputs, append) if append else inputs, count=count)
+
+    # -- stages ------------------------------------------------------------------------------------------------
     @staticmethod
     def decode(video: str | Path, config: AskConfig | None = None) -> DecodedVideo:
         """Decode the frames ``config`` asks for (in a killable worker); safe to run ahead in another thread."""
@@ -174,30 +320,26 @@ class VideoQA:
             decoder=config.decoder, timeout_s=config.decode_timeout_s,
         )
 
-    def ask(
-        self, video: str | Path, question: str, config: AskConfig | None = None, decoded: DecodedVideo | None = None
-    ) -> AskResult:
-        """Decode, encode, compress, generate; every stage timed after a device synchronisation.
+    def prepare(self, video: str | Path, config: AskConfig | None = None, decoded: DecodedVideo | None = None,
+                need: frozenset[str] | None = None) -> PreparedVideo:
+        """Decode (unless ``decoded`` is given, from :meth:`decode` with the same config), preprocess and encode.
 
-        ``decoded`` is the video already decoded by :meth:`decode` with the same config (batch work decodes the
-        next video while the model runs); the report's decode time is then only the wait for it, here zero.
+        ``need`` names the vision-tower inputs to compute besides the features ("importance", "metric"); None takes
+        the needs of ``config``'s method (building it, so a bad method raises MethodError here). The CUDA peak
+        memory statistic starts over here. Raises VideoError when the video does not decode.
         """
         import torch
 
-        from .kernels import build
-        from .pipelines.base import GenerationOptions, synchronize
+        from .pipelines.base import synchronize
 
         config = config or AskConfig()
-        if not question.strip():
-            raise ConfigError("the question is empty")
+        if need is None:
+            need = self.build_method(config).needs
+        need = frozenset(need) & {"importance", "metric"}
         pipe = self.pipeline
-        method = build(config.method, config.keep, model_type=pipe.model_type, options=config.options)
-        rule = set_text_after_video(pipe, config.text_after_video)  # every call: no rule leaks to the next
         device = pipe.device
-        torch.manual_seed(config.seed)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-
         marks = [time.perf_counter()]
 
         def lap() -> float:
@@ -211,46 +353,132 @@ class VideoQA:
         with torch.inference_mode():
             pixels = pipe.preprocess(decoded.frames, decoded.timestamps)
             t_pre = lap()
-            encoded = pipe.encode(pixels, need=method.needs)
+            encoded = pipe.encode(pixels, need=need)
             t_enc = lap()
-            compressed = method(encoded.feats, encoded.grid, encoded.importance, encoded.metric)
-            t_comp = lap()
-            inputs = pipe.inputs(encoded, compressed, question)
-            t_prompt = lap()
-            gen = pipe.generate(inputs, GenerationOptions(config.max_new_tokens, config.temperature))
-        lap()
-        total = marks[-1] - marks[0]
-        peak, peak_kind = _peak_memory(device)
+        info = VideoInfo(
+            path=str(video), decoder=decoded.decoder, fps=decoded.fps, duration_s=decoded.duration,
+            total_frames=decoded.total_frames, sampling=decoded.sampling, frame_indices=list(decoded.indices),
+            timestamps_s=[round(t, 3) for t in decoded.timestamps], notes=list(decoded.notes),
+        )
+        return PreparedVideo(
+            info, encoded, PrepareTimings(t_decode, t_pre, t_enc), need,
+            visual_tokens=encoded.grid.T * encoded.grid.N + pipe.extra_video_tokens,
+        )
 
-        before = encoded.grid.T * encoded.grid.N + pipe.extra_video_tokens
-        after = int(compressed.tokens.shape[0]) + pipe.extra_video_tokens
-        stats = {k: v for k, v in compressed.stats.items() if k not in {"tokens_in", "tokens_out"}}
-        report = Report(
-            model=pipe.name,
-            model_type=pipe.model_type,
-            device=str(device),
-            dtype=str(pipe.dtype).removeprefix("torch."),
+    def compress(self, prepared: PreparedVideo, method: Method | AskConfig, question: str | None = None
+                 ) -> CompressedVideo:
+        """Compress ``prepared`` with ``method`` (a built Method, or an AskConfig's method, keep and options).
+
+        A method whose ``needs`` hold "question" reads ``question`` (and gets it as ``method(..., question=...)``);
+        other methods ignore it. Raises ConfigError when such a method gets no question or when the method needs an
+        input ``prepare`` did not compute, MethodError for a bad method or input.
+        """
+        import torch
+
+        from .pipelines.base import synchronize
+
+        if isinstance(method, AskConfig):
+            method = self.build_method(method)
+        missing = (method.needs & {"importance", "metric"}) - prepared.need
+        if missing:
+            raise ConfigError(f"method {method.name!r} needs {', '.join(sorted(missing))}, which this prepared video "
+                              f"lacks; prepare it with need={sorted(method.needs)!r}")
+        kwargs: dict[str, Any] = {}
+        if _needs_question(method):
+            if question is None or not question.strip():
+                raise ConfigError(f"method {method.name!r} reads the question: give compress() the question")
+            kwargs["question"] = question
+        encoded = prepared.encoded
+        device = encoded.feats.device
+        synchronize(device)
+        started = time.perf_counter()
+        with torch.inference_mode():
+            out = method(encoded.feats, encoded.grid, encoded.importance, encoded.metric, **kwargs)
+        synchronize(device)
+        seconds = time.perf_counter() - started
+        visual = int(out.tokens.shape[0]) + self.pipeline.extra_video_tokens
+        return CompressedVideo(method, out, seconds, visual, kwargs.get("question"))
+
+    def answer(self, prepared: PreparedVideo, question: str, config: AskConfig | None = None,
+               compressed: CompressedVideo | None = None) -> AskResult:
+        """Prompt and generate: the answer to ``question`` about ``compressed`` (compressed here with ``config``'s
+        method when None), with the report of every stage.
+
+        From ``config`` this call reads the generation options (max_new_tokens, temperature, seed) and
+        ``text_after_video``, passed down as arguments; the method, keep and sampling only when it compresses.
+        Raises ConfigError for an empty question, a rule the model family has not, or ``compressed`` made for
+        another question by a method that reads it.
+        """
+        import torch
+
+        from .pipelines.base import GenerationOptions, synchronize
+
+        config = config or AskConfig()
+        if not question.strip():
+            raise ConfigError("the question is empty")
+        rule = self.text_after_video_rule(config.text_after_video)
+        if compressed is None:
+            compressed = self.compress(prepared, config, question)
+        elif compressed.question is not None and compressed.question != question:
+            raise ConfigError(f"method {compressed.method.name!r} compressed this video for another question; "
+                              "compress it again for this one")
+        pipe = self.pipeline
+        synchronize(pipe.device)
+        started = time.perf_counter()
+        with torch.inference_mode():
+            inputs = pipe.inputs(prepared.encoded, compressed.compressed, question, text_after_video=rule)
+            synchronize(pipe.device)
+            prompt_s = time.perf_counter() - started
+            torch.manual_seed(config.seed)
+            gen = pipe.generate(inputs, GenerationOptions(config.max_new_tokens, config.temperature))
+        return AskResult(gen.text, self.report(prepared, compressed, gen, prompt_s, rule), list(gen.token_ids))
+
+    def report(self, prepared: PreparedVideo, compressed: CompressedVideo, generation: Generation, prompt_s: float,
+               text_after_video: str | None) -> Report:
+        """The one place a :class:`Report` is built: the stages' times, token counts, method and video."""
+        t = prepared.timings
+        prefill = prompt_s + generation.prefill_s
+        ttft = t.decode + t.preprocess + t.encode + compressed.seconds + prefill
+        peak, peak_kind = _peak_memory(self.pipeline.device)
+        method, info = compressed.method, self.info
+        before, after = prepared.visual_tokens, compressed.visual_tokens
+        return Report(
+            model=info.name,
+            model_type=info.model_type,
+            device=info.device,
+            dtype=info.dtype,
             method=method.name,
             keep=method.keep,
             method_options={k: v for k, v in method.options().items() if k != "keep"},
-            method_stats=stats,
-            video=VideoInfo(
-                path=str(video), decoder=decoded.decoder, fps=decoded.fps, duration_s=decoded.duration,
-                total_frames=decoded.total_frames, sampling=decoded.sampling,
-                frame_indices=list(decoded.indices), timestamps_s=[round(t, 3) for t in decoded.timestamps],
-                notes=list(decoded.notes),
-            ),
-            tokens=TokenCounts(before, after, after / before, gen.prompt_tokens, len(gen.token_ids)),
+            method_stats={k: v for k, v in compressed.compressed.stats.items() if k not in {"tokens_in", "tokens_out"}},
+            video=copy.deepcopy(prepared.video),
+            tokens=TokenCounts(before, after, after / before, generation.prompt_tokens, len(generation.token_ids)),
             timings=Timings(
-                decode=t_decode, preprocess=t_pre, encode=t_enc, compress=t_comp, prefill=t_prompt + gen.prefill_s,
-                generate=gen.decode_s, total=total,
-                time_to_first_token=t_decode + t_pre + t_enc + t_comp + t_prompt + gen.prefill_s,
+                decode=t.decode, preprocess=t.preprocess, encode=t.encode, compress=compressed.seconds,
+                prefill=prefill, generate=generation.decode_s, total=ttft + generation.decode_s,
+                time_to_first_token=ttft,
             ),
             peak_memory_bytes=peak,
             peak_memory_kind=peak_kind,
-            text_after_video=rule,
+            text_after_video=text_after_video,
         )
-        return AskResult(gen.text, report, list(gen.token_ids))
+
+    def ask(
+        self, video: str | Path, question: str, config: AskConfig | None = None, decoded: DecodedVideo | None = None
+    ) -> AskResult:
+        """:meth:`prepare`, :meth:`compress`, :meth:`answer`; every stage timed after a device synchronisation.
+
+        ``decoded`` is the video already decoded by :meth:`decode` with the same config (batch work decodes the
+        next video while the model runs); the report's decode time is then only the wait for it, here zero.
+        The question, method and rule are checked before anything is decoded.
+        """
+        config = config or AskConfig()
+        if not question.strip():
+            raise ConfigError("the question is empty")
+        method = self.build_method(config)
+        self.text_after_video_rule(config.text_after_video)
+        prepared = self.prepare(video, config, decoded=decoded, need=method.needs)
+        return self.answer(prepared, question, config, self.compress(prepared, method, question))
 
 
 def ask(

@@ -6,7 +6,8 @@
     plot_bench(result, "bench.png")
 
 Each row is run ``warmup`` times untimed, then ``repeat`` times; every stage time is reported as the median
-with min and max over the repeats (each already read after a device synchronisation by ``VideoQA.ask``).
+with min and max over the repeats. Each repeat is one ``VideoQA.ask``, i.e. the same prepare -> compress -> answer
+stages as ``vidq ask``, each time read after a device synchronisation.
 ``none`` ignores ``keep``, so it is one row per video (keep 1); every other method has one row per keep.
 """
 
@@ -151,12 +152,8 @@ class LanguageModelSize:
 
     @classmethod
     def of(cls, qa: VideoQA) -> LanguageModelSize:
-        model = qa.pipeline.model
-        language_model = model.model.language_model
-        embed = model.get_input_embeddings().weight
-        params = sum(p.numel() for p in language_model.parameters() if p is not embed)
-        text = model.config.text_config
-        return cls(params, text.num_hidden_layers, text.hidden_size)
+        info = qa.info
+        return cls(info.llm_params, info.llm_layers, info.llm_hidden)
 
 
 def prefill_flops(size: LanguageModelSize, tokens: int) -> float:
@@ -192,17 +189,17 @@ def environment(qa: VideoQA, config: BenchConfig, videos: Sequence[str]) -> dict
     from . import __version__
     from .pipelines.random_init import is_random
 
-    pipe = qa.pipeline
-    device = pipe.device
+    info = qa.info
+    device = torch.device(info.device)
     ask = config.ask
     return {
-        "device": str(device),
+        "device": info.device,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "cpu_threads": torch.get_num_threads(),
-        "dtype": str(pipe.dtype).removeprefix("torch."),
-        "model": pipe.name,
-        "model_type": pipe.model_type,
-        "random_weights": is_random(pipe.name),
+        "dtype": info.dtype,
+        "model": info.name,
+        "model_type": info.model_type,
+        "random_weights": is_random(info.name),
         "load_s": qa.load_s,
         "videos": [str(v) for v in videos],
         "question": config.question,
@@ -238,7 +235,6 @@ def run_bench(
     progress after each row."""
     videos = list(dict.fromkeys(str(v) for v in videos))  # a video named twice is benchmarked once
     size = LanguageModelSize.of(qa)
-    tokenizer = qa.pipeline.tokenizer
     pairs = config.runs()
     total, done = len(videos) * len(pairs), 0
     rows: list[BenchRow] = []
@@ -257,7 +253,7 @@ def run_bench(
         if reference is not None:
             row.agreement = agreement(
                 row.token_ids, reference.token_ids, row.answer, reference.answer,
-                lambda i: tokenizer.decode([i]),
+                qa.token_text,
             )
     return BenchResult(environment(qa, config, [str(v) for v in videos]), rows)
 

@@ -41,13 +41,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .api import AskConfig, ConfigError, VideoQA, set_text_after_video
+from .api import AskConfig, CompressedVideo, ConfigError, PreparedVideo, VideoQA
 from .bench import check_runs, method_runs
 
 if TYPE_CHECKING:
-    from torch import Tensor
-
-    from .pipelines.base import EncodedVideo, Pipeline
     from .pipelines.video import DecodedVideo
 
 DEFAULT_METHODS = ("flashvid", "divprune", "visionzip", "pool", "none")
@@ -253,13 +250,13 @@ def letter_prompt(question: Question) -> str:
     return "\n".join([*lines, LETTER_INSTRUCTION])
 
 
-def letter_scores(pipe: Pipeline, inputs: dict[str, Any], count: int) -> list[float]:
+def letter_scores(qa: VideoQA, inputs: dict[str, Any], count: int) -> list[float]:
     """The logit of each option's letter (A, B, ...) at the first generated position: one forward."""
-    ids = [pipe.tokenizer(letter, add_special_tokens=False)["input_ids"][0] for letter in LETTERS[:count]]
-    return pipe.last_logits(inputs)[-1, ids].tolist()
+    ids = [qa.token_ids(letter)[0] for letter in LETTERS[:count]]
+    return qa.last_logits(inputs)[-1, ids].tolist()
 
 
-def likelihood_scores(pipe: Pipeline, inputs: dict[str, Any], option_ids: Sequence[Sequence[int]],
+def likelihood_scores(qa: VideoQA, inputs: dict[str, Any], option_ids: Sequence[Sequence[int]],
                       one_pass: bool = True) -> list[float]:
     """Each option's summed token log-probabilities as the answer right after the prompt.
 
@@ -269,24 +266,26 @@ def likelihood_scores(pipe: Pipeline, inputs: dict[str, Any], option_ids: Sequen
     import torch
 
     if one_pass and all(len(ids) == 1 for ids in option_ids):
-        logp = pipe.last_logits(inputs)[-1].log_softmax(-1)  # [vocab]
+        logp = qa.last_logits(inputs)[-1].log_softmax(-1)  # [vocab]
         return [float(logp[ids[0]]) for ids in option_ids]
     scores = []
     for ids in option_ids:
         # Position L - 1 + j predicts option token j; the last position (after the option) predicts nothing asked.
-        logits = pipe.last_logits(pipe.append_tokens(inputs, ids), count=len(ids) + 1)[:-1]  # [n, vocab]
+        logits = qa.last_logits(inputs, count=len(ids) + 1, append=ids)[:-1]  # [n, vocab]
         picked = logits.log_softmax(-1).gather(1, torch.tensor(ids, device=logits.device)[:, None])
         scores.append(float(picked.sum()))
     return scores
 
 
-def score_question(pipe: Pipeline, encoded: EncodedVideo, compressed: Any, question: Question,
-                   scoring: str) -> list[float]:
+def score_question(qa: VideoQA, prepared: PreparedVideo, compressed: CompressedVideo, question: Question,
+                   scoring: str, text_after_video: str | None = None) -> list[float]:
     """One score per option for ``question`` over the compressed video; the prediction is the argmax."""
     if scoring == "letter":
-        return letter_scores(pipe, pipe.inputs(encoded, compressed, letter_prompt(question)), len(question.options))
-    option_ids = [pipe.tokenizer(text, add_special_tokens=False)["input_ids"] for text in question.options]
-    return likelihood_scores(pipe, pipe.inputs(encoded, compressed, question.question), option_ids)
+        inputs = qa.prompt_inputs(prepared, compressed, letter_prompt(question), text_after_video)
+        return letter_scores(qa, inputs, len(question.options))
+    option_ids = [qa.token_ids(text) for text in question.options]
+    inputs = qa.prompt_inputs(prepared, compressed, question.question, text_after_video)
+    return likelihood_scores(qa, inputs, option_ids)
 
 
 # -- the run ------------------------------------------------------------------------------------------------------
@@ -324,8 +323,6 @@ def run_eval(qa: VideoQA, questions: Sequence[Question], config: EvalConfig,
              progress: ProgressCallback | None = None) -> EvalResult:
     """Score every question under every (method, keep) of ``config``; ``progress(done, total, failed)`` follows
     the questions."""
-    import torch
-
     from .annotate import error_text
     from .kernels import build
 
@@ -333,9 +330,8 @@ def run_eval(qa: VideoQA, questions: Sequence[Question], config: EvalConfig,
     questions = list(questions)[: config.limit]
     if not questions:
         raise ConfigError("no questions to evaluate")
-    pipe = qa.pipeline
-    rule = set_text_after_video(pipe, config.ask.text_after_video)
-    methods = {pair: build(*pair, model_type=pipe.model_type) for pair in config.runs()}
+    rule = qa.text_after_video_rule(config.ask.text_after_video)
+    methods = {pair: build(*pair, model_type=qa.model_type) for pair in config.runs()}
     need = frozenset().union(*(m.needs for m in methods.values()))  # one encode serves every method
     by_video: dict[str, list[int]] = {}
     for i, q in enumerate(questions):
@@ -345,33 +341,31 @@ def run_eval(qa: VideoQA, questions: Sequence[Question], config: EvalConfig,
     done, failed = 0, set()  # failed: indices of questions that failed in any row
 
     for video, decoded, error in _decode_ahead(list(by_video), config.ask):
-        with torch.inference_mode():
-            encoded = None
-            if error is None:
-                encoded, error = _attempt(_encode, pipe, decoded, need)
-            for (name, keep), method in methods.items():
-                compressed, row_error = None, error
-                if row_error is None:
-                    compressed, row_error = _attempt(
-                        method, encoded.feats, encoded.grid, encoded.importance, encoded.metric)
-                for i in by_video[video]:
-                    q = questions[i]
-                    scores, question_error = None, row_error
-                    if question_error is None:
-                        scores, question_error = _attempt(score_question, pipe, encoded, compressed, q, config.scoring)
-                    if question_error is not None:
-                        tallies[(name, keep)].failed += 1
-                        failed.add(i)
-                        predictions.append(Prediction(i, q.id, name, keep, q.answer, None, False,
-                                                      error=error_text(question_error)))
-                        continue
-                    predicted = max(range(len(scores)), key=scores.__getitem__)  # the first of equal scores
-                    tallies[(name, keep)].add(
-                        q, predicted == q.answer, int(compressed.tokens.shape[0]) + pipe.extra_video_tokens,
-                        encoded.grid.T * encoded.grid.N + pipe.extra_video_tokens,
-                    )
-                    predictions.append(Prediction(i, q.id, name, keep, q.answer, predicted, predicted == q.answer,
-                                                  scores))
+        prepared = None
+        if error is None:
+            prepared, error = _attempt(qa.prepare, video, config.ask, decoded, need)
+        for (name, keep), method in methods.items():
+            shared, row_error = None, error
+            if row_error is None and "question" not in method.needs:
+                shared, row_error = _attempt(qa.compress, prepared, method)
+            for i in by_video[video]:
+                q = questions[i]
+                compressed, scores, question_error = shared, None, row_error
+                if question_error is None and compressed is None:  # the method reads the question
+                    compressed, question_error = _attempt(qa.compress, prepared, method, q.question)
+                if question_error is None:
+                    scores, question_error = _attempt(score_question, qa, prepared, compressed, q, config.scoring,
+                                                      rule)
+                if question_error is not None:
+                    tallies[(name, keep)].failed += 1
+                    failed.add(i)
+                    predictions.append(Prediction(i, q.id, name, keep, q.answer, None, False,
+                                                  error=error_text(question_error)))
+                    continue
+                predicted = max(range(len(scores)), key=scores.__getitem__)  # the first of equal scores
+                tallies[(name, keep)].add(q, predicted == q.answer, compressed.visual_tokens, prepared.visual_tokens)
+                predictions.append(Prediction(i, q.id, name, keep, q.answer, predicted, predicted == q.answer,
+                                              scores))
         done += len(by_video[video])
         if progress is not None:
             progress(done, len(questions), len(failed))
@@ -381,10 +375,6 @@ def run_eval(qa: VideoQA, questions: Sequence[Question], config: EvalConfig,
     env = environment(qa, config, questions, rule, chance=chance_level(scored))
     env.update(started=stamp, elapsed_s=time.perf_counter() - started)
     return EvalResult(env, rows, predictions)
-
-
-def _encode(pipe: Pipeline, decoded: DecodedVideo, need: frozenset[str]) -> EncodedVideo:
-    return pipe.encode(pipe.preprocess(decoded.frames, decoded.timestamps), need=need)
 
 
 def _attempt(fn: Callable[..., Any], *args: Any) -> tuple[Any, Exception | None]:
@@ -426,16 +416,16 @@ def environment(qa: VideoQA, config: EvalConfig, questions: Sequence[Question], 
     from .bench import cpu_name
     from .pipelines.random_init import is_random
 
-    pipe = qa.pipeline
-    device = pipe.device
+    info = qa.info
+    device = torch.device(info.device)
     ask = config.ask
     return {
-        "model": pipe.name,
-        "model_type": pipe.model_type,
-        "random_weights": is_random(pipe.name),
-        "device": str(device),
+        "model": info.name,
+        "model_type": info.model_type,
+        "random_weights": is_random(info.name),
+        "device": info.device,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
-        "dtype": str(pipe.dtype).removeprefix("torch."),
+        "dtype": info.dtype,
         "load_s": qa.load_s,
         "dataset": [s for s in dict.fromkeys(q.source.rsplit(":", 1)[0] for q in questions) if s],
         "questions": len(questions),

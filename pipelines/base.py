@@ -213,6 +213,8 @@ class Pipeline:
     model_class: ClassVar[str]  # name of the transformers class
     video_token: ClassVar[str]
     extra_video_tokens: ClassVar[int] = 0  # tokens the family adds after the video (LLaVA-OneVision's newline)
+    # Rules for the positions of the text after the video (Qwen2.5-VL); empty for families without a choice.
+    text_after_video_rules: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, model: Any, tokenizer: Any, preprocess: PreprocessConfig, chat_template: str | None,
                  name: str):
@@ -265,8 +267,13 @@ class Pipeline:
         """Vision tower (+ projector/pooling or merger); ``need`` may ask for "importance" and "metric"."""
         raise NotImplementedError
 
-    def inputs(self, encoded: EncodedVideo, compressed: Compressed, question: str) -> dict[str, Any]:
-        """generate() keyword arguments that put exactly the compressed tokens into the prompt."""
+    def inputs(self, encoded: EncodedVideo, compressed: Compressed, question: str,
+               text_after_video: str | None = None) -> dict[str, Any]:
+        """generate() keyword arguments that put exactly the compressed tokens into the prompt.
+
+        ``text_after_video`` picks one of ``text_after_video_rules`` for this call (None: the family default);
+        families without rules ignore it. Nothing of the call is kept on the pipeline.
+        """
         raise NotImplementedError
 
     # -- shared steps ----------------------------------------------------------------------------------------

@@ -73,7 +73,6 @@ class LlavaOnevisionPipeline(Pipeline):
             grid=Grid(T, side, side),
             importance=self._pool(importance, drop_cls),
             metric=self._pool(metric, drop_cls),
-            meta={"newline": inner.image_newline},
         )
 
     def _pool(self, per_patch: Tensor | None, drop_cls: bool) -> Tensor | None:
@@ -85,8 +84,9 @@ class LlavaOnevisionPipeline(Pipeline):
         pooled = self.model.model.apply_pooling(x[..., None] if squeeze else x)
         return pooled[..., 0] if squeeze else pooled
 
-    def inputs(self, encoded: EncodedVideo, compressed: Compressed, question: str) -> dict[str, Any]:
-        newline = encoded.meta["newline"].to(compressed.tokens.device, compressed.tokens.dtype)
+    def inputs(self, encoded: EncodedVideo, compressed: Compressed, question: str,
+               text_after_video: str | None = None) -> dict[str, Any]:
+        newline = self.model.model.image_newline.to(compressed.tokens.device, compressed.tokens.dtype)
         video = torch.cat([compressed.tokens, newline[None]], dim=0)[None]  # [1, K + 1, D]
         input_ids = self.expand_prompt(question, video.shape[1])
         return {

@@ -5,7 +5,7 @@ averaged over each 2x2 merge unit, and explicit ``position_ids`` for the kept to
 positions are computed and the columns of the kept tokens taken (a merged token takes its representative's
 position). Without explicit positions generate() would silently fall back to 1-D positions.
 
-Text after the video, two rules (``text_after_video``):
+Text after the video, two rules (the ``text_after_video`` argument of ``inputs``, per call; None = ``"hf"``):
 * ``"hf"`` (default): as transformers 5.x computes it, text resumes at ``start + max(H', W')`` of the video.
   This is what the stock HF model does, so vidq's uncompressed logits equal it bit for bit.
 * ``"qwen"``: as the original Qwen2.5-VL code did, text resumes at ``max(video positions) + 1``. On long videos
@@ -35,7 +35,8 @@ class Qwen2_5_VLPipeline(Pipeline):
     model_type = "qwen2_5_vl"
     model_class = "Qwen2_5_VLForConditionalGeneration"
     video_token = "<|video_pad|>"
-    text_after_video: ClassVar[str] = "hf"
+    text_after_video: ClassVar[str] = "hf"  # the default rule
+    text_after_video_rules = TEXT_AFTER_VIDEO_RULES
 
     def preprocess(self, frames: np.ndarray, timestamps: list[float]) -> Pixels:
         cfg = self.preprocess_config
@@ -116,8 +117,9 @@ class Qwen2_5_VLPipeline(Pipeline):
             positions[:, 0, after:] += shift
         return ids, positions
 
-    def inputs(self, encoded: EncodedVideo, compressed: Compressed, question: str) -> dict[str, Any]:
-        full_ids, full_pos = self.full_positions(encoded, question)
+    def inputs(self, encoded: EncodedVideo, compressed: Compressed, question: str,
+               text_after_video: str | None = None) -> dict[str, Any]:
+        full_ids, full_pos = self.full_positions(encoded, question, rule=text_after_video)
         video = (full_ids[0] == self.model.config.video_token_id).nonzero()[:, 0]
         first, last = int(video[0]), int(video[-1])
         columns = torch.cat([

@@ -109,62 +109,59 @@ def test_none_runs_once_whatever_the_keeps():
 
 
 # -- scoring agrees with generate() ----------------------------------------------------------------------------------
-def encode_sample(pipe, video: Path, method: str = "pool", keep: float = 0.5):
-    decoded = VideoQA.decode(video, FAST)
-    with torch.inference_mode():
-        encoded = pipe.encode(pipe.preprocess(decoded.frames, decoded.timestamps),
-                              need=frozenset({"importance", "metric"}))
-        compressed = build(method, keep, model_type=pipe.model_type)(
-            encoded.feats, encoded.grid, encoded.importance, encoded.metric)
-    return encoded, compressed
+def encode_sample(qa: VideoQA, video: Path, method: str = "pool", keep: float = 0.5):
+    """(prepared, compressed): ``video`` encoded with importance and metric, then compressed by ``method``."""
+    prepared = qa.prepare(video, FAST, need=frozenset({"importance", "metric"}))
+    return prepared, qa.compress(prepared, build(method, keep, model_type=qa.model_type))
 
 
 @pytest.fixture(scope="module")
 def loaded(tiny_model, sample_video):
-    """(pipeline, prompt inputs) for each family, the video compressed by pool at 0.5 (Qwen's positions then skip)."""
+    """(VideoQA, prompt inputs) for each family, the video compressed by pool at 0.5 (Qwen's positions then skip)."""
     qa = VideoQA(str(tiny_model), device="cpu")
-    encoded, compressed = encode_sample(qa.pipeline, sample_video)
-    with torch.inference_mode():
-        inputs = qa.pipeline.inputs(encoded, compressed, "What colour is the circle at the end?")
-    return qa.pipeline, inputs
+    prepared, compressed = encode_sample(qa, sample_video)
+    return qa, qa.prompt_inputs(prepared, compressed, "What colour is the circle at the end?")
 
 
 def test_appended_tokens_see_what_generate_sees(loaded):
     """One forward over prompt + generated tokens gives generate()'s logits at every step: the extension of ids,
     mask and (Qwen) M-RoPE positions is the one generate() makes."""
-    pipe, inputs = loaded
+    qa, inputs = loaded
+    pipe = qa.pipeline
     with torch.inference_mode():
         out = pipe.model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False, output_logits=True,
                                   return_dict_in_generate=True, pad_token_id=pipe.tokenizer.pad_token_id)
     new = out.sequences[0, inputs["input_ids"].shape[1]:].tolist()
     expected = torch.cat(out.logits).float()  # [3, vocab]: step s predicts new[s]
-    logits = pipe.last_logits(pipe.append_tokens(inputs, new[:2]), count=3)
+    logits = qa.last_logits(inputs, count=3, append=new[:2])
     torch.testing.assert_close(logits, expected, rtol=0, atol=1e-5)
-    torch.testing.assert_close(pipe.last_logits(inputs), expected[:1], rtol=0, atol=1e-5)
+    torch.testing.assert_close(qa.last_logits(inputs), expected[:1], rtol=0, atol=1e-5)
 
 
 def test_one_forward_shortcut_equals_a_forward_per_option(loaded):
-    pipe, inputs = loaded
-    single = [pipe.tokenizer(t, add_special_tokens=False)["input_ids"] for t in ["A", "B", "C", "D"]]
+    qa, inputs = loaded
+    single = [qa.token_ids(t) for t in ["A", "B", "C", "D"]]
     assert all(len(ids) == 1 for ids in single)
-    one = likelihood_scores(pipe, inputs, single)
-    each = likelihood_scores(pipe, inputs, single, one_pass=False)
+    one = likelihood_scores(qa, inputs, single)
+    each = likelihood_scores(qa, inputs, single, one_pass=False)
     torch.testing.assert_close(torch.tensor(one), torch.tensor(each), rtol=0, atol=1e-5)
     # A two-token option scores its first token like the shortcut does, plus its second given the first.
     first, second = single[0][0], single[1][0]
-    pair = likelihood_scores(pipe, inputs, [[first, second]])[0]
-    step = pipe.last_logits(pipe.append_tokens(inputs, [first]))[-1].log_softmax(-1)[second].item()
+    pair = likelihood_scores(qa, inputs, [[first, second]])[0]
+    step = qa.last_logits(inputs, append=[first])[-1].log_softmax(-1)[second].item()
     assert pair == pytest.approx(one[0] + step, abs=1e-5)
 
 
 def test_letter_scoring_reads_the_letters_logits(loaded, sample_video):
-    pipe, _ = loaded
-    encoded, compressed = encode_sample(pipe, sample_video, "none", 1.0)
+    qa, _ = loaded
+    prepared, compressed = encode_sample(qa, sample_video, "none", 1.0)
     question = Question("v.mp4", "What colour?", ("red", "green", "blue"), 1)
-    scores = score_question(pipe, encoded, compressed, question, "letter")
+    scores = score_question(qa, prepared, compressed, question, "letter")
+    pipe = qa.pipeline
     with torch.inference_mode():
-        inputs = pipe.inputs(encoded, compressed, "What colour?\nA. red\nB. green\nC. blue\n"
-                                                  "Answer with the option's letter from the given choices directly.")
+        inputs = pipe.inputs(prepared.encoded, compressed.compressed,
+                             "What colour?\nA. red\nB. green\nC. blue\n"
+                             "Answer with the option's letter from the given choices directly.")
     logits = pipe.last_logits(inputs)[-1]
     letters = [pipe.tokenizer(x, add_special_tokens=False)["input_ids"][0] for x in "ABC"]
     assert scores == logits[letters].tolist()
