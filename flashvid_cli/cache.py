@@ -37,9 +37,9 @@ the rest fit. A directory that cannot be written gives one warning line (:attr:`
 logged once) and no cache, never a crash.
 
 Why the sampled fingerprint and not a full hash (``python benchmarks/bench_fingerprint.py``, docs/BENCHMARKS.md):
-on a 1 GiB file on the development machine (2 shared cores) a full SHA-256 took 3.1 s with the file in the page
-cache and 4.4 s from disk (median of 5), on every lookup; the sampled fingerprint took 23 ms and 40 ms (135x and
-111x less; it reads 6 MiB whatever the size). A hit is meant to save the decode and the vision tower (about a
+on a 1 GiB file on the development machine (2 shared cores, load ~9) a full SHA-256 took 4.7 s with the file in
+the page cache and 4.9 s from disk (medians of 5), on every lookup; the sampled fingerprint took 23 ms and 62 ms
+(200x and 80x less; it reads 6 MiB whatever the size). A hit is meant to save the decode and the vision tower (about a
 second for the demo model on CPU, under one on a GPU for a 7B model's 32 frames), so a full hash of a large
 video would cost more than the hit saves. What the sampled fingerprint cannot see: a
 change that keeps the size, restores the mtime to the nanosecond and touches only bytes outside the sampled
@@ -322,6 +322,14 @@ def _checksum(tensor: Any) -> str:
     return f"{zlib.crc32(data):08x}"
 
 
+def _standalone(tensor: Any) -> Any:
+    """A contiguous CPU tensor owning its storage (safetensors refuses views into shared storage)."""
+    tensor = tensor.detach().to("cpu").contiguous()
+    if tensor.untyped_storage().nbytes() != tensor.nbytes or tensor.storage_offset() != 0:
+        tensor = tensor.clone()
+    return tensor
+
+
 def _same_bits(a: Any, b: Any) -> bool:
     """Bit-equal tensors (NaN equals the same NaN, -0.0 differs from 0.0)."""
     import torch
@@ -524,7 +532,7 @@ class EncodedCache:
                     log.info("not cached: %s", exc)
                     return False
                 scalars[name] = value
-        tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
+        tensors = {name: _standalone(t) for name, t in tensors.items()}
         path = self._path(key)
         self._merge_previous(path, key, tensors)
         grid = encoded.grid

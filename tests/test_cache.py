@@ -473,3 +473,12 @@ def test_cli_info_on_an_unwritable_directory(tmp_path, monkeypatch):
     assert result.exit_code == 0 and "entries    0" in result.output
     assert result.output.count("not writable") == 1
     assert "Traceback" not in result.output
+
+
+def test_views_into_shared_storage_round_trip(cache, video):
+    """Adapters hand out views (a slice of the pooled output, a Parameter); the entry must still be exact."""
+    base = torch.randn(9, 6, 5)
+    encoded = EncodedVideo(base[1:4], Grid(3, 2, 3), importance=base[4:7, :, 0], metric=base[::3],
+                           meta={"newline": base[0, 0]})
+    assert cache.put(make_key(cache, video), encoded)
+    assert_bit_equal(encoded, cache.get(make_key(cache, video)).encoded)
