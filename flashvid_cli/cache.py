@@ -87,6 +87,10 @@ _STALE_TMP_S = 24 * 3600.0  # a temporary file this old is removed even if its w
 log = logging.getLogger("vidq.cache")
 
 
+class _Unusable(Exception):
+    """An entry that loads but must not be used (stale, foreign, damaged)."""
+
+
 class CacheError(VidqError):
     """A cache setting the user gave cannot be used (e.g. a ``--cache-size`` that is not a size)."""
 
@@ -427,18 +431,29 @@ class EncodedCache:
         return CacheKey(fields, indices, frozenset(need))
 
     # -- reading -------------------------------------------------------------------------------------------------
-    def _load(self, path: Path, device: Any = "cpu") -> tuple[dict[str, Any], dict[str, Any]]:
-        """(header, tensors) of the entry at ``path``; raises on anything unreadable or failing its checksum."""
+    def _load(self, path: Path, key: CacheKey | None = None, device: Any = "cpu") -> tuple[dict, dict] | None:
+        """(header, tensors on ``device``) of the entry at ``path``, or None when it is sound but lacks a tensor
+        ``key.need`` asks for. Raises _Unusable (or anything else) for an entry that must not be used."""
         from safetensors import safe_open
 
         with safe_open(path, framework="pt", device="cpu") as f:
             header = json.loads(f.metadata()["vidq"])
+            if header.get("format") != FORMAT_VERSION or set(f.keys()) != set(header["checksums"]):
+                raise _Unusable("its tensors do not match its header")
+            if key is not None:
+                if header["key"] != key.fields:
+                    raise _Unusable("its stored key differs from the key it is named after")
+                if key.frame_indices is not None and tuple(header["frame_indices"]) != key.frame_indices:
+                    raise _Unusable("its frame indices differ from this decode's")
+                if not key.need <= set(header["has"]):
+                    return None  # a miss; put() keeps what this entry has
             tensors = {name: f.get_tensor(name) for name in f.keys()}
-        if header.get("format") != FORMAT_VERSION or set(tensors) != set(header["checksums"]):
-            raise ValueError("tensor list does not match the header")
         for name, tensor in tensors.items():
             if _checksum(tensor) != header["checksums"][name]:
-                raise ValueError(f"checksum mismatch in {name}")
+                raise _Unusable(f"checksum mismatch in {name}")
+        grid = [int(v) for v in header["grid"]]
+        if len(grid) != 3 or list(tensors["feats"].shape[:2]) != [grid[0], grid[1] * grid[2]]:
+            raise _Unusable("its features do not match its grid")
         return header, {name: tensor.to(device) for name, tensor in tensors.items()}
 
     def _discard(self, path: Path, inode: int, why: str) -> None:
@@ -464,39 +479,36 @@ class EncodedCache:
             return None
         path = self._path(key)
         try:
-            inode = path.stat().st_ino
+            st = path.stat()
         except OSError:
             return None
         try:
-            header, tensors = self._load(path, device)
+            loaded = self._load(path, key, device)
+            if loaded is None:
+                return None
+            header, tensors = loaded
+            meta = dict(header["meta"])
+            meta.update({name.removeprefix("meta."): t for name, t in tensors.items() if name.startswith("meta.")})
+            encoded = EncodedVideo(
+                feats=tensors["feats"],  # [T, N, D] model dtype
+                grid=Grid(*header["grid"]),
+                importance=tensors.get("importance"),  # [T, N] float32
+                metric=tensors.get("metric"),  # [T, N, Dk] float32
+                meta=meta,
+            )
+            hit = CachedVideo(encoded, list(header["frame_indices"]), dict(header.get("video") or {}), path,
+                              st.st_size)
         except FileNotFoundError:  # evicted or cleared meanwhile
             return None
-        except Exception as exc:  # noqa: BLE001 - truncated, corrupt or foreign: never trusted
-            self._discard(path, inode, f"does not load ({type(exc).__name__}: {exc})")
+        except Exception as exc:  # noqa: BLE001 - truncated, corrupt, foreign or stale: never trusted
+            self._discard(path, st.st_ino, str(exc) if isinstance(exc, _Unusable)
+                          else f"it does not load ({type(exc).__name__}: {exc})")
             return None
-        if header["key"] != key.fields:
-            self._discard(path, inode, "its stored key differs from the key it is named after")
-            return None
-        stored = list(header["frame_indices"])
-        if key.frame_indices is not None and tuple(stored) != key.frame_indices:
-            self._discard(path, inode, "its frame indices differ from this decode's")
-            return None
-        if not key.need <= set(header["has"]):
-            return None  # a miss; put() keeps what this entry has
-        meta = dict(header["meta"])
-        meta.update({name.removeprefix("meta."): t for name, t in tensors.items() if name.startswith("meta.")})
-        encoded = EncodedVideo(
-            feats=tensors["feats"],  # [T, N, D] model dtype
-            grid=Grid(*header["grid"]),
-            importance=tensors.get("importance"),  # [T, N] float32
-            metric=tensors.get("metric"),  # [T, N, Dk] float32
-            meta=meta,
-        )
         try:
             os.utime(path)
         except OSError:
             pass
-        return CachedVideo(encoded, stored, dict(header.get("video") or {}), path, path.stat().st_size)
+        return hit
 
     # -- writing -------------------------------------------------------------------------------------------------
     def put(self, key: CacheKey, encoded: Any, video: dict[str, Any] | None = None) -> bool:
@@ -563,12 +575,11 @@ class EncodedCache:
         if not missing or not path.exists():
             return
         try:
-            header, old = self._load(path)
+            loaded = self._load(path, dataclasses.replace(key, need=frozenset()))
         except Exception:  # noqa: BLE001 - a bad old entry is simply replaced
             return
-        if (header["key"] == key.fields and tuple(header["frame_indices"]) == key.frame_indices
-                and _same_bits(old["feats"], tensors["feats"])):
-            tensors.update({name: old[name] for name in missing if name in old})
+        if loaded is not None and _same_bits(loaded[1]["feats"], tensors["feats"]):
+            tensors.update({name: loaded[1][name] for name in missing if name in loaded[1]})
 
     def _write_atomic(self, path: Path, data: bytes) -> None:
         """Write ``data`` to a temporary file beside ``path``, fsync it, then rename it over ``path``."""

@@ -259,7 +259,7 @@ def test_model_fingerprint(tmp_path):
 
 
 # -- bad entries -----------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("damage", ["truncate", "flip_data", "garbage_header", "empty"])
+@pytest.mark.parametrize("damage", ["truncate", "flip_data", "garbage_header", "empty", "foreign", "bad_header"])
 def test_bad_entry_is_ignored_deleted_and_rewritten(cache, video, damage):
     key = make_key(cache, video)
     encoded = encoded_video(torch.bfloat16)
@@ -272,6 +272,13 @@ def test_bad_entry_is_ignored_deleted_and_rewritten(cache, video, damage):
         path.write_bytes(data[:-3] + bytes([data[-3] ^ 0x01]) + data[-2:])
     elif damage == "garbage_header":
         path.write_bytes(data[:8] + b"{" * 40 + data[48:])
+    elif damage == "foreign":  # a sound safetensors file that vidq did not write
+        from safetensors.torch import save_file
+        save_file({"feats": encoded.feats}, path)
+    elif damage == "bad_header":  # vidq's metadata, but not a whole header
+        from safetensors.torch import save_file
+        save_file({"feats": encoded.feats}, path, metadata={"vidq": json.dumps({"format": 1, "checksums": {
+            "feats": cache_mod._checksum(encoded.feats)}})})
     else:
         path.write_bytes(b"")
     assert cache.get(key) is None
