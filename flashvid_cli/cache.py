@@ -16,8 +16,8 @@ file never passes; the file name is only a hash of it):
 
 - the video's content fingerprint (:func:`fingerprint`, below);
 - the sampling request (frames / fps / max_frames, the decode-time downscale ``max_side``, the seek mode); the
-  decoder is NOT in it, because the exact-seek decoders return the same frames whichever runs (the decode tests
-  prove frames equal to a sequential decode), except under approximate (keyframe) seeking, where it is;
+  decoder is NOT in it, because with exact seeking both decoders return the same frames (tests/test_video.py
+  checks that they agree), except under approximate (keyframe) seeking, where it is;
 - the sampling's result, the frame indices: stored in the entry and compared whenever the caller knows them; a
   caller that looks up before decoding (to skip decoding on a hit) gets them from the entry, which the content
   fingerprint and the request pin;
@@ -39,14 +39,17 @@ logged once) and no cache, never a crash.
 Why the sampled fingerprint and not a full hash (``python benchmarks/bench_fingerprint.py``, docs/BENCHMARKS.md):
 on a 1 GiB file on the development machine (2 shared cores, load ~9) a full SHA-256 took 4.7 s with the file in
 the page cache and 4.9 s from disk (medians of 5), on every lookup; the sampled fingerprint took 23 ms and 62 ms
-(200x and 80x less; it reads 6 MiB whatever the size). A hit is meant to save the decode and the vision tower (about a
-second for the demo model on CPU, under one on a GPU for a 7B model's 32 frames), so a full hash of a large
-video would cost more than the hit saves. What the sampled fingerprint cannot see: a
-change that keeps the size, restores the mtime to the nanosecond and touches only bytes outside the sampled
-ranges (the first and last MiB, and 64 ranges of 64 KiB spread evenly, about 6 MiB of every file). Editors,
-encoders, downloads and copies all rewrite the mtime or the size, and any change to the container's index (at
-the head or tail) or to the sampled ranges is seen even when the mtime is forged, so only a deliberate in-place
-forgery goes unseen; files up to 16 MiB are hashed whole (a few ms), so small clips have no blind spot at all.
+(200x and 80x less; it reads 6 MiB whatever the size). A hit is meant to save the decode, preprocessing and the
+vision tower (1.6 s for 16 frames of the demo model on CPU; 785 ms of a 7B model's time to first token on a GPU
+in FlashVID's table), so a full hash of a large video would cost more than the hit saves.
+
+What the sampled fingerprint cannot see: a change that keeps the size, restores the mtime to the nanosecond and
+touches only bytes outside the sampled ranges (the first and last MiB, and 64 ranges of 64 KiB spread evenly,
+6 MiB of every file). Re-encoding, editing, downloading or copying a file over another rewrites the mtime or the
+size, and a change to the container's index (at the head or tail) or to a sampled range is seen even with a
+forged mtime, so only a deliberate same-size in-place edit with the mtime put back goes unseen; that is acceptable
+for a cache of a user's own files (a user who does that can `vidq cache clear`). Files up to 16 MiB are hashed
+whole (tens of ms), so short clips have no blind spot at all.
 """
 
 from __future__ import annotations
