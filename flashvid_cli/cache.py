@@ -294,6 +294,11 @@ class CachedVideo:
     path: Path
     bytes: int
 
+    @property
+    def has(self) -> frozenset[str]:
+        """The optional tensors this entry holds (it may hold more than the lookup needed)."""
+        return frozenset(name for name in OPTIONAL if getattr(self.encoded, name) is not None)
+
 
 @dataclass
 class CacheInfo:

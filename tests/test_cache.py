@@ -108,6 +108,7 @@ def test_round_trip_is_bit_exact(cache, video, dtype, optional):
     assert hit is not None
     assert_bit_equal(encoded, hit.encoded)
     assert hit.frame_indices == [0, 5, 9] and hit.video == {"timestamps": [0.0, 0.5, 1.0], "decoder": "pyav"}
+    assert hit.has == need
     assert hit.bytes == entry_files(cache)[0].stat().st_size
 
 
