@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from flashvid_cli.annotate import AnnotateConfig, JsonLines, annotate, find_videos, read_questions
+from flashvid_cli.annotate import (
+    AnnotateConfig, JsonLines, OutputError, annotate, find_videos, read_questions,
+)
 from flashvid_cli.api import AskConfig, ConfigError
 from flashvid_cli.cli import app
 
@@ -80,6 +82,93 @@ def test_annotate_writes_one_line_per_video_and_question(tiny_models, folder, tm
     assert read_lines(out) == lines
 
 
+def record(video: str, question: str, error: str | None = None) -> str:
+    return json.dumps({"video": video, "question": question, "answer": None if error else "yes", "error": error,
+                       "decode_s": 0.1, "report": None, "options": {}})
+
+
+@pytest.mark.parametrize("content, found", [
+    (None, "binary data at line 1"),  # the sample video itself
+    (b"Shopping list\neggs\n", "line 1 is not JSON: 'Shopping list'"),
+    (b'{"id": 1, "label": "cat"}\n{"id": 2, "label": "dog"}\n', "line 1 is JSON but not a vidq record"),
+    (b"no newline at all", "line 1 is not JSON"),
+])
+def test_an_out_that_is_not_vidq_output_is_refused_untouched(tmp_path, sample_video, content, found):
+    out = tmp_path / "existing"
+    out.write_bytes(content if content is not None else sample_video.read_bytes())
+    before = out.read_bytes()
+    with pytest.raises(OutputError, match="is not a vidq output file") as caught:
+        JsonLines(out)
+    assert found in str(caught.value)
+    assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["existing"]
+
+
+def test_cli_refuses_a_video_as_out_in_one_line(tiny_models, folder, sample_video, tmp_path):
+    out = tmp_path / "clip.mp4"
+    shutil.copy(sample_video, out)
+    result = runner.invoke(app, ["annotate", str(folder), "-q", "Q", "--out", str(out),
+                                 "--model", str(tiny_models["llava_onevision"]), *FAST_ARGS])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1 and "not a vidq output file (binary data" in lines[0]
+    assert out.read_bytes() == sample_video.read_bytes()
+
+
+def test_a_complete_last_line_without_newline_is_kept(tmp_path):
+    out = tmp_path / "out.jsonl"
+    out.write_text(record("/v/a.mp4", "Q1") + "\n" + record("/v/b.mp4", "Q1"))  # e.g. written by hand
+    sink = JsonLines(out)
+    sink.close()
+    assert sink.repaired == 0 and sink.existing.newline_added
+    assert sink.done() == {("/v/a.mp4", "Q1"), ("/v/b.mp4", "Q1")}
+    assert out.read_text() == record("/v/a.mp4", "Q1") + "\n" + record("/v/b.mp4", "Q1") + "\n"
+
+
+def test_lines_that_are_not_records_are_reported_by_number_and_kept(tiny_models, folder, tmp_path):
+    out = tmp_path / "out.jsonl"
+    video = str(folder / "a.mp4")
+    content = "\n".join([record(video, "Q1"), "garbage", record(video, "Q2"), '{"half": ', "", "[1, 2]",
+                         record(video, "Q3", error="boom")]) + "\n"
+    out.write_text(content)
+    sink = JsonLines(out)
+    sink.close()
+    assert sink.existing.bad_lines == [2, 4, 6] and out.read_text() == content
+    assert sink.done() == {(video, "Q1"), (video, "Q2"), (video, "Q3")} and sink.done(retry_failed=True) == {
+        (video, "Q1"), (video, "Q2")}
+    result = runner.invoke(app, ["annotate", video, "-q", "Q1", "-q", "Q2", "--out", str(out), "--quiet",
+                                 "--model", str(tiny_models["llava_onevision"]), *FAST_ARGS])
+    assert result.exit_code == 0, result.stderr
+    assert "3 lines of the output are not vidq records (lines 2, 4, 6): kept" in " ".join(result.stderr.split())
+    assert out.read_text() == content
+
+
+def test_a_second_run_on_the_same_out_exits_at_once_naming_the_first(tiny_models, sample_video, tmp_path):
+    root = tmp_path / "many"
+    root.mkdir()
+    for i in range(4):
+        shutil.copy(sample_video, root / f"v{i}.mp4")
+    out, lock = tmp_path / "out.jsonl", tmp_path / "out.jsonl.lock"
+    command = [sys.executable, "-m", "flashvid_cli", "annotate", str(root), "-q", QUESTIONS[0], "-q", QUESTIONS[1],
+               "--out", str(out), "--model", str(tiny_models["llava_onevision"]), "--quiet", *FAST_ARGS]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and first.poll() is None:
+            if lock.exists() and lock.read_text().strip() == str(first.pid):
+                break
+            time.sleep(0.01)
+        first.send_signal(signal.SIGSTOP)  # frozen while holding the lock: the second run must meet it
+        assert first.poll() is None and lock.read_text().strip() == str(first.pid)
+        second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert second.returncode == 1
+    assert f"another vidq annotate (pid {first.pid}) is writing {out}" in " ".join(second.stderr.split())
+    assert first.wait(timeout=300) == 0, first.stderr.read().decode()
+    records = read_lines(out)
+    assert len(records) == len(set(keys(records))) == 8 and not lock.exists()
+
+
 def test_a_torn_last_line_is_cut_off_and_redone(tiny_models, folder, tmp_path):
     out = tmp_path / "out.jsonl"
     config = AnnotateConfig(model=str(tiny_models["qwen2_5_vl"]), device="cpu", ask=FAST)
@@ -108,11 +197,35 @@ def test_cli_progress_summary_and_quiet(tiny_models, folder, tmp_path):
     out = tmp_path / "out.jsonl"
     base = ["annotate", str(folder), "--question", QUESTIONS[0], "--out", str(out),
             "--model", str(tiny_models["llava_onevision"]), *FAST_ARGS]
-    result = runner.invoke(app, base)
-    assert result.exit_code == 0, result.stderr
-    assert "3 done, 0 skipped" in result.stderr and "1 failed" in result.stderr and result.stdout == ""
-    quiet = runner.invoke(app, [*base, "--quiet"])
-    assert quiet.exit_code == 0 and quiet.stderr == "" and len(read_lines(out)) == 4
+    quiet = runner.invoke(app, [*base, "--quiet"])  # a broken video: its failure is named even when quiet
+    assert quiet.exit_code == 0, quiet.stderr
+    failures = [line for line in quiet.stderr.splitlines() if line.strip()]
+    assert len(failures) == 1 and failures[0].startswith("failed: ") and "corrupt.mp4" in failures[0], quiet.stderr
+    assert "corrupt or truncated" in failures[0] and len(read_lines(out)) == 4 and quiet.stdout == ""
+    again = runner.invoke(app, base)
+    assert again.exit_code == 0, again.stderr
+    said = " ".join(again.stderr.split())  # rich wraps at the terminal's width
+    assert "0 done, 4 skipped" in said and "1 of them failed earlier: --retry-failed asks them again" in said
+    assert "0 failed" in said and "failed: " not in said and again.stdout == ""
+
+
+def test_retry_failed_asks_again_after_a_forced_decode_timeout(tiny_models, folder, tmp_path):
+    out = tmp_path / "out.jsonl"
+    model = str(tiny_models["llava_onevision"])
+    videos = find_videos(folder / "sub")
+    timeout = AskConfig(method="pool", keep=0.5, frames=4, max_new_tokens=2, decode_timeout_s=0.001)
+    first = annotate(videos, QUESTIONS[:1], out, AnnotateConfig(model=model, device="cpu", ask=timeout))
+    assert (first.done, first.failed) == (0, 2) and [f[0] for f in first.failures] == videos
+    config = AnnotateConfig(model=model, device="cpu", ask=FAST)
+    plain = annotate(videos, QUESTIONS[:1], out, config)  # a plain rerun keeps the failures and counts them
+    assert (plain.done, plain.failed, plain.skipped, plain.failed_before) == (0, 0, 2, 2)
+    retried = annotate(videos, QUESTIONS[:1], out, config, retry_failed=True)
+    assert (retried.done, retried.failed, retried.skipped, retried.failed_before) == (2, 0, 0, 0)
+    lines = read_lines(out)
+    assert len(lines) == 4 and all("timed out" in r["error"] for r in lines[:2])
+    assert all(r["error"] is None and r["answer"] is not None for r in lines[2:])  # the later line wins
+    final = annotate(videos, QUESTIONS[:1], out, config, retry_failed=True)  # nothing failed is left
+    assert (final.done, final.skipped, final.failed_before) == (0, 2, 0)
 
 
 @pytest.mark.parametrize("args, expected", [

@@ -40,7 +40,12 @@ def annotate(
     = "local",
     ray_actors: Annotated[int, typer.Option(help="Ray engine: model replicas (actors).")] = 1,
     gpus_per_actor: Annotated[float, typer.Option(help="Ray engine: GPUs per actor (0 on CPU).")] = 0.0,
-    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar or summary; errors only.")] = False,
+    retry_failed: Annotated[bool, typer.Option(
+        "--retry-failed", help="Ask again the pairs whose last line in --out is an error (e.g. a decode timeout).")]
+    = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", help="No progress bar or summary; only each failed video with its reason, and warnings about --out.")]
+    = False,
 ) -> None:
     """Answer QUESTION(s) about every video in VIDEOS, one JSON line per (video, question); reruns skip done lines."""
     with user_errors():
@@ -62,28 +67,36 @@ def annotate(
         found = find_videos(videos)
         if not quiet:
             warn_random(model)
-        progress = None if quiet else _Progress()
+        progress = _Progress(show_bar=not quiet)
         try:
-            summary = run(found, asked, out, config, on_event=progress.event if progress else None)
+            summary = run(found, asked, out, config, on_event=progress.event, retry_failed=retry_failed)
         finally:
-            if progress is not None:
-                progress.stop()
+            progress.stop()
         if not quiet:
+            earlier = (f"; {summary.failed_before} of them failed earlier: --retry-failed asks them again"
+                       if summary.failed_before else "")
             err.print(
-                f"[bold]{summary.done} done[/], {summary.skipped} skipped (already in {summary.out}), "
+                f"[bold]{summary.done} done[/], {summary.skipped} skipped (already in {summary.out}{earlier}), "
                 f"[{'red' if summary.failed else 'dim'}]{summary.failed} failed[/], in {summary.elapsed_s:.1f}s",
                 highlight=False,
             )
 
 
-class _Progress:
-    """A rich progress bar on stderr: counts, rate and ETA; it starts when the work is known."""
+def _line_numbers(numbers: list[int], limit: int = 10) -> str:
+    shown = ", ".join(map(str, numbers[:limit]))
+    return shown + (f", ... ({len(numbers)} in all)" if len(numbers) > limit else "")
 
-    def __init__(self) -> None:
+
+class _Progress:
+    """A rich progress bar on stderr (counts, rate, ETA; it starts when the work is known), each failed video with
+    its reason above it, and what was found in --out; with ``show_bar=False`` (``--quiet``) only the last two."""
+
+    def __init__(self, show_bar: bool = True) -> None:
         from rich.progress import (
             BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
         )
 
+        self.show_bar = show_bar
         self.progress = Progress(
             TextColumn("annotating"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
             TextColumn("[red]{task.fields[failed]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
@@ -91,16 +104,18 @@ class _Progress:
         )
         self.task = None
         self.failed = 0
+        self.named: set[tuple[str, str]] = set()
 
     def event(self, kind: str, record: dict) -> None:
         if kind == "start":
-            if record.get("repaired_bytes"):
-                err.print(f"[yellow]cut off a torn last line ({record['repaired_bytes']} bytes) left by an "
-                          "interrupted run[/]", highlight=False)
-            todo = record["total"] - record["skipped"]
-            if todo:
-                self.progress.start()
-                self.task = self.progress.add_task("annotate", total=todo, rate="", failed="")
+            self._start(record)
+            return
+        if kind == "failed" and (record["video"], record["error"]) not in self.named:
+            self.named.add((record["video"], record["error"]))  # a video's questions share their decode error
+            video, error = record["video"], record["error"]
+            named = error if error.startswith(video) else f"{video}: {error}"  # decode errors name the file
+            err.print(f"[red]failed:[/] {named}", highlight=False, soft_wrap=True)
+        if self.task is None:
             return
         self.failed += kind == "failed"
         speed = self.progress.tasks[0].speed
@@ -108,6 +123,23 @@ class _Progress:
             self.task, advance=1, rate=f"{speed:.2f}/s" if speed else "",
             failed=f"{self.failed} failed" if self.failed else "",
         )
+
+    def _start(self, record: dict) -> None:
+        if record.get("repaired_bytes"):
+            err.print(f"[yellow]cut off a torn last line ({record['repaired_bytes']} bytes) left by an "
+                      "interrupted run[/]", highlight=False)
+        if record.get("newline_added"):
+            err.print("[yellow]the last line was complete but had no newline: added one[/]", highlight=False)
+        bad = record.get("bad_lines") or []
+        if bad:
+            many = len(bad) != 1
+            err.print(f"[yellow]warning:[/] {len(bad)} line{'s' * many} of the output {'are' if many else 'is'} not "
+                      f"vidq records (line{'s' * many} {_line_numbers(bad)}): kept as they are and ignored",
+                      highlight=False, soft_wrap=True)
+        todo = record["total"] - record["skipped"]
+        if todo and self.show_bar:
+            self.progress.start()
+            self.task = self.progress.add_task("annotate", total=todo, rate="", failed="")
 
     def stop(self) -> None:
         if self.task is not None:
