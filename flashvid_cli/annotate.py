@@ -25,6 +25,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -407,6 +408,10 @@ def annotate(videos: list[str], questions: list[str], out: str | os.PathLike, co
     ConfigError for a method or question that would fail every line.
     """
     validate(config, questions)
+    if config.engine == "ray":
+        from .annotate_ray import preflight
+
+        preflight(config)
     on_event = on_event or (lambda kind, record: None)
     started = time.perf_counter()
     videos = [os.path.abspath(v) for v in videos]
@@ -437,8 +442,9 @@ def annotate(videos: list[str], questions: list[str], out: str | os.PathLike, co
             if config.engine == "ray":
                 from .annotate_ray import run_ray
 
-                for record in run_ray(todo, config):
-                    write(record)
+                with closing(run_ray(todo, config)) as lines:  # closed at once on an error: Ray shut down
+                    for record in lines:
+                        write(record)
             else:
                 for record in _run_local(todo, config):
                     write(record)

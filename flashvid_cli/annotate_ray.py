@@ -4,21 +4,48 @@ Two stages streamed by Ray Data: decoding runs as plain CPU tasks (each in vidq'
 limit), and answering runs in an actor pool whose actors load the model once (``num_gpus`` each). The driver
 gets one row per line back and writes them through the same fsynced JSON-lines sink as the local engine, so the
 output and resumability are identical. Connects to ``RAY_ADDRESS`` when set, else starts a local Ray.
+
+Never a hang on an impossible request: the actors (``ray_actors`` x 1 CPU and ``ray_gpus_per_actor`` GPUs) plus
+one CPU for the decode tasks are checked against the cluster's resources before anything starts (for a local
+Ray, against this machine's CPUs and GPUs before Ray is even started). On SIGTERM or any error the driver shuts
+Ray down, which ends the job's actors. Ray's own logs stay off the terminal (``log_to_driver=False``, level
+ERROR, no usage-stats notice).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import pickle
+import signal
+import sys
+import threading
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
 from .annotate import AnnotateConfig, answer_video, timed_decode
 from .api import AskConfig, ConfigError, VideoQA
 
+DECODE_CPUS = 0.5  # each decode task's CPU request; the check asks for at least one whole CPU besides the actors
+ACTOR_CPUS = 1.0
+# Set before Ray is imported (a user's own setting wins): no usage-stats notice and no "Unhandled error"
+# tracebacks printed by Ray; the errors that matter reach vidq as exceptions.
+RAY_QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_IGNORE_UNHANDLED_ERRORS": "1", "RAY_DEDUP_LOGS": "0"}
+
+
+class RayEngineError(ConfigError):
+    """The Ray run failed (an actor died, the cluster went away); the lines written so far stay, a rerun resumes."""
+
+
+class RayResourceError(ConfigError):
+    """The cluster cannot hold what --ray-actors / --gpus-per-actor ask for; the message says what is missing."""
+
 
 def _import_ray() -> Any:
+    for key, value in RAY_QUIET_ENV.items():
+        os.environ.setdefault(key, value)
     try:
         import ray
         import ray.data  # noqa: F401 - the Data extra, not only the core
@@ -56,30 +83,117 @@ class _Answerer:
         return {"line": lines}
 
 
+def needed(config: AnnotateConfig) -> dict[str, float]:
+    """What the run asks of the cluster: ``{"CPU": actors x 1 + 1 for decoding, "GPU": actors x GPUs per actor}``."""
+    return {"CPU": config.ray_actors * ACTOR_CPUS + 1.0, "GPU": config.ray_actors * config.ray_gpus_per_actor}
+
+
+def check_resources(config: AnnotateConfig, cluster: dict[str, float], where: str) -> None:
+    """Raise RayResourceError, one line naming what is missing, when ``cluster`` (Ray's resource dict, e.g.
+    ``ray.cluster_resources()``) cannot hold the actors plus a CPU for the decode tasks."""
+    need = needed(config)
+    have_cpu, have_gpu = cluster.get("CPU", 0.0), cluster.get("GPU", 0.0)
+    actors = f"{config.ray_actors} actor{'s' if config.ray_actors != 1 else ''}"
+    if need["GPU"] > have_gpu:
+        raise RayResourceError(
+            f"--engine ray: {actors} x --gpus-per-actor {config.ray_gpus_per_actor:g} need {need['GPU']:g} "
+            f"GPU{'s' if need['GPU'] != 1 else ''}; "
+            f"{where} has {have_gpu:g}: lower --gpus-per-actor (0 runs on CPU) or --ray-actors")
+    if need["CPU"] > have_cpu:
+        fits = int((have_cpu - 1.0) // ACTOR_CPUS)
+        fix = f"lower --ray-actors to {fits}" if fits >= 1 else "use --engine local"
+        raise RayResourceError(
+            f"--engine ray: {actors} x {ACTOR_CPUS:g} CPU + 1 CPU for decoding need {need['CPU']:g} CPUs; {where} "
+            f"has {have_cpu:g}: {fix} or add CPUs")
+
+
+def local_resources() -> dict[str, float]:
+    """The CPUs (this process's affinity) and CUDA GPUs a local Ray started here gets (they are passed to it)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        import torch
+
+        gpus = torch.cuda.device_count()
+    except ImportError:  # pragma: no cover - torch is a dependency
+        gpus = 0
+    return {"CPU": float(cpus), "GPU": float(gpus)}
+
+
+def preflight(config: AnnotateConfig) -> None:
+    """Fail in a second, before Ray or the model is loaded, on a request a local Ray started here cannot hold."""
+    initialized = "ray" in sys.modules and sys.modules["ray"] is not None and sys.modules["ray"].is_initialized()
+    if not initialized and not os.environ.get("RAY_ADDRESS"):
+        check_resources(config, local_resources(), "this machine")
+
+
 def run_ray(todo: list[tuple[str, list[str]]], config: AnnotateConfig) -> Iterator[dict[str, Any]]:
-    """Run ``todo`` on Ray Data and yield each line as it arrives (in no particular order)."""
+    """Run ``todo`` on Ray Data and yield each line as it arrives (in no particular order).
+
+    Raises RayResourceError before starting anything the cluster cannot hold; shuts down the Ray it started
+    (ending its actors) on return, error or SIGTERM (then exits 143).
+    """
     import dataclasses
 
     ray = _import_ray()
+    started_here = False
     if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR", configure_logging=True)
+        if not os.environ.get("RAY_ADDRESS"):  # a local Ray: check before paying for its start
+            local = local_resources()
+            check_resources(config, local, "this machine")
+            ray.init(num_cpus=int(local["CPU"]), num_gpus=int(local["GPU"]), include_dashboard=False,
+                     log_to_driver=False, logging_level="ERROR", configure_logging=True)
+        else:
+            ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR", configure_logging=True)
+        started_here = True
+    previous = None
+    try:
+        check_resources(config, ray.cluster_resources(), "the Ray cluster")
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)  # after ray.init, which sets its own
+        yield from _stream(ray, todo, config, dataclasses.asdict(config.ask))
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        if started_here:
+            ray.shutdown()  # ends this job's actors and the local Ray's processes
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds through run_ray's finally: Ray is shut down, the output closed
+
+
+def _stream(ray: Any, todo: list[tuple[str, list[str]]], config: AnnotateConfig,
+            ask: dict[str, Any]) -> Iterator[dict[str, Any]]:
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # vidq draws its own
     context.print_on_execution_start = False
-    ask = dataclasses.asdict(config.ask)
     items = [{"video": video, "questions": json.dumps(questions)} for video, questions in todo]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     # Different CPU requests keep Ray Data from fusing the decode into the actors, so decoding overlaps answering.
-    ds = ds.map(_decode_row, fn_kwargs={"ask": ask}, num_cpus=0.5)
-    ds = ds.map_batches(
-        _Answerer,
+    ds = ds.map(_decode_row, fn_kwargs={"ask": ask}, num_cpus=DECODE_CPUS)
+    answer = dict(
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=config.ray_actors),
-        num_cpus=1,
+        num_cpus=ACTOR_CPUS,
         num_gpus=config.ray_gpus_per_actor or None,
         fn_constructor_kwargs={"model": config.model, "device": config.device, "dtype": config.dtype, "ask": ask,
                                "options": config.options()},
     )
-    for row in ds.iter_rows():
-        yield json.loads(row["line"])
+    # Ray Data restarts a dead actor without end by default; an actor that dies (say, killed for memory) should
+    # stop the run with its error instead (a rerun resumes). No restarts also keeps Ray's C++ warning about
+    # restartable actors with arguments in the object store off the terminal. Only the deprecated
+    # ray_remote_args path takes max_restarts: its deprecation warning is silenced, and a Ray without it is fine.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            ds = ds.map_batches(_Answerer, **answer, max_restarts=0)
+        except TypeError:
+            ds = ds.map_batches(_Answerer, **answer)
+    try:
+        for row in ds.iter_rows():
+            yield json.loads(row["line"])
+    except ray.exceptions.RayError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise RayEngineError(f"--engine ray: {type(exc).__name__}: {lines[-1] if lines else ''} (the lines "
+                             "written so far are kept; rerun to resume)") from None

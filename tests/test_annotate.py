@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -305,3 +306,71 @@ def test_ray_engine_gives_the_same_lines_as_the_local_one(tiny_models, folder, t
                                               r["report"] and r["report"]["tokens"]) for r in read_lines(path)}
 
     assert comparable(remote) == comparable(local)
+
+
+def test_ray_engine_fails_at_once_on_a_request_no_cluster_here_can_hold(tiny_models, folder, tmp_path):
+    from flashvid_cli.annotate_ray import RayResourceError, local_resources
+
+    have = local_resources()  # what a local Ray would get: the request below is one more than that
+    model = str(tiny_models["llava_onevision"])
+    for field_values, missing in [({"ray_actors": int(have["CPU"]) + 1}, "CPUs; this machine has"),
+                                  ({"ray_gpus_per_actor": have["GPU"] + 1}, "GPUs?; this machine has")]:
+        config = AnnotateConfig(model=model, device="cpu", ask=FAST, engine="ray", **field_values)
+        with pytest.raises(RayResourceError, match=missing):
+            annotate(find_videos(folder), QUESTIONS[:1], tmp_path / "o.jsonl", config)
+        assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()  # nothing was started
+    assert not (tmp_path / "o.jsonl").exists()
+    result = runner.invoke(app, ["annotate", str(folder), "-q", "Q", "--out", str(tmp_path / "o.jsonl"), "--model",
+                                 model, "--engine", "ray", "--ray-actors", str(int(have["CPU"]) + 7), *FAST_ARGS])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1 and "1 CPU for decoding need" in lines[0], result.stderr
+
+
+def test_check_resources_names_what_is_missing():
+    from flashvid_cli.annotate_ray import RayResourceError, check_resources
+
+    cluster = {"CPU": 8.0, "GPU": 2.0}
+    check_resources(AnnotateConfig(engine="ray", ray_actors=2, ray_gpus_per_actor=1), cluster, "the Ray cluster")
+    with pytest.raises(RayResourceError, match=r"2 actors x 1 CPU \+ 1 CPU for decoding need 3 CPUs; the Ray cluster "
+                                               r"has 2: lower --ray-actors to 1"):
+        check_resources(AnnotateConfig(engine="ray", ray_actors=2), {"CPU": 2.0}, "the Ray cluster")
+    with pytest.raises(RayResourceError, match=r"3 actors x --gpus-per-actor 1 need 3 GPUs; the Ray cluster has 2"):
+        check_resources(AnnotateConfig(engine="ray", ray_actors=3, ray_gpus_per_actor=1), cluster, "the Ray cluster")
+
+
+def test_ray_run_stopped_by_sigterm_leaves_no_process_behind(tiny_models, sample_video, tmp_path):
+    pytest.importorskip("ray.data", reason="the ray engine needs Ray Data: pip install 'ray[data]'")
+    psutil = pytest.importorskip("psutil")
+    root = tmp_path / "many"
+    root.mkdir()
+    for i in range(4):
+        shutil.copy(sample_video, root / f"v{i}.mp4")
+    out = tmp_path / "out.jsonl"
+    command = [sys.executable, "-m", "flashvid_cli", "annotate", str(root), "-q", QUESTIONS[0], "--out", str(out),
+               "--model", str(tiny_models["llava_onevision"]), "--engine", "ray", *FAST_ARGS]
+    proc = subprocess.Popen(command, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    seen: dict[int, psutil.Process] = {}  # every descendant: raylet, GCS, workers, the answering actor
+    names: set[str] = set()
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                seen.setdefault(child.pid, child)
+                with contextlib.suppress(psutil.Error):
+                    names.add(child.name())  # a Ray worker renames itself when it becomes the actor
+        except psutil.NoSuchProcess:
+            break
+        if out.exists() and out.read_bytes().count(b"\n") >= 1:
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, "the run should still be going when it is stopped"
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr.decode()
+    assert "raylet" in names and any("_Answerer" in name for name in names), names  # Ray ran under this driver
+    _, alive = psutil.wait_procs(list(seen.values()), timeout=30)
+    assert alive == [], [p.name() for p in alive]
+    noise = [line for line in stderr.decode().splitlines() if line.strip() and "annotating" not in line]
+    assert noise == [], noise  # nothing of Ray's on the terminal
+    assert all(json.loads(line)["error"] is None for line in out.read_text().splitlines())
