@@ -147,9 +147,12 @@ class Report:
     video: VideoInfo
     tokens: TokenCounts
     timings: Timings
-    peak_memory_bytes: int
+    peak_memory_bytes: int  # this process: the CUDA allocator's peak on a GPU, the peak RSS on CPU
     peak_memory_kind: str  # "cuda allocated" or "process RSS"
     text_after_video: str | None = None  # Qwen2.5-VL: the rule used for the positions after the video
+    # The decode worker process's own peak RSS (host memory; None when decoded in this process). On CPU the
+    # process tree's peak is at most peak_memory_bytes + this (the worker lives only during the decode).
+    decode_worker_peak_rss_bytes: int | None = None
 
 
 @dataclass
@@ -187,6 +190,7 @@ class PreparedVideo:
     need: frozenset[str]  # the vision-tower inputs computed ("importance", "metric")
     visual_tokens: int  # what the LLM would see uncompressed: T * N plus the family's extra tokens
     cache: str = "off"  # "hit" | "miss" | "off": whether ``encoded`` came from the on-disk cache
+    decode_worker_peak_rss_bytes: int | None = None  # the decode worker's own peak RSS; None if none decoded it
 
 
 @dataclass
@@ -363,6 +367,7 @@ class VideoQA:
         return PreparedVideo(
             info, encoded, PrepareTimings(t_decode, t_pre, t_enc), need,
             visual_tokens=encoded.grid.T * encoded.grid.N + pipe.extra_video_tokens,
+            decode_worker_peak_rss_bytes=decoded.stats.get("peak_rss_bytes"),
         )
 
     def compress(self, prepared: PreparedVideo, method: Method | AskConfig, question: str | None = None
@@ -461,6 +466,7 @@ class VideoQA:
             peak_memory_bytes=peak,
             peak_memory_kind=peak_kind,
             text_after_video=text_after_video,
+            decode_worker_peak_rss_bytes=prepared.decode_worker_peak_rss_bytes,
         )
 
     def ask(

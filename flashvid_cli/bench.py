@@ -28,7 +28,7 @@ DEFAULT_METHODS = ("flashvid", "divprune", "visionzip", "pool", "none")
 DEFAULT_KEEPS = (0.1, 0.25)
 DEFAULT_QUESTION = "Describe what happens in the video."
 REFERENCE_METHOD = "none"
-# The stages that add up to the time to first token, in pipeline order (the plot stacks them).
+# The stages that make up the time to first token, in pipeline order (the plot splits its bar by them).
 TTFT_STAGES = ("decode", "preprocess", "encode", "compress", "prefill")
 STAGES = (*TTFT_STAGES, "generate", "time_to_first_token", "total")
 
@@ -43,9 +43,12 @@ class BenchConfig:
     repeat: int = 3
     warmup: int = 1
     ask: AskConfig = field(default_factory=AskConfig)
+    # --opt: "key" goes to every method that has that option, "method.key" to that method only
+    options: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_runs(self.methods, self.keeps)
+        check_options(self.methods, self.options)
         if self.repeat < 1:
             raise ConfigError(f"--repeat must be at least 1, got {self.repeat}")
         if self.warmup < 0:
@@ -55,6 +58,34 @@ class BenchConfig:
 
     def runs(self) -> list[tuple[str, float]]:
         return method_runs(self.methods, self.keeps)
+
+    def options_for(self, method: str) -> dict[str, str]:
+        """The --opt values ``method`` takes: plain keys it has, then its own ``method.key`` ones."""
+        return method_options(method, self.options)
+
+
+def method_options(method: str, options: dict[str, str]) -> dict[str, str]:
+    from .kernels import methods as registered
+
+    fields = {f.name for f in dataclasses.fields(registered()[method])} - {"keep"}
+    chosen = {key: value for key, value in options.items() if "." not in key and key in fields}
+    chosen.update({key.split(".", 1)[1]: value for key, value in options.items() if key.startswith(f"{method}.")})
+    return chosen
+
+
+def check_options(methods: Sequence[str], options: dict[str, str]) -> None:
+    """Every --opt must reach a method being run, and its value must parse (checked before the model loads)."""
+    from .kernels import build
+
+    for key in options:
+        target, _, name = key.rpartition(".")
+        if target and target not in methods:
+            raise ConfigError(f"--opt {key}: method {target!r} is not in --methods")
+        if not target and not any(name in method_options(m, {name: ""}) for m in methods):
+            raise ConfigError(f"--opt {key}: none of the methods {', '.join(methods)} has an option {key!r} "
+                              "(`vidq methods` lists them)")
+    for method in dict.fromkeys(methods):
+        build(method, 0.5, options=method_options(method, options))
 
 
 def check_runs(methods: Sequence[str], keeps: Sequence[float]) -> None:
@@ -116,21 +147,25 @@ class Agreement:
 
 @dataclass
 class BenchRow:
+    """One method at one keep on one video; when it failed, ``error`` says why and the measurements are None."""
+
     video: str
     method: str
     keep: float
-    frames: int
-    visual_tokens_before: int
-    visual_tokens: int  # what the LLM sees
-    prompt_tokens: int
-    generated_tokens: int
-    timings: dict[str, Stat]  # seconds; keys are STAGES
-    peak_memory_bytes: int  # the highest over the repeats
-    peak_memory_kind: str
-    prefill_tflops: float
-    answer: str
-    token_ids: list[int]
-    agreement: Agreement | None = None  # None when `none` was not run
+    error: str | None = None  # one line: why this row could not be measured (e.g. the video does not decode)
+    frames: int | None = None
+    visual_tokens_before: int | None = None
+    visual_tokens: int | None = None  # what the LLM sees
+    prompt_tokens: int | None = None
+    generated_tokens: int | None = None
+    timings: dict[str, Stat] | None = None  # seconds; keys are STAGES
+    peak_memory_bytes: int | None = None  # the highest over the repeats (this process; see peak_memory_kind)
+    peak_memory_kind: str | None = None
+    decode_worker_peak_rss_bytes: int | None = None  # the decode worker process's own peak RSS, highest over repeats
+    prefill_tflops: float | None = None
+    answer: str | None = None
+    token_ids: list[int] | None = None
+    agreement: Agreement | None = None  # None when `none` was not run or did not succeed
 
 
 @dataclass
@@ -140,6 +175,11 @@ class BenchResult:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def measured(self) -> list[BenchRow]:
+        """The rows that ran (no error)."""
+        return [r for r in self.rows if r.error is None]
 
 
 @dataclass(frozen=True)
@@ -207,6 +247,7 @@ def environment(qa: VideoQA, config: BenchConfig, videos: Sequence[str]) -> dict
         "max_new_tokens": ask.max_new_tokens,
         "repeat": config.repeat,
         "warmup": config.warmup,
+        "options": dict(config.options),
         "versions": {
             "vidq": __version__, "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "cuda": torch.version.cuda,
@@ -232,25 +273,39 @@ def run_bench(
     on_run: Callable[[str, str, float, int, int], None] | None = None,
 ) -> BenchResult:
     """Run every (method, keep) of ``config`` on every video; ``on_run(video, method, keep, done, total)`` reports
-    progress after each row."""
+    progress after each row. A row that fails (a video that does not decode, a method that raises) is kept with
+    its ``error`` and the run goes on; a video that does not decode is not tried again for its other rows."""
+    from .annotate import error_text
+    from .pipelines.errors import VideoError
+
     videos = list(dict.fromkeys(str(v) for v in videos))  # a video named twice is benchmarked once
     size = LanguageModelSize.of(qa)
     pairs = config.runs()
     total, done = len(videos) * len(pairs), 0
     rows: list[BenchRow] = []
     for video in videos:
+        broken: str | None = None  # a video that does not decode fails every row without being tried again
         for method, keep in pairs:
-            ask = dataclasses.replace(config.ask, method=method, keep=keep)
-            for _ in range(config.warmup):
-                qa.ask(video, config.question, ask)
-            results = [qa.ask(video, config.question, ask) for _ in range(config.repeat)]
-            rows.append(_row(str(video), method, keep, results, size))
+            ask = dataclasses.replace(config.ask, method=method, keep=keep, options=config.options_for(method))
+            if broken is not None:
+                rows.append(BenchRow(str(video), method, keep, error=broken))
+            else:
+                try:
+                    for _ in range(config.warmup):
+                        qa.ask(video, config.question, ask)
+                    results = [qa.ask(video, config.question, ask) for _ in range(config.repeat)]
+                except Exception as exc:  # noqa: BLE001 - one bad video or method costs its rows, never the run
+                    rows.append(BenchRow(str(video), method, keep, error=error_text(exc)))
+                    if isinstance(exc, VideoError):
+                        broken = rows[-1].error
+                else:
+                    rows.append(_row(str(video), method, keep, results, size))
             done += 1
             if on_run is not None:
                 on_run(str(video), method, keep, done, total)
     for row in rows:
         reference = next((r for r in rows if r.video == row.video and r.method == REFERENCE_METHOD), None)
-        if reference is not None:
+        if reference is not None and reference.error is None and row.error is None:
             row.agreement = agreement(
                 row.token_ids, reference.token_ids, row.answer, reference.answer,
                 qa.token_text,
@@ -274,6 +329,8 @@ def _row(video: str, method: str, keep: float, results: list[AskResult], size: L
         timings=timings,
         peak_memory_bytes=max(r.report.peak_memory_bytes for r in results),
         peak_memory_kind=report.peak_memory_kind,
+        decode_worker_peak_rss_bytes=max((r.report.decode_worker_peak_rss_bytes or 0 for r in results), default=0)
+        or None,
         prefill_tflops=prefill_flops(size, report.tokens.prompt) / 1e12,
         answer=last.answer,
         token_ids=list(last.token_ids),
@@ -297,8 +354,22 @@ def agreement_label(row: BenchRow) -> str:
     return f"differs from none at token {row.agreement.first_divergence.index}"
 
 
+def stage_segments(row: BenchRow) -> list[tuple[str, float]]:
+    """(stage, seconds) that add up exactly to the row's median time to first token: the stage medians scaled by
+    one factor (medians of parts need not add up to the median of the whole, so the raw sum would not)."""
+    parts = [(stage, row.timings[stage].median) for stage in TTFT_STAGES]
+    total = sum(value for _, value in parts)
+    ttft = row.timings["time_to_first_token"].median
+    return [(stage, value * ttft / total if total else 0.0) for stage, value in parts]
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def plot_bench(result: BenchResult, path: str | Path) -> Path:
-    """A PNG per video: time to first token with its stages stacked, and the visual tokens, per method and keep."""
+    """A PNG per video: the median time to first token per method and keep (the bar is that median, split by
+    the stages' shares, with a min-max whisker), and the visual tokens; a failed row says so in place of a bar."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed
@@ -311,34 +382,46 @@ def plot_bench(result: BenchResult, path: str | Path) -> Path:
         len(videos), 2, figsize=(13, height * len(videos) + 0.9), squeeze=False,
         gridspec_kw={"width_ratios": [2.3, 1]},
     )
+    # One scale for every video, so that their bars compare.
+    longest = max((r.timings["time_to_first_token"].max * 1000 for r in result.measured), default=1.0)
+    most = max((r.visual_tokens for r in result.measured), default=1) or 1
     for (ax_time, ax_tokens), video in zip(axes, videos):
         rows = [r for r in result.rows if r.video == video]
         labels = [row_label(r) for r in rows]
         ys = list(range(len(rows)))[::-1]  # first row at the top
-        left = [0.0] * len(rows)
-        for stage in TTFT_STAGES:
-            widths = [r.timings[stage].median * 1000 for r in rows]
-            ax_time.barh(ys, widths, left=left, color=STAGE_COLOURS[stage], label=stage, height=0.7)
-            left = [a + b for a, b in zip(left, widths)]
-        longest = max(left) if left else 1.0
-        for y, r, end in zip(ys, rows, left):
+        ok = [(y, r) for y, r in zip(ys, rows) if r.error is None]
+        for y, r in ok:
+            left = 0.0
+            for stage, seconds in stage_segments(r):
+                ax_time.barh(y, seconds * 1000, left=left, color=STAGE_COLOURS[stage], height=0.7,
+                             label=stage if y == ok[0][0] else None)
+                left += seconds * 1000
             ttft = r.timings["time_to_first_token"]
+            ax_time.errorbar(ttft.median * 1000, y, xerr=[[(ttft.median - ttft.min) * 1000],
+                                                          [(ttft.max - ttft.median) * 1000]],
+                             color="#222222", capsize=3, linewidth=1)
             text = f"{ttft.median * 1000:,.0f} ms  [{ttft.min * 1000:,.0f}-{ttft.max * 1000:,.0f}]"
             note = agreement_label(r)
-            ax_time.text(end + longest * 0.01, y, text + (f"   {note}" if note else ""), va="center", fontsize=8.5,
-                         color="#333333" if not note.startswith("differs") else "#b03a2e")
+            ax_time.text(ttft.max * 1000 + longest * 0.02, y, text + (f"   {note}" if note else ""), va="center",
+                         fontsize=8.5, color="#333333" if not note.startswith("differs") else "#b03a2e")
+        for y, r in zip(ys, rows):
+            if r.error is not None:
+                reason = r.error.removeprefix(f"{video}: ")
+                ax_time.text(longest * 0.01, y, f"failed: {reason[:100]}", va="center", fontsize=8.5,
+                             color="#b03a2e")
         ax_time.set_yticks(ys, labels)
-        ax_time.set_xlim(0, longest * 1.55)
-        ax_time.set_xlabel("ms to first token: bars stack the stage medians; "
-                           "labels give the median time to first token [min-max over repeats]")
+        ax_time.set_xlim(0, longest * 1.6)
+        ax_time.set_xlabel("ms to first token: each bar is the median (its label), split in proportion to the "
+                           "stage medians; whisker and [ ] = min-max over the repeats")
         ax_time.set_title(Path(video).name, loc="left", fontsize=10)
         ax_time.grid(axis="x", alpha=0.3)
         ax_time.spines[["top", "right"]].set_visible(False)
 
-        tokens = [r.visual_tokens for r in rows]
+        tokens = [r.visual_tokens or 0 for r in rows]
         ax_tokens.barh(ys, tokens, color="#5b8c5a", height=0.7)
-        most = max(tokens) if tokens else 1
         for y, r in zip(ys, rows):
+            if r.error is not None:
+                continue
             share = r.visual_tokens / r.visual_tokens_before if r.visual_tokens_before else 0
             ax_tokens.text(r.visual_tokens + most * 0.02, y, f"{r.visual_tokens:,} ({share:.0%})", va="center",
                            fontsize=8.5)
@@ -347,11 +430,12 @@ def plot_bench(result: BenchResult, path: str | Path) -> Path:
         ax_tokens.set_xlabel("visual tokens the LLM sees")
         ax_tokens.grid(axis="x", alpha=0.3)
         ax_tokens.spines[["top", "right"]].set_visible(False)
-    axes[0][0].legend(ncol=len(TTFT_STAGES), fontsize=8, loc="lower right", frameon=False,
-                      bbox_to_anchor=(1.0, 1.08))
-    frames = result.rows[0].frames if result.rows else 0
+    if axes[0][0].get_legend_handles_labels()[0]:
+        axes[0][0].legend(ncol=len(TTFT_STAGES), fontsize=8, loc="lower right", frameon=False,
+                          bbox_to_anchor=(1.0, 1.08))
+    frames = next((r.frames for r in result.rows if r.error is None), 0)
     title = (f"vidq bench: {env['model']} on {env['device']} ({env['device_name']}), {env['dtype']}, "
-             f"{frames} frames, {env['repeat']} repeats")
+             f"{plural(frames, 'frame')}, medians of {plural(env['repeat'], 'run')}")
     fig.suptitle(title, x=0.01, ha="left", fontsize=11)
     if env.get("random_weights"):
         fig.text(0.99, 0.995, "RANDOM WEIGHTS: answers are meaningless, timings are real", ha="right", va="top",

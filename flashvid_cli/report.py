@@ -48,7 +48,9 @@ def report_tables(report: Report) -> Group:
     facts.add_row("prompt tokens", f"{k.prompt:,} in, {k.generated:,} generated")
     facts.add_row("frames", f"{len(v.frame_indices)} of {v.total_frames} ({v.sampling}; decoder {v.decoder})")
     facts.add_row("timestamps (s)", _timestamps(v.timestamps_s))
-    facts.add_row("peak memory", f"{_bytes(report.peak_memory_bytes)} ({report.peak_memory_kind})")
+    worker = report.decode_worker_peak_rss_bytes
+    facts.add_row("peak memory", f"{_bytes(report.peak_memory_bytes)} ({report.peak_memory_kind})"
+                  + (f"; decode worker {_bytes(worker)} (its own peak RSS)" if worker else ""))
     for note in v.notes:
         facts.add_row("note", note)
     return Group(stages, "", facts)

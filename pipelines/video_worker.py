@@ -139,6 +139,17 @@ def _cross_decode_last(req, fmap, indices, out_hw, counter, frames) -> None:
         video_decord.check_against(frames[-1], got[0][1], indices[-1])
 
 
+def _peak_rss_bytes() -> int | None:
+    """This process's own peak resident set size so far, in bytes: Linux's VmHWM, which starts afresh at exec
+    (``ru_maxrss`` would not do: it keeps the forking parent's peak across the exec). None where unknown."""
+    try:
+        with open("/proc/self/status") as f:
+            line = next(line for line in f if line.startswith("VmHWM:"))
+        return int(line.split()[1]) * 1024  # "VmHWM:   123456 kB"
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+
+
 def main() -> None:
     """Worker process entry: argv = [write fd, request JSON]; sends ("phase"|"ok"|"error", ...) then frame bytes."""
     from multiprocessing.connection import Connection
@@ -154,6 +165,7 @@ def main() -> None:
 
         meta, frames = run(req, on_phase)
         meta["stats"]["torch_loaded"] = "torch" in sys.modules  # the worker must stay light
+        meta["stats"]["peak_rss_bytes"] = _peak_rss_bytes()  # the caller's report adds it to its own peak
         frames = np.ascontiguousarray(frames)
         conn.send(("ok", meta, frames.shape))
         conn.send_bytes(memoryview(frames).cast("B"))  # raw buffer: no pickling of hundreds of MB

@@ -7,12 +7,14 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from ..api import DEFAULT_MODEL
 from ..cli import (
-    Decoder, Device, Dtype, Fps, Frames, MaxFrames, MaxNewTokens, Model, app, err, parse_list, user_errors, warn_random,
+    Decoder, Device, Dtype, Fps, Frames, MaxFrames, MaxNewTokens, Model, app, err, parse_list, parse_options,
+    user_errors, warn_random,
 )
 
 
@@ -23,6 +25,9 @@ def bench(
     methods: Annotated[str, typer.Option(help="Comma-separated methods; `none` is the reference for agreement.")]
     = "flashvid,divprune,visionzip,pool,none",
     keep: Annotated[str, typer.Option(help="Comma-separated keep ratios, each in (0, 1].")] = "0.1,0.25",
+    opt: Annotated[Optional[list[str]], typer.Option(
+        "--opt", help="A method option as key=value (every method that has it) or method.key=value; repeatable.")]
+    = None,
     question: Annotated[str, typer.Option(help="The question asked in every run.")] = "",
     repeat: Annotated[int, typer.Option(help="Timed runs per row; timings are their median, min and max.")] = 3,
     warmup: Annotated[int, typer.Option(help="Untimed runs before each row's timed ones.")] = 1,
@@ -50,6 +55,7 @@ def bench(
             question=question or DEFAULT_QUESTION,
             repeat=repeat,
             warmup=warmup,
+            options=parse_options(opt),
             ask=AskConfig(frames=frames, fps=fps, max_frames=max_frames, max_new_tokens=max_new_tokens,
                           decoder=decoder),
         )
@@ -65,45 +71,61 @@ def bench(
                 ),
             )
         out = Console()
-        print_bench(result, out if out.is_terminal else Console(width=200))  # a pipe gets every column
+        print_bench(result, out if out.is_terminal else Console(width=120))
         if json_file is not None:
             json_file.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
             err.print(f"wrote {json_file}", highlight=False)
-        if plot is not None:
+        if plot is not None and result.measured:
             plot_bench(result, plot)
             err.print(f"wrote {plot}", highlight=False)
         warn_random(model)  # again at the end, where the eye lands
+        if not result.measured:
+            err.print("[red]error:[/] nothing could be measured: every row failed (the reasons are above)",
+                      highlight=False)
+            raise typer.Exit(1)
+
+
+def _ms(seconds: float) -> str:
+    ms = seconds * 1000
+    return f"{ms:,.1f}" if ms < 100 else f"{ms:,.0f}"
 
 
 def print_bench(result, console: Console) -> None:
-    """One table per video: tokens, stage medians, time to first token with its spread, memory, TFLOPs, answer."""
-    from ..bench import agreement_label, row_label
+    """One table per video that fits 80 columns: visual tokens, compress and prefill, time to first token with its
+    spread, peak memory, agreement with `none`; then each failed row's reason. Every other figure is in --json."""
+    from ..bench import agreement_label, plural, row_label
 
     env = result.environment
     for video in dict.fromkeys(r.video for r in result.rows):
         rows = [r for r in result.rows if r.video == video]
-        table = Table(title=f"vidq bench: {video} ({rows[0].frames} frames; times in ms, medians)",
-                      title_justify="left", show_edge=False, pad_edge=False)
-        for name in ["method", "tokens", "decode", "prep", "encode", "comp", "prefill", "TTFT", "min-max",
-                     "MiB", "TFLOPs"]:
-            table.add_column(name, justify="left" if name == "method" else "right", no_wrap=True)
-        table.add_column("vs none", no_wrap=True)
-        table.add_column("answer", overflow="ellipsis", no_wrap=True, max_width=32)
+        frames = next((r.frames for r in rows if r.error is None), None)
+        table = Table(title=f"{Path(video).name}: " + (f"{frames} frames, " if frames else "") + "ms, medians",
+                      title_justify="left", show_edge=False, pad_edge=False, box=box.SIMPLE_HEAD,
+                      collapse_padding=True)
+        for name in ["method", "tokens", "compress", "prefill", "TTFT", "spread", "MiB", "vs none"]:
+            table.add_column(name, justify="left" if name in {"method", "vs none"} else "right", no_wrap=True)
         for r in rows:
+            if r.error is not None:
+                table.add_row(row_label(r), "-", "-", "-", "[red]failed[/]", "-", "-", "-")
+                continue
             t = r.timings
             ttft = t["time_to_first_token"]
+            spread = (ttft.max - ttft.min) / ttft.median if ttft.median else 0.0
             agree = agreement_label(r).replace("same answer as none", "same").replace("differs from none at ", "")
             table.add_row(
-                row_label(r), f"{r.visual_tokens:,}",
-                *(f"{t[s].median * 1000:,.1f}" for s in ("decode", "preprocess", "encode", "compress", "prefill")),
-                f"[bold]{ttft.median * 1000:,.1f}[/]", f"[dim]{ttft.min * 1000:,.0f}-{ttft.max * 1000:,.0f}[/]",
-                f"{r.peak_memory_bytes / 2**20:,.0f}", f"{r.prefill_tflops:.3g}", agree or "-", r.answer,
+                row_label(r), f"{r.visual_tokens:,}", _ms(t["compress"].median), _ms(t["prefill"].median),
+                f"[bold]{_ms(ttft.median)}[/]", f"[dim]{spread:.0%}[/]", f"{r.peak_memory_bytes / 2**20:,.0f}",
+                agree.replace("token ", "tok ") or "-",
             )
         console.print(table)
+        for video_, error in dict.fromkeys((r.video, r.error) for r in rows if r.error is not None):
+            console.print(f"[red]failed:[/] {error if error.startswith(video_) else f'{video_}: {error}'}",
+                          highlight=False)
         console.print()
+    kind = next((r.peak_memory_kind for r in result.rows if r.error is None), "-")
     console.print(
-        f"[dim]{env['model']} on {env['device']} ({env['dtype']}); medians of {env['repeat']} runs after "
-        f"{env['warmup']} warm-up; MiB is peak {result.rows[0].peak_memory_kind if result.rows else '-'}; "
-        "TFLOPs is the estimated LLM prefill[/]",
+        f"[dim]{env['model']} on {env['device']} ({env['dtype']}); medians of {plural(env['repeat'], 'run')} after "
+        f"{env['warmup']} warm-up; spread = (max - min) / median of TTFT; MiB = peak {kind}; every stage, "
+        "min/max, TFLOPs and the answers are in --json[/]",
         highlight=False,
     )
