@@ -286,3 +286,25 @@ def test_eval_bad_input_gets_one_line(tmp_path, args, expected):
     assert result.exit_code == 1
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and expected in lines[0], result.stderr
+
+
+def test_wilson_interval_known_values():
+    from flashvid_cli.evaluate import wilson_interval
+
+    assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson_interval(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_eval_plot_keeps_equal_lines_apart(tmp_path):
+    pytest.importorskip("matplotlib")
+    from flashvid_cli.evaluate import EvalResult, EvalRow, method_offsets, plot_eval
+
+    offsets = method_offsets(["flashvid", "divprune", "pool"])
+    assert len(set(offsets.values())) == 3 and min(offsets.values()) < 1 < max(offsets.values())
+    rows = [EvalRow(m, k, 0.5, 5, 10, 0, 10.0, 40.0) for m in ["flashvid", "divprune"] for k in [0.5, 0.25]]
+    rows.append(EvalRow("none", 1.0, 0.9, 9, 10, 0, 40.0, 40.0))
+    env = {"model": "m", "chance": 0.25, "questions": 10, "scoring": "likelihood"}
+    path = plot_eval(EvalResult(env, rows, []), tmp_path / "e.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
