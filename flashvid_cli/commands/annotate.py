@@ -44,7 +44,8 @@ def annotate(
         "--retry-failed", help="Ask again the pairs whose last line in --out is an error (e.g. a decode timeout).")]
     = False,
     quiet: Annotated[bool, typer.Option(
-        "--quiet", help="No progress bar or summary; only each failed video with its reason, and warnings about --out.")]
+        "--quiet", help="No progress bar or summary; only each failed video with its reason and warnings about --out.",
+    )]
     = False,
 ) -> None:
     """Answer QUESTION(s) about every video in VIDEOS, one JSON line per (video, question); reruns skip done lines."""
