@@ -68,13 +68,16 @@ def print_table(model: str, result) -> None:
     print(f"\n{model}  ({result.environment['device_name']}, {result.environment['dtype']})")
     print(f"{'method':10s} {'keep':>5} {'visual':>7} {'peak MiB':>9}  " + "  ".join(f"{s:>22}" for s in stages))
     for row in result.rows:
+        if row.error is not None:  # run_bench keeps a failed row (e.g. out of memory) and goes on
+            print(f"{row.method:10s} {row.keep:>5} failed: {row.error}")
+            continue
         cells = "  ".join(f"{ms(row.timings[s]):>22}" for s in stages)
         print(f"{row.method:10s} {row.keep:>5} {row.visual_tokens:>7} {row.peak_memory_bytes / 2**20:>9.0f}  {cells}")
 
 
 def targets(model: str, result, cuda: bool) -> dict:
     """The issue's targets for this model, where they apply."""
-    rows = {(r.method, r.keep): r for r in result.rows}
+    rows = {(r.method, r.keep): r for r in result.measured}
     base = rows.get(("none", 1.0))
     out = {}
     for (method, keep), row in rows.items():
