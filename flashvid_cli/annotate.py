@@ -125,6 +125,7 @@ class OutputError(ConfigError):
 
 
 SNIFF_BYTES = 64 * 1024  # a NUL byte in the first line of this head is binary data: refused before reading it all
+RECORD_START = b'{"video": '  # how every line make_record writes begins (json.dumps keeps the key order)
 
 
 def is_record(value: Any) -> bool:
@@ -290,7 +291,9 @@ class JsonLines:
                 first_bad = first_bad or f"line {number} is {found}"
                 continue
             existing.latest[line_key(record)] = record["error"] is not None
-        if not existing.latest and (existing.bad_lines or existing.torn_bytes):
+        # A kill during the very first write leaves only the start of a vidq line: that is ours, and torn.
+        first_write_torn = existing.torn_bytes and not lines and last.lstrip().startswith(RECORD_START)
+        if not existing.latest and (existing.bad_lines or (existing.torn_bytes and not first_write_torn)):
             raise self._refuse(first_bad)
         if existing.torn_bytes or last.strip():
             with open(self.path, "r+b") as f:

@@ -69,6 +69,7 @@ def test_annotate_writes_one_line_per_video_and_question(tiny_models, folder, tm
     assert (summary.done, summary.failed, summary.skipped, summary.total) == (6, 2, 0, 8)
     assert sorted(keys(lines)) == sorted((str(folder / v), q) for v in ["a.mp4", "corrupt.mp4", "sub/b.mp4",
                                                                           "sub/c.mkv"] for q in QUESTIONS)
+    assert all(raw.startswith('{"video": ') for raw in out.read_text().splitlines())  # what a torn first line shows
     for line in lines:
         assert set(line) == {"video", "question", "answer", "error", "decode_s", "report", "options"}
         assert line["options"]["method"] == "pool" and line["options"]["frames"] == 4
@@ -112,6 +113,14 @@ def test_cli_refuses_a_video_as_out_in_one_line(tiny_models, folder, sample_vide
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.exit_code == 1 and len(lines) == 1 and "not a vidq output file (binary data" in lines[0]
     assert out.read_bytes() == sample_video.read_bytes()
+
+
+def test_a_first_line_torn_by_a_kill_is_cut_not_refused(tmp_path):
+    out = tmp_path / "out.jsonl"
+    out.write_text(record("/v/a.mp4", "Q1")[:25])  # the only line, cut mid-write
+    sink = JsonLines(out)
+    sink.close()
+    assert sink.repaired == 25 and out.read_bytes() == b"" and sink.done() == set()
 
 
 def test_a_complete_last_line_without_newline_is_kept(tmp_path):
