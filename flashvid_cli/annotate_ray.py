@@ -135,19 +135,22 @@ def run_ray(todo: list[tuple[str, list[str]]], config: AnnotateConfig) -> Iterat
     import dataclasses
 
     ray = _import_ray()
-    started_here = False
+    started_here = local = False
     if not ray.is_initialized():
         if not os.environ.get("RAY_ADDRESS"):  # a local Ray: check before paying for its start
-            local = local_resources()
-            check_resources(config, local, "this machine")
-            ray.init(num_cpus=int(local["CPU"]), num_gpus=int(local["GPU"]), include_dashboard=False,
+            here = local_resources()
+            check_resources(config, here, "this machine")
+            ray.init(num_cpus=int(here["CPU"]), num_gpus=int(here["GPU"]), include_dashboard=False,
                      log_to_driver=False, logging_level="ERROR", configure_logging=True)
+            local = True
         else:
             ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR", configure_logging=True)
         started_here = True
     previous = None
     try:
         check_resources(config, ray.cluster_resources(), "the Ray cluster")
+        if not local:  # a shared cluster may be busy: what its other jobs hold now would make this one wait
+            check_resources(config, ray.available_resources(), "the Ray cluster (free now)")
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)  # after ray.init, which sets its own
         yield from _stream(ray, todo, config, dataclasses.asdict(config.ask))
