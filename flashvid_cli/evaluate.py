@@ -523,7 +523,8 @@ def plot_eval(result: EvalResult, path: str | Path) -> Path:
     ax.minorticks_off()
     ax.set_xlim(max(keeps) * 1.25, min(keeps) / 1.25)  # reversed: fewer tokens to the right
     ax.set_ylim(-0.02, 1.02)  # a line at 0 or 1 stays visible
-    ax.set_xlabel("keep: share of visual tokens the LLM sees (methods nudged apart along keep to stay visible)")
+    ax.set_xlabel("keep: share of visual tokens the LLM sees\n(each method's points nudged apart along keep, so none "
+                  "hides another)")
     ax.set_ylabel("accuracy (whiskers: 95% Wilson interval)")
     ax.grid(alpha=0.3)
     ax.spines[["top", "right"]].set_visible(False)
