@@ -213,7 +213,7 @@ class ModelInfo:
     device: str
     dtype: str  # e.g. "float32"
     extra_video_tokens: int  # tokens the family adds after the video
-    llm_params: int  # language-model parameters without the input embedding (a lookup, not a matmul)
+    llm_params: int  # language-model parameters a token uses, without the input embedding (a lookup, not a matmul)
     llm_layers: int
     llm_hidden: int
 
@@ -257,8 +257,14 @@ class VideoQA:
             pipe = self.pipeline
             model = pipe.model
             embed = model.get_input_embeddings().weight
-            params = sum(p.numel() for p in model.model.language_model.parameters() if p is not embed)
             text = model.config.text_config
+            # A mixture-of-experts LLM runs only its top-k experts per token: expert weights count k / experts.
+            experts, active = getattr(text, "num_experts", None), getattr(text, "num_experts_per_tok", None)
+            params = 0
+            for name, p in pipe.language_model.named_parameters():
+                if p is not embed:
+                    moe = experts and active and ".experts." in f".{name}"
+                    params += p.numel() * active // experts if moe else p.numel()
             self._info = ModelInfo(
                 name=pipe.name, model_type=pipe.model_type, device=str(pipe.device),
                 dtype=str(pipe.dtype).removeprefix("torch."), extra_video_tokens=pipe.extra_video_tokens,
@@ -272,7 +278,7 @@ class VideoQA:
         rules = self.pipeline.text_after_video_rules
         if not rules:
             if requested is not None:
-                raise ConfigError("--text-after-video applies to Qwen2.5-VL models only")
+                raise ConfigError(f"--text-after-video does not apply to {self.model_type} models")
             return None
         rule = requested or type(self.pipeline).text_after_video
         if rule not in rules:

@@ -48,6 +48,11 @@ class Compressed:
     says otherwise. ``index [K]`` is each token's representative global index ``t*N + n``; the token takes that
     token's position. Token k was made from ``sources[offsets[k]:offsets[k+1]]`` (representative first): one
     index for a kept token, a group for a merged one.
+
+    ``weights [M]`` (float32, optional) state the merge: ``tokens[k] = sum_j weights[j] * feats[sources[j]]`` over
+    token k's group, exactly the arithmetic the method did up to rounding. Methods that merge fill it; None means
+    every token stands for its representative (kept tokens, or a method that does not state its merge).
+    :meth:`carry` applies the same merge to other per-token features (Qwen3-VL's DeepStack features).
     """
 
     tokens: Tensor  # [K, D]
@@ -56,6 +61,23 @@ class Compressed:
     offsets: Tensor  # [K+1] long
     grid: Grid
     stats: dict[str, Any] = field(default_factory=dict)
+    weights: Tensor | None = None  # [M] float32
+
+    def carry(self, x: Tensor) -> Tensor:
+        """Per-token features ``x [T, N, D']`` (or ``[T*N, D']``) -> ``[K, D']`` that follow this compression.
+
+        With ``weights``: each output row is the same weighted merge of its sources' rows as the method made of
+        the main features (accumulated in float32, returned in ``x.dtype``; a kept token, weight 1 alone in its
+        group, gets its own row exactly). Without: each output row is its representative's row.
+        """
+        flat = x.reshape(-1, x.shape[-1])
+        if self.weights is None:
+            return flat[self.index.to(flat.device)]
+        sizes = torch.diff(self.offsets).to(flat.device)
+        owner = torch.repeat_interleave(torch.arange(sizes.numel(), device=flat.device), sizes)  # [M]
+        rows = flat[self.sources.to(flat.device)].float() * self.weights.to(flat.device)[:, None]
+        out = torch.zeros(sizes.numel(), flat.shape[-1], dtype=torch.float32, device=flat.device)
+        return out.index_add_(0, owner, rows).to(x.dtype)
 
     @property
     def positions(self) -> Tensor:
@@ -143,6 +165,8 @@ class Method:
             with cpu_threads(1 if feats.device.type == "cpu" else None):
                 out = self.compress(feats.float(), grid, importance, metric)
             out.tokens = out.tokens.to(feats.dtype)
+            if out.weights is not None:
+                out.weights = out.weights.float()
         out.stats = {
             "tokens_in": grid.T * grid.N,
             "tokens_out": int(out.tokens.shape[0]),

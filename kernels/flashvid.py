@@ -97,7 +97,9 @@ class FlashVID(Method):
         cand = torch.ones(T, N, dtype=torch.bool, device=dev).scatter_(1, picks, False)
         adts_index = (picks + torch.arange(T, device=dev)[:, None] * N).flatten()
 
-        parts = [(feats.reshape(-1, D)[adts_index], adts_index, adts_index, torch.ones_like(adts_index))]
+        # Parts: (tokens, index, sources, sizes, weights); weights state the merge (Compressed.weights).
+        parts = [(feats.reshape(-1, D)[adts_index], adts_index, adts_index, torch.ones_like(adts_index),
+                  torch.ones(adts_index.numel(), device=dev))]
         stats: dict[str, Any] = {"segments": lengths, "budget": {"B": B, "A": A, "S": S, "expansion": self.expansion}}
         trees = ties = 0
         for start, length in zip(starts, lengths):
@@ -105,12 +107,13 @@ class FlashVID(Method):
             offset = start * N
             merged = self._cluster(values, roots + offset, sources + offset, sizes, N, length, S)
             trees += int(roots.numel())
-            ties += merged[4]
-            parts.append(merged[:4])
-        tokens, index, sources, sizes = (torch.cat(p) for p in zip(*parts))
+            ties += merged[5]
+            parts.append(merged[:5])
+        tokens, index, sources, sizes, weights = (torch.cat(p) for p in zip(*parts))
         stats.update(trees=trees, merged_tokens=int(index.numel() - adts_index.numel()), density_ties=ties)
         stats["duplicates"] = int(index.numel() - torch.unique(index).numel())
-        return ops.assemble(tokens, index, sources, sizes, grid, stats)
+        # The reference gives a merged token its representative's side features (DeepStack): state no weights.
+        return ops.assemble(tokens, index, sources, sizes, grid, stats, weights=None if self.reference else weights)
 
     def _trees(self, feats: Tensor, cand: Tensor, B: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """One segment ``[T, N, D]`` -> tree tokens ``values [R, D]``, flat ``roots [R]``, CSR ``sources, sizes``."""
@@ -126,8 +129,12 @@ class FlashVID(Method):
 
     def _cluster(
         self, values: Tensor, roots: Tensor, sources: Tensor, sizes: Tensor, N: int, T: int, S: int
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
-        """DPC-kNN per frame of a segment on its tree tokens (global ``roots``) -> merged parts + tie count."""
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, int]:
+        """DPC-kNN per frame of a segment on its tree tokens (global ``roots``) -> merged parts + tie count.
+
+        The parts are ``tokens, index, sources, sizes`` and each source's weight in its token: a tree is the mean
+        of its members (1 / tree size; the default mode's true mean) and a cluster the mean of its trees.
+        """
         dev = values.device
         frame = roots // N
         frame_ids, counts = torch.unique_consecutive(frame, return_counts=True)
@@ -158,15 +165,18 @@ class FlashVID(Method):
             start += count
         if not centre_tree:
             empty = roots.new_zeros(0)
-            return values.new_zeros(0, values.shape[-1]), empty, empty, empty, ties
+            return values.new_zeros(0, values.shape[-1]), empty, empty, empty, values.new_zeros(0), ties
         kept = label >= 0
         tokens = ops.group_mean(values[kept], label[kept], n_clusters)
         index = roots[torch.cat(centre_tree)]
         # Trees of a cluster in one group: the centre's tree first, then the others by root position.
         order = torch.argsort(label * 2 + (~is_centre).long(), stable=True)[int((~kept).sum()) :]
+        trees_in = torch.bincount(label[kept], minlength=n_clusters).clamp_min(1)  # trees per cluster
+        tree_weight = 1.0 / (sizes.float() * trees_in[label.clamp_min(0)].float())  # [R]; dropped trees unused
+        weights = ops.regroup(torch.repeat_interleave(tree_weight, sizes), sizes, order)[0]
         sources, tree_sizes = ops.regroup(sources, sizes, order)
         group_sizes = torch.zeros(n_clusters, dtype=torch.long, device=dev).index_add_(0, label[order], tree_sizes)
-        return tokens, index, sources, group_sizes, ties
+        return tokens, index, sources, group_sizes, weights, ties
 
 
 def _check_range(key: str, value: Any, low: float, high: float, low_open: bool = False) -> None:

@@ -244,13 +244,20 @@ def assemble(
     grid: Grid,
     stats: dict[str, Any] | None = None,
     order: Tensor | None = None,
+    weights: Tensor | None = None,
 ) -> Compressed:
-    """Build a :class:`Compressed` from unsorted parts, ordered by ``index`` (stable) unless ``order [K]`` is given."""
+    """Build a :class:`Compressed` from unsorted parts, ordered by ``index`` (stable) unless ``order [K]`` is given.
+
+    ``weights [M]`` (optional) are each source's weight in its token, aligned with ``sources``; they are regrouped
+    with them.
+    """
     if order is None:
         order = torch.argsort(index, stable=True)
+    if weights is not None:
+        weights = regroup(weights, sizes, order)[0]
     sources, sizes = regroup(sources, sizes, order)
     offsets = torch.cat([sizes.new_zeros(1), torch.cumsum(sizes, 0)])
-    return Compressed(tokens[order], index[order], sources, offsets, grid, dict(stats or {}))
+    return Compressed(tokens[order], index[order], sources, offsets, grid, dict(stats or {}), weights)
 
 
 def pool_attention(attn: Tensor, H: int, W: int, mode: Literal["bilinear", "average"]) -> Tensor:

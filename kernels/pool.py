@@ -57,4 +57,5 @@ class Pool(Method):
         sources = (frame_base + cell[None, :]).reshape(-1)
         sizes = member.sum(1).repeat(T)
         offsets = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)])
-        return Compressed(tokens, index, sources, offsets, grid, {"pooled_grid": [h, w]})
+        weights = torch.repeat_interleave(1.0 / sizes.to(feats.device).float(), sizes.to(feats.device))  # [M]
+        return Compressed(tokens, index, sources, offsets, grid, {"pooled_grid": [h, w]}, weights)

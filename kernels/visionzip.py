@@ -78,6 +78,10 @@ class VisionZip(Method):
         index = torch.cat([(dominant + frame * N).flatten(), (targets + frame * N).flatten()])
         sources = torch.cat([(dominant + frame * N).flatten(), members.flatten()[order]])
         sizes = torch.cat([torch.ones(T * dom, dtype=torch.long, device=dev), ctx_sizes])
+        # Merge weights: a dominant token and a target count once, an assigned token 1 / its target's group size.
+        share = (1.0 / counts.clamp_min(1)).gather(1, assign) if ctx else assign.new_zeros(assign.shape).float()
+        member_w = torch.cat([torch.ones(T, ctx, device=dev), share], 1).flatten()[order]
+        weights = torch.cat([torch.ones(T * dom, device=dev), member_w])
         # Native order: frame by frame, dominant block then contextual block (a stable sort by frame does it).
         native = torch.argsort(index // N, stable=True) if self.reference else None
-        return ops.assemble(tokens, index, sources, sizes, grid, {"dominant": dom, "contextual": ctx}, native)
+        return ops.assemble(tokens, index, sources, sizes, grid, {"dominant": dom, "contextual": ctx}, native, weights)

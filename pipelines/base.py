@@ -207,14 +207,24 @@ def prompt_ids(tokenizer: Any, chat_template: str | None, video_token: str, ques
 
 
 class Pipeline:
-    """Base adapter. Subclasses set ``model_type`` and ``model_class`` and implement the family's steps."""
+    """Base of a model family. A family is one file ``pipelines/<model_type>.py`` (found by :mod:`.registry`)
+    holding everything vidq knows about it: preprocessing, encoding with importance, the prompt and its positions,
+    where the LLM body is, the stand-ins a ``random:`` model needs and the recipe of its tiny test checkpoint.
+    Nothing outside that file names the family; callers read the class attributes below instead.
+    """
 
     model_type: ClassVar[str]
     model_class: ClassVar[str]  # name of the transformers class
     video_token: ClassVar[str]
     extra_video_tokens: ClassVar[int] = 0  # tokens the family adds after the video (LLaVA-OneVision's newline)
-    # Rules for the positions of the text after the video (Qwen2.5-VL); empty for families without a choice.
+    # Capability: the rules a family offers for where text after the video resumes (empty: the family has no
+    # choice to make) and its default. Callers validate a user's ``--text-after-video`` against these.
     text_after_video_rules: ClassVar[tuple[str, ...]] = ()
+    text_after_video: ClassVar[str | None] = None
+    # Offline stand-ins of the checkpoint's non-weight files, for ``random:`` models (random_init.py) and the tiny
+    # test checkpoints: the tokenizer's special tokens and a chat template reduced to one video and a question.
+    special_tokens: ClassVar[tuple[str, ...]] = ()
+    stand_in_chat_template: ClassVar[str] = ""
 
     def __init__(self, model: Any, tokenizer: Any, preprocess: PreprocessConfig, chat_template: str | None,
                  name: str):
@@ -250,6 +260,29 @@ class Pipeline:
             template = legacy.get("chat_template")
         return cls(net, tokenizer, PreprocessConfig.from_dict(preprocess), template, name)
 
+    # -- the family's offline stand-ins and its tiny checkpoint ---------------------------------------------------
+    @classmethod
+    def stand_in_preprocessor(cls, config: Any) -> dict[str, Any]:
+        """The video preprocessor config the real checkpoints of this family ship (for a ``random:`` model)."""
+        raise NotImplementedError
+
+    @classmethod
+    def point_special_tokens(cls, raw: dict[str, Any], ids: dict[str, int]) -> None:
+        """Set the model config's (``raw``, a config.json dict) family-specific token ids to the stand-in
+        tokenizer's ``ids`` (token -> id), in place. The text config's eos/pad ids are set by the caller."""
+        raise NotImplementedError
+
+    @classmethod
+    def build_tiny(cls, out: Path, seed: int = 0) -> Path:
+        """Write a tiny randomly initialised checkpoint of the real class to ``out`` (well under 1 MB, offline,
+        a fraction of a second); tests build one per family in a session fixture. Returns ``out``."""
+        raise NotImplementedError
+
+    @property
+    def language_model(self) -> Any:
+        """The LLM's decoder body: ``.layers``, ``.rotary_emb``, ``.norm``, ``.embed_tokens``."""
+        return self.model.model.language_model
+
     @property
     def device(self) -> torch.device:
         return self.model.get_input_embeddings().weight.device
@@ -274,6 +307,12 @@ class Pipeline:
         ``text_after_video`` picks one of ``text_after_video_rules`` for this call (None: the family default);
         families without rules ignore it. Nothing of the call is kept on the pipeline.
         """
+        raise NotImplementedError
+
+    def stock_inputs(self, pixels: Pixels, input_ids: Tensor) -> dict[str, Any]:
+        """The stock model's own video keyword arguments for ``input_ids [1, L]`` (the uncompressed prompt of
+        :meth:`inputs`): pixel values and whatever the family's ``forward`` needs to place them. The reference
+        vidq's uncompressed logits are tested against, bit for bit."""
         raise NotImplementedError
 
     # -- shared steps ----------------------------------------------------------------------------------------

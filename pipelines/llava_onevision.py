@@ -7,6 +7,7 @@ on this family (ALGORITHMS.md 1.4), so the prompt just holds K + 1 video placeho
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,29 @@ from ..kernels import Compressed, Grid
 from .attention import capture_inputs, received_attention
 from .base import EncodedVideo, Pipeline, Pixels
 from .preprocess import normalize, resize, to_tensor
+from .tiny import build_tokenizer, save_checkpoint, special_ids
+
+# The chat template of the real checkpoints' processors, reduced to what a video question needs.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + ' '}}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}{{ '<video>' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ '\\n' + content['text'] }}"
+    "{% endfor %}{{'<|im_end|>\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>")
+
+
+def preprocessors(image_size: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(image, video) preprocessor configs of a LLaVA-OneVision checkpoint: square resize, mean = std = 0.5."""
+    video = dict(
+        video_processor_type="LlavaOnevisionVideoProcessor", processor_class="LlavaOnevisionProcessor",
+        size={"height": image_size, "width": image_size}, resample=3, do_resize=True, do_rescale=True,
+        rescale_factor=1 / 255, do_normalize=True, do_convert_rgb=True, image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
+    image = dict(video, image_processor_type="LlavaOnevisionImageProcessor")
+    image.pop("video_processor_type")
+    return image, video
 
 
 class LlavaOnevisionPipeline(Pipeline):
@@ -25,6 +49,42 @@ class LlavaOnevisionPipeline(Pipeline):
     model_class = "LlavaOnevisionForConditionalGeneration"
     video_token = "<video>"
     extra_video_tokens = 1  # one image_newline after the whole video
+    special_tokens = SPECIAL_TOKENS
+    stand_in_chat_template = CHAT_TEMPLATE
+
+    @classmethod
+    def stand_in_preprocessor(cls, config: Any) -> dict[str, Any]:
+        return preprocessors(config.vision_config.image_size)[1]
+
+    @classmethod
+    def point_special_tokens(cls, raw: dict[str, Any], ids: dict[str, int]) -> None:
+        raw.update(image_token_index=ids["<image>"], video_token_index=ids["<video>"])
+
+    @classmethod
+    def build_tiny(cls, out: Path, seed: int = 0) -> Path:
+        """Tiny ``LlavaOnevisionForConditionalGeneration``: SigLIP 2 layers x 32 wide at 112 px, Qwen2 2 layers x 64."""
+        from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+
+        tok = build_tokenizer(SPECIAL_TOKENS)
+        ids = special_ids(tok, SPECIAL_TOKENS)
+        vision = dict(
+            model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, image_size=112, patch_size=14,
+        )
+        text = dict(
+            model_type="qwen2", vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=True,
+            eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"], bos_token_id=None,
+        )
+        config = LlavaOnevisionConfig(
+            vision_config=vision, text_config=text, image_token_index=ids["<image>"], video_token_index=ids["<video>"],
+            vision_feature_layer=-1, vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_9",
+            image_grid_pinpoints=[[112, 112], [112, 224], [224, 112], [224, 224]], tie_word_embeddings=True,
+        )
+        torch.manual_seed(seed)
+        model = LlavaOnevisionForConditionalGeneration(config).eval()
+        image, video = preprocessors(112)
+        return save_checkpoint(model, tok, Path(out), CHAT_TEMPLATE, image, video)
 
     def preprocess(self, frames: np.ndarray, timestamps: list[float]) -> Pixels:
         cfg = self.preprocess_config
@@ -94,6 +154,9 @@ class LlavaOnevisionPipeline(Pipeline):
             "attention_mask": torch.ones_like(input_ids),
             "mm_encoder_outputs": {"video": BaseModelOutputWithPooling(pooler_output=video)},
         }
+
+    def stock_inputs(self, pixels: Pixels, input_ids: Tensor) -> dict[str, Any]:
+        return {"pixel_values_videos": pixels.values[None]}  # [1, T, 3, H, W]
 
 
 def _encoder_layers(tower: Any) -> Any:

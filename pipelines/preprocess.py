@@ -33,6 +33,9 @@ class PreprocessConfig:
     patch_size: int = 14
     temporal_patch_size: int = 2
     merge_size: int = 2
+    # Qwen3-VL's per-frame pixel cap (qwen-vl-utils' rule; the HF processor's default when unset is off).
+    cap_pixels_per_frame: bool = False
+    max_video_tokens: int = 768
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any]) -> PreprocessConfig:
@@ -51,6 +54,8 @@ class PreprocessConfig:
             patch_size=int(cfg.get("patch_size", 14)),
             temporal_patch_size=int(cfg.get("temporal_patch_size", 2)),
             merge_size=int(cfg.get("merge_size", 2)),
+            cap_pixels_per_frame=bool(cfg.get("cap_pixels_per_frame") or False),
+            max_video_tokens=int(cfg.get("max_video_tokens", 768)),
         )
 
     @classmethod

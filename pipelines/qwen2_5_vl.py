@@ -16,7 +16,8 @@ Both are computed on the uncompressed sequence, so compression never moves the t
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,16 +28,83 @@ from ..kernels import Compressed, Grid
 from .attention import capture_inputs, received_attention
 from .base import EncodedVideo, Pipeline, Pixels
 from .preprocess import normalize, patchify, resize, smart_resize, to_tensor
+from .tiny import CLIP_MEAN, CLIP_STD, build_tokenizer, save_checkpoint, special_ids
 
 TEXT_AFTER_VIDEO_RULES = ("hf", "qwen")
+# The chat template of the real checkpoints, reduced to what a video question needs.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% for content in message['content'] %}{% if content['type'] == 'video' %}"
+    "{{ '<|vision_start|><|video_pad|><|vision_end|>' }}{% elif content['type'] == 'text' %}{{ content['text'] }}"
+    "{% endif %}{% endfor %}{{ '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+SPECIAL_TOKENS = (
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>",
+    "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>",
+)
+
+
+def preprocessor(min_pixels: int = 56 * 56, max_pixels: int = 28 * 28 * 16384) -> dict[str, Any]:
+    """The one preprocessor config a Qwen2.5-VL checkpoint ships; its min/max pixels size the video too."""
+    return dict(
+        image_processor_type="Qwen2VLImageProcessor", processor_class="Qwen2_5_VLProcessor",
+        min_pixels=min_pixels, max_pixels=max_pixels, patch_size=14, temporal_patch_size=2, merge_size=2,
+        image_mean=CLIP_MEAN, image_std=CLIP_STD,
+    )
+
+
+def point_qwen_special_tokens(raw: dict[str, Any], ids: dict[str, int]) -> None:
+    """The four vision token ids every Qwen-VL config holds, set to the stand-in tokenizer's."""
+    raw.update(
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )
 
 
 class Qwen2_5_VLPipeline(Pipeline):
     model_type = "qwen2_5_vl"
     model_class = "Qwen2_5_VLForConditionalGeneration"
     video_token = "<|video_pad|>"
-    text_after_video: ClassVar[str] = "hf"  # the default rule
     text_after_video_rules = TEXT_AFTER_VIDEO_RULES
+    text_after_video = "hf"
+    special_tokens = SPECIAL_TOKENS
+    stand_in_chat_template = CHAT_TEMPLATE
+
+    @classmethod
+    def stand_in_preprocessor(cls, config: Any) -> dict[str, Any]:
+        return preprocessor()
+
+    @classmethod
+    def point_special_tokens(cls, raw: dict[str, Any], ids: dict[str, int]) -> None:
+        point_qwen_special_tokens(raw, ids)
+
+    @classmethod
+    def build_tiny(cls, out: Path, seed: int = 0) -> Path:
+        """Tiny ``Qwen2_5_VLForConditionalGeneration``: vision depth 2 x 32 wide (window attention + one full block)."""
+        from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+        tok = build_tokenizer(SPECIAL_TOKENS)
+        ids = special_ids(tok, SPECIAL_TOKENS)
+        text = dict(
+            vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=True,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]},
+            eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"], bos_token_id=None,
+        )
+        vision = dict(
+            depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=64, patch_size=14,
+            spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1],
+            tokens_per_second=2,
+        )
+        tokens: dict[str, Any] = {}
+        point_qwen_special_tokens(tokens, ids)
+        config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=True, **tokens)
+        torch.manual_seed(seed)
+        model = Qwen2_5_VLForConditionalGeneration(config).eval()
+        return save_checkpoint(model, tok, Path(out), CHAT_TEMPLATE, preprocessor(56 * 56, 112 * 112))
 
     def preprocess(self, frames: np.ndarray, timestamps: list[float]) -> Pixels:
         cfg = self.preprocess_config
@@ -98,6 +166,14 @@ class Qwen2_5_VLPipeline(Pipeline):
             if metric is not None:
                 metric = metric.view(-1, unit, metric.shape[-1]).mean(1)[raster].view(grid.T, grid.N, -1)
         return EncodedVideo(feats, grid, importance, metric, meta=dict(pixels.meta))
+
+    def stock_inputs(self, pixels: Pixels, input_ids: Tensor) -> dict[str, Any]:
+        return {
+            "pixel_values_videos": pixels.values,
+            "video_grid_thw": pixels.meta["grid_thw"],
+            "second_per_grid_ts": torch.tensor([pixels.meta["second_per_grid"]]),
+            "mm_token_type_ids": (input_ids == self.model.config.video_token_id).long() * 2,
+        }
 
     def full_positions(self, encoded: EncodedVideo, question: str, rule: str | None = None) -> tuple[Tensor, Tensor]:
         """Input ids [1, L] of the uncompressed prompt and its M-RoPE positions [3, 1, L] under ``rule``."""

@@ -5,9 +5,10 @@
 
 The model is built on the target device inside ``no_init_weights()`` (no slow default init), then every
 parameter is filled with ``normal_(0, 0.02)`` and norm weights with 1 (biases of norms 0). Not meta +
-``to_empty``: that leaves computed buffers such as the rotary ``inv_freq`` as garbage. The tokenizer, chat
-template and preprocessor config are the offline stand-ins of :mod:`.tiny`; the special tokens' ids in the
-config are replaced by the tokenizer's (all below 8, so inside any vocabulary), the vocabulary size stays the
+``to_empty``: that leaves computed buffers such as the rotary ``inv_freq`` as garbage. The tokenizer is the
+offline stand-in of :mod:`.tiny` with the family's special tokens; the chat template and preprocessor config are
+the family's stand-ins (its file in this package); the special tokens' ids in the config are replaced by the
+tokenizer's (all below 8, so inside any vocabulary), the vocabulary size stays the
 real one so the embedding and LM head cost what they really cost. Answers are meaningless.
 """
 
@@ -22,15 +23,7 @@ import torch
 from .base import Pipeline
 from .errors import ModelError
 from .preprocess import PreprocessConfig
-from .tiny import (
-    LLAVA_CHAT_TEMPLATE,
-    LLAVA_SPECIAL,
-    QWEN_CHAT_TEMPLATE,
-    QWEN_SPECIAL,
-    build_tokenizer,
-    llava_preprocessors,
-    qwen_preprocessor,
-)
+from .tiny import build_tokenizer, special_ids
 
 PREFIX = "random:"
 CONFIGS = Path(__file__).parent / "configs"
@@ -64,29 +57,21 @@ def _config_file(spec: str) -> tuple[Path, dict[str, Any]]:
         raise ModelError(f"--model {PREFIX}{spec}: cannot read {path}: {exc}") from None
 
 
-def _preprocessor(config_file: Path, model_type: str, config: Any) -> dict[str, Any]:
+def _preprocessor(config_file: Path, adapter: type[Pipeline], config: Any) -> dict[str, Any]:
     """The preprocessor config beside the config file if there is one, else the real family's."""
     for name in ("video_preprocessor_config.json", "preprocessor_config.json"):
         if (config_file.parent / name).is_file() and config_file.parent != CONFIGS:
             return json.loads((config_file.parent / name).read_text())
-    if model_type == "llava_onevision":
-        return llava_preprocessors(config.vision_config.image_size)[1]
-    return qwen_preprocessor()
+    return adapter.stand_in_preprocessor(config)
 
 
-def _point_special_tokens(raw: dict[str, Any], model_type: str, tok: Any) -> dict[str, Any]:
+def _point_special_tokens(raw: dict[str, Any], adapter: type[Pipeline], tok: Any) -> dict[str, Any]:
     """Replace the config's special-token ids with the stand-in tokenizer's."""
-    ids = {s: tok.convert_tokens_to_ids(s) for s in tok.all_special_tokens}
+    ids = special_ids(tok, adapter.special_tokens)
     raw = json.loads(json.dumps(raw))
     text = raw.setdefault("text_config", {})
     text.update(eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"], bos_token_id=None)
-    if model_type == "llava_onevision":
-        raw.update(image_token_index=ids["<image>"], video_token_index=ids["<video>"])
-    else:
-        raw.update(
-            image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-            vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        )
+    adapter.point_special_tokens(raw, ids)
     if max(ids.values()) >= text.get("vocab_size", 0):
         raise ModelError(f"the config's vocab_size {text.get('vocab_size')} is too small for the stand-in tokenizer")
     return raw
@@ -107,29 +92,21 @@ def fill_random(model: torch.nn.Module, std: float = INIT_STD, seed: int = 0) ->
 
 def load_random(spec: str, device: torch.device, dtype: torch.dtype) -> Pipeline:
     """Build ``random:SPEC`` on ``device`` in ``dtype`` and wrap it in its family's adapter."""
-    import importlib
-
     import transformers
     from transformers.initialization import no_init_weights
 
-    from . import ADAPTERS
+    from .registry import family
 
     spec = spec.removeprefix(PREFIX)
     config_file, raw = _config_file(spec)
-    model_type = raw.get("model_type")
-    if model_type not in ADAPTERS:
-        raise ModelError(f"{config_file} is a {model_type or 'unknown'} config; vidq supports {', '.join(ADAPTERS)}")
-    module, cls_name = ADAPTERS[model_type].split(":")
-    adapter = getattr(importlib.import_module(f"{__package__}.{module}"), cls_name)
-    llava = model_type == "llava_onevision"
-    tok = build_tokenizer(LLAVA_SPECIAL if llava else QWEN_SPECIAL)
-    raw = _point_special_tokens(raw, model_type, tok)
+    adapter = family(raw.get("model_type"), str(config_file))
+    tok = build_tokenizer(adapter.special_tokens)
+    raw = _point_special_tokens(raw, adapter, tok)
     config = transformers.AutoConfig.for_model(**raw)
     model_cls = getattr(transformers, adapter.model_class)
     with torch.device(device), no_init_weights():
         model = model_cls._from_config(config, dtype=dtype, attn_implementation="sdpa")
     fill_random(model)
     model.eval()
-    preprocess = PreprocessConfig.from_dict(_preprocessor(config_file, model_type, config))
-    template = LLAVA_CHAT_TEMPLATE if llava else QWEN_CHAT_TEMPLATE
-    return adapter(model, tok, preprocess, template, f"{PREFIX}{spec}")
+    preprocess = PreprocessConfig.from_dict(_preprocessor(config_file, adapter, config))
+    return adapter(model, tok, preprocess, adapter.stand_in_chat_template, f"{PREFIX}{spec}")

@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random checkpoints of both model families, built offline once per session."""
+"""Shared fixtures: tiny random checkpoints of every model family, built offline once per session."""
 
 from __future__ import annotations
 
@@ -10,11 +10,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
-FAMILIES = ("llava_onevision", "qwen2_5_vl")
 
-# Tests never reach the hub: every model is a local directory.
+# Tests never reach the hub: every model is a local directory (set before transformers is imported).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from flashvid_cli.pipelines.registry import families  # noqa: E402
+
+FAMILIES = tuple(families())  # every model_type with a pipelines/<model_type>.py
 
 
 def _load_sample_module(name: str):
