@@ -11,6 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from flashvid_cli.cli import app
+from flashvid_cli.pipelines.registry import families
+
+FAMILIES = tuple(families())
 
 runner = CliRunner()
 QUESTION = "What happens last?"
@@ -61,7 +64,7 @@ def _write_audio_only(path: Path) -> None:
             container.mux(packet)
 
 
-@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_ask_prints_answer_and_text_report(tiny_models, sample_video, family):
     result = vidq("ask", str(sample_video), QUESTION, "--model", str(tiny_models[family]),
                   "--method", "pool", "--keep", "0.5", "--frames", "4", "--max-new-tokens", "3")
@@ -72,7 +75,7 @@ def test_ask_prints_answer_and_text_report(tiny_models, sample_video, family):
         assert expected in result.stderr, expected
 
 
-@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_ask_json_schema(tiny_models, sample_video, family):
     result = vidq("ask", str(sample_video), QUESTION, "--model", str(tiny_models[family]), "--method", "none",
                   "--fps", "2", "--max-frames", "6", "--max-new-tokens", "2", "--json")
@@ -137,7 +140,7 @@ def test_bad_models_get_one_line(sample_video, tmp_path):
     cases = {
         str(tmp_path / "missing-model"): "does not exist",
         str(tmp_path): "no config.json",
-        str(unsupported): "vidq supports llava_onevision, qwen2_5_vl",
+        str(unsupported): f"vidq supports {', '.join(FAMILIES)}",
         "nobody/not-a-cached-model": "--model at a local directory",
     }
     for model, expected in cases.items():
@@ -177,4 +180,4 @@ def test_text_after_video_rule_is_per_question(tiny_models, sample_video):
     assert (first.report.text_after_video, second.report.text_after_video) == ("qwen", "hf")
     line = one_error_line(vidq("ask", str(sample_video), QUESTION, "--model", str(tiny_models["llava_onevision"]),
                                "--text-after-video", "qwen"))
-    assert "Qwen2.5-VL models only" in line
+    assert "--text-after-video does not apply to llava_onevision models" in line

@@ -1,4 +1,4 @@
-"""vidq's injection path against the stock transformers model: bit for bit when nothing is compressed."""
+"""vidq's injection path against the stock transformers model: bit for bit when nothing is compressed, every family."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ import torch
 from flashvid_cli.kernels import build
 from flashvid_cli.pipelines import load_pipeline
 from flashvid_cli.pipelines.base import GenerationOptions
+from flashvid_cli.pipelines.registry import families
+
+FAMILIES = tuple(families())
 
 QUESTION = "What happens last in the video?"
 STEPS = 6
@@ -31,22 +34,15 @@ def encoded_clips(tiny_models):
 
 
 def _stock_generate(pipe, pixels, input_ids):
-    """The stock model fed pixel values: the reference vidq must equal."""
-    kwargs = {"pixel_values_videos": pixels.values[None]}
-    if pipe.model_type == "qwen2_5_vl":
-        kwargs = {
-            "pixel_values_videos": pixels.values,
-            "video_grid_thw": pixels.meta["grid_thw"],
-            "second_per_grid_ts": torch.tensor([pixels.meta["second_per_grid"]]),
-            "mm_token_type_ids": (input_ids == pipe.model.config.video_token_id).long() * 2,
-        }
+    """The stock model fed pixel values (the family's own video inputs): the reference vidq must equal."""
     return pipe.model.generate(
         input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=STEPS, do_sample=False,
-        output_logits=True, return_dict_in_generate=True, pad_token_id=pipe.tokenizer.pad_token_id, **kwargs,
+        output_logits=True, return_dict_in_generate=True, pad_token_id=pipe.tokenizer.pad_token_id,
+        **pipe.stock_inputs(pixels, input_ids),
     )
 
 
-@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("method", ["none", "pool"])
 def test_uncompressed_logits_equal_stock_model_bit_for_bit(encoded_clips, family, method):
     pipe, pixels, encoded = encoded_clips[family]
@@ -60,7 +56,7 @@ def test_uncompressed_logits_equal_stock_model_bit_for_bit(encoded_clips, family
     assert ours.token_ids == stock.sequences[0, inputs["input_ids"].shape[1]:].tolist()
 
 
-@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_pool_quarter_generates_with_fewer_tokens(encoded_clips, family):
     pipe, _, encoded = encoded_clips[family]
     full = build("none", 1.0)(encoded.feats, encoded.grid)

@@ -9,9 +9,11 @@ import torch
 
 from flashvid_cli import AskConfig, VideoQA
 from flashvid_cli.pipelines.random_init import CONFIGS, fill_random, full_size_configs
+from flashvid_cli.pipelines.registry import families
 
 # Published totals (vision tower + projector + LLM), to 0.5%: a wrong width or depth shows at once.
-PARAMS = {"llava-onevision-0.5b": 0.894e9, "llava-onevision-7b": 8.03e9, "qwen2.5-vl-7b": 8.29e9}
+PARAMS = {"llava-onevision-0.5b": 0.894e9, "llava-onevision-7b": 8.03e9, "qwen2.5-vl-7b": 8.29e9,
+          "qwen3-vl-8b": 8.77e9, "qwen3-vl-30b-a3b": 31.1e9}
 
 
 def test_the_full_size_configs_are_kept():
@@ -33,6 +35,10 @@ def test_full_size_configs_have_the_published_sizes(name):
     if name == "qwen2.5-vl-7b":
         assert config.vision_config.fullatt_block_indexes == [7, 15, 23, 31]
         assert text.rope_parameters["mrope_section"] == [16, 24, 24]
+    elif name.startswith("qwen3-vl"):
+        assert list(config.vision_config.deepstack_visual_indexes) == [8, 16, 24]
+        assert text.rope_parameters["mrope_section"] == [24, 20, 20] and text.rope_parameters["mrope_interleaved"]
+        assert (config.vision_config.patch_size, text.head_dim) == (16, 128)
     else:
         assert (config.vision_config.hidden_size, config.vision_config.image_size) == (1152, 384)
 
@@ -44,7 +50,7 @@ def test_fill_random_sets_norms_to_one_and_the_rest_normal():
     assert model[0].weight.std().item() == pytest.approx(0.02, rel=0.1)
 
 
-@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", tuple(families()))
 def test_random_model_from_a_config_path_answers(tiny_models, sample_video, family):
     """The mechanism on a tiny config (the full-size ones need GBs): same buffers as a normal build, and it runs."""
     import transformers
