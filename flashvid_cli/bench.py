@@ -184,7 +184,11 @@ class BenchResult:
 
 @dataclass(frozen=True)
 class LanguageModelSize:
-    """What the prefill estimate needs from the LLM: non-embedding parameters, depth and width."""
+    """What the prefill estimate needs from the LLM: non-embedding parameters a token uses, depth and width.
+
+    In a mixture-of-experts LLM (config ``num_experts``, ``num_experts_per_tok``) a token runs only its top-k
+    experts, so expert weights count ``k / num_experts`` of their size.
+    """
 
     params: int
     layers: int

@@ -28,7 +28,8 @@ DEBUG_VARIABLE = "VIDQ_DEBUG"
 # Options shared by the commands that load a model.
 Model = Annotated[
     str, typer.Option("--model", "-m", help="Hugging Face repo id, local model directory, or random:NAME "
-                      "(llava-onevision-0.5b, llava-onevision-7b, qwen2.5-vl-7b, or a config.json path): the real "
+                      "(llava-onevision-0.5b, llava-onevision-7b, qwen2.5-vl-7b, qwen3-vl-8b, qwen3-vl-30b-a3b, or a "
+                      "config.json path): the real "
                       "architecture with random weights, for timing.")
 ]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]

@@ -45,6 +45,8 @@ class FlashVID(Method):
     recipes = {
         "llava_onevision": {"token_selection_method": "attn_div_v2", "min_segment_num": 8},
         "qwen2_5_vl": {"token_selection_method": "attn_div", "min_segment_num": 4},
+        "qwen3_vl": {"token_selection_method": "attn_div", "min_segment_num": 4},
+        "qwen3_vl_moe": {"token_selection_method": "attn_div", "min_segment_num": 4},
     }
 
     token_selection_method: Literal["attn_div", "attn_div_v2"] = "attn_div_v2"

@@ -186,3 +186,40 @@ def test_moe_variant_answers_with_deepstack(tiny_models, sample_video):
     qa = VideoQA(str(tiny_models["qwen3_vl_moe"]), device="cpu")
     result = qa.ask(sample_video, QUESTION, AskConfig(method="flashvid", keep=0.5, frames=4, max_new_tokens=2))
     assert result.report.model_type == "qwen3_vl_moe" and result.report.tokens.generated >= 1
+
+
+def test_bench_and_annotate_run_on_qwen3_vl(tiny_models, sample_video, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from flashvid_cli.annotate import AnnotateConfig, annotate
+    from flashvid_cli.cli import app
+
+    model = str(tiny_models["qwen3_vl"])
+    result = CliRunner().invoke(app, [
+        "bench", str(sample_video), "--model", model, "--methods", "flashvid,none", "--keep", "0.5",
+        "--repeat", "1", "--warmup", "0", "--frames", "4", "--max-new-tokens", "2", "--json", str(tmp_path / "b.json"),
+    ])
+    assert result.exit_code == 0, result.stderr
+    assert "flashvid 0.5" in result.stdout and "qwen3_vl" in (tmp_path / "b.json").read_text()
+    out = tmp_path / "out.jsonl"
+    config = AnnotateConfig(model=model, device="cpu", ask=AskConfig(method="pool", keep=0.5, frames=4, max_new_tokens=2))
+    summary = annotate([str(sample_video)], [QUESTION], out, config)
+    assert summary.done == 1
+    line = json.loads(out.read_text().splitlines()[0])
+    assert line["question"] == QUESTION and "answer" in json.dumps(line)
+
+
+def test_moe_prefill_estimate_counts_only_the_active_experts(tiny_models):
+    from flashvid_cli.bench import LanguageModelSize
+
+    qa = VideoQA(str(tiny_models["qwen3_vl_moe"]), device="cpu")
+    text = qa.pipeline.model.config.text_config
+    named = dict(qa.pipeline.language_model.named_parameters())
+    expert = sum(p.numel() for n, p in named.items() if ".experts." in f".{n}")
+    embed = qa.pipeline.model.get_input_embeddings().weight.numel()
+    total = sum(p.numel() for p in named.values()) - embed
+    assert expert > 0
+    expected = total - expert + expert * text.num_experts_per_tok // text.num_experts
+    assert abs(LanguageModelSize.of(qa).params - expected) <= len(named)  # per-tensor floor division
