@@ -209,7 +209,7 @@ class ModelInfo:
     """What reports and benchmark environments say about the loaded model."""
 
     name: str  # --model as given (repo id, directory or random:NAME)
-    model_type: str  # the HF model_type, e.g. "llava_onevision"
+    model_type: str  # the HF model_type of the checkpoint (its family file in pipelines/)
     device: str
     dtype: str  # e.g. "float32"
     extra_video_tokens: int  # tokens the family adds after the video

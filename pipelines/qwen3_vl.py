@@ -187,16 +187,18 @@ class Qwen3VLPipeline(Pipeline):
         )
         video = normalize(resize(to_tensor(frames, self.device), height, width, cfg.resample), cfg)
         patches, grid = patchify(video, cfg.patch_size, cfg.merge_size, cfg.temporal_patch_size)
+        seconds = group_timestamps(timestamps, cfg.temporal_patch_size)
         return Pixels(
             patches,
             frames=len(frames),
             meta={"grid_thw": torch.tensor([grid], device=self.device),
-                  "timestamps": group_timestamps(timestamps, cfg.temporal_patch_size)},
+                  "timestamps": torch.tensor(seconds, dtype=torch.float64)},  # [T] seconds of each group
         )
 
     def encode(self, pixels: Pixels, need: frozenset[str] = frozenset()) -> EncodedVideo:
-        """Main features [T, N, D], DeepStack features (``meta["deepstack"]``: one [T, N, D] per injected LLM
-        layer), importance [T, N] and key metric [T, N, d] of the last vision block; T temporal groups."""
+        """Main features [T, N, D], DeepStack features (``meta["deepstack"]`` [L, T, N, D]: one per injected LLM
+        layer), importance [T, N] and key metric [T, N, d] of the last vision block; T temporal groups. The meta
+        holds only tensors, so the encoded video can be stored and reloaded."""
         from transformers.models.qwen3_vl.modeling_qwen3_vl import apply_rotary_pos_emb_vision
 
         visual = self.model.model.visual
@@ -224,7 +226,7 @@ class Qwen3VLPipeline(Pipeline):
         t, h, w = (int(v) for v in grid_thw[0])
         grid = Grid(t, h // merge, w // merge)
         feats = torch.cat(out.pooler_output, dim=0).view(grid.T, grid.N, -1)  # [T, N, D]
-        deepstack = [torch.cat(layer, dim=0).view(grid.T, grid.N, -1) for layer in out.deepstack_features]
+        deepstack = torch.stack([torch.cat(layer, dim=0).view(grid.T, grid.N, -1) for layer in out.deepstack_features])
         importance, metric = stats[0] if stats else (None, None)
         unit = merge * merge  # the patches of one merge unit are contiguous, units in raster order
         if importance is not None:
@@ -254,7 +256,7 @@ class Qwen3VLPipeline(Pipeline):
     def full_positions(self, encoded: EncodedVideo, question: str) -> tuple[Tensor, Tensor]:
         """Input ids [1, L] of the uncompressed prompt and its M-RoPE positions [3, 1, L] (``get_rope_index``)."""
         grid = encoded.grid
-        ids = torch.tensor([self.prompt_ids(question, [grid.N] * grid.T, encoded.meta["timestamps"])],
+        ids = torch.tensor([self.prompt_ids(question, [grid.N] * grid.T, encoded.meta["timestamps"].tolist())],
                            device=self.device)
         types = (ids == self.model.config.video_token_id).long() * 2
         positions, _ = self.model.model.get_rope_index(ids, mm_token_type_ids=types,

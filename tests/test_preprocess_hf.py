@@ -89,7 +89,7 @@ def test_qwen3_vl_pixels_and_prompt_equal_hf(tiny_models, shape, cap):
     assert ours.meta["grid_thw"].tolist() == out["video_grid_thw"].tolist()
     torch.testing.assert_close(ours.values, out["pixel_values_videos"], rtol=0, atol=0)
     t, h, w = out["video_grid_thw"][0].tolist()
-    ids = pipe.prompt_ids("What happens?", [h * w // 4] * t, ours.meta["timestamps"])
+    ids = pipe.prompt_ids("What happens?", [h * w // 4] * t, ours.meta["timestamps"].tolist())
     assert ids == out["input_ids"][0].tolist()
 
 
