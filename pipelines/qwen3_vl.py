@@ -5,8 +5,9 @@ What differs from Qwen2.5-VL:
 * Layout. Each temporal group (two frames) is its own block in the prompt, as the stock processor and the model's
   training lay it out: ``<{t:.1f} seconds><|vision_start|>`` + the group's video tokens + ``<|vision_end|>``, t the
   mean timestamp of the group's two frames. The chat template's ``<|vision_start|><|video_pad|><|vision_end|>``
-  is replaced by those blocks (Qwen's own processor and vLLM; a template holding a bare ``<|video_pad|>`` works
-  too, as the HF 5.x processor expects).
+  is replaced by those blocks, as the processor Qwen3-VL was released with did (transformers 5.x expands only the
+  ``<|video_pad|>`` and would nest the blocks inside the template's marks); a template holding a bare
+  ``<|video_pad|>`` works too.
 * Positions (interleaved M-RoPE, ``get_rope_index``): every block restarts at the running text position, with
   ``t`` constant and ``h, w`` counting from it; text after a block resumes at ``start + max(H', W')``. There is
   no text-after-video choice to make. After compression the full positions are computed and the columns of the

@@ -55,9 +55,9 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from flashvid_cli import synthetic
 from flashvid_cli.pipelines.base import prompt_ids
-from flashvid_cli.pipelines.preprocess import PreprocessConfig, normalize, resize, to_tensor
 from flashvid_cli.pipelines.llava_onevision import SPECIAL_TOKENS as LLAVA_SPECIAL
 from flashvid_cli.pipelines.llava_onevision import preprocessors as llava_preprocessors
+from flashvid_cli.pipelines.preprocess import PreprocessConfig, normalize, resize, to_tensor
 from flashvid_cli.pipelines.tiny import build_tokenizer
 
 # The demo model's own chat template: the question comes before the video, so every visual token can see what is

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from flashvid_cli import AskConfig, VideoQA
-from flashvid_cli.kernels import Compressed, build, methods
+from flashvid_cli.kernels import Compressed, Grid, build, methods
 from flashvid_cli.pipelines import load_pipeline
 from flashvid_cli.pipelines.base import GenerationOptions
 from flashvid_cli.pipelines.preprocess import PreprocessConfig
@@ -223,3 +223,23 @@ def test_moe_prefill_estimate_counts_only_the_active_experts(tiny_models):
     assert expert > 0
     expected = total - expert + expert * text.num_experts_per_tok // text.num_experts
     assert abs(LanguageModelSize.of(qa).params - expected) <= len(named)  # per-tensor floor division
+
+
+@pytest.mark.parametrize("name", sorted(methods()))
+def test_every_method_states_its_merge(name):
+    """What DeepStack relies on: a method either states each token's merge (``weights``, which rebuild its tokens
+    from the features) or emits tokens that are exactly their representatives' features (FlashVID's reference
+    mode is the one documented exception: it merges, and its merged tokens carry their representative's DeepStack
+    features)."""
+    cls = methods()[name]
+    if not cls.needs <= {"importance", "metric"}:
+        pytest.skip(f"{name} needs {sorted(cls.needs)}, beyond the vision tower's outputs")
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.randn(4, 36, 16, generator=gen)
+    importance = torch.rand(4, 36, generator=gen).softmax(-1)
+    metric = torch.randn(4, 36, 8, generator=gen)
+    compressed = build(name, 0.3)(feats, Grid(4, 6, 6), importance, metric)
+    if compressed.weights is None:
+        assert torch.equal(compressed.tokens, feats.reshape(-1, 16)[compressed.index])
+    else:
+        torch.testing.assert_close(compressed.carry(feats), compressed.tokens, rtol=1e-5, atol=1e-6)
