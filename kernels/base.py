@@ -127,12 +127,19 @@ class Method:
     """Base of every compression method: validates the ratio and the inputs once, runs ``compress`` in float32.
 
     Subclasses set ``name`` (the registry key), ``needs`` (which optional inputs they read), ``recipes``
-    (per-``model_type`` option defaults) and implement :meth:`compress`.
+    (per-``model_type`` option defaults) and implement :meth:`compress`. What a method is, callers read from
+    these class attributes and never from its name: ``ignores_keep`` (its output does not depend on ``keep``, so
+    bench and eval run it once, at keep 1), ``baseline`` (it sends every token unchanged: the reference that
+    answers are compared with), ``granularity`` (which visual-token counts it can hit, for ``--tokens``) and
+    :meth:`tokens_for` (its count when that does not depend on the data).
     """
 
     name: ClassVar[str] = ""
     needs: ClassVar[frozenset[str]] = frozenset()
     recipes: ClassVar[dict[str, dict[str, Any]]] = {}
+    ignores_keep: ClassVar[bool] = False
+    baseline: ClassVar[bool] = False
+    granularity: ClassVar[str] = "data dependent (searched per clip)"
 
     keep: float = 1.0
 
@@ -180,6 +187,11 @@ class Method:
     ) -> Compressed:  # pragma: no cover - abstract
         """Float32 ``feats [T, N, D]`` -> :class:`Compressed`; called only when there is something to drop."""
         raise NotImplementedError
+
+    def tokens_for(self, grid: Grid) -> int | None:
+        """Tokens this method emits on ``grid`` at its ``keep`` when that count does not depend on the data, else
+        None (``--tokens`` then searches the keep on the clip itself, see :mod:`.tokens`)."""
+        return grid.T * grid.N if self.keep >= 1.0 and not getattr(self, "reference", False) else None
 
     def options(self) -> dict[str, Any]:
         """The method's options as a plain dict (for reports)."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from flashvid_cli.kernels import Grid, build, ops
+from flashvid_cli.kernels import Grid, build, evs, ops, vidcom2
 from flashvid_cli.kernels.flashvid import flashvid_budget
 from flashvid_cli.kernels.visionzip import visionzip_budget
 
@@ -26,9 +26,6 @@ TOL = {"atol": 1e-5, "rtol": 1e-5}  # README: merged features and tokens within 
 NOT_IMPLEMENTED = {
     "cdpruner_": "CDPruner is not a vidq method yet",
     "fastv_": "FastV / inner-LLM pruning is not in kernels yet",
-    "evs_": "EVS is not a vidq method yet (issue: EVS and VidCom2)",
-    "vidcom2_": "VidCom2 is not a vidq method yet (issue: EVS and VidCom2)",
-    "vidcom2vllm_": "VidCom2's vLLM port is not a vidq method yet (issue: EVS and VidCom2)",
 }
 FLASHVID_OPTIONS = (
     "do_segment",
@@ -70,6 +67,9 @@ def test_golden(path: Path, key: str) -> None:
         "segment_": check_segment,
         "flashvid_": check_flashvid,
         "visionzip_": check_visionzip,
+        "evs_": check_evs,
+        "vidcom2vllm_": check_vidcom2vllm,
+        "vidcom2_": check_vidcom2,
     }
     for prefix, check in checks.items():
         if key.startswith(prefix):
@@ -226,6 +226,130 @@ def check_visionzip(case: dict, res: dict) -> None:
     assert torch.equal(default.tokens, out.tokens[order])
     if ctx == (dom + ctx) // 7:  # a 6:1 case is also reachable with the default split
         assert visionzip_budget(keep, grid.N) == (dom, ctx)
+
+
+def sliced(case: dict, res: dict) -> tuple[torch.Tensor, Grid]:
+    """The features the method ran on (``params.frames = (start, stop)``) and their grid."""
+    x, _, grid = clip(case)
+    start, stop = res["params"]["frames"]
+    return x[start:stop], Grid(stop - start, grid.H, grid.W)
+
+
+def check_kept(out, res: dict, grid: Grid) -> None:
+    """A kept-tokens result against ``keep_mask``, ``tokens_per_frame``, ``keep_indices(_global)``."""
+    assert torch.equal(out.index, res["keep_indices_global"])
+    assert torch.equal(out.index % grid.N, res["keep_indices"])
+    assert torch.equal(torch.bincount(out.index // grid.N, minlength=grid.T), res["tokens_per_frame"])
+    assert torch.equal(torch.zeros(grid.T * grid.N, dtype=torch.bool).index_fill_(0, out.index, True),
+                       res["keep_mask"].flatten())
+
+
+def check_evs(case: dict, res: dict) -> None:
+    x, grid = sliced(case, res)
+    p = res["params"]
+    keep = 1.0 - p["q"]  # vidq's keep; evs_budget recovers vLLM's 1 - q from it bit for bit
+    assert evs.evs_budget(keep, grid.T, grid.N) == p["retained_count"]
+    torch.testing.assert_close(evs.dissimilarity(x), res["dissimilarity"], atol=1e-6, rtol=0)
+    assert torch.equal(evs.evs_order(x)[: p["retained_count"]], res["selection_order"])
+    method = build("evs", keep)
+    out = method(x, grid)
+    check_kept(out, res, grid)
+    assert method.tokens_for(grid) == out.tokens.shape[0]
+    assert torch.equal(out.tokens, x.reshape(-1, x.shape[-1])[out.index])
+    if "mrope_thw_hf" in res:
+        check_mrope(case, res, out.index, grid)
+
+
+def check_mrope(case: dict, res: dict, index: torch.Tensor, grid: Grid) -> None:
+    """Kept tokens' positions, relative to the video start, in the unpruned sequence as transformers' own
+    ``get_rope_index`` lays it out (what the Qwen2.5-VL pipeline gathers), and where the text resumes."""
+    from types import SimpleNamespace
+
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLModel
+
+    p = res["params"]
+    merge = p.get("spatial_merge_size_in_call", 2)
+    vision = SimpleNamespace(spatial_merge_size=merge, tokens_per_second=p["tokens_per_second"])
+    stub = SimpleNamespace(config=SimpleNamespace(vision_config=vision))
+    stub.get_vision_position_ids = lambda *a, **k: Qwen2_5_VLModel.get_vision_position_ids(stub, *a, **k)
+    before, after = 3, 2  # text tokens around the video
+    types = torch.tensor([[0] * before + [2] * (grid.T * grid.N) + [0] * after])
+    positions, _ = Qwen2_5_VLModel.get_rope_index(
+        stub, torch.zeros_like(types), mm_token_type_ids=types,
+        video_grid_thw=torch.tensor([[grid.T, grid.H * merge, grid.W * merge]]),
+        second_per_grid_ts=torch.tensor([p["second_per_grid"]]),
+    )
+    thw = positions[:, 0, before + index].T - before  # [K, 3] relative to the video start
+    assert torch.equal(thw, res["mrope_thw_hf"])
+    assert int(positions[0, 0, before + grid.T * grid.N]) - before == res["text_resume_offset_hf"]
+    if "mrope_thw" in res and p.get("second_per_grid_after_long_cast") == p["second_per_grid"]:
+        assert torch.equal(thw, res["mrope_thw"])  # vLLM agrees whenever seconds per group is an integer
+
+
+def check_vidcom2_scores(x: torch.Tensor, res: dict) -> dict:
+    scores = vidcom2.vidcom2_scores(x)
+    names = ["video_score", "frame_score", "token_score", "frame_uniqueness", "channel_variance"]
+    for name in (n for n in names if n in res):
+        torch.testing.assert_close(scores[name], res[name], **TOL, msg=lambda m, name=name: f"{name}: {m}")
+    if "channel_indices" in res:
+        assert torch.equal(scores["channels"], res["channel_indices"])
+    return scores
+
+
+def check_ties(out, res: dict, grid: Grid, tied: bool) -> None:
+    """README: unflagged results exactly; flagged ones inside ``must_keep``..``may_keep``, and equal to
+    ``keep_mask_lowest_index`` (vidq's rule: equal scores, lower index)."""
+    mask = torch.zeros(grid.T * grid.N, dtype=torch.bool).index_fill_(0, out.index, True).view(grid.T, grid.N)
+    if not tied:
+        return check_kept(out, res, grid)
+    assert bool((mask | ~res["must_keep"]).all()) and bool((res["may_keep"] | ~mask).all())
+    assert torch.equal(mask, res["keep_mask_lowest_index"])
+
+
+def check_vidcom2(case: dict, res: dict) -> None:
+    x, grid = sliced(case, res)
+    p = res["params"]
+    assert p["temperature"] == vidcom2.TEMPERATURE and tuple(p["alphas"]) == vidcom2.ALPHAS
+    scores = check_vidcom2_scores(x, res)
+    probs, scales, budgets = vidcom2.frame_budgets(scores["frame_uniqueness"], p["retention_ratio"], grid.N)
+    torch.testing.assert_close(probs, res["frame_probs"], **TOL)
+    torch.testing.assert_close(scales, res["frame_scales"], **TOL)
+    assert torch.equal(budgets, res["frame_budgets"])
+    method = build("vidcom2", p["retention_ratio"])
+    # keep = 1 is the identity in vidq (every method's contract); the reference still runs there, so compare
+    # the algorithm itself through compress().
+    out = method(x, grid) if p["retention_ratio"] < 1 else method.compress(x, grid, None, None)
+    check_ties(out, res, grid, bool(res["tie_at_cut"].any()))
+    assert out.stats["frame_budgets"] == res["frame_budgets"].tolist()
+    if "mrope_thw_hf" in res:
+        check_mrope(case, res, out.index, grid)
+    if "llava_vid_gather_indices" in res:  # LLaVA-Video layout: per frame, kept tokens then the H row newlines
+        row = grid.W + 1
+        local = out.index % grid.N
+        per_frame = [
+            torch.cat([(local[out.index // grid.N == t] // grid.W) * row + local[out.index // grid.N == t] % grid.W,
+                       torch.arange(grid.H) * row + grid.W]) + t * grid.H * row
+            for t in range(grid.T)
+        ]
+        assert torch.equal(torch.cat(per_frame), res["llava_vid_gather_indices"])
+
+
+def check_vidcom2vllm(case: dict, res: dict) -> None:
+    x, grid = sliced(case, res)
+    p = res["params"]
+    keep = 1.0 - p["q"]
+    assert vidcom2.vllm_target(keep, grid.T, grid.N) == p["target_retained"]
+    assert 1.0 - (1.0 - keep) == p["base_scale"]
+    scores = check_vidcom2_scores(x, res)
+    _, scales, budgets = vidcom2.frame_budgets(scores["frame_uniqueness"], p["base_scale"], grid.N)
+    torch.testing.assert_close(scales, res["frame_scales"], **TOL)
+    assert torch.equal(budgets, res["frame_budgets_before_reconcile"])
+    method = build("vidcom2", keep, options={"exact_count": True})
+    out = method(x, grid)
+    assert out.tokens.shape[0] == p["target_retained"] == method.tokens_for(grid)
+    if keep < 1:
+        assert out.stats["reconcile_delta"] == res["reconcile_delta"]
+    check_ties(out, res, grid, bool(res["tie_at_cut"].any()) or bool(res["tie_at_reconcile"]))
 
 
 def check_attnpool(case: dict, key: str) -> None:
