@@ -80,10 +80,14 @@ class AskConfig:
     decoder: str = "auto"
     decode_timeout_s: float | None = 120.0
     text_after_video: str | None = None  # Qwen2.5-VL only: "hf" (default) or "qwen"
+    tokens: int | None = None  # visual tokens the LLM should see; replaces keep (searched per method and clip)
 
     def __post_init__(self) -> None:
         if not (0.0 < self.keep <= 1.0):
             raise ConfigError(f"--keep must be in (0, 1], got {self.keep}")
+        if self.tokens is not None and (isinstance(self.tokens, bool) or not isinstance(self.tokens, int)
+                                        or self.tokens < 1):
+            raise ConfigError(f"--tokens must be an integer >= 1, got {self.tokens!r}")
         if self.frames is not None and self.fps is not None:
             raise ConfigError("give --frames or --fps, not both")
         if self.frames is not None and self.frames < 1:
@@ -132,6 +136,7 @@ class TokenCounts:
     ratio: float
     prompt: int
     generated: int
+    asked: int | None = None  # --tokens K: the visual tokens asked for (visual_after is what was sent)
 
 
 @dataclass
@@ -153,6 +158,7 @@ class Report:
     # The decode worker process's own peak RSS (host memory; None when decoded in this process). On CPU the
     # process tree's peak is at most peak_memory_bytes + this (the worker lives only during the decode).
     decode_worker_peak_rss_bytes: int | None = None
+    token_search: dict[str, Any] | None = None  # --tokens: {"probes": compressions made, "seconds": their time}
 
 
 @dataclass
@@ -202,6 +208,8 @@ class CompressedVideo:
     seconds: float  # the compression, after a device synchronisation
     visual_tokens: int  # what the LLM sees: K plus the family's extra tokens (LLaVA-OneVision's newline)
     question: str | None = None  # the question it was made for, when the method reads the question
+    tokens_asked: int | None = None  # --tokens: the visual tokens asked (``method`` is then at the keep found)
+    search: dict[str, Any] | None = None  # --tokens: {"probes": trial compressions, "seconds": the search's time}
 
 
 @dataclass(frozen=True)
@@ -376,9 +384,13 @@ class VideoQA:
             decode_worker_peak_rss_bytes=decoded.stats.get("peak_rss_bytes"),
         )
 
-    def compress(self, prepared: PreparedVideo, method: Method | AskConfig, question: str | None = None
-                 ) -> CompressedVideo:
-        """Compress ``prepared`` with ``method`` (a built Method, or an AskConfig's method, keep and options).
+    def compress(self, prepared: PreparedVideo, method: Method | AskConfig, question: str | None = None,
+                 tokens: int | None = None) -> CompressedVideo:
+        """Compress ``prepared`` with ``method`` (a built Method, or an AskConfig's method, keep, options and tokens).
+
+        With ``tokens`` (or an AskConfig's ``tokens``) the method runs at the keep that makes the LLM see as close
+        to ``tokens`` visual tokens as it can, found by :func:`kernels.tokens.fit_tokens` (its count rule, or a
+        search compressing this clip; the result's ``search`` says what that cost, and its ``seconds`` include it).
 
         A method whose ``needs`` hold "question" reads ``question`` (and gets it as ``method(..., question=...)``);
         other methods ignore it. Raises ConfigError when such a method gets no question or when the method needs an
@@ -389,7 +401,11 @@ class VideoQA:
         from .pipelines.base import synchronize
 
         if isinstance(method, AskConfig):
+            tokens = method.tokens if tokens is None else tokens
             method = self.build_method(method)
+        extra = self.pipeline.extra_video_tokens
+        if tokens is not None and tokens <= extra:
+            raise ConfigError(f"--tokens {tokens} leaves no visual token: this model adds {extra} after the video")
         missing = (method.needs & {"importance", "metric"}) - prepared.need
         if missing:
             raise ConfigError(f"method {method.name!r} needs {', '.join(sorted(missing))}, which this prepared video "
@@ -403,12 +419,20 @@ class VideoQA:
         device = encoded.feats.device
         synchronize(device)
         started = time.perf_counter()
+        search = None
         with torch.inference_mode():
-            out = method(encoded.feats, encoded.grid, encoded.importance, encoded.metric, **kwargs)
+            if tokens is None:
+                out = method(encoded.feats, encoded.grid, encoded.importance, encoded.metric, **kwargs)
+            else:
+                from .kernels.tokens import fit_tokens
+
+                fit = fit_tokens(method, tokens - extra, encoded.feats, encoded.grid, encoded.importance,
+                                 encoded.metric, **kwargs)
+                method, out, search = fit.method, fit.compressed, {"probes": fit.probes, "seconds": fit.search_s}
         synchronize(device)
         seconds = time.perf_counter() - started
-        visual = int(out.tokens.shape[0]) + self.pipeline.extra_video_tokens
-        return CompressedVideo(method, out, seconds, visual, kwargs.get("question"))
+        visual = int(out.tokens.shape[0]) + extra
+        return CompressedVideo(method, out, seconds, visual, kwargs.get("question"), tokens, search)
 
     def answer(self, prepared: PreparedVideo, question: str, config: AskConfig | None = None,
                compressed: CompressedVideo | None = None) -> AskResult:
@@ -463,7 +487,8 @@ class VideoQA:
             method_options={k: v for k, v in method.options().items() if k != "keep"},
             method_stats={k: v for k, v in compressed.compressed.stats.items() if k not in {"tokens_in", "tokens_out"}},
             video=copy.deepcopy(prepared.video),
-            tokens=TokenCounts(before, after, after / before, generation.prompt_tokens, len(generation.token_ids)),
+            tokens=TokenCounts(before, after, after / before, generation.prompt_tokens, len(generation.token_ids),
+                               compressed.tokens_asked),
             timings=Timings(
                 decode=t.decode, preprocess=t.preprocess, encode=t.encode, compress=compressed.seconds,
                 prefill=prefill, generate=generation.decode_s, total=ttft + generation.decode_s,
@@ -473,6 +498,7 @@ class VideoQA:
             peak_memory_kind=peak_kind,
             text_after_video=text_after_video,
             decode_worker_peak_rss_bytes=prepared.decode_worker_peak_rss_bytes,
+            token_search=compressed.search,
         )
 
     def ask(
@@ -490,7 +516,7 @@ class VideoQA:
         method = self.build_method(config)
         self.text_after_video_rule(config.text_after_video)
         prepared = self.prepare(video, config, decoded=decoded, need=method.needs)
-        return self.answer(prepared, question, config, self.compress(prepared, method, question))
+        return self.answer(prepared, question, config, self.compress(prepared, method, question, config.tokens))
 
 
 def ask(

@@ -2,13 +2,16 @@
 
     qa = VideoQA(model)
     result = run_bench(qa, ["clip.mp4"], BenchConfig(methods=("flashvid", "none"), keeps=(0.1, 0.25)))
+    run_bench(qa, ["clip.mp4"], BenchConfig(tokens=(64, 128)))  # every method at 64 and at 128 visual tokens
     result.to_dict()            # {"environment": {...}, "rows": [...]}
     plot_bench(result, "bench.png")
 
 Each row is run ``warmup`` times untimed, then ``repeat`` times; every stage time is reported as the median
 with min and max over the repeats. Each repeat is one ``VideoQA.ask``, i.e. the same prepare -> compress -> answer
 stages as ``vidq ask``, each time read after a device synchronisation.
-``none`` ignores ``keep``, so it is one row per video (keep 1); every other method has one row per keep.
+Methods that ignore ``keep`` (``none``) get one row per video, at keep 1; every other method one row per keep, or
+with ``tokens`` one row per visual-token count (each method at the keep that comes closest on each clip). The
+methods default to every registered one; answers are compared with the baseline method's (``none``).
 """
 
 from __future__ import annotations
@@ -20,14 +23,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .api import AskConfig, AskResult, ConfigError, VideoQA
 
-DEFAULT_METHODS = ("flashvid", "divprune", "visionzip", "pool", "none")
 DEFAULT_KEEPS = (0.1, 0.25)
 DEFAULT_QUESTION = "Describe what happens in the video."
-REFERENCE_METHOD = "none"
 # The stages that make up the time to first token, in pipeline order (the plot splits its bar by them).
 TTFT_STAGES = ("decode", "preprocess", "encode", "compress", "prefill")
 STAGES = (*TTFT_STAGES, "generate", "time_to_first_token", "total")
@@ -35,19 +36,22 @@ STAGES = (*TTFT_STAGES, "generate", "time_to_first_token", "total")
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """What to run: methods x keeps, the question, and how often; ``ask`` holds sampling and generation."""
+    """What to run: methods x keeps (or x token counts), the question, and how often; ``ask`` holds sampling and
+    generation. ``methods=None`` means every registered method."""
 
-    methods: tuple[str, ...] = DEFAULT_METHODS
+    methods: tuple[str, ...] | None = None
     keeps: tuple[float, ...] = DEFAULT_KEEPS
     question: str = DEFAULT_QUESTION
     repeat: int = 3
     warmup: int = 1
     ask: AskConfig = field(default_factory=AskConfig)
+    tokens: tuple[int, ...] = ()  # visual-token counts; when given, they replace keeps
     # --opt: "key" goes to every method that has that option, "method.key" to that method only
     options: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        check_runs(self.methods, self.keeps)
+        object.__setattr__(self, "methods", default_methods(self.methods))
+        check_runs(self.methods, self.keeps, self.tokens)
         check_options(self.methods, self.options)
         if self.repeat < 1:
             raise ConfigError(f"--repeat must be at least 1, got {self.repeat}")
@@ -56,8 +60,8 @@ class BenchConfig:
         if not self.question.strip():
             raise ConfigError("the question is empty")
 
-    def runs(self) -> list[tuple[str, float]]:
-        return method_runs(self.methods, self.keeps)
+    def runs(self) -> list[Run]:
+        return method_runs(self.methods, self.keeps, self.tokens)
 
     def options_for(self, method: str) -> dict[str, str]:
         """The --opt values ``method`` takes: plain keys it has, then its own ``method.key`` ones."""
@@ -88,8 +92,35 @@ def check_options(methods: Sequence[str], options: dict[str, str]) -> None:
         build(method, 0.5, options=method_options(method, options))
 
 
-def check_runs(methods: Sequence[str], keeps: Sequence[float]) -> None:
-    """Methods that exist and keeps in (0, 1], or a one-line ConfigError (shared by bench and eval)."""
+class Run(NamedTuple):
+    """One row's method and budget: ``keep``, or with ``tokens`` the visual tokens asked (keep then searched)."""
+
+    method: str
+    keep: float
+    tokens: int | None = None
+
+
+def default_methods(methods: Sequence[str] | None) -> tuple[str, ...]:
+    """``methods``, or every registered method when None (a new file in kernels/ joins bench and eval by itself)."""
+    from .kernels import methods as registered
+
+    return tuple(registered()) if methods is None else tuple(methods)
+
+
+def is_trait(method: str, trait: str) -> bool:
+    """A registered method's class attribute (``ignores_keep``, ``baseline``), read instead of its name."""
+    from .kernels import methods as registered
+
+    return bool(getattr(registered().get(method), trait, False))
+
+
+def baseline_method(methods: Sequence[str]) -> str | None:
+    """The first of ``methods`` that sends every token unchanged: the answers' reference."""
+    return next((m for m in methods if is_trait(m, "baseline")), None)
+
+
+def check_runs(methods: Sequence[str], keeps: Sequence[float], tokens: Sequence[int] = ()) -> None:
+    """Methods that exist, keeps in (0, 1], token counts >= 1, or a one-line ConfigError (shared by bench and eval)."""
     from .kernels import methods as registered
 
     if not methods:
@@ -102,15 +133,23 @@ def check_runs(methods: Sequence[str], keeps: Sequence[float]) -> None:
     for keep in keeps:
         if not 0.0 < keep <= 1.0:
             raise ConfigError(f"--keep values must be in (0, 1], got {keep}")
+    for count in tokens:
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ConfigError(f"--tokens values must be integers >= 1, got {count!r}")
 
 
-def method_runs(methods: Sequence[str], keeps: Sequence[float]) -> list[tuple[str, float]]:
-    """(method, keep) pairs in the order given; ``none`` ignores keep, so it runs once, at keep 1."""
-    pairs: list[tuple[str, float]] = []
+def method_runs(methods: Sequence[str], keeps: Sequence[float], tokens: Sequence[int] = ()) -> list[Run]:
+    """Runs in the order given: each method at each keep, or at each token count when ``tokens`` is given; a method
+    that ignores keep runs once, at keep 1."""
+    runs: list[Run] = []
     for method in dict.fromkeys(methods):
-        method_keeps = (1.0,) if method == REFERENCE_METHOD else tuple(dict.fromkeys(keeps))
-        pairs += [(method, keep) for keep in method_keeps]
-    return pairs
+        if is_trait(method, "ignores_keep"):
+            runs.append(Run(method, 1.0))
+        elif tokens:
+            runs += [Run(method, 1.0, count) for count in dict.fromkeys(tokens)]
+        else:
+            runs += [Run(method, keep) for keep in dict.fromkeys(keeps)]
+    return runs
 
 
 @dataclass
@@ -139,7 +178,7 @@ class Divergence:
 
 @dataclass
 class Agreement:
-    reference: str  # "none"
+    reference: str  # the baseline method, "none"
     identical_text: bool
     identical_tokens: bool
     first_divergence: Divergence | None
@@ -166,6 +205,8 @@ class BenchRow:
     answer: str | None = None
     token_ids: list[int] | None = None
     agreement: Agreement | None = None  # None when `none` was not run or did not succeed
+    tokens_asked: int | None = None  # --tokens: the count asked (visual_tokens is what was sent, keep what was found)
+    token_search_s: float | None = None  # --tokens: seconds the keep search took (median over the repeats)
 
 
 @dataclass
@@ -211,7 +252,7 @@ def prefill_flops(size: LanguageModelSize, tokens: int) -> float:
 
 
 def agreement(tokens: list[int], reference: list[int], text: str, reference_text: str,
-              token_text: Callable[[int], str]) -> Agreement:
+              token_text: Callable[[int], str], reference_method: str = "none") -> Agreement:
     """Compare a row's generated ids with the reference row's: identical or the first index where they part."""
     divergence = None
     if tokens != reference:
@@ -222,7 +263,7 @@ def agreement(tokens: list[int], reference: list[int], text: str, reference_text
             index, mine, token_text(mine) if mine is not None else None,
             theirs, token_text(theirs) if theirs is not None else None,
         )
-    return Agreement(REFERENCE_METHOD, text == reference_text, divergence is None, divergence)
+    return Agreement(reference_method, text == reference_text, divergence is None, divergence)
 
 
 def environment(qa: VideoQA, config: BenchConfig, videos: Sequence[str]) -> dict[str, Any]:
@@ -248,6 +289,7 @@ def environment(qa: VideoQA, config: BenchConfig, videos: Sequence[str]) -> dict
         "videos": [str(v) for v in videos],
         "question": config.question,
         "frames": {"frames": ask.frames, "fps": ask.fps, "max_frames": ask.max_frames, "decoder": ask.decoder},
+        "tokens": list(config.tokens),
         "max_new_tokens": ask.max_new_tokens,
         "repeat": config.repeat,
         "warmup": config.warmup,
@@ -287,32 +329,34 @@ def run_bench(
     pairs = config.runs()
     total, done = len(videos) * len(pairs), 0
     rows: list[BenchRow] = []
+    baseline = baseline_method(config.methods)
     for video in videos:
         broken: str | None = None  # a video that does not decode fails every row without being tried again
-        for method, keep in pairs:
-            ask = dataclasses.replace(config.ask, method=method, keep=keep, options=config.options_for(method))
+        for method, keep, tokens in pairs:
+            ask = dataclasses.replace(config.ask, method=method, keep=keep, tokens=tokens,
+                                      options=config.options_for(method))
             if broken is not None:
-                rows.append(BenchRow(str(video), method, keep, error=broken))
+                rows.append(BenchRow(str(video), method, keep, error=broken, tokens_asked=tokens))
             else:
                 try:
                     for _ in range(config.warmup):
                         qa.ask(video, config.question, ask)
                     results = [qa.ask(video, config.question, ask) for _ in range(config.repeat)]
                 except Exception as exc:  # noqa: BLE001 - one bad video or method costs its rows, never the run
-                    rows.append(BenchRow(str(video), method, keep, error=error_text(exc)))
+                    rows.append(BenchRow(str(video), method, keep, error=error_text(exc), tokens_asked=tokens))
                     if isinstance(exc, VideoError):
                         broken = rows[-1].error
                 else:
                     rows.append(_row(str(video), method, keep, results, size))
             done += 1
             if on_run is not None:
-                on_run(str(video), method, keep, done, total)
+                on_run(str(video), method, keep if tokens is None else tokens, done, total)
     for row in rows:
-        reference = next((r for r in rows if r.video == row.video and r.method == REFERENCE_METHOD), None)
+        reference = next((r for r in rows if r.video == row.video and r.method == baseline), None)
         if reference is not None and reference.error is None and row.error is None:
             row.agreement = agreement(
                 row.token_ids, reference.token_ids, row.answer, reference.answer,
-                qa.token_text,
+                qa.token_text, baseline,
             )
     return BenchResult(environment(qa, config, [str(v) for v in videos]), rows)
 
@@ -321,10 +365,11 @@ def _row(video: str, method: str, keep: float, results: list[AskResult], size: L
     last = results[-1]
     report = last.report
     timings = {stage: Stat.of([getattr(r.report.timings, stage) for r in results]) for stage in STAGES}
+    searches = [r.report.token_search["seconds"] for r in results if r.report.token_search]
     return BenchRow(
         video=video,
         method=method,
-        keep=keep,
+        keep=report.keep,  # with --tokens, the keep the search found
         frames=len(report.video.frame_indices),
         visual_tokens_before=report.tokens.visual_before,
         visual_tokens=report.tokens.visual_after,
@@ -338,6 +383,8 @@ def _row(video: str, method: str, keep: float, results: list[AskResult], size: L
         prefill_tflops=prefill_flops(size, report.tokens.prompt) / 1e12,
         answer=last.answer,
         token_ids=list(last.token_ids),
+        tokens_asked=report.tokens.asked,
+        token_search_s=statistics.median(searches) if searches else None,
     )
 
 
@@ -347,15 +394,17 @@ STAGE_COLOURS = {
 
 
 def row_label(row: BenchRow) -> str:
-    return row.method if row.method == REFERENCE_METHOD else f"{row.method} {row.keep:g}"
+    if is_trait(row.method, "ignores_keep"):
+        return row.method
+    return f"{row.method} {row.tokens_asked} tok" if row.tokens_asked is not None else f"{row.method} {row.keep:g}"
 
 
 def agreement_label(row: BenchRow) -> str:
-    if row.agreement is None or row.method == REFERENCE_METHOD:
+    if row.agreement is None or row.method == row.agreement.reference:
         return ""
     if row.agreement.identical_tokens:
-        return "same answer as none"
-    return f"differs from none at token {row.agreement.first_divergence.index}"
+        return f"same answer as {row.agreement.reference}"
+    return f"differs from {row.agreement.reference} at token {row.agreement.first_divergence.index}"
 
 
 def stage_segments(row: BenchRow) -> list[tuple[str, float]]:

@@ -35,7 +35,9 @@ Model = Annotated[
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 Dtype = Annotated[str, typer.Option(help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16.")]
 Method = Annotated[str, typer.Option(help="Compression method; `vidq methods` lists them and their options.")]
-Keep = Annotated[float, typer.Option(help="Share of visual tokens to keep, 0 < keep <= 1.")]
+Keep = Annotated[Optional[float], typer.Option(help="Share of visual tokens to keep, 0 < keep <= 1 [default: 0.25].")]
+Tokens = Annotated[Optional[int], typer.Option(
+    help="Visual tokens the LLM should see (instead of --keep): each method gets the keep that comes closest.")]
 Opt = Annotated[
     Optional[list[str]], typer.Option("--opt", help="A method option as key=value; repeat for several.")
 ]
@@ -118,6 +120,29 @@ def parse_list(text: str, kind: type, option: str) -> list:
     return values
 
 
+def keep_or_tokens(keep: float | None, tokens: int | None, default: float = 0.25) -> float:
+    """The keep to use: ``--keep`` and ``--tokens`` exclude each other (with --tokens keep is searched)."""
+    from .api import ConfigError
+
+    if keep is not None and tokens is not None:
+        raise ConfigError("give --keep or --tokens, not both")
+    return default if keep is None else keep
+
+
+def budget_lists(keep: str | None, tokens: str | None, default_keeps: tuple[float, ...]
+                 ) -> tuple[tuple[float, ...], tuple[int, ...]]:
+    """``(keeps, tokens)`` of bench and eval: ``--keep`` and ``--tokens`` exclude each other."""
+    from .api import ConfigError
+
+    if keep is not None and tokens is not None:
+        raise ConfigError("give --keep or --tokens, not both")
+    keeps = tuple(parse_list(keep, float, "--keep")) if keep is not None else default_keeps
+    counts = tuple(parse_list(tokens, int, "--tokens")) if tokens is not None else ()
+    if tokens is not None and not counts:
+        raise ConfigError("--tokens is empty")
+    return keeps, counts
+
+
 def warn_random(model: str) -> None:
     """Say loudly that a ``random:`` model's answers mean nothing (its timings are real)."""
     if model.startswith("random:"):
@@ -131,7 +156,8 @@ def ask(
     question: Annotated[str, typer.Argument(help="The question to ask about it.")],
     model: Model = DEFAULT_MODEL,
     method: Method = DEFAULT_METHOD,
-    keep: Keep = 0.25,
+    keep: Keep = None,
+    tokens: Tokens = None,
     opt: Opt = None,
     frames: Frames = None,
     fps: Fps = None,
@@ -153,7 +179,7 @@ def ask(
         from .report import print_report
 
         config = AskConfig(
-            method=method, keep=keep, options=parse_options(opt), frames=frames, fps=fps, max_frames=max_frames,
+            method=method, keep=keep_or_tokens(keep, tokens), tokens=tokens, options=parse_options(opt), frames=frames, fps=fps, max_frames=max_frames,
             max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, decoder=decoder,
             text_after_video=text_after_video,
         )
@@ -180,10 +206,11 @@ def methods() -> None:
         table.add_column("method")
         table.add_column("needs")
         table.add_column("options (default)")
+        table.add_column("--tokens reaches")
         for name, cls in registered().items():
             fields = [f for f in dataclasses.fields(cls) if f.name != "keep"]
             options = ", ".join(f"{f.name}={f.default!r}" for f in fields) or "-"
-            table.add_row(name, ", ".join(sorted(cls.needs)) or "-", options)
+            table.add_row(name, ", ".join(sorted(cls.needs)) or "-", options, cls.granularity)
         Console().print(table)
 
 

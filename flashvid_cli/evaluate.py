@@ -23,8 +23,10 @@ Scoring:
   first generated position. One forward pass.
 
 Each video is decoded (ahead, in a background thread), preprocessed and encoded once for all of its questions,
-with every input the requested methods need; each (method, keep) compresses it once. ``none`` ignores keep: one
-row, at keep 1. A video that fails costs its questions (counted as failed, outside the denominator), not the run.
+with every input the requested methods need; each (method, keep) compresses it once. A method that ignores keep
+(``none``) gets one row, at keep 1. With ``tokens``, each (method, K) compresses each clip at the keep that makes
+the LLM see as close to K visual tokens as the method can (searched per clip; the row gives the mean keep found).
+A video that fails costs its questions (counted as failed, outside the denominator), not the run.
 """
 
 from __future__ import annotations
@@ -42,15 +44,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .api import AskConfig, CompressedVideo, ConfigError, PreparedVideo, VideoQA
-from .bench import check_runs, method_runs
+from .bench import Run, check_runs, default_methods, is_trait, method_runs
 
 if TYPE_CHECKING:
     from .pipelines.video import DecodedVideo
 
-DEFAULT_METHODS = ("flashvid", "divprune", "visionzip", "pool", "none")
 DEFAULT_KEEPS = (1.0, 0.5, 0.25, 0.1)
 SCORINGS = ("likelihood", "letter")
-REFERENCE_METHOD = "none"
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 LETTER_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 PREFETCH = 2  # videos decoded ahead while the model works
@@ -171,24 +171,27 @@ def answer_index(answer: Any, options: Sequence[str], texts: Sequence[str]) -> i
 # -- what to run --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class EvalConfig:
-    """Methods x keeps, how options are scored, how many questions; ``ask`` holds frame sampling and decoding."""
+    """Methods x keeps (or x token counts), how options are scored, how many questions; ``ask`` holds frame sampling
+    and decoding. ``methods=None`` means every registered method."""
 
-    methods: tuple[str, ...] = DEFAULT_METHODS
+    methods: tuple[str, ...] | None = None
     keeps: tuple[float, ...] = DEFAULT_KEEPS
     scoring: str = "likelihood"
     limit: int | None = None  # the first N questions
     ask: AskConfig = field(default_factory=AskConfig)
+    tokens: tuple[int, ...] = ()  # visual-token counts; when given, they replace keeps
 
     def __post_init__(self) -> None:
-        check_runs(self.methods, self.keeps)
+        object.__setattr__(self, "methods", default_methods(self.methods))
+        check_runs(self.methods, self.keeps, self.tokens)
         if self.scoring not in SCORINGS:
             raise ConfigError(f"--scoring must be one of {', '.join(SCORINGS)}, got {self.scoring!r}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--limit must be at least 1, got {self.limit}")
 
-    def runs(self) -> list[tuple[str, float]]:
-        """(method, keep) pairs in the order given; ``none`` once, at keep 1."""
-        return method_runs(self.methods, self.keeps)
+    def runs(self) -> list[Run]:
+        """(method, keep, tokens) in the order given; a method that ignores keep once, at keep 1."""
+        return method_runs(self.methods, self.keeps, self.tokens)
 
 
 # -- results ------------------------------------------------------------------------------------------------------
@@ -210,6 +213,8 @@ class EvalRow:
     visual_tokens: float | None  # mean over scored questions of what the LLM sees (LLaVA-OV's newline included)
     visual_tokens_before: float | None  # the same, uncompressed
     by_type: dict[str, TypeScore] = field(default_factory=dict)
+    tokens: int | None = None  # --tokens: the visual tokens asked; keep is then the mean keep found per clip
+    token_search_s: float | None = None  # --tokens: seconds spent searching the keep, all clips together
 
 
 @dataclass
@@ -223,6 +228,7 @@ class Prediction:
     correct: bool
     scores: list[float] | None = None  # one per option: summed log-probability, or the letter's logit
     error: str | None = None
+    tokens: int | None = None  # --tokens: the visual tokens asked (keep is then the one found for this clip)
 
 
 @dataclass
@@ -297,6 +303,8 @@ class _Tally:
     tokens: list[int] = field(default_factory=list)
     tokens_before: list[int] = field(default_factory=list)
     by_type: dict[str, list[int]] = field(default_factory=dict)  # type -> [correct, total]
+    keeps: list[float] = field(default_factory=list)  # --tokens: the keep found, per clip
+    search_s: float = 0.0
 
     def add(self, question: Question, correct: bool, tokens: int, tokens_before: int) -> None:
         self.correct += correct
@@ -308,14 +316,22 @@ class _Tally:
             counts[0] += correct
             counts[1] += 1
 
-    def row(self, method: str, keep: float) -> EvalRow:
+    def searched(self, compressed: CompressedVideo | None) -> None:
+        """Count a --tokens compression: the keep it found and what the search cost."""
+        if compressed is not None and compressed.search is not None:
+            self.keeps.append(compressed.method.keep)
+            self.search_s += compressed.search["seconds"]
+
+    def row(self, method: str, keep: float, tokens: int | None = None) -> EvalRow:
         def mean(values: list[int]) -> float | None:
             return statistics.fmean(values) if values else None
 
         return EvalRow(
-            method, keep, self.correct / self.total if self.total else None, self.correct, self.total, self.failed,
+            method, mean(self.keeps) if tokens is not None and self.keeps else keep,
+            self.correct / self.total if self.total else None, self.correct, self.total, self.failed,
             mean(self.tokens), mean(self.tokens_before),
             {t: TypeScore(c / n if n else None, c, n) for t, (c, n) in sorted(self.by_type.items())},
+            tokens, self.search_s if tokens is not None else None,
         )
 
 
@@ -331,7 +347,7 @@ def run_eval(qa: VideoQA, questions: Sequence[Question], config: EvalConfig,
     if not questions:
         raise ConfigError("no questions to evaluate")
     rule = qa.text_after_video_rule(config.ask.text_after_video)
-    methods = {pair: build(*pair, model_type=qa.model_type) for pair in config.runs()}
+    methods = {run: build(run.method, run.keep, model_type=qa.model_type) for run in config.runs()}
     need = frozenset().union(*(m.needs for m in methods.values()))  # one encode serves every method
     by_video: dict[str, list[int]] = {}
     for i, q in enumerate(questions):
@@ -344,33 +360,37 @@ def run_eval(qa: VideoQA, questions: Sequence[Question], config: EvalConfig,
         prepared = None
         if error is None:
             prepared, error = _attempt(qa.prepare, video, config.ask, decoded, need)
-        for (name, keep), method in methods.items():
+        for run, method in methods.items():
+            name, tally = run.method, tallies[run]
             shared, row_error = None, error
             if row_error is None and "question" not in method.needs:
-                shared, row_error = _attempt(qa.compress, prepared, method)
+                shared, row_error = _attempt(qa.compress, prepared, method, None, run.tokens)
+                tally.searched(shared)
             for i in by_video[video]:
                 q = questions[i]
                 compressed, scores, question_error = shared, None, row_error
                 if question_error is None and compressed is None:  # the method reads the question
-                    compressed, question_error = _attempt(qa.compress, prepared, method, q.question)
+                    compressed, question_error = _attempt(qa.compress, prepared, method, q.question, run.tokens)
+                    tally.searched(compressed)
                 if question_error is None:
                     scores, question_error = _attempt(score_question, qa, prepared, compressed, q, config.scoring,
                                                       rule)
+                found = compressed.method.keep if compressed is not None else run.keep  # with --tokens, per clip
                 if question_error is not None:
-                    tallies[(name, keep)].failed += 1
+                    tally.failed += 1
                     failed.add(i)
-                    predictions.append(Prediction(i, q.id, name, keep, q.answer, None, False,
-                                                  error=error_text(question_error)))
+                    predictions.append(Prediction(i, q.id, name, found, q.answer, None, False,
+                                                  error=error_text(question_error), tokens=run.tokens))
                     continue
                 predicted = max(range(len(scores)), key=scores.__getitem__)  # the first of equal scores
-                tallies[(name, keep)].add(q, predicted == q.answer, compressed.visual_tokens, prepared.visual_tokens)
-                predictions.append(Prediction(i, q.id, name, keep, q.answer, predicted, predicted == q.answer,
-                                              scores))
+                tally.add(q, predicted == q.answer, compressed.visual_tokens, prepared.visual_tokens)
+                predictions.append(Prediction(i, q.id, name, found, q.answer, predicted, predicted == q.answer,
+                                              scores, tokens=run.tokens))
         done += len(by_video[video])
         if progress is not None:
             progress(done, len(questions), len(failed))
 
-    rows = [tally.row(*pair) for pair, tally in tallies.items()]
+    rows = [tally.row(*run) for run, tally in tallies.items()]
     scored = [q for i, q in enumerate(questions) if i not in failed] or questions
     env = environment(qa, config, questions, rule, chance=chance_level(scored))
     env.update(started=stamp, elapsed_s=time.perf_counter() - started)
@@ -433,7 +453,8 @@ def environment(qa: VideoQA, config: EvalConfig, questions: Sequence[Question], 
         "scoring": config.scoring,
         "chance": chance,
         "methods": list(dict.fromkeys(config.methods)),
-        "keeps": list(dict.fromkeys(config.keeps)),
+        "keeps": list(dict.fromkeys(config.keeps)) if not config.tokens else [],
+        "tokens": list(dict.fromkeys(config.tokens)),
         "frames": {"frames": ask.frames, "fps": ask.fps, "max_frames": ask.max_frames, "decoder": ask.decoder},
         "text_after_video": rule,
         "versions": {
@@ -487,7 +508,8 @@ LINESTYLES = ("-", "--", "-.", ":")
 def plot_eval(result: EvalResult, path: str | Path) -> Path:
     """A PNG: accuracy against keep (log scale, falling left to right), a line per method with 95% Wilson
     intervals as whiskers (points nudged apart along keep so equal results stay visible, each method its own
-    marker and dash), `none` flat with its interval shaded, and chance dotted."""
+    marker and dash), `none` flat with its interval shaded, and chance dotted. With --tokens the x axis is the
+    visual tokens the LLM sees (each method at its mean count sent for each count asked)."""
     require_matplotlib()
     import matplotlib
 
@@ -496,22 +518,29 @@ def plot_eval(result: EvalResult, path: str | Path) -> Path:
 
     env = result.environment
     fig, ax = plt.subplots(figsize=(9, 5))
-    keeps = sorted({r.keep for r in result.rows if r.method != REFERENCE_METHOD} or {1.0})
-    methods = [m for m in dict.fromkeys(r.method for r in result.rows) if m != REFERENCE_METHOD]
+    by_tokens = bool(env.get("tokens"))
+
+    def x(r: EvalRow) -> float:
+        return (r.visual_tokens or r.tokens or 1.0) if by_tokens else r.keep
+
+    keeps = sorted({float(r.tokens) if by_tokens else r.keep for r in result.rows
+                    if not is_trait(r.method, "ignores_keep") and (r.tokens or not by_tokens)} or {1.0})
+    methods = [m for m in dict.fromkeys(r.method for r in result.rows) if not is_trait(m, "ignores_keep")]
     offsets = method_offsets(methods)
     for r in result.rows:
-        if r.method == REFERENCE_METHOD and r.accuracy is not None:
+        if is_trait(r.method, "ignores_keep") and r.accuracy is not None:
             low, high = wilson_interval(r.correct, r.total)
+            what = "every token" if is_trait(r.method, "baseline") else f"{r.visual_tokens or 0:,.0f} tokens"
             ax.axhspan(low, high, color="#222222", alpha=0.08, linewidth=0)
             ax.axhline(r.accuracy, color="#222222", linestyle="--", linewidth=1.2,
-                       label=f"none (every token): {r.accuracy:.1%} [{low:.0%}, {high:.0%}]")
+                       label=f"{r.method} ({what}): {r.accuracy:.1%} [{low:.0%}, {high:.0%}]")
     for i, method in enumerate(methods):
-        rows = sorted((r for r in result.rows if r.method == method and r.accuracy is not None), key=lambda r: r.keep)
+        rows = sorted((r for r in result.rows if r.method == method and r.accuracy is not None), key=x)
         if not rows:
             continue
         bounds = [wilson_interval(r.correct, r.total) for r in rows]
         ax.errorbar(
-            [r.keep * offsets[method] for r in rows], [r.accuracy for r in rows],
+            [x(r) * offsets[method] for r in rows], [r.accuracy for r in rows],
             yerr=[[r.accuracy - low for r, (low, _) in zip(rows, bounds)],
                   [high - r.accuracy for r, (_, high) in zip(rows, bounds)]],
             marker=MARKERS[i % len(MARKERS)], linestyle=LINESTYLES[i % len(LINESTYLES)], markersize=6,
@@ -523,8 +552,9 @@ def plot_eval(result: EvalResult, path: str | Path) -> Path:
     ax.minorticks_off()
     ax.set_xlim(max(keeps) * 1.25, min(keeps) / 1.25)  # reversed: fewer tokens to the right
     ax.set_ylim(-0.02, 1.02)  # a line at 0 or 1 stays visible
-    ax.set_xlabel("keep: share of visual tokens the LLM sees\n(each method's points nudged apart along keep, so none "
-                  "hides another)")
+    what = ("visual tokens the LLM sees (each method at the keep that comes closest, per clip)" if by_tokens
+            else "keep: share of visual tokens the LLM sees")
+    ax.set_xlabel(what + "\n(each method's points nudged apart along the axis, so none hides another)")
     ax.set_ylabel("accuracy (whiskers: 95% Wilson interval)")
     ax.grid(alpha=0.3)
     ax.spines[["top", "right"]].set_visible(False)

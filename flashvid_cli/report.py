@@ -45,6 +45,10 @@ def report_tables(report: Report) -> Group:
     if report.text_after_video:
         facts.add_row("positions", f"M-RoPE, text after the video by the {report.text_after_video!r} rule")
     facts.add_row("visual tokens", f"{k.visual_before:,} -> {k.visual_after:,} ({100 * k.ratio:.1f}%)")
+    if k.asked is not None:
+        search = report.token_search or {}
+        cost = f"{search.get('probes', 0)} trial compressions, {_ms(search.get('seconds', 0.0))}"
+        facts.add_row("--tokens", f"{k.asked:,} asked, {k.visual_after:,} sent (keep {report.keep:.4g} found: {cost})")
     facts.add_row("prompt tokens", f"{k.prompt:,} in, {k.generated:,} generated")
     facts.add_row("frames", f"{len(v.frame_indices)} of {v.total_frames} ({v.sampling}; decoder {v.decoder})")
     facts.add_row("timestamps (s)", _timestamps(v.timestamps_s))

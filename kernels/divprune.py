@@ -27,6 +27,7 @@ class DivPrune(Method):
     """
 
     name = "divprune"
+    granularity = "any count (per_frame=true: a multiple of the frame count)"
 
     per_frame: bool = False
     reference: bool = False
@@ -43,3 +44,8 @@ class DivPrune(Method):
             picks = ops.maxmin_select(ops.cosine_similarity(feats.reshape(1, T * N, D)), k, exclude=exclude)  # [1, k]
         index = torch.sort(picks.flatten()).values
         return Compressed.kept(feats, index, grid, {"selected": k, "scope": "frame" if self.per_frame else "clip"})
+
+    def tokens_for(self, grid: Grid) -> int:
+        if self.keep >= 1.0 and not self.reference:
+            return grid.T * grid.N
+        return grid.T * divprune_budget(self.keep, grid.N) if self.per_frame else divprune_budget(self.keep, grid.T * grid.N)

@@ -41,6 +41,7 @@ class FlashVID(Method):
     """
 
     name = "flashvid"
+    granularity = "data dependent, about ceil(keep*N) per frame (searched per clip)"
     needs = frozenset({"importance"})
     recipes = {
         "llava_onevision": {"token_selection_method": "attn_div_v2", "min_segment_num": 8},

@@ -15,6 +15,9 @@ class NoCompression(Method):
     """Keeps all T*N tokens in order; ``keep`` is accepted and ignored (always 1.0 in effect)."""
 
     name = "none"
+    ignores_keep = True
+    baseline = True
+    granularity = "every token, always"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -22,3 +25,6 @@ class NoCompression(Method):
 
     def compress(self, feats: Tensor, grid: Grid, importance: Tensor | None, metric: Tensor | None) -> Compressed:
         return Compressed.kept(feats, torch.arange(grid.T * grid.N, device=feats.device), grid)
+
+    def tokens_for(self, grid: Grid) -> int:
+        return grid.T * grid.N

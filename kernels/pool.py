@@ -34,6 +34,7 @@ class Pool(Method):
     """
 
     name = "pool"
+    granularity = "the frame count times h' x w' (each side of the grid scaled by sqrt(keep))"
 
     def compress(self, feats: Tensor, grid: Grid, importance: Tensor | None, metric: Tensor | None) -> Compressed:
         T, H, W, N = grid.T, grid.H, grid.W, grid.N
@@ -59,3 +60,9 @@ class Pool(Method):
         offsets = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)])
         weights = torch.repeat_interleave(1.0 / sizes.to(feats.device).float(), sizes.to(feats.device))  # [M]
         return Compressed(tokens, index, sources, offsets, grid, {"pooled_grid": [h, w]}, weights)
+
+    def tokens_for(self, grid: Grid) -> int:
+        if self.keep >= 1.0:
+            return grid.T * grid.N
+        h, w = pooled_shape(grid.H, grid.W, self.keep)
+        return grid.T * h * w

@@ -17,7 +17,7 @@ from typing import Any
 from .base import Method, MethodError
 
 # Modules that hold building blocks, not methods (and GPU kernels, which import triton).
-_NOT_METHODS = {"base", "registry", "ops", "dispatch"}
+_NOT_METHODS = {"base", "registry", "ops", "dispatch", "tokens"}
 
 
 @cache

@@ -97,7 +97,7 @@ class VidCom2(Method):
     """
 
     name = "vidcom2"
-    granularity = "data dependent (searched per clip); with exact_count=true any count from one token per frame up"
+    granularity = "data dependent, in steps of up to the frame count (searched per clip); exact_count=true: any count"
 
     exact_count: bool = False
 

@@ -34,6 +34,7 @@ class VisionZip(Method):
 
     name = "visionzip"
     needs = frozenset({"importance", "metric"})
+    granularity = "a multiple of the frame count"
 
     contextual: int | None = None
     reference: bool = False
@@ -85,3 +86,8 @@ class VisionZip(Method):
         # Native order: frame by frame, dominant block then contextual block (a stable sort by frame does it).
         native = torch.argsort(index // N, stable=True) if self.reference else None
         return ops.assemble(tokens, index, sources, sizes, grid, {"dominant": dom, "contextual": ctx}, native, weights)
+
+    def tokens_for(self, grid: Grid) -> int:
+        if self.keep >= 1.0 and not self.reference:
+            return grid.T * grid.N
+        return grid.T * sum(visionzip_budget(self.keep, grid.N, self.contextual))

@@ -150,7 +150,7 @@ def test_language_model_size_excludes_the_embedding(tiny_models):
 
 def test_none_runs_once_per_video_whatever_the_keeps():
     config = BenchConfig(methods=("pool", "none"), keeps=(0.1, 0.25, 0.1))
-    assert config.runs() == [("pool", 0.1), ("pool", 0.25), ("none", 1.0)]
+    assert config.runs() == [("pool", 0.1, None), ("pool", 0.25, None), ("none", 1.0, None)]
 
 
 def test_bench_exits_non_zero_only_when_nothing_could_be_measured(tiny_models, sample_video, tmp_path):

@@ -105,7 +105,7 @@ def test_eval_config_rejects(fields, expected):
 
 def test_none_runs_once_whatever_the_keeps():
     assert EvalConfig(methods=("pool", "none"), keeps=(0.5, 0.1, 0.5)).runs() == [
-        ("pool", 0.5), ("pool", 0.1), ("none", 1.0)]
+        ("pool", 0.5, None), ("pool", 0.1, None), ("none", 1.0, None)]
 
 
 # -- scoring agrees with generate() ----------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from flashvid_cli.kernels import Grid, MethodError, build, methods
 from flashvid_cli.kernels.divprune import divprune_budget
+from flashvid_cli.kernels.evs import evs_budget
 from flashvid_cli.kernels.flashvid import flashvid_budget
 from flashvid_cli.kernels.pool import pooled_shape
 from flashvid_cli.kernels.visionzip import visionzip_budget
@@ -130,8 +131,15 @@ def check_budget(name: str, out, union: torch.Tensor, keep: float, grid: Grid) -
             assert torch.equal(union, everything)
         else:
             assert K == A * T
+    elif name == "evs":
+        assert K == evs_budget(keep, T, N) and per_frame[0] == N  # frame 0 is always kept whole
+    elif name == "vidcom2":
+        budgets = out.stats["frame_budgets"]
+        assert per_frame == budgets and min(budgets) >= 1 and K <= keep * T * N + T  # clamping at N only loses
     else:
         pytest.skip(f"no budget rule known to this test for {name!r}")
+    if name in {"none", "pool", "divprune", "visionzip", "evs"}:  # data-independent counts have a rule
+        assert build(name, keep).tokens_for(grid) == K
 
 
 @pytest.mark.parametrize("name", METHODS)

@@ -13,8 +13,8 @@ from rich.table import Table
 
 from ..api import DEFAULT_MODEL
 from ..cli import (
-    Decoder, Device, Dtype, Fps, Frames, MaxFrames, MaxNewTokens, Model, app, err, parse_list, parse_options,
-    user_errors, warn_random,
+    Decoder, Device, Dtype, Fps, Frames, MaxFrames, MaxNewTokens, Model, app, budget_lists, err, parse_list,
+    parse_options, user_errors, warn_random,
 )
 
 
@@ -22,9 +22,13 @@ from ..cli import (
 def bench(
     videos: Annotated[list[Path], typer.Argument(help="One or more video files.")],
     model: Model = DEFAULT_MODEL,
-    methods: Annotated[str, typer.Option(help="Comma-separated methods; `none` is the reference for agreement.")]
-    = "flashvid,divprune,visionzip,pool,none",
-    keep: Annotated[str, typer.Option(help="Comma-separated keep ratios, each in (0, 1].")] = "0.1,0.25",
+    methods: Annotated[Optional[str], typer.Option(
+        help="Comma-separated methods [default: every one `vidq methods` lists]; answers are compared with `none`'s.")]
+    = None,
+    keep: Annotated[Optional[str], typer.Option(
+        help="Comma-separated keep ratios, each in (0, 1] [default: 0.1,0.25].")] = None,
+    tokens: Annotated[Optional[str], typer.Option(
+        help="Comma-separated visual-token counts (instead of --keep): every method at each count.")] = None,
     opt: Annotated[Optional[list[str]], typer.Option(
         "--opt", help="A method option as key=value (every method that has it) or method.key=value; repeatable.")]
     = None,
@@ -47,11 +51,13 @@ def bench(
     """Compare compression methods: visual tokens, stage timings, time to first token, memory, TFLOPs, answers."""
     with user_errors():
         from ..api import AskConfig, VideoQA
-        from ..bench import DEFAULT_QUESTION, BenchConfig, plot_bench, run_bench
+        from ..bench import DEFAULT_KEEPS, DEFAULT_QUESTION, BenchConfig, plot_bench, run_bench
 
+        keeps, counts = budget_lists(keep, tokens, DEFAULT_KEEPS)
         config = BenchConfig(
-            methods=tuple(parse_list(methods, str, "--methods")),
-            keeps=tuple(parse_list(keep, float, "--keep")),
+            methods=tuple(parse_list(methods, str, "--methods")) if methods is not None else None,
+            keeps=keeps,
+            tokens=counts,
             question=question or DEFAULT_QUESTION,
             repeat=repeat,
             warmup=warmup,
@@ -111,7 +117,8 @@ def print_bench(result, console: Console) -> None:
             t = r.timings
             ttft = t["time_to_first_token"]
             spread = (ttft.max - ttft.min) / ttft.median if ttft.median else 0.0
-            agree = agreement_label(r).replace("same answer as none", "same").replace("differs from none at ", "")
+            agree = agreement_label(r) and ("same" if r.agreement.identical_tokens
+                                            else f"token {r.agreement.first_divergence.index}")
             table.add_row(
                 row_label(r), f"{r.visual_tokens:,}", _ms(t["compress"].median), _ms(t["prefill"].median),
                 f"[bold]{_ms(ttft.median)}[/]", f"[dim]{spread:.0%}[/]", f"{r.peak_memory_bytes / 2**20:,.0f}",

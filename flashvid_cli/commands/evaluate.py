@@ -13,7 +13,8 @@ from rich.table import Table
 
 from ..api import DEFAULT_MODEL
 from ..cli import (
-    Decoder, Device, Dtype, Fps, Frames, MaxFrames, Model, app, err, parse_list, user_errors, warn_random,
+    Decoder, Device, Dtype, Fps, Frames, MaxFrames, Model, app, budget_lists, err, parse_list, user_errors,
+    warn_random,
 )
 
 
@@ -22,9 +23,14 @@ def evaluate(
     data: Annotated[Path, typer.Argument(help="JSON lines: video, question, options, answer (letter, index or "
                                               "text), optional type and id.")],
     model: Model = DEFAULT_MODEL,
-    methods: Annotated[str, typer.Option(help="Comma-separated methods; `none` (every token) runs once.")]
-    = "flashvid,divprune,visionzip,pool,none",
-    keep: Annotated[str, typer.Option(help="Comma-separated keep ratios, each in (0, 1].")] = "1.0,0.5,0.25,0.1",
+    methods: Annotated[Optional[str], typer.Option(
+        help="Comma-separated methods [default: every one `vidq methods` lists]; `none` (every token) runs once.")]
+    = None,
+    keep: Annotated[Optional[str], typer.Option(
+        help="Comma-separated keep ratios, each in (0, 1] [default: 1.0,0.5,0.25,0.1].")] = None,
+    tokens: Annotated[Optional[str], typer.Option(
+        help="Comma-separated visual-token counts (instead of --keep): every method at each count, on each clip.")]
+    = None,
     scoring: Annotated[str, typer.Option(help="likelihood: each option's summed log-probability as the answer; "
                                               "letter: the options listed, the logit of each one's letter.")]
     = "likelihood",
@@ -44,11 +50,13 @@ def evaluate(
     """Multiple-choice accuracy of each method at each keep ratio; every video is encoded once."""
     with user_errors():
         from ..api import AskConfig, VideoQA
-        from ..evaluate import EvalConfig, plot_eval, read_dataset, require_matplotlib, run_eval
+        from ..evaluate import DEFAULT_KEEPS, EvalConfig, plot_eval, read_dataset, require_matplotlib, run_eval
 
+        keeps, counts = budget_lists(keep, tokens, DEFAULT_KEEPS)
         config = EvalConfig(
-            methods=tuple(parse_list(methods, str, "--methods")),
-            keeps=tuple(parse_list(keep, float, "--keep")),
+            methods=tuple(parse_list(methods, str, "--methods")) if methods is not None else None,
+            keeps=keeps,
+            tokens=counts,
             scoring=scoring,
             limit=limit,
             ask=AskConfig(frames=frames, fps=fps, max_frames=max_frames, decoder=decoder),
@@ -98,11 +106,13 @@ def print_eval(result, console: Console) -> None:
     env = result.environment
     table = Table(title=f"vidq eval: {env['questions']} questions, {env['scoring']} scoring",
                   title_justify="left", show_edge=False, pad_edge=False)
-    for name in ["method", "keep", "accuracy", "correct", "failed", "visual tokens"]:
+    by_tokens = bool(env.get("tokens"))
+    for name in ["method", "tokens asked" if by_tokens else "keep", "accuracy", "correct", "failed", "visual tokens"]:
         table.add_column(name, justify="left" if name == "method" else "right", no_wrap=True)
     for r in result.rows:
+        budget = (f"{r.tokens} (keep {r.keep:.3g})" if r.tokens is not None else "-") if by_tokens else f"{r.keep:g}"
         table.add_row(
-            r.method, f"{r.keep:g}", f"[bold]{r.accuracy:.1%}[/]" if r.accuracy is not None else "-",
+            r.method, budget, f"[bold]{r.accuracy:.1%}[/]" if r.accuracy is not None else "-",
             f"{r.correct}/{r.total}", f"[yellow]{r.failed}[/]" if r.failed else "0",
             f"{r.visual_tokens:,.0f}" if r.visual_tokens is not None else "-",
         )
