@@ -179,7 +179,8 @@ def ask(
         from .report import print_report
 
         config = AskConfig(
-            method=method, keep=keep_or_tokens(keep, tokens), tokens=tokens, options=parse_options(opt), frames=frames, fps=fps, max_frames=max_frames,
+            method=method, keep=keep_or_tokens(keep, tokens), tokens=tokens, options=parse_options(opt),
+            frames=frames, fps=fps, max_frames=max_frames,
             max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, decoder=decoder,
             text_after_video=text_after_video,
         )

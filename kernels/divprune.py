@@ -48,4 +48,6 @@ class DivPrune(Method):
     def tokens_for(self, grid: Grid) -> int:
         if self.keep >= 1.0 and not self.reference:
             return grid.T * grid.N
-        return grid.T * divprune_budget(self.keep, grid.N) if self.per_frame else divprune_budget(self.keep, grid.T * grid.N)
+        if self.per_frame:
+            return grid.T * divprune_budget(self.keep, grid.N)
+        return divprune_budget(self.keep, grid.T * grid.N)

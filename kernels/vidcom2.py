@@ -54,7 +54,7 @@ def frame_budgets(uniqueness: Tensor, ratio: float, N: int) -> tuple[Tensor, Ten
 
 
 def select_per_frame(score: Tensor, budgets: Tensor) -> Tensor:
-    """``score [T, N]``, ``budgets [T]`` -> keep mask ``[T, N]``: each frame's ``k_f`` smallest, ties to the lower index."""
+    """``score [T, N]``, ``budgets [T]`` -> keep mask ``[T, N]``: each frame's ``k_f`` smallest (ties: lower index)."""
     T, N = score.shape
     rank = torch.empty_like(score, dtype=torch.long)
     order = torch.sort(score, dim=1, stable=True).indices
