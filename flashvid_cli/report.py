@@ -47,7 +47,8 @@ def report_tables(report: Report) -> Group:
     facts.add_row("visual tokens", f"{k.visual_before:,} -> {k.visual_after:,} ({100 * k.ratio:.1f}%)")
     if k.asked is not None:
         search = report.token_search or {}
-        cost = f"{search.get('probes', 0)} trial compressions, {_ms(search.get('seconds', 0.0))}"
+        probes = search.get("probes", 0)
+        cost = f"{probes} trial compression{'' if probes == 1 else 's'}, {_ms(search.get('seconds', 0.0))}"
         facts.add_row("--tokens", f"{k.asked:,} asked, {k.visual_after:,} sent (keep {report.keep:.4g} found: {cost})")
     facts.add_row("prompt tokens", f"{k.prompt:,} in, {k.generated:,} generated")
     facts.add_row("frames", f"{len(v.frame_indices)} of {v.total_frames} ({v.sampling}; decoder {v.decoder})")

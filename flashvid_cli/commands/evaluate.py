@@ -107,14 +107,16 @@ def print_eval(result, console: Console) -> None:
     table = Table(title=f"vidq eval: {env['questions']} questions, {env['scoring']} scoring",
                   title_justify="left", show_edge=False, pad_edge=False)
     by_tokens = bool(env.get("tokens"))
-    for name in ["method", "tokens asked" if by_tokens else "keep", "accuracy", "correct", "failed", "visual tokens"]:
+    names = ["method", "tokens asked" if by_tokens else "keep", "accuracy", "correct", "failed", "visual tokens"]
+    for name in names + (["keep search"] if by_tokens else []):
         table.add_column(name, justify="left" if name == "method" else "right", no_wrap=True)
     for r in result.rows:
         budget = (f"{r.tokens} (keep {r.keep:.3g})" if r.tokens is not None else "-") if by_tokens else f"{r.keep:g}"
+        search = [f"{r.token_search_s:.1f} s" if r.token_search_s is not None else "-"] if by_tokens else []
         table.add_row(
             r.method, budget, f"[bold]{r.accuracy:.1%}[/]" if r.accuracy is not None else "-",
             f"{r.correct}/{r.total}", f"[yellow]{r.failed}[/]" if r.failed else "0",
-            f"{r.visual_tokens:,.0f}" if r.visual_tokens is not None else "-",
+            f"{r.visual_tokens:,.0f}" if r.visual_tokens is not None else "-", *search,
         )
     console.print(table)
     console.print(f"chance: {env['chance']:.1%} (the mean of 1/options over the scored questions)", highlight=False)
