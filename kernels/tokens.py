@@ -2,8 +2,8 @@
 
 ``keep`` is not a token count: at keep 0.1 DivPrune sends ``round(0.1*T*N)`` tokens, VisionZip a multiple of T,
 FlashVID and VidCom2 a count that depends on the clip. :func:`fit_tokens` finds, per method and clip, the keep
-whose output is nearest K. A method's count grows with keep (by its rule; for FlashVID and VidCom2 on real data
-all but exactly), so a bisection over keep finds the step where it crosses K: on the method's own count rule (:meth:`Method.tokens_for`: no compression, exact) when
+whose output is nearest K. A method's count does not fall as keep grows (by construction for the count rules; for
+FlashVID and VidCom2 in practice), so a bisection over keep finds the step where it crosses K: on the method's own count rule (:meth:`Method.tokens_for`: no compression, exact) when
 the count does not depend on the data, otherwise on the clip itself, compressing it once per probe (the cost is
 reported in :class:`TokenFit`).
 """
