@@ -185,7 +185,7 @@ def test_eval_tokens_rows_and_plot_axis(tiny_models, sample_video, tmp_path):
                                 "answer": "A"}) + "\n")
     result = runner.invoke(app, [
         "eval", str(data), "--model", str(tiny_models["llava_onevision"]), "--methods", "vidcom2,divprune,none",
-        "--tokens", "17,33", "--frames", "4", "--json", str(tmp_path / "e.json"),
+        "--tokens", "17,33", "--frames", "4", "--json", str(tmp_path / "e.json"), "--plot", str(tmp_path / "e.png"),
     ])
     assert result.exit_code == 0, result.stderr
     doc = json.loads((tmp_path / "e.json").read_text())
@@ -195,6 +195,8 @@ def test_eval_tokens_rows_and_plot_axis(tiny_models, sample_video, tmp_path):
     assert rows[("divprune", 17)]["visual_tokens"] == 17 and rows[("divprune", 33)]["visual_tokens"] == 33
     assert abs(rows[("vidcom2", 33)]["visual_tokens"] - 33) <= 4
     assert all(p["tokens"] in (17, 33, None) for p in doc["predictions"])
+    assert (tmp_path / "e.png").read_bytes()[:4] == b"\x89PNG"
+    assert "tokens asked" in result.stdout and "keep search" in result.stdout
 
 
 # -- a method is one file ------------------------------------------------------------------------------------------
