@@ -103,7 +103,8 @@ def _request(path, frames, fps, max_frames, decoder, max_side, max_bytes=None) -
         raise VideoError(f"{path}: is a directory, not a video file")
     if os.path.getsize(path) == 0:
         raise VideoError(f"{path}: empty file (0 bytes)")
-    return Request(path, frames, float(fps) if fps is not None else None, max_frames, decoder, max_side, max_bytes)
+    fps = float(fps) if fps is not None else None
+    return Request(path, frames, fps, max_frames, decoder, max_side, max_bytes, file=os.path.abspath(path))
 
 
 def run_in_worker(req: Request, timeout_s: float) -> tuple[dict, np.ndarray]:

@@ -8,6 +8,7 @@ request after another from a pipe, and exits as soon as its parent is gone.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import os
 import sys
 import threading
@@ -36,12 +37,25 @@ class Request:
     decoder: str  # "auto" | "decord" | "pyav"
     max_side: int | None
     max_bytes: int | None = None  # refuse requests whose frames need more; None: the memory available now
+    file: str = ""  # the absolute path opened (a long-lived worker's working directory is not the caller's)
     hang_in: str = ""  # test hook: "start" or a decoder phase ("decord", "pyav") in which to stall...
     hang_s: float = 0.0  # ...for this long, to exercise the deadline
 
 
 def run(req: Request, on_phase=lambda phase: None) -> tuple[dict, np.ndarray]:
-    """Decode `req` and return (DecodedVideo fields except frames, frames uint8 [T, H, W, 3])."""
+    """Decode `req` and return (DecodedVideo fields except frames, frames uint8 [T, H, W, 3]).
+
+    Opens `req.file` (absolute) when given; messages name the file as the caller gave it (`req.path`).
+    """
+    if not req.file or req.file == req.path:
+        return _run(req, on_phase)
+    try:
+        return _run(dataclasses.replace(req, path=req.file), on_phase)
+    except VideoError as e:
+        raise type(e)(str(e).replace(req.file, req.path)) from None
+
+
+def _run(req: Request, on_phase) -> tuple[dict, np.ndarray]:
     started = time.perf_counter()
     counter = video_pyav.DecodeCounter()
     fmap = video_pyav.scan_packets(req.path)  # demux only: cheap
@@ -114,7 +128,7 @@ def check_memory(req: Request, n: int, hw: tuple[int, int]) -> None:
 
 
 def _gib(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.0f} MiB"
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.3g} MiB"
 
 
 def _rate_and_duration(fmap: video_pyav.FrameMap, seconds: np.ndarray) -> tuple[float, float]:
