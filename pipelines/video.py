@@ -171,11 +171,12 @@ class DecodeWorker:
                     raise cls(rest[1])
                 if kind == "ok":
                     meta, shape = rest
-                    array = np.empty(shape, dtype=np.uint8)
-                    if not self._replies.poll(max(0.0, deadline - time.monotonic())):
-                        self._kill()
-                        raise VideoError(f"{req.path}: decoding timed out after {timeout_s:g}s")
-                    self._replies.recv_bytes_into(array.reshape(-1))  # 1-D view: Connection sizes by len()
+                    array = np.empty(shape, dtype=np.uint8)  # [T, H, W, 3]
+                    for frame in array:  # [H, W, 3] views, filled in place
+                        if not self._replies.poll(max(0.0, deadline - time.monotonic())):
+                            self._kill()
+                            raise VideoError(f"{req.path}: decoding timed out after {timeout_s:g}s")
+                        self._replies.recv_bytes_into(memoryview(frame).cast("B"))
                     meta["source_size"] = tuple(meta["source_size"])
                     return meta, array
         except (EOFError, OSError):

@@ -47,6 +47,12 @@ def run(req: Request, on_phase=lambda phase: None) -> tuple[dict, np.ndarray]:
 
     Opens `req.file` (absolute) when given; messages name the file as the caller gave it (`req.path`).
     """
+    meta, frames = run_frames(req, on_phase)
+    return meta, np.stack(frames)
+
+
+def run_frames(req: Request, on_phase=lambda phase: None) -> tuple[dict, list[np.ndarray]]:
+    """`run`, with the frames as a list of uint8 [H, W, 3] (what the worker sends, one at a time)."""
     if not req.file or req.file == req.path:
         return _run(req, on_phase)
     try:
@@ -55,7 +61,7 @@ def run(req: Request, on_phase=lambda phase: None) -> tuple[dict, np.ndarray]:
         raise type(e)(str(e).replace(req.file, req.path)) from None
 
 
-def _run(req: Request, on_phase) -> tuple[dict, np.ndarray]:
+def _run(req: Request, on_phase) -> tuple[dict, list[np.ndarray]]:
     started = time.perf_counter()
     counter = video_pyav.DecodeCounter()
     fmap = video_pyav.scan_packets(req.path)  # demux only: cheap
@@ -77,7 +83,7 @@ def _run(req: Request, on_phase) -> tuple[dict, np.ndarray]:
     decoder = choose_decoder(req, fmap)
     on_phase(decoder)
     if decoder == "decord":
-        frames = _decode_decord(req, fmap, indices, out_hw, cache, counter, notes)
+        frames = list(_decode_decord(req, fmap, indices, out_hw, cache, counter, notes))
     else:
         frames, indices = _decode_pyav(req, fmap, indices, out_hw, cache, counter, notes)
     meta = dict(
@@ -200,15 +206,16 @@ def choose_decoder(req: Request, fmap: video_pyav.FrameMap) -> str:
     return "decord"
 
 
-def _decode_pyav(req, fmap, indices, out_hw, cache, counter, notes) -> tuple[np.ndarray, list[int]]:
-    """Frames at `indices` via `video_pyav.sample` into one preallocated array, reusing the tail's frames."""
+def _decode_pyav(req, fmap, indices, out_hw, cache, counter, notes) -> tuple[list[np.ndarray], list[int]]:
+    """Frames at `indices` via `video_pyav.sample`, reusing the tail's frames; a list of uint8 [H, W, 3]
+    (no stacked copy: the worker hands them over one by one into the caller's array)."""
     targets = sorted({fmap.pts[i] for i in indices})
-    out = np.empty((len(targets), *out_hw, 3), np.uint8)  # [T, H, W, 3]
+    out: list[np.ndarray | None] = [None] * len(targets)
     taken: list[int | None] = [None] * len(targets)
     todo = []
     for j, t in enumerate(targets):
-        if t in cache and cache[t].shape == out.shape[1:]:
-            out[j], taken[j] = cache[t], t
+        if t in cache and cache[t].shape == (*out_hw, 3):
+            out[j], taken[j] = cache.pop(t), t
         else:
             todo.append(j)
 
@@ -229,9 +236,8 @@ def _decode_pyav(req, fmap, indices, out_hw, cache, counter, notes) -> tuple[np.
         raise VideoError(f"{req.path}: none of the sampled frames decode (corrupt video data)")
     if len(keep) < len(targets):
         notes.append(f"{len(targets) - len(keep)} sampled frames did not decode; returning {len(keep)}")
-        out = out[keep]
     real = [min(bisect.bisect_left(fmap.pts, taken[j]), len(fmap.pts) - 1) for j in keep]
-    return out, real
+    return [out[j] for j in keep], real
 
 
 def _decode_decord(req, fmap, indices, out_hw, cache, counter, notes) -> np.ndarray:
@@ -262,7 +268,7 @@ def _maybe_hang(req: Request, phase: str) -> None:
 
 
 def serve(req: Request, replies) -> None:
-    """Decode one request and send ("phase", p)..., then ("ok", meta, shape) + the frame bytes, or ("error", kind, msg)."""
+    """Decode one request; send ("phase", p)..., then ("ok", meta, shape) and each frame's bytes, or ("error", kind, msg)."""
     try:
         _maybe_hang(req, "start")
 
@@ -270,13 +276,13 @@ def serve(req: Request, replies) -> None:
             replies.send(("phase", phase))
             _maybe_hang(req, phase)
 
-        meta, frames = run(req, on_phase)
+        meta, frames = run_frames(req, on_phase)
         meta["stats"]["torch_loaded"] = "torch" in sys.modules  # the worker must stay light
         meta["stats"]["decord_loaded"] = "decord" in sys.modules
         meta["stats"]["worker_pid"] = os.getpid()
-        frames = np.ascontiguousarray(frames)
-        replies.send(("ok", meta, frames.shape))
-        replies.send_bytes(memoryview(frames).cast("B"))  # raw buffer: no pickling of hundreds of MB
+        replies.send(("ok", meta, (len(frames), *frames[0].shape)))
+        for frame in frames:  # raw buffers, one frame at a time: no pickling, no stacked copy
+            replies.send_bytes(memoryview(np.ascontiguousarray(frame)).cast("B"))
     except VideoError as e:
         replies.send(("error", type(e).__name__, str(e)))
     except Exception as e:  # anything else still reaches the user as one line
