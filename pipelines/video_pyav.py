@@ -46,6 +46,14 @@ class FrameMap:
     skipped: int = 0  # packets not shown: edit-list pre-roll, hidden VP9 frames, no timestamp
     all_pts: bool = True  # every shown packet carries a pts: a packet can be matched to the frame it becomes
     nonref_ok: bool = False  # skipping unreferenced pictures is exact for this stream (`_nonref_safe`)
+    first_packet: tuple = ()  # (pts, dts, size) of the stream's first packet: checks a rewind to the start
+    source: object = field(default=None, repr=False, compare=False)  # the open (container, stream), reused
+
+    def close(self) -> None:
+        """Close the file the map keeps open for the decode passes."""
+        if self.source is not None:
+            self.source[0].close()
+            self.source = None
 
     @property
     def display_hw(self) -> tuple[int, int]:
@@ -266,18 +274,24 @@ def scan(path: str, counter: DecodeCounter, keep=None) -> tuple[FrameMap, dict]:
     Returns the map and the frames `keep` converted during the tail decode ({pts: rgb}, see `verify_tail`).
     """
     fmap = scan_packets(path)
-    return fmap, verify_tail(path, fmap, counter, keep)
+    try:
+        return fmap, verify_tail(path, fmap, counter, keep)
+    finally:
+        fmap.close()
 
 
 def scan_packets(path: str) -> FrameMap:
-    """The provisional frame map from demuxing every packet of the chosen stream (no decoding: fast)."""
+    """The provisional frame map from demuxing every packet of the chosen stream (no decoding: fast).
+
+    The file stays open in `fmap.source` for the decode passes (saving an open); `fmap.close()` closes it.
+    """
     container, stream = open_video(path)
-    with container:
+    try:
         _, stream_notes = pick_stream(container)
         pts, keyframes, key_dts = [], {}, {}
         dropped = {"discard-flagged": 0, "hidden (no picture)": 0, "without timestamps": 0}
         is_vp9 = stream.codec_context.name in ("vp9", "libvpx-vp9")
-        packets, total, all_pts = container.demux(stream), 0, True
+        packets, total, all_pts, first = container.demux(stream), 0, True, ()
         while True:
             try:
                 packet = next(packets)
@@ -288,6 +302,7 @@ def scan_packets(path: str) -> FrameMap:
             if packet.size == 0:
                 continue
             total += 1
+            first = first or (packet.pts, packet.dts, packet.size)
             ts = packet.pts if packet.pts is not None else packet.dts
             if ts is None:
                 dropped["without timestamps"] += 1
@@ -321,9 +336,15 @@ def scan_packets(path: str) -> FrameMap:
             skipped=sum(dropped.values()),
             all_pts=all_pts,
             nonref_ok=_nonref_safe(stream),
+            first_packet=first,
+            source=(container, stream),
         )
+    except BaseException:
+        container.close()
+        raise
     fmap.notes += stream_notes + [f"{n} {what} packets skipped" for what, n in dropped.items() if n]
     if not fmap.pts:
+        fmap.close()
         raise VideoError(f"{path}: the video stream has no readable packets (truncated or corrupt)")
     if not fmap.keyframes:  # no flagged keyframe: decoding can only start at the beginning
         fmap.keyframes, fmap.key_dts = [fmap.pts[0]], [fmap.pts[0]]
@@ -356,6 +377,7 @@ def verify_tail(path: str, fmap: FrameMap, counter: DecodeCounter, keep=None) ->
             got, kept = [], {}
             errors_before = counter.errors
             reader = _Reader(path, fmap, counter, threads=decode_threads() if threaded else 1)
+            clean = False
             try:
                 frames = reader.start(k)
                 for frame in frames:
@@ -367,8 +389,9 @@ def verify_tail(path: str, fmap: FrameMap, counter: DecodeCounter, keep=None) ->
                     rgb = keep(frame) if keep is not None else None
                     if rgb is not None:
                         kept[frame.pts] = rgb
+                clean = counter.errors == errors_before
             finally:
-                reader.close()
+                reader.close(keep=clean)  # the sampling pass reuses the open file and decoder
             if counter.errors == errors_before or not threaded:
                 break
             fmap.decode_errors = counter.errors - errors_before  # damaged: redo without frame threading
@@ -463,6 +486,15 @@ class _Reader:
         self.path, self.fmap, self.counter, self.threads = path, fmap, counter, threads
         self.container = self.stream = None
         self.fed_key = -1  # index of the last keyframe whose packet this pass fed to the decoder
+        if fmap.source is not None:  # adopt the map's open file if its decoder is unopened or threaded alike
+            container, stream, *opened = fmap.source
+            fmap.source = None
+            if not opened or opened[0] == threads:
+                self.container, self.stream = container, stream
+                if not opened:
+                    self._configure()
+            else:
+                container.close()
 
     def start(self, k: int, skip=None) -> Iterator[av.VideoFrame]:
         """Frames decoded from keyframe k on (k = 0: from the start of the file, as a plain decode does).
@@ -472,8 +504,7 @@ class _Reader:
         packet, and if it landed past it, seeks to earlier keyframes, finally re-reading from the start.
         """
         self.counter.seeks += 1
-        fresh = self.container is None
-        if fresh:
+        if self.container is None:
             self._reopen()
         self.fed_key = -1
         if k > 0:
@@ -481,18 +512,30 @@ class _Reader:
                 if kk < 1:
                     break
                 self.container.seek(self.fmap.key_dts[kk], stream=self.stream, backward=True, any_frame=False)
-                fresh = False
                 packets = self._to_keyframe(k)
                 if packets is not None:
                     return iter_frames(self.container, self.stream, self.counter, packets, skip)
-        if not fresh:
-            self._reopen()
-        packets = self._track(self.container.demux(self.stream))
+        packets = self._rewind()
         if k > 0:
             packets = self._to_keyframe(k, packets)
             if packets is None:  # the keyframe packet is not where the map saw it: nothing to decode
                 return iter(())
         return iter_frames(self.container, self.stream, self.counter, packets, skip)
+
+    def _rewind(self):
+        """Packets from the very first one: a seek to it, checked against the map, else the file reopened."""
+        first = self.fmap.first_packet
+        if first and first[1] is not None:
+            try:
+                self.container.seek(first[1], stream=self.stream, backward=True, any_frame=True)
+                packets = self._track(self.container.demux(self.stream))
+                packet = next(packets, None)
+                if packet is not None and (packet.pts, packet.dts, packet.size) == first:
+                    return _chain(packet, packets)
+            except av.error.FFmpegError:
+                pass
+        self._reopen()
+        return self._track(self.container.demux(self.stream))
 
     def _to_keyframe(self, k: int, packets=None):
         """Read packets up to keyframe k's (not decoding them); None if the position was already past it."""
@@ -519,18 +562,24 @@ class _Reader:
             yield packet
 
     def _reopen(self) -> None:
-        """Open the file afresh (seeking to the start is unreliable in TS) with this reader's threading."""
+        """Open the file afresh with this reader's threading."""
         self.close()
         self.container, self.stream = open_video(self.path, self.fmap.stream_index)
-        if self.threads > 1:  # frame + slice threading; frame threading alone roughly doubles H.264/HEVC speed
+        self._configure()
+
+    def _configure(self) -> None:
+        """Threading for a decoder not opened yet: frame + slice threads (frame threads roughly double H.264/HEVC)."""
+        if self.threads > 1:
             self.stream.thread_type = "AUTO"
             self.stream.codec_context.thread_count = self.threads
-        self.fed_key = -1
 
-    def close(self) -> None:
-        """Close the file if open."""
+    def close(self, keep: bool = False) -> None:
+        """Close the file, or with `keep` give it back to the map for the next pass (same threading only)."""
         if self.container is not None:
-            self.container.close()
+            if keep:
+                self.fmap.source = (self.container, self.stream, self.threads)
+            else:
+                self.container.close()
             self.container = None
 
 

@@ -65,6 +65,14 @@ def _run(req: Request, on_phase) -> tuple[dict, list[np.ndarray]]:
     started = time.perf_counter()
     counter = video_pyav.DecodeCounter()
     fmap = video_pyav.scan_packets(req.path)  # demux only: cheap
+    try:
+        return _decode_map(req, fmap, counter, started, on_phase)
+    finally:
+        fmap.close()
+
+
+def _decode_map(req: Request, fmap, counter, started: float, on_phase) -> tuple[dict, list[np.ndarray]]:
+    """Verify the tail, choose frames and decoder, decode: the body of `run` once the packets are mapped."""
     seconds = fmap.seconds
     provisional, _ = _select(req, seconds, _rate_and_duration(fmap, seconds)[1], [])
     check_memory(req, len(provisional), fit_within(fmap.display_hw, req.max_side))  # before decoding anything
