@@ -502,5 +502,14 @@ def ask(
     dtype: str = "auto",
     **config: Any,
 ) -> AskResult:
-    """One question about one video; ``config`` takes the fields of :class:`AskConfig` (method, keep, frames...)."""
-    return VideoQA(model, device=device, dtype=dtype).ask(video, question, AskConfig(**config))
+    """One question about one video; ``config`` takes the fields of :class:`AskConfig` (method, keep, frames...).
+
+    The video is decoded (in its worker process) while the model loads.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    cfg = AskConfig(**config)
+    with ThreadPoolExecutor(1) as pool:
+        ahead = pool.submit(VideoQA.decode, video, cfg)
+        qa = VideoQA(model, device=device, dtype=dtype)
+        return qa.ask(video, question, cfg, decoded=ahead.result())

@@ -149,6 +149,8 @@ def ask(
 ) -> None:
     """Ask QUESTION about VIDEO: the answer on stdout, a per-stage timing and token report on stderr."""
     with user_errors():
+        from concurrent.futures import ThreadPoolExecutor
+
         from .api import AskConfig, VideoQA
         from .report import print_report
 
@@ -158,7 +160,10 @@ def ask(
             text_after_video=text_after_video,
         )
         warn_random(model)
-        result = VideoQA(model, device=device, dtype=dtype).ask(video, question, config)
+        with ThreadPoolExecutor(1) as pool:  # decode (in its worker process) while the model loads
+            ahead = pool.submit(VideoQA.decode, video, config)
+            qa = VideoQA(model, device=device, dtype=dtype)
+            result = qa.ask(video, question, config, decoded=ahead.result())
         if as_json:
             typer.echo(json.dumps(result.to_dict()))
         else:
