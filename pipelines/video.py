@@ -159,29 +159,35 @@ class DecodeWorker:
                     self._kill()
 
     def _receive(self, req: Request, deadline: float, timeout_s: float) -> tuple[dict, np.ndarray]:
-        """Read phases, then the result or the error, before the deadline."""
+        """Read phases and frames (each straight into its slot of the result) until the answer or the deadline."""
+        array = None  # [T, H, W, 3]
         try:
             while True:
-                if not self._replies.poll(max(0.0, deadline - time.monotonic())):
-                    self._kill()
-                    raise VideoError(f"{req.path}: decoding timed out after {timeout_s:g}s")
-                kind, *rest = self._replies.recv()
-                if kind == "error":
+                kind, *rest = self._next(req, deadline, timeout_s)
+                if kind == "frames":
+                    n, hw = rest
+                    array = np.empty((n, *hw, 3), dtype=np.uint8)
+                elif kind == "frame":
+                    self._next(req, deadline, timeout_s, raw=memoryview(array[rest[0]]).cast("B"))
+                elif kind == "error":
                     cls = VideoTooLarge if rest[0] == "VideoTooLarge" else VideoError
                     raise cls(rest[1])
-                if kind == "ok":
-                    meta, shape = rest
-                    array = np.empty(shape, dtype=np.uint8)  # [T, H, W, 3]
-                    for frame in array:  # [H, W, 3] views, filled in place
-                        if not self._replies.poll(max(0.0, deadline - time.monotonic())):
-                            self._kill()
-                            raise VideoError(f"{req.path}: decoding timed out after {timeout_s:g}s")
-                        self._replies.recv_bytes_into(memoryview(frame).cast("B"))
+                elif kind == "ok":
+                    meta, kept = rest
                     meta["source_size"] = tuple(meta["source_size"])
-                    return meta, array
+                    return meta, (array if len(kept) == len(array) else array[kept])
         except (EOFError, OSError):
             code = self._kill()
             raise VideoError(f"{req.path}: the decoder crashed (exit code {code})") from None
+
+    def _next(self, req: Request, deadline: float, timeout_s: float, raw: memoryview | None = None):
+        """The next message (or, with `raw`, the next frame's bytes into it), or a timeout VideoError."""
+        if not self._replies.poll(max(0.0, deadline - time.monotonic())):
+            self._kill()
+            raise VideoError(f"{req.path}: decoding timed out after {timeout_s:g}s")
+        if raw is not None:
+            return self._replies.recv_bytes_into(raw)
+        return self._replies.recv()
 
     def _start(self) -> None:
         """Start the process unless one is running: a fresh interpreter with this process's import path."""

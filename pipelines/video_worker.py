@@ -43,35 +43,65 @@ class Request:
 
 
 def run(req: Request, on_phase=lambda phase: None) -> tuple[dict, np.ndarray]:
-    """Decode `req` and return (DecodedVideo fields except frames, frames uint8 [T, H, W, 3]).
+    """Decode `req` in this process: (DecodedVideo fields except frames, frames uint8 [T, H, W, 3])."""
+    sink = ArraySink()
+    meta = run_into(req, sink, on_phase)
+    return meta, sink.result(meta.pop("kept"))
+
+
+class ArraySink:
+    """Receives the frames of a decode into one preallocated array, each in its slot, as they are decoded."""
+
+    def start(self, n: int, hw: tuple[int, int]) -> None:
+        self.array = np.empty((n, *hw, 3), np.uint8)  # [T, H, W, 3]
+
+    def put(self, slot: int, rgb: np.ndarray) -> None:
+        self.array[slot] = rgb
+
+    def result(self, kept: list[int]) -> np.ndarray:
+        """The frames of the `kept` slots (all of them, without a copy, unless some did not decode)."""
+        return self.array if len(kept) == len(self.array) else self.array[kept]
+
+
+class PipeSink:
+    """Sends each frame to the caller the moment it is converted: the worker never holds the whole set."""
+
+    def __init__(self, conn) -> None:
+        self.conn = conn
+
+    def start(self, n: int, hw: tuple[int, int]) -> None:
+        self.conn.send(("frames", n, tuple(hw)))
+
+    def put(self, slot: int, rgb: np.ndarray) -> None:
+        self.conn.send(("frame", slot))
+        self.conn.send_bytes(memoryview(np.ascontiguousarray(rgb)).cast("B"))  # raw bytes, no pickling
+
+
+def run_into(req: Request, sink, on_phase=lambda phase: None) -> dict:
+    """Decode `req` into `sink` (`start(n, (H, W))`, then `put(slot, rgb [H, W, 3])` per frame as decoded);
+    returns the DecodedVideo fields except frames, plus "kept": the slots that hold the result, in order.
 
     Opens `req.file` (absolute) when given; messages name the file as the caller gave it (`req.path`).
     """
-    meta, frames = run_frames(req, on_phase)
-    return meta, np.stack(frames)
-
-
-def run_frames(req: Request, on_phase=lambda phase: None) -> tuple[dict, list[np.ndarray]]:
-    """`run`, with the frames as a list of uint8 [H, W, 3] (what the worker sends, one at a time)."""
     if not req.file or req.file == req.path:
-        return _run(req, on_phase)
+        return _run(req, sink, on_phase)
     try:
-        return _run(dataclasses.replace(req, path=req.file), on_phase)
+        return _run(dataclasses.replace(req, path=req.file), sink, on_phase)
     except VideoError as e:
         raise type(e)(str(e).replace(req.file, req.path)) from None
 
 
-def _run(req: Request, on_phase) -> tuple[dict, list[np.ndarray]]:
+def _run(req: Request, sink, on_phase) -> dict:
     started = time.perf_counter()
     counter = video_pyav.DecodeCounter()
     fmap = video_pyav.scan_packets(req.path)  # demux only: cheap
     try:
-        return _decode_map(req, fmap, counter, started, on_phase)
+        return _decode_map(req, fmap, counter, started, sink, on_phase)
     finally:
         fmap.close()
 
 
-def _decode_map(req: Request, fmap, counter, started: float, on_phase) -> tuple[dict, list[np.ndarray]]:
+def _decode_map(req: Request, fmap, counter, started: float, sink, on_phase) -> dict:
     """Verify the tail, choose frames and decoder, decode: the body of `run` once the packets are mapped."""
     seconds = fmap.seconds
     provisional, _ = _select(req, seconds, _rate_and_duration(fmap, seconds)[1], [])
@@ -91,9 +121,13 @@ def _decode_map(req: Request, fmap, counter, started: float, on_phase) -> tuple[
     decoder = choose_decoder(req, fmap)
     on_phase(decoder)
     if decoder == "decord":
-        frames = list(_decode_decord(req, fmap, indices, out_hw, cache, counter, notes))
+        frames = _decode_decord(req, fmap, indices, out_hw, cache, counter, notes)
+        sink.start(len(frames), out_hw)
+        for j, rgb in enumerate(frames):
+            sink.put(j, rgb)
+        kept = list(range(len(frames)))
     else:
-        frames, indices = _decode_pyav(req, fmap, indices, out_hw, cache, counter, notes)
+        kept, indices = _decode_pyav(req, fmap, indices, out_hw, cache, counter, notes, sink)
     meta = dict(
         indices=indices,
         timestamps=[round(float(seconds[i]), 6) for i in indices],
@@ -109,7 +143,8 @@ def _decode_map(req: Request, fmap, counter, started: float, on_phase) -> tuple[
             "decode_s": round(time.perf_counter() - started, 4),
         },
     )
-    return meta, frames
+    meta["kept"] = kept
+    return meta
 
 
 def _rgb(frame, max_side: int | None) -> np.ndarray:
@@ -125,9 +160,9 @@ def frame_bytes(n: int, hw: tuple[int, int]) -> int:
 
 
 def check_memory(req: Request, n: int, hw: tuple[int, int]) -> None:
-    """Refuse (VideoTooLarge) a request whose frames would not fit: counted twice, as the worker's array is
-    handed over into the caller's. The limit is `req.max_bytes`, else the memory available now (psutil)."""
-    need = 2 * frame_bytes(n, hw)
+    """Refuse (VideoTooLarge) a request whose frames would not fit in the caller's array (the worker holds
+    only frames in flight). The limit is `req.max_bytes`, else the memory available now (psutil)."""
+    need = frame_bytes(n, hw)
     if req.max_bytes is not None:
         limit, what = req.max_bytes, "the limit"
     else:
@@ -214,28 +249,33 @@ def choose_decoder(req: Request, fmap: video_pyav.FrameMap) -> str:
     return "decord"
 
 
-def _decode_pyav(req, fmap, indices, out_hw, cache, counter, notes) -> tuple[list[np.ndarray], list[int]]:
-    """Frames at `indices` via `video_pyav.sample`, reusing the tail's frames; a list of uint8 [H, W, 3]
-    (no stacked copy: the worker hands them over one by one into the caller's array)."""
+def _decode_pyav(req, fmap, indices, out_hw, cache, counter, notes, sink) -> tuple[list[int], list[int]]:
+    """Frames at `indices` via `video_pyav.sample` into `sink` as they are converted, the tail's first.
+
+    Returns (slots kept, their frame indices): a target that did not decode took the next frame that does,
+    and a frame taken twice is kept once.
+    """
     targets = sorted({fmap.pts[i] for i in indices})
-    out: list[np.ndarray | None] = [None] * len(targets)
+    sink.start(len(targets), out_hw)
     taken: list[int | None] = [None] * len(targets)
     todo = []
     for j, t in enumerate(targets):
         if t in cache and cache[t].shape == (*out_hw, 3):
-            out[j], taken[j] = cache.pop(t), t
+            sink.put(j, cache.pop(t))
+            taken[j] = t
         else:
             todo.append(j)
+    cache.clear()
+    counter.converted += len(targets) - len(todo)
 
     def put(jj: int, frame) -> None:
         counter.converted += 1
-        out[todo[jj]] = video_pyav.to_rgb(frame, out_hw, fmap.rotation)
+        sink.put(todo[jj], video_pyav.to_rgb(frame, out_hw, fmap.rotation))
 
     got = video_pyav.sample(req.path, fmap, [targets[j] for j in todo], put, counter)
     for jj, pts in enumerate(got):
         taken[todo[jj]] = pts
-    counter.converted += len(targets) - len(todo)
-    keep, last = [], None  # frames in order, none taken twice (a target that did not decode took the next)
+    keep, last = [], None
     for j, pts in enumerate(taken):
         if pts is not None and (last is None or pts > last):
             keep.append(j)
@@ -244,8 +284,7 @@ def _decode_pyav(req, fmap, indices, out_hw, cache, counter, notes) -> tuple[lis
         raise VideoError(f"{req.path}: none of the sampled frames decode (corrupt video data)")
     if len(keep) < len(targets):
         notes.append(f"{len(targets) - len(keep)} sampled frames did not decode; returning {len(keep)}")
-    real = [min(bisect.bisect_left(fmap.pts, taken[j]), len(fmap.pts) - 1) for j in keep]
-    return [out[j] for j in keep], real
+    return keep, [min(bisect.bisect_left(fmap.pts, taken[j]), len(fmap.pts) - 1) for j in keep]
 
 
 def _decode_decord(req, fmap, indices, out_hw, cache, counter, notes) -> np.ndarray:
@@ -276,7 +315,8 @@ def _maybe_hang(req: Request, phase: str) -> None:
 
 
 def serve(req: Request, replies) -> None:
-    """Decode one request; send ("phase", p)..., then ("ok", meta, shape) and each frame's bytes, or ("error", kind, msg)."""
+    """Decode one request; send ("phase", p), ("frames", n, (H, W)), ("frame", slot) + bytes per frame as
+    decoded, then ("ok", meta, kept slots); or ("error", kind, msg)."""
     try:
         _maybe_hang(req, "start")
 
@@ -284,13 +324,11 @@ def serve(req: Request, replies) -> None:
             replies.send(("phase", phase))
             _maybe_hang(req, phase)
 
-        meta, frames = run_frames(req, on_phase)
+        meta = run_into(req, PipeSink(replies), on_phase)
         meta["stats"]["torch_loaded"] = "torch" in sys.modules  # the worker must stay light
         meta["stats"]["decord_loaded"] = "decord" in sys.modules
         meta["stats"]["worker_pid"] = os.getpid()
-        replies.send(("ok", meta, (len(frames), *frames[0].shape)))
-        for frame in frames:  # raw buffers, one frame at a time: no pickling, no stacked copy
-            replies.send_bytes(memoryview(np.ascontiguousarray(frame)).cast("B"))
+        replies.send(("ok", meta, meta.pop("kept")))
     except VideoError as e:
         replies.send(("error", type(e).__name__, str(e)))
     except Exception as e:  # anything else still reaches the user as one line

@@ -236,10 +236,10 @@ def test_over_large_request_is_refused_before_decoding(tmp_path, monkeypatch):
     monkeypatch.setattr(video_pyav, "verify_tail", no_decoding)
     monkeypatch.setattr(video_pyav, "sample", no_decoding)
     with pytest.raises(VideoTooLarge) as e:
-        decode(path, frames=12, max_bytes=100_000, timeout_s=None)  # 2 x 12 x 64 x 96 x 3 = 432 KiB
+        decode(path, frames=12, max_bytes=100_000, timeout_s=None)  # 12 x 64 x 96 x 3 = 216 KiB
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith(str(path))
-    assert "12 frames at 96x64 need 0.422 MiB of memory (0.0954 MiB the limit): ask for fewer frames" in msg
+    assert "12 frames at 96x64 need 0.211 MiB of memory (0.0954 MiB the limit): ask for fewer frames" in msg
     monkeypatch.undo()
     with pytest.raises(VideoTooLarge):  # the same through the worker
         decode(path, frames=12, max_bytes=100_000, timeout_s=30)
