@@ -11,9 +11,9 @@ those and on every file of --videos (default ../shared/videos), it times with in
 - vidq: `flashvid_cli.pipelines.video.decode(path, frames=N, max_side=None)`, the default exact path, in
   its long-lived worker (the frames handed back over the pipe are included);
 - decord: `VideoReader(path).get_batch(uniform indices over len(vr)).asnumpy()`, in this process;
-- pyav-seq: every frame decoded in order by PyAV (frame + slice threads), the same N frames converted.
+- pyav-seq: every frame decoded in order by PyAV (frame + slice threads), nothing converted.
 
-and checks each decoder's frames against the sequential decode: `exact` (bit-equal at the indices it
+and checks each decoder's frames against a plain sequential PyAV decode (PyAV's default threading): `exact` (bit-equal at the indices it
 reports), `same` (each the right picture, mean |diff| <= 3/255: another colour conversion), or `WRONG n`
 (n frames are other pictures, e.g. padding copies), or the error. Prints a table, then one JSON line.
 """
@@ -109,8 +109,9 @@ def generate(path: Path, codec: str, hw: tuple[int, int], seconds: float, fps: i
     return time.perf_counter() - started
 
 
-def sequential(path: Path, wanted: set[int]) -> tuple[int, dict[int, np.ndarray], float]:
-    """Every frame decoded in order (frame + slice threads); returns (count, {index: rgb} for wanted, seconds)."""
+def sequential(path: Path, wanted: set[int], threaded: bool = True) -> tuple[int, dict[int, np.ndarray], float]:
+    """Every frame decoded in order, with frame + slice threads (timed) or PyAV's defaults (the plain decode
+    that is the reference: frame threading conceals damage differently); returns (count, {index: rgb}, s)."""
     started = time.perf_counter()
     out, n = {}, 0
     try:
@@ -121,7 +122,8 @@ def sequential(path: Path, wanted: set[int]) -> tuple[int, dict[int, np.ndarray]
         if not c.streams.video:
             return 0, out, time.perf_counter() - started
         s = max(c.streams.video, key=lambda v: (v.width * v.height, -v.index))  # vidq's rule, without dispositions
-        s.thread_type = "AUTO"
+        if threaded:
+            s.thread_type = "AUTO"
         for packet in c.demux(s):
             try:
                 frames = packet.decode()
@@ -187,8 +189,9 @@ def bench_file(path: Path, o: Options) -> dict:
             times[name].append(time.perf_counter() - started)
             results[name] = got
         wanted = set().union(*(set(r[0]) for r in results.values() if isinstance(r, tuple)))
-        count, ref, seconds = sequential(path, wanted)
+        count, _, seconds = sequential(path, set())
         times["pyav-seq"].append(seconds)
+    count, ref, _ = sequential(path, wanted, threaded=False)  # the reference, untimed
     row = {"file": path.name, "frames_total": count}
     if count == 0:  # FFmpeg decodes nothing: only a clear error is right, no timing is meaningful
         times = {k: [] for k in times}

@@ -448,14 +448,27 @@ def sample(path: str, fmap: FrameMap, targets: list[int], put, counter: DecodeCo
     that are not targets are skipped where that is exact (`_nonref_safe`) and the file decoded cleanly.
 
     Returns the pts taken for each target (None where nothing was taken). A target that does not decode
-    yields the next frame that does, reported with its own pts; a frame is never taken twice.
+    yields the next frame that does, reported with its own pts; a frame is never taken twice. If a packet
+    fails to decode under frame threading, the whole sampling is redone single-threaded (a plain decode's
+    concealment), `put` receiving those frames again.
     """
-    taken: list[int | None] = [None] * len(targets)
     if not targets:
-        return taken
+        return []
+    threads = decode_threads() if not fmap.decode_errors else 1
+    errors_before = counter.errors
+    taken = _sample(path, fmap, targets, put, counter, skip_nonref, threads)
+    if threads > 1 and counter.errors > errors_before:  # damage met with frame threading: redo it plainly, as
+        fmap.decode_errors += counter.errors - errors_before  # concealment differs between the two
+        taken = _sample(path, fmap, targets, put, counter, skip_nonref, 1)  # (`put` overwrites each slot)
+    return taken
+
+
+def _sample(path, fmap, targets, put, counter, skip_nonref, threads) -> list[int | None]:
+    """`sample` with a given threading."""
+    taken: list[int | None] = [None] * len(targets)
     wanted = set(targets)
     clean = not fmap.decode_errors
-    reader = _Reader(path, fmap, counter, threads=decode_threads() if clean else 1)
+    reader = _Reader(path, fmap, counter, threads=threads)
     nonref = skip_nonref and clean and fmap.all_pts and fmap.nonref_ok
     skip = (lambda packet: packet.pts not in wanted) if nonref else None
     groups: dict[int, list[int]] = {}
