@@ -13,9 +13,9 @@ those and on every file of --videos (default ../shared/videos), it times with in
 - decord: `VideoReader(path).get_batch(uniform indices over len(vr)).asnumpy()`, in this process;
 - pyav-seq: every frame decoded in order by PyAV (frame + slice threads), nothing converted.
 
-and checks each decoder's frames against a plain sequential PyAV decode (PyAV's default threading): `exact` (bit-equal at the indices it
-reports), `same` (each the right picture, mean |diff| <= 3/255: another colour conversion), or `WRONG n`
-(n frames are other pictures, e.g. padding copies), or the error. Prints a table, then one JSON line.
+and checks each decoder's frames against a plain sequential PyAV decode (PyAV's default threading):
+`exact` (bit-equal at the indices it reports), `same` (each the right picture, mean |diff| <= 3/255: another
+colour conversion), `WRONG n` (n frames are other pictures, e.g. padding copies), or the error. Prints a table, then one JSON line.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ from flashvid_cli.pipelines.video_sampling import uniform_indices  # noqa: E402
 
 # name: (codec, (height, width) at scale 1, seconds (None: --minutes), fps, encoder options)
 GENERATED = {
-    "gen_hevc_1080p_10s.mp4": ("libx265", (1080, 1920), 10, 30, {"preset": "ultrafast", "x265-params": "log-level=none"}),
+    "gen_hevc_1080p_10s.mp4": ("libx265", (1080, 1920), 10, 30,
+                               {"preset": "ultrafast", "x265-params": "log-level=none"}),
     "gen_h264_1080p_30s.mp4": ("libx264", (1080, 1920), 30, 30, {"preset": "veryfast"}),  # default GOP: 250
     "gen_h264_480p_long.mp4": ("libx264", (480, 854), None, 30, {"preset": "ultrafast"}),
 }
@@ -239,7 +240,8 @@ def main() -> None:
     for path in files:
         rows.append(bench_file(path, o))
         print(f"# done {path.name}", file=sys.stderr, flush=True)
-    cols = ["file", "frames_total", "vidq_s", "decord_s", "pyav-seq_s", "vidq_over_decord", "vidq_frames", "decord_frames"]
+    cols = ["file", "frames_total", "vidq_s", "decord_s", "pyav-seq_s", "vidq_over_decord",
+            "vidq_frames", "decord_frames"]
     print(f"vidq decode vs decord get_batch vs sequential PyAV: {o.frames} uniform frames, median of {o.repeats} "
           f"interleaved repeats, seconds; {os.cpu_count()} CPUs (shared)")
     print("| " + " | ".join(cols) + " |")

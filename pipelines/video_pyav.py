@@ -93,11 +93,14 @@ def pick_stream(container) -> tuple[av.video.stream.VideoStream, list[str]]:
     streams = streams or list(container.streams.video)
     if len(streams) == 1:
         return streams[0], []
-    key = lambda s: (-(s.codec_context.width or 0) * (s.codec_context.height or 0), not _has_disposition(s, "default"), s.index)  # noqa: E731
+    def key(s) -> tuple:
+        area = (s.codec_context.width or 0) * (s.codec_context.height or 0)
+        return (-area, not _has_disposition(s, "default"), s.index)
+
     chosen = min(streams, key=key)
-    others = ", ".join(f"#{s.index} {s.codec_context.width}x{s.codec_context.height}" for s in streams if s is not chosen)
-    note = (f"{len(streams)} video streams: decoded #{chosen.index} "
-            f"({chosen.codec_context.width}x{chosen.codec_context.height}, the largest); ignored {others}")
+    size = lambda s: f"{s.codec_context.width}x{s.codec_context.height}"  # noqa: E731
+    others = ", ".join(f"#{s.index} {size(s)}" for s in streams if s is not chosen)
+    note = f"{len(streams)} video streams: decoded #{chosen.index} ({size(chosen)}, the largest); ignored {others}"
     return chosen, [note]
 
 

@@ -82,7 +82,8 @@ def sequential(path: Path) -> tuple[list[int], list[np.ndarray]]:
 GENERATED = {
     # name: (file name, codec, encoder options, container format, frames)
     "h264_bframes_long_gop": ("a.mp4", "libx264", {"g": "60", "bf": "3", "preset": "veryfast"}, None, 150),
-    "hevc_open_gop": ("h.mp4", "libx265", {"x265-params": "keyint=30:min-keyint=30:bframes=4:log-level=none"}, None, 90),
+    "hevc_open_gop": ("h.mp4", "libx265", {"x265-params": "keyint=30:min-keyint=30:bframes=4:log-level=none"},
+                      None, 90),
     "vp9_altref": ("v.webm", "libvpx-vp9", {"g": "30", "deadline": "good", "cpu-used": "8", "lag-in-frames": "16",
                                             "auto-alt-ref": "1"}, None, 60),
     "av1": ("av1.mp4", "libsvtav1", {"preset": "12", "g": "24"}, None, 48),
@@ -222,7 +223,8 @@ def test_sampling_notes_are_true(tmp_path):
     assert "the video has 12 frames, fewer than max frames 32: returning all of them" in v.notes
     w = decode(path, fps=24, max_frames=4, timeout_s=None)
     assert "fps=24 gives 12 frames; capped by max frames 4: 4 frames 0.153 s apart (6.55 fps effective)" in w.notes
-    assert decode(path, frames=20, timeout_s=None).notes == ["asked for 20 frames, the video has 12: returning all of them"]
+    asked = decode(path, frames=20, timeout_s=None).notes
+    assert asked == ["asked for 20 frames, the video has 12: returning all of them"]
 
 
 def test_over_large_request_is_refused_before_decoding(tmp_path, monkeypatch):
