@@ -48,7 +48,7 @@ class DecodedVideo:
     sampling: str  # e.g. "32 frames uniform" or "fps=1 (max 32): 12 frames"
     notes: list[str]  # what was noticed and handled, e.g. "container claims 30 frames, 5 decodable"
     source_size: tuple[int, int]  # (height, width) in display orientation, before any decode-time downscale
-    stats: dict = field(default_factory=dict)  # pyav_frames_decoded, pyav_passes, decode_s, worker_pid...
+    stats: dict = field(default_factory=dict)  # pyav_frames_decoded, pyav_passes, decode_s; worker_pid, peak_rss_bytes
 
 
 def decode(

@@ -318,6 +318,7 @@ def serve(req: Request, replies) -> None:
     """Decode one request; send ("phase", p), ("frames", n, (H, W)), ("frame", slot) + bytes per frame as
     decoded, then ("ok", meta, kept slots); or ("error", kind, msg)."""
     try:
+        _reset_peak_rss()
         _maybe_hang(req, "start")
 
         def on_phase(phase: str) -> None:
@@ -328,12 +329,35 @@ def serve(req: Request, replies) -> None:
         meta["stats"]["torch_loaded"] = "torch" in sys.modules  # the worker must stay light
         meta["stats"]["decord_loaded"] = "decord" in sys.modules
         meta["stats"]["worker_pid"] = os.getpid()
+        meta["stats"]["peak_rss_bytes"] = _peak_rss_bytes()  # the caller's report adds it to its own peak
         replies.send(("ok", meta, meta.pop("kept")))
     except VideoError as e:
         replies.send(("error", type(e).__name__, str(e)))
     except Exception as e:  # anything else still reaches the user as one line
         msg = f"{req.path}: decoding failed: {type(e).__name__}: {video_pyav.clean_cause(e)}"
         replies.send(("error", "VideoError", msg))
+
+
+def _peak_rss_bytes() -> int | None:
+    """This process's peak resident set size in bytes since the current request began (`_reset_peak_rss`):
+    Linux's VmHWM, which starts afresh at exec (``ru_maxrss`` would not do: it keeps the forking parent's
+    peak across the exec). None where unknown."""
+    try:
+        with open("/proc/self/status") as f:
+            line = next(line for line in f if line.startswith("VmHWM:"))
+        return int(line.split()[1]) * 1024  # "VmHWM:   123456 kB"
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+
+
+def _reset_peak_rss() -> None:
+    """Start VmHWM over at the current RSS (Linux: "5" to /proc/self/clear_refs), so a long-lived worker
+    reports each request's own peak, not the largest of all the videos before it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
 
 
 def _watch_parent(parent: int) -> None:
