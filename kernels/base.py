@@ -12,10 +12,13 @@ import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from .fastv import LLMPrune
 
 
 class MethodError(ValueError):
@@ -126,13 +129,16 @@ def cpu_threads(count: int | None) -> Iterator[None]:
 class Method:
     """Base of every compression method: validates the ratio and the inputs once, runs ``compress`` in float32.
 
-    Subclasses set ``name`` (the registry key), ``needs`` (which optional inputs they read), ``recipes``
-    (per-``model_type`` option defaults) and implement :meth:`compress`.
+    Subclasses set ``name`` (the registry key), ``needs`` (which optional inputs they read: "importance", "metric",
+    "question"), ``recipes`` (per-``model_type`` option defaults) and implement :meth:`compress`. A method with
+    "question" in ``needs`` depends on the question (its tokens cannot be shared between questions). A method
+    that can prune inside the LLM sets ``prunes_in_llm`` and returns its stage from :meth:`llm_prune`.
     """
 
     name: ClassVar[str] = ""
     needs: ClassVar[frozenset[str]] = frozenset()
     recipes: ClassVar[dict[str, dict[str, Any]]] = {}
+    prunes_in_llm: ClassVar[bool] = False  # True: may have an in-LLM stage (see llm_prune); the stage needs the question
 
     keep: float = 1.0
 
@@ -146,8 +152,13 @@ class Method:
         grid: Grid,
         importance: Tensor | None = None,
         metric: Tensor | None = None,
+        question: Tensor | None = None,
     ) -> Compressed:
-        """Compress ``feats [T, N, D]``; see the module docstring for the optional inputs."""
+        """Compress ``feats [T, N, D]``; see the module docstring for the optional inputs.
+
+        ``question [M, D]``: the question's token embeddings (the LLM's own input embeddings, any float dtype), read
+        only by methods with "question" in ``needs`` (passed to :meth:`compress` as the ``question`` keyword).
+        """
         if feats.ndim != 3 or feats.shape[:2] != (grid.T, grid.N):
             raise MethodError(f"feats must be [T, N, D] = [{grid.T}, {grid.N}, D], got {tuple(feats.shape)}")
         if "importance" in self.needs:
@@ -158,12 +169,17 @@ class Method:
             if metric is None or metric.shape[:2] != (grid.T, grid.N):
                 raise MethodError(f"method {self.name!r} needs a key metric [T, N, Dk]")
             metric = metric.float()
+        extra: dict[str, Tensor] = {}
+        if "question" in self.needs:
+            if question is None or question.ndim != 2 or question.shape[0] < 1:
+                raise MethodError(f"method {self.name!r} needs the question's token embeddings [M, D]")
+            extra["question"] = question.float()
         if self.keep >= 1.0 and not getattr(self, "reference", False):
             index = torch.arange(grid.T * grid.N, device=feats.device)
             out = Compressed.kept(feats, index, grid)
         else:
             with cpu_threads(1 if feats.device.type == "cpu" else None):
-                out = self.compress(feats.float(), grid, importance, metric)
+                out = self.compress(feats.float(), grid, importance, metric, **extra)
             out.tokens = out.tokens.to(feats.dtype)
             if out.weights is not None:
                 out.weights = out.weights.float()
@@ -180,6 +196,10 @@ class Method:
     ) -> Compressed:  # pragma: no cover - abstract
         """Float32 ``feats [T, N, D]`` -> :class:`Compressed`; called only when there is something to drop."""
         raise NotImplementedError
+
+    def llm_prune(self) -> LLMPrune | None:
+        """The in-LLM pruning stage this method runs after the vision side, or None (the default)."""
+        return None
 
     def options(self) -> dict[str, Any]:
         """The method's options as a plain dict (for reports)."""
