@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
     from .kernels import Compressed, Method
+    from .kernels.fastv import LLMPrune
     from .pipelines.base import EncodedVideo, Generation
     from .pipelines.video import DecodedVideo
 
@@ -132,6 +133,7 @@ class TokenCounts:
     ratio: float
     prompt: int
     generated: int
+    visual_by_layer: list[int] | None = None  # in-LLM stage only: visual tokens each decoder layer saw in the prefill
 
 
 @dataclass
@@ -311,12 +313,14 @@ class VideoQA:
         with torch.inference_mode():
             return self.pipeline.inputs(prepared.encoded, compressed.compressed, prompt, text_after_video=rule)
 
-    def last_logits(self, inputs: dict[str, Any], count: int = 1, append: Sequence[int] = ()) -> Tensor:
+    def last_logits(self, inputs: dict[str, Any], count: int = 1, append: Sequence[int] = (),
+                    prune: LLMPrune | None = None) -> Tensor:
         """Float32 logits [count, vocab] at the last ``count`` positions of one forward pass over ``inputs`` with
         the token ids ``append`` placed after the prompt as generate() would place them (position i predicts
-        token i + 1)."""
+        token i + 1). ``prune``: a method's in-LLM stage (``Method.llm_prune()``), run in that forward pass; with
+        ``append`` it scores from the last appended token, as a prefill of prompt + ``append`` would."""
         pipe = self.pipeline
-        return pipe.last_logits(pipe.append_tokens(inputs, append) if append else inputs, count=count)
+        return pipe.last_logits(pipe.append_tokens(inputs, append) if append else inputs, count=count, prune=prune)
 
     # -- stages ------------------------------------------------------------------------------------------------
     @staticmethod
@@ -380,8 +384,8 @@ class VideoQA:
                  ) -> CompressedVideo:
         """Compress ``prepared`` with ``method`` (a built Method, or an AskConfig's method, keep and options).
 
-        A method whose ``needs`` hold "question" reads ``question`` (and gets it as ``method(..., question=...)``);
-        other methods ignore it. Raises ConfigError when such a method gets no question or when the method needs an
+        A method whose ``needs`` hold "question" reads ``question``: it gets the LLM's input embeddings of the
+        question's tokens, ``method(..., question=[M, D])``; other methods ignore it. Raises ConfigError when such a method gets no question or when the method needs an
         input ``prepare`` did not compute, MethodError for a bad method or input.
         """
         import torch
@@ -398,7 +402,7 @@ class VideoQA:
         if _needs_question(method):
             if question is None or not question.strip():
                 raise ConfigError(f"method {method.name!r} reads the question: give compress() the question")
-            kwargs["question"] = question
+            kwargs["question"] = self.pipeline.question_embeddings(question)  # [M, D]
         encoded = prepared.encoded
         device = encoded.feats.device
         synchronize(device)
@@ -408,7 +412,7 @@ class VideoQA:
         synchronize(device)
         seconds = time.perf_counter() - started
         visual = int(out.tokens.shape[0]) + self.pipeline.extra_video_tokens
-        return CompressedVideo(method, out, seconds, visual, kwargs.get("question"))
+        return CompressedVideo(method, out, seconds, visual, question if kwargs else None)
 
     def answer(self, prepared: PreparedVideo, question: str, config: AskConfig | None = None,
                compressed: CompressedVideo | None = None) -> AskResult:
@@ -441,7 +445,8 @@ class VideoQA:
             synchronize(pipe.device)
             prompt_s = time.perf_counter() - started
             torch.manual_seed(config.seed)
-            gen = pipe.generate(inputs, GenerationOptions(config.max_new_tokens, config.temperature))
+            gen = pipe.generate(inputs, GenerationOptions(config.max_new_tokens, config.temperature),
+                                prune=compressed.method.llm_prune())
         return AskResult(gen.text, self.report(prepared, compressed, gen, prompt_s, rule), list(gen.token_ids))
 
     def report(self, prepared: PreparedVideo, compressed: CompressedVideo, generation: Generation, prompt_s: float,
@@ -463,7 +468,8 @@ class VideoQA:
             method_options={k: v for k, v in method.options().items() if k != "keep"},
             method_stats={k: v for k, v in compressed.compressed.stats.items() if k not in {"tokens_in", "tokens_out"}},
             video=copy.deepcopy(prepared.video),
-            tokens=TokenCounts(before, after, after / before, generation.prompt_tokens, len(generation.token_ids)),
+            tokens=TokenCounts(before, after, after / before, generation.prompt_tokens, len(generation.token_ids),
+                               generation.visual_by_layer),
             timings=Timings(
                 decode=t.decode, preprocess=t.preprocess, encode=t.encode, compress=compressed.seconds,
                 prefill=prefill, generate=generation.decode_s, total=ttft + generation.decode_s,

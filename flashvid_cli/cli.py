@@ -184,11 +184,18 @@ def methods() -> None:
         table = Table(show_edge=False)
         table.add_column("method")
         table.add_column("needs")
+        table.add_column("reads the question")
         table.add_column("options (default)")
         for name, cls in registered().items():
             fields = [f for f in dataclasses.fields(cls) if f.name != "keep"]
             options = ", ".join(f"{f.name}={f.default!r}" for f in fields) or "-"
-            table.add_row(name, ", ".join(sorted(cls.needs)) or "-", options)
+            if "question" in cls.needs:
+                query = "yes: selection"
+            elif cls.prunes_in_llm:
+                query = "yes: in-LLM stage" if cls().llm_prune() is not None else "only with its in-LLM stage on"
+            else:
+                query = "-"
+            table.add_row(name, ", ".join(sorted(cls.needs - {"question"})) or "-", query, options)
         Console().print(table)
 
 

@@ -201,6 +201,11 @@ class Method:
         """The in-LLM pruning stage this method runs after the vision side, or None (the default)."""
         return None
 
+    @property
+    def query_aware(self) -> bool:
+        """Whether the output depends on the question: it reads it, or prunes inside the LLM by the last query."""
+        return "question" in self.needs or self.llm_prune() is not None
+
     def options(self) -> dict[str, Any]:
         """The method's options as a plain dict (for reports)."""
         return dataclasses.asdict(self)

@@ -12,7 +12,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -21,6 +22,10 @@ from torch import Tensor
 from ..kernels import Compressed, Grid
 from .errors import ModelError
 from .preprocess import PreprocessConfig
+
+if TYPE_CHECKING:
+    from ..kernels.fastv import LLMPrune
+    from .llm_prune import PruneRun
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -61,6 +66,7 @@ class Generation:
     prefill_s: float  # time to first token: the prefill forward and the first sampled token
     decode_s: float  # every later token
     logits: list[Tensor] | None = None  # per step [1, vocab], only with return_logits
+    visual_by_layer: list[int] | None = None  # with an in-LLM stage: visual tokens each decoder layer saw
 
 
 def synchronize(device: torch.device) -> None:
@@ -284,6 +290,41 @@ class Pipeline:
         return self.model.model.language_model
 
     @property
+    def language_model(self) -> Any:
+        """The LLM's decoder body: the module holding ``.layers``, ``.rotary_emb``, ``.norm``, ``.embed_tokens``.
+
+        The default is where LLaVA-OneVision and Qwen2.5-VL keep it in transformers 5.x; a family that keeps it
+        elsewhere overrides this.
+        """
+        return self.model.model.language_model
+
+    def question_embeddings(self, question: str) -> Tensor:
+        """The LLM's input embeddings of the question's tokens (no chat template): [M, D] in the model dtype."""
+        ids = self.tokenizer(question, add_special_tokens=False)["input_ids"] or [self.tokenizer.pad_token_id]
+        with torch.no_grad():
+            return self.language_model.embed_tokens(torch.tensor(ids, device=self.device))
+
+    def visual_span(self, input_ids: Tensor) -> tuple[int, int]:
+        """(start, length) of the compressed video tokens in ``input_ids [1, L]``: the run of video placeholders,
+        less the ``extra_video_tokens`` the family adds after it (those are kept by an in-LLM stage)."""
+        where = (input_ids[0] == self.tokenizer.convert_tokens_to_ids(self.video_token)).nonzero()[:, 0]
+        if where.numel() == 0:
+            return 0, 0
+        start, length = int(where[0]), int(where.numel()) - self.extra_video_tokens
+        return start, max(0, length)
+
+    def llm_pruning(self, inputs: dict[str, Any], stage: LLMPrune | None) -> Any:
+        """Context in which the model's prefill of ``inputs`` runs ``stage`` (a null context when None); it yields
+        the :class:`~.llm_prune.PruneRun` (or None)."""
+        if stage is None:
+            return nullcontext(None)
+        from .llm_prune import prune_in_llm
+
+        start, length = self.visual_span(inputs["input_ids"])
+        return prune_in_llm(self.language_model, stage, int(inputs["input_ids"].shape[1]), start, length,
+                            self.extra_video_tokens)
+
+    @property
     def device(self) -> torch.device:
         return self.model.get_input_embeddings().weight.device
 
@@ -325,8 +366,11 @@ class Pipeline:
         ids = prompt_ids(self.tokenizer, self.chat_template, self.video_token, question, count, self.name)
         return torch.tensor([ids], device=self.device)
 
-    def generate(self, inputs: dict[str, Any], options: GenerationOptions) -> Generation:
-        """Run generate(); the streamer marks the first token so prefill and decoding are timed apart."""
+    def generate(self, inputs: dict[str, Any], options: GenerationOptions, prune: LLMPrune | None = None
+                 ) -> Generation:
+        """Run generate(); the streamer marks the first token so prefill and decoding are timed apart.
+
+        ``prune``: an in-LLM pruning stage run during the prefill (:mod:`.llm_prune`)."""
         clock = _Clock(self.device)
         sampling: dict[str, Any] = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         if options.temperature > 0:
@@ -334,22 +378,24 @@ class Pipeline:
         prompt_len = int(inputs["input_ids"].shape[1])
         synchronize(self.device)
         start = time.perf_counter()
-        out = self.model.generate(
-            **inputs,
-            max_new_tokens=options.max_new_tokens,
-            streamer=clock,
-            return_dict_in_generate=True,
-            output_logits=options.return_logits,
-            pad_token_id=self.tokenizer.pad_token_id,
-            **sampling,
-        )
+        with self.llm_pruning(inputs, prune) as run:
+            out = self.model.generate(
+                **inputs,
+                max_new_tokens=options.max_new_tokens,
+                streamer=clock,
+                return_dict_in_generate=True,
+                output_logits=options.return_logits,
+                pad_token_id=self.tokenizer.pad_token_id,
+                **sampling,
+            )
         synchronize(self.device)
         end = time.perf_counter()
         first = clock.first_token_at or end
         new_ids = out.sequences[0, prompt_len:].tolist()
         text = self.tokenizer.decode(new_ids, skip_special_tokens=True).strip()
         logits = [x.detach() for x in out.logits] if options.return_logits else None
-        return Generation(text, new_ids, prompt_len, first - start, end - first, logits)
+        by_layer = _visual_by_layer(run)
+        return Generation(text, new_ids, prompt_len, first - start, end - first, logits, by_layer)
 
     def append_tokens(self, inputs: dict[str, Any], ids: Sequence[int]) -> dict[str, Any]:
         """``inputs`` with ``ids`` appended after the prompt, placed exactly as generate() would place them.
@@ -369,11 +415,20 @@ class Pipeline:
             out["position_ids"] = torch.cat([positions, positions[..., -1:] + step], dim=-1)  # [R, 1, L + n]
         return out
 
-    def last_logits(self, inputs: dict[str, Any], count: int = 1) -> Tensor:
+    def last_logits(self, inputs: dict[str, Any], count: int = 1, prune: LLMPrune | None = None) -> Tensor:
         """Float32 logits [count, vocab] at the last ``count`` positions of one forward pass (no generate, no cache).
 
-        The logits at position i predict token i + 1; only ``count`` rows go through the LM head.
+        The logits at position i predict token i + 1; only ``count`` rows go through the LM head. ``prune``: an
+        in-LLM stage (the last ``count`` positions must be text, which every stage keeps).
         """
-        with torch.inference_mode():
+        with torch.inference_mode(), self.llm_pruning(inputs, prune):
             out = self.model(**inputs, use_cache=False, logits_to_keep=count)
         return out.logits[0].float()
+
+
+def _visual_by_layer(run: PruneRun | None) -> list[int] | None:
+    if run is None:
+        return None
+    if run.keep is None:
+        raise RuntimeError("the in-LLM pruning stage never saw the prefill")
+    return run.visual_by_layer

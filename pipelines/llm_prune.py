@@ -1,0 +1,156 @@
+"""The in-LLM pruning stage (FastV; FlashVID's inner stage) on the stock transformers decoder, for every family.
+
+During the prefill, at decoder layer ``K - 1`` the last query's attention over every key is computed from that
+layer's own ``q_proj``/``k_proj`` and rotary embedding (one query row, float32 softmax, GQA keys repeated, mean over
+heads); before layer ``K`` the chosen visual tokens and all text are kept, each survivor with its position. Layers
+``>= K`` run on (and cache) the survivors only. The model keeps its SDPA attention; nothing is vendored.
+
+How, with transformers 5.23 (read from ``models/qwen2/modeling_qwen2.py``, ``models/qwen2_5_vl/...``,
+``cache_utils.py``, ``masking_utils.py``): the stage is a set of hooks around the stock ``generate()``/forward.
+
+* Every decoder body (``Qwen2Model``, ``Qwen2_5_VLTextModel``) computes ``position_embeddings = rotary_emb(h,
+  position_ids)`` once (cos/sin ``[B, L, d]``, Qwen's M-RoPE sections already merged) and passes the same
+  ``position_embeddings``, ``attention_mask`` and ``position_ids`` keywords to each layer. A forward pre-hook
+  (``with_kwargs``) on each layer ``>= K`` gathers the survivors' columns of the hidden states, of cos/sin, of
+  ``position_ids`` and of a materialised mask (rows and columns). So survivors keep their exact rotary phases:
+  LLaVA's 1-D positions and Qwen2.5-VL's ``(t, h, w)`` columns alike, without recomputing any position.
+* A forward pre-hook on layer ``K - 1``'s ``self_attn`` reads the normed hidden states and cos/sin it is given and
+  applies the attention module's own ``apply_rotary_pos_emb`` (looked up in its module, so each family uses its
+  own). It needs no attention weights, so the layer itself runs SDPA as usual.
+* ``DynamicCache`` keeps one ``DynamicLayer`` per decoder layer and each grows by concatenation, so layers
+  ``>= K`` simply hold fewer entries. Everything ``generate()`` derives from the cache reads layer 0
+  (``get_seq_length()`` default), which holds the full prompt: the next token's position (LLaVA: ``L``; Qwen:
+  ``L + rope_deltas``) and the mask's key length are those of the unpruned prompt, which is right because the
+  survivors kept their positions. A decode step's mask, when one is materialised, has a column per layer-0 key;
+  the hook on layers ``>= K`` keeps the survivors' columns and every column after the prompt. With SDPA and no
+  padding the mask is None (``is_causal`` for the prefill, no mask for one query), which needs no cutting.
+
+Prefill is recognised per layer by an empty cache for that layer (or no cache at all, as in ``use_cache=False``
+scoring); a prompt is pruned once. Batch size 1 (vidq answers one question at a time).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..kernels.fastv import LLMPrune, select_visual
+
+
+@dataclass
+class PruneRun:
+    """What one stage did: layer ``K``, the visual span, survivors (sequence columns) and visual tokens per layer."""
+
+    layer: int
+    depth: int
+    visual_start: int
+    visual_len: int
+    kept_visual: int
+    extra_visual: int = 0  # visual tokens outside the pruned span that every layer sees (LLaVA's newline)
+    keep: Tensor | None = None  # [L'] long: the prompt positions layers >= K see, ascending
+    scores: Tensor | None = None  # [L] float32: the last query's head-averaged attention at layer K - 1
+    calls: int = field(default=0)
+
+    @property
+    def visual_by_layer(self) -> list[int]:
+        """Visual tokens each decoder layer sees during the prefill (one count per layer)."""
+        full = self.visual_len + self.extra_visual
+        cut = self.kept_visual + self.extra_visual
+        return [full] * self.layer + [cut] * (self.depth - self.layer)
+
+
+def last_query_attention(attn: nn.Module, hidden: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Head-averaged attention of the last query over all keys of one attention module, float32.
+
+    ``hidden [1, L, C]`` (the module's input, already normed), ``cos, sin [1, L, d]`` -> ``[L]``. Uses the module's
+    own projections, ``scaling`` and its family's ``apply_rotary_pos_emb``; softmax in float32 (ALGORITHMS.md 2.9).
+    """
+    rotate = sys.modules[type(attn).__module__].apply_rotary_pos_emb
+    B, L, _ = hidden.shape
+    d = attn.head_dim
+    q = attn.q_proj(hidden[:, -1:]).view(B, 1, -1, d).transpose(1, 2)  # [B, H, 1, d]
+    k = attn.k_proj(hidden).view(B, L, -1, d).transpose(1, 2)  # [B, Hkv, L, d]
+    q, _ = rotate(q, q, cos[:, -1:], sin[:, -1:])
+    k, _ = rotate(k, k, cos, sin)
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # GQA: each key head serves a group of query heads
+    logits = torch.matmul(q.float(), k.float().transpose(-1, -2)) * attn.scaling  # [B, H, 1, L]
+    return torch.softmax(logits, dim=-1)[0, :, 0].mean(0)
+
+
+def _cache_empty(kwargs: dict[str, Any], layer: int) -> bool:
+    cache = kwargs.get("past_key_values")
+    return cache is None or cache.get_seq_length(layer) == 0
+
+
+@contextmanager
+def prune_in_llm(
+    body: nn.Module, stage: LLMPrune, prompt_len: int, visual_start: int, visual_len: int, extra_visual: int = 0
+) -> Iterator[PruneRun]:
+    """While active, prefills of the ``prompt_len``-token prompt through decoder ``body`` prune at ``stage``'s layer.
+
+    ``body``: the decoder (``.layers``; see :attr:`Pipeline.language_model`). The visual tokens are positions
+    ``[visual_start, visual_start + visual_len)`` of the prompt. Yields a :class:`PruneRun` that is filled in by the
+    prefill. Raises :class:`~flashvid_cli.kernels.MethodError` if the layer does not fit the model.
+    """
+    layers = body.layers
+    depth = len(layers)
+    K = stage.layer_for(depth)
+    run = PruneRun(K, depth, visual_start, visual_len, stage.budget(visual_len), extra_visual)
+    columns = torch.arange(prompt_len)
+
+    def score(attn: nn.Module, args: tuple, kwargs: dict) -> None:
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        if not _cache_empty(kwargs, K - 1) or hidden.shape[1] != prompt_len:
+            return
+        if hidden.shape[0] != 1:
+            raise ValueError("in-LLM pruning runs on one sequence at a time")
+        cos, sin = kwargs["position_embeddings"]
+        with torch.no_grad():
+            scores = last_query_attention(attn, hidden, cos, sin)
+        _, keep = select_visual(scores, visual_start, visual_len, run.kept_visual)
+        run.scores, run.keep = scores, keep
+        run.calls += 1
+
+    def cut(index: int):
+        def hook(layer: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            keep = run.keep
+            if keep is None:
+                return args, kwargs
+            keep = keep.to(args[0].device if args else kwargs["hidden_states"].device)
+            kwargs = dict(kwargs)
+            mask = kwargs.get("attention_mask")
+            if _cache_empty(kwargs, index):  # the prefill: gather the survivors
+                if args:
+                    hidden = args[0]
+                    if hidden.shape[1] == prompt_len:
+                        args = (hidden.index_select(1, keep), *args[1:])
+                elif kwargs["hidden_states"].shape[1] == prompt_len:
+                    kwargs["hidden_states"] = kwargs["hidden_states"].index_select(1, keep)
+                cos, sin = kwargs["position_embeddings"]
+                if cos.shape[-2] == prompt_len:
+                    kwargs["position_embeddings"] = (cos.index_select(-2, keep), sin.index_select(-2, keep))
+                ids = kwargs.get("position_ids")
+                if isinstance(ids, Tensor) and ids.shape[-1] == prompt_len:
+                    kwargs["position_ids"] = ids.index_select(-1, keep)
+                if isinstance(mask, Tensor) and mask.shape[-1] == prompt_len:
+                    kwargs["attention_mask"] = mask.index_select(-2, keep).index_select(-1, keep)
+            elif isinstance(mask, Tensor) and mask.shape[-1] > prompt_len:  # a decode step: drop pruned keys
+                tail = columns.new_tensor(range(prompt_len, mask.shape[-1])).to(keep.device)
+                kwargs["attention_mask"] = mask.index_select(-1, torch.cat([keep, tail]))
+            return args, kwargs
+
+        return hook
+
+    handles = [layers[K - 1].self_attn.register_forward_pre_hook(score, with_kwargs=True)]
+    handles += [layers[i].register_forward_pre_hook(cut(i), with_kwargs=True) for i in range(K, depth)]
+    try:
+        yield run
+    finally:
+        for handle in handles:
+            handle.remove()
