@@ -43,8 +43,10 @@ def conditional_dpp(feats: Tensor, rel: Tensor, k: int) -> Tensor:
     """Greedy MAP of the DPP with kernel ``diag(rel) S diag(rel)``, ``S`` the tokens' cosine similarity.
 
     ``feats [B, N, D]``, ``rel [B, N]`` float32 -> picks ``[B, k]`` in greedy order (argmax ties to the lowest
-    index). Float32 throughout; like the reference there is no epsilon, so ``k`` above the rank of ``S`` gives NaN
-    gains (never with real model widths).
+    index), all distinct. Float32 throughout, the reference's arithmetic while the picked token's gain is positive.
+    The reference has no epsilon: with ``k`` above the rank of ``S`` (at most ``D``; never with real model widths)
+    its gains turn NaN and it repeats tokens. Here a pick whose gain is not positive adds nothing to the basis, and
+    picks stay distinct: the rest follow the leftover gains (numerical noise, deterministic).
     """
     B, N, _ = feats.shape
     if not 0 < k <= N:
@@ -55,14 +57,19 @@ def conditional_dpp(feats: Tensor, rel: Tensor, k: int) -> Tensor:
     basis = torch.zeros(B, k, N, dtype=kernel.dtype, device=kernel.device)
     rows = torch.arange(B, device=kernel.device)
     picks = torch.empty(B, k, dtype=torch.long, device=kernel.device)
+    picked = torch.zeros(B, N, dtype=torch.bool, device=kernel.device)
     for i in range(k):
-        j = gain.argmax(-1)  # [B]
+        score = torch.nan_to_num(gain, nan=0.0).masked_fill(picked, float("-inf"))
+        j = score.argmax(-1)  # [B]
         picks[:, i] = j
+        picked[rows, j] = True
+        top = gain[rows, j]
+        ok = top > 0  # [B]
         proj = torch.bmm(basis[rows, :i, j][:, None, :], basis[:, :i, :])[:, 0]  # [B, N]
-        e = (kernel[rows, j] - proj) / torch.sqrt(gain[rows, j])[:, None]
+        e = (kernel[rows, j] - proj) / torch.sqrt(torch.where(ok, top, 1.0))[:, None]
+        e = torch.where(ok[:, None], e, 0.0)
         basis[:, i] = e
         gain = gain - e * e
-        gain[rows, j] = float("-inf")
     return picks
 
 
