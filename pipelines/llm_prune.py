@@ -65,11 +65,15 @@ class PruneRun:
         return [full] * self.layer + [cut] * (self.depth - self.layer)
 
 
-def last_query_attention(attn: nn.Module, hidden: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+def last_query_attention(
+    attn: nn.Module, hidden: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None = None
+) -> Tensor:
     """Head-averaged attention of the last query over all keys of one attention module, float32.
 
     ``hidden [1, L, C]`` (the module's input, already normed), ``cos, sin [1, L, d]`` -> ``[L]``. Uses the module's
     own projections, ``scaling`` and its family's ``apply_rotary_pos_emb``; softmax in float32 (ALGORITHMS.md 2.9).
+    ``mask``: the layer's materialised attention mask ``[1, 1, L, L]`` (bool: True = attend, or additive float),
+    whose last row applies; None = the last query sees every key.
     """
     rotate = sys.modules[type(attn).__module__].apply_rotary_pos_emb
     B, L, _ = hidden.shape
@@ -80,6 +84,9 @@ def last_query_attention(attn: nn.Module, hidden: Tensor, cos: Tensor, sin: Tens
     k, _ = rotate(k, k, cos, sin)
     k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # GQA: each key head serves a group of query heads
     logits = torch.matmul(q.float(), k.float().transpose(-1, -2)) * attn.scaling  # [B, H, 1, L]
+    if mask is not None:
+        row = mask[:, :, -1:, :]  # [B, 1, 1, L]
+        logits = logits.masked_fill(~row, float("-inf")) if row.dtype == torch.bool else logits + row.float()
     return torch.softmax(logits, dim=-1)[0, :, 0].mean(0)
 
 
@@ -111,8 +118,9 @@ def prune_in_llm(
         if hidden.shape[0] != 1:
             raise ValueError("in-LLM pruning runs on one sequence at a time")
         cos, sin = kwargs["position_embeddings"]
+        mask = kwargs.get("attention_mask")
         with torch.no_grad():
-            scores = last_query_attention(attn, hidden, cos, sin)
+            scores = last_query_attention(attn, hidden, cos, sin, mask if isinstance(mask, Tensor) else None)
         _, keep = select_visual(scores, visual_start, visual_len, run.kept_visual)
         run.scores, run.keep = scores, keep
         run.calls += 1
