@@ -331,7 +331,8 @@ def run_eval(qa: VideoQA, questions: Sequence[Question], config: EvalConfig,
     if not questions:
         raise ConfigError("no questions to evaluate")
     rule = qa.text_after_video_rule(config.ask.text_after_video)
-    methods = {pair: build(*pair, model_type=qa.model_type) for pair in config.runs()}
+    options = config.ask.options  # --opt: every method of the run gets them
+    methods = {pair: build(*pair, model_type=qa.model_type, options=options) for pair in config.runs()}
     need = frozenset().union(*(m.needs for m in methods.values()))  # one encode serves every method
     by_video: dict[str, list[int]] = {}
     for i, q in enumerate(questions):

@@ -13,7 +13,8 @@ from rich.table import Table
 
 from ..api import DEFAULT_MODEL
 from ..cli import (
-    Decoder, Device, Dtype, Fps, Frames, MaxFrames, Model, app, err, parse_list, user_errors, warn_random,
+    Decoder, Device, Dtype, Fps, Frames, MaxFrames, Model, Opt, app, err, parse_list, parse_options, user_errors,
+    warn_random,
 )
 
 
@@ -29,6 +30,7 @@ def evaluate(
                                               "letter: the options listed, the logit of each one's letter.")]
     = "likelihood",
     limit: Annotated[Optional[int], typer.Option(help="Evaluate only the first N questions.")] = None,
+    opt: Opt = None,
     frames: Frames = None,
     fps: Fps = None,
     max_frames: MaxFrames = 32,
@@ -51,7 +53,7 @@ def evaluate(
             keeps=tuple(parse_list(keep, float, "--keep")),
             scoring=scoring,
             limit=limit,
-            ask=AskConfig(frames=frames, fps=fps, max_frames=max_frames, decoder=decoder),
+            ask=AskConfig(frames=frames, fps=fps, max_frames=max_frames, decoder=decoder, options=parse_options(opt)),
         )
         if plot is not None:
             require_matplotlib()
