@@ -76,36 +76,42 @@ def main() -> None:
     one = EncodedVideo(feats[:1], Grid(1, 14, 14), meta=encoded.meta)
     short = pipe.inputs(one, build("none", 1.0)(feats[:1], one.grid), QUESTION)  # one frame: the warm-up
 
-    def prefill(stage: LLMPrune | None, inputs: dict = inputs) -> tuple[float, list[int] | None]:
+    def prefill(stage: LLMPrune | None, inputs: dict = inputs) -> tuple[float, float, list[int] | None]:
         with torch.inference_mode(), pipe.llm_pruning(inputs, stage) as run:
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             pipe.model(**inputs, use_cache=True, logits_to_keep=1)
             if pipe.device.type == "cuda":
                 torch.cuda.synchronize(pipe.device)
-            elapsed = time.perf_counter() - started
-        return elapsed, (run.visual_by_layer if run is not None else None)
+            elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+        return elapsed, cpu, (run.visual_by_layer if run is not None else None)
 
     for stage in stages.values():  # warm-up on a one-frame prompt: first-call costs of every path
         prefill(stage, short)
     times: dict[str, list[float]] = {name: [] for name in stages}
+    cpu_times: dict[str, list[float]] = {name: [] for name in stages}
     by_layer: dict[str, list[int] | None] = {}
     for _ in range(args.repeat):
         for name, stage in stages.items():
-            elapsed, by_layer[name] = prefill(stage)
+            elapsed, cpu, by_layer[name] = prefill(stage)
             times[name].append(elapsed)
+            cpu_times[name].append(cpu)
 
     base = statistics.median(times["no stage"])
+    cpu_base = statistics.median(cpu_times["no stage"])
     rows = []
     print(f"{args.model}, {args.frames} frames, prompt {inputs['input_ids'].shape[1]} tokens, {depth} layers, "
           f"{args.device} {args.dtype}, torch threads {torch.get_num_threads()}, {args.repeat} interleaved repeats")
-    print(f"{'condition':32} {'median s':>9} {'min-max s':>13} {'vs none':>8} {'mean visual/layer':>18}")
+    print(f"{'condition':28} {'wall s':>8} {'min-max':>15} {'vs none':>7} {'cpu s':>8} {'vs none':>7} "
+          f"{'visual/layer':>12}")
     for name, values in times.items():
-        med = statistics.median(values)
+        med, cpu = statistics.median(values), statistics.median(cpu_times[name])
         counts = by_layer[name]
         mean_visual = statistics.fmean(counts) if counts else encoded.grid.T * encoded.grid.N + 1
         rows.append({"condition": name, "median_s": med, "min_s": min(values), "max_s": max(values),
-                     "ratio_to_none": med / base, "mean_visual_per_layer": mean_visual, "times_s": values})
-        print(f"{name:32} {med:9.3f} {min(values):6.3f}-{max(values):6.3f} {med / base:8.3f} {mean_visual:18.1f}")
+                     "ratio_to_none": med / base, "cpu_median_s": cpu, "cpu_ratio_to_none": cpu / cpu_base,
+                     "mean_visual_per_layer": mean_visual, "times_s": values, "cpu_times_s": cpu_times[name]})
+        print(f"{name:28} {med:8.2f} {min(values):7.2f}-{max(values):7.2f} {med / base:7.3f} {cpu:8.2f} "
+              f"{cpu / cpu_base:7.3f} {mean_visual:12.1f}")
     print(json.dumps({
         "benchmark": "llm_prune_prefill", "model": args.model, "frames": args.frames, "device": args.device,
         "dtype": args.dtype, "prompt_tokens": int(inputs["input_ids"].shape[1]), "layers": depth,
