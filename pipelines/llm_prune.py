@@ -34,7 +34,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -55,7 +55,6 @@ class PruneRun:
     extra_visual: int = 0  # visual tokens outside the pruned span that every layer sees (LLaVA's newline)
     keep: Tensor | None = None  # [L'] long: the prompt positions layers >= K see, ascending
     scores: Tensor | None = None  # [L] float32: the last query's head-averaged attention at layer K - 1
-    calls: int = field(default=0)
 
     @property
     def visual_by_layer(self) -> list[int]:
@@ -109,7 +108,6 @@ def prune_in_llm(
     depth = len(layers)
     K = stage.layer_for(depth)
     run = PruneRun(K, depth, visual_start, visual_len, stage.budget(visual_len), extra_visual)
-    columns = torch.arange(prompt_len)
 
     def score(attn: nn.Module, args: tuple, kwargs: dict) -> None:
         hidden = kwargs.get("hidden_states", args[0] if args else None)
@@ -123,7 +121,6 @@ def prune_in_llm(
             scores = last_query_attention(attn, hidden, cos, sin, mask if isinstance(mask, Tensor) else None)
         _, keep = select_visual(scores, visual_start, visual_len, run.kept_visual)
         run.scores, run.keep = scores, keep
-        run.calls += 1
 
     def cut(index: int):
         def hook(layer: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -149,7 +146,7 @@ def prune_in_llm(
                 if isinstance(mask, Tensor) and mask.shape[-1] == prompt_len:
                     kwargs["attention_mask"] = mask.index_select(-2, keep).index_select(-1, keep)
             elif isinstance(mask, Tensor) and mask.shape[-1] > prompt_len:  # a decode step: drop pruned keys
-                tail = columns.new_tensor(range(prompt_len, mask.shape[-1])).to(keep.device)
+                tail = torch.arange(prompt_len, mask.shape[-1], device=keep.device)
                 kwargs["attention_mask"] = mask.index_select(-1, torch.cat([keep, tail]))
             return args, kwargs
 

@@ -42,7 +42,9 @@ def clips(tiny_models):
 
 def eager_keep(pipe, path, inputs, stage: LLMPrune) -> tuple[torch.Tensor, torch.Tensor]:
     """Survivors by the stock model loaded with eager attention: its returned attention probabilities at layer
-    K - 1, last query, mean over heads, top-k of the visual span (ties to the lower index). -> (keep [L'], score [L])."""
+    K - 1, last query, mean over heads, top-k of the visual span (ties to the lower index).
+
+    Returns (keep [L'], score [L])."""
     eager = type(pipe.model).from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
     with torch.no_grad():
         out = eager(**inputs, use_cache=False, output_attentions=True)
