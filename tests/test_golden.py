@@ -239,8 +239,9 @@ def check_fastv(case: dict, res: dict) -> None:
     keep_visual, keep = select_visual(attention, start, length, k)
     assert torch.equal(keep_visual, res["keep_visual_indices"])
     assert torch.equal(keep, res["keep_indices_global"])
-    # FastV's own count, round(len * (1 - R)): the same rule with fewer tokens, so a subset of the reference's.
-    k_round = llm_budget(length, ratio, "round")
+    # FastV's own count, round(len * (1 - R)) with R = 1 - ratio as the reference writes it (the float 1 - R, not
+    # ratio, decides a .5 case): the same rule with fewer tokens, so a subset of the reference's.
+    k_round = llm_budget(length, 1 - round(1 - ratio, 12), "round")
     assert k_round == p["k_fastv_round"]
     fewer, _ = select_visual(attention, start, length, k_round)
     assert set(fewer.tolist()) <= set(keep_visual.tolist())
