@@ -69,11 +69,11 @@ def main() -> None:
     width = pipe.model.config.text_config.hidden_size
     g = torch.Generator().manual_seed(0)
     feats = (0.6 * torch.randn(args.frames, 196, width, generator=g)).to(pipe.device, pipe.dtype)  # [T, N, D]
-    encoded = EncodedVideo(feats, Grid(args.frames, 14, 14), meta={"newline": pipe.model.model.image_newline})
+    encoded = EncodedVideo(feats, Grid(args.frames, 14, 14))
     inputs = pipe.inputs(encoded, build("none", 1.0)(feats, encoded.grid), QUESTION)
     depth = len(pipe.language_model.layers)
     stages = conditions(depth, chosen)
-    one = EncodedVideo(feats[:1], Grid(1, 14, 14), meta=encoded.meta)
+    one = EncodedVideo(feats[:1], Grid(1, 14, 14))
     short = pipe.inputs(one, build("none", 1.0)(feats[:1], one.grid), QUESTION)  # one frame: the warm-up
 
     def prefill(stage: LLMPrune | None, inputs: dict = inputs) -> tuple[float, float, list[int] | None]:

@@ -318,9 +318,13 @@ class VideoQA:
         """Float32 logits [count, vocab] at the last ``count`` positions of one forward pass over ``inputs`` with
         the token ids ``append`` placed after the prompt as generate() would place them (position i predicts
         token i + 1). ``prune``: a method's in-LLM stage (``Method.llm_prune()``), run in that forward pass; with
-        ``append`` it scores from the last appended token, as a prefill of prompt + ``append`` would."""
+        ``append`` it selects by the prompt's last token, as ``generate()`` does, so the logits are those of
+        generating ``append`` after the prompt."""
         pipe = self.pipeline
-        return pipe.last_logits(pipe.append_tokens(inputs, append) if append else inputs, count=count, prune=prune)
+        if not append:
+            return pipe.last_logits(inputs, count=count, prune=prune)
+        last = int(inputs["input_ids"].shape[1]) - 1
+        return pipe.last_logits(pipe.append_tokens(inputs, append), count=count, prune=prune, scored_at=last)
 
     # -- stages ------------------------------------------------------------------------------------------------
     @staticmethod

@@ -313,16 +313,17 @@ class Pipeline:
         start, length = int(where[0]), int(where.numel()) - self.extra_video_tokens
         return start, max(0, length)
 
-    def llm_pruning(self, inputs: dict[str, Any], stage: LLMPrune | None) -> Any:
+    def llm_pruning(self, inputs: dict[str, Any], stage: LLMPrune | None, scored_at: int | None = None) -> Any:
         """Context in which the model's prefill of ``inputs`` runs ``stage`` (a null context when None); it yields
-        the :class:`~.llm_prune.PruneRun` (or None)."""
+        the :class:`~.llm_prune.PruneRun` (or None). ``scored_at``: the position whose attention selects (None:
+        the last; see :func:`~.llm_prune.prune_in_llm`)."""
         if stage is None:
             return nullcontext(None)
         from .llm_prune import prune_in_llm
 
         start, length = self.visual_span(inputs["input_ids"])
         return prune_in_llm(self.language_model, stage, int(inputs["input_ids"].shape[1]), start, length,
-                            self.extra_video_tokens)
+                            self.extra_video_tokens, scored_at)
 
     @property
     def device(self) -> torch.device:
@@ -415,13 +416,15 @@ class Pipeline:
             out["position_ids"] = torch.cat([positions, positions[..., -1:] + step], dim=-1)  # [R, 1, L + n]
         return out
 
-    def last_logits(self, inputs: dict[str, Any], count: int = 1, prune: LLMPrune | None = None) -> Tensor:
+    def last_logits(self, inputs: dict[str, Any], count: int = 1, prune: LLMPrune | None = None,
+                    scored_at: int | None = None) -> Tensor:
         """Float32 logits [count, vocab] at the last ``count`` positions of one forward pass (no generate, no cache).
 
         The logits at position i predict token i + 1; only ``count`` rows go through the LM head. ``prune``: an
-        in-LLM stage (the last ``count`` positions must be text, which every stage keeps).
+        in-LLM stage (the last ``count`` positions must be text, which every stage keeps), selecting by the
+        attention of position ``scored_at`` (None: the last).
         """
-        with torch.inference_mode(), self.llm_pruning(inputs, prune):
+        with torch.inference_mode(), self.llm_pruning(inputs, prune, scored_at):
             out = self.model(**inputs, use_cache=False, logits_to_keep=count)
         return out.logits[0].float()
 

@@ -65,28 +65,30 @@ class PruneRun:
 
 
 def last_query_attention(
-    attn: nn.Module, hidden: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None = None
+    attn: nn.Module, hidden: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None = None, at: int | None = None
 ) -> Tensor:
-    """Head-averaged attention of the last query over all keys of one attention module, float32.
+    """Head-averaged attention of one query (the last, or position ``at``) over the keys it sees, float32.
 
-    ``hidden [1, L, C]`` (the module's input, already normed), ``cos, sin [1, L, d]`` -> ``[L]``. Uses the module's
-    own projections, ``scaling`` and its family's ``apply_rotary_pos_emb``; softmax in float32 (ALGORITHMS.md 2.9).
-    ``mask``: the layer's materialised attention mask ``[1, 1, L, L]`` (bool: True = attend, or additive float),
-    whose last row applies; None = the last query sees every key.
+    ``hidden [1, L, C]`` (the module's input, already normed), ``cos, sin [1, L, d]`` -> ``[L]`` (zero after
+    ``at``: causal). Uses the module's own projections, ``scaling`` and its family's ``apply_rotary_pos_emb``;
+    softmax in float32 (ALGORITHMS.md 2.9). ``mask``: the layer's materialised attention mask ``[1, 1, L, L]``
+    (bool: True = attend, or additive float), whose row of the query applies; None = every earlier key.
     """
     rotate = sys.modules[type(attn).__module__].apply_rotary_pos_emb
     B, L, _ = hidden.shape
+    end = L if at is None else at + 1  # the query and the keys it sees: [0, end)
     d = attn.head_dim
-    q = attn.q_proj(hidden[:, -1:]).view(B, 1, -1, d).transpose(1, 2)  # [B, H, 1, d]
-    k = attn.k_proj(hidden).view(B, L, -1, d).transpose(1, 2)  # [B, Hkv, L, d]
-    q, _ = rotate(q, q, cos[:, -1:], sin[:, -1:])
-    k, _ = rotate(k, k, cos, sin)
+    q = attn.q_proj(hidden[:, end - 1 : end]).view(B, 1, -1, d).transpose(1, 2)  # [B, H, 1, d]
+    k = attn.k_proj(hidden[:, :end]).view(B, end, -1, d).transpose(1, 2)  # [B, Hkv, end, d]
+    q, _ = rotate(q, q, cos[:, end - 1 : end], sin[:, end - 1 : end])
+    k, _ = rotate(k, k, cos[:, :end], sin[:, :end])
     k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # GQA: each key head serves a group of query heads
-    logits = torch.matmul(q.float(), k.float().transpose(-1, -2)) * attn.scaling  # [B, H, 1, L]
+    logits = torch.matmul(q.float(), k.float().transpose(-1, -2)) * attn.scaling  # [B, H, 1, end]
     if mask is not None:
-        row = mask[:, :, -1:, :]  # [B, 1, 1, L]
+        row = mask[:, :, end - 1 : end, :end]  # [B, 1, 1, end]
         logits = logits.masked_fill(~row, float("-inf")) if row.dtype == torch.bool else logits + row.float()
-    return torch.softmax(logits, dim=-1)[0, :, 0].mean(0)
+    score = torch.softmax(logits, dim=-1)[0, :, 0].mean(0)  # [end]
+    return torch.cat([score, score.new_zeros(L - end)])
 
 
 def _cache_empty(kwargs: dict[str, Any], layer: int) -> bool:
@@ -96,13 +98,17 @@ def _cache_empty(kwargs: dict[str, Any], layer: int) -> bool:
 
 @contextmanager
 def prune_in_llm(
-    body: nn.Module, stage: LLMPrune, prompt_len: int, visual_start: int, visual_len: int, extra_visual: int = 0
+    body: nn.Module, stage: LLMPrune, prompt_len: int, visual_start: int, visual_len: int, extra_visual: int = 0,
+    scored_at: int | None = None,
 ) -> Iterator[PruneRun]:
     """While active, prefills of the ``prompt_len``-token prompt through decoder ``body`` prune at ``stage``'s layer.
 
     ``body``: the decoder (``.layers``; see :attr:`Pipeline.language_model`). The visual tokens are positions
-    ``[visual_start, visual_start + visual_len)`` of the prompt. Yields a :class:`PruneRun` that is filled in by the
-    prefill. Raises :class:`~flashvid_cli.kernels.MethodError` if the layer does not fit the model.
+    ``[visual_start, visual_start + visual_len)`` of the prompt. ``scored_at``: the query whose attention selects
+    (None: the last token). Scoring a prompt with answer tokens appended in one forward pass passes the prompt's
+    last position, so the selection is the one ``generate()`` makes from the prompt alone, and the appended
+    tokens, as text, are all kept. Yields a :class:`PruneRun` that is filled in by the prefill. Raises
+    :class:`~flashvid_cli.kernels.MethodError` if the layer does not fit the model.
     """
     layers = body.layers
     depth = len(layers)
@@ -118,7 +124,8 @@ def prune_in_llm(
         cos, sin = kwargs["position_embeddings"]
         mask = kwargs.get("attention_mask")
         with torch.no_grad():
-            scores = last_query_attention(attn, hidden, cos, sin, mask if isinstance(mask, Tensor) else None)
+            scores = last_query_attention(attn, hidden, cos, sin, mask if isinstance(mask, Tensor) else None,
+                                          scored_at)
         _, keep = select_visual(scores, visual_start, visual_len, run.kept_visual)
         run.scores, run.keep = scores, keep
 

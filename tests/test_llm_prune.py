@@ -177,3 +177,19 @@ def test_pruning_layer_past_the_model_is_one_line(tiny_models, sample_video):
     assert result.exit_code == 1 and "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "pruning layer" in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_one_forward_over_appended_tokens_equals_generation(clips, family):
+    """Eval's scoring: one forward over prompt + answer tokens, the stage selecting by the prompt's last token,
+    gives generate()'s logits at every step (the appended tokens are text: all kept)."""
+    pipe, inputs, _ = clips[family]
+    stage = LLMPrune(0.3, layer=K)
+    gen = pipe.generate(inputs, GenerationOptions(max_new_tokens=STEPS, return_logits=True), prune=stage)
+    L = inputs["input_ids"].shape[1]
+    joined = pipe.append_tokens(inputs, gen.token_ids[:-1])
+    logits = pipe.last_logits(joined, count=STEPS, prune=stage, scored_at=L - 1)  # [STEPS, vocab]
+    for t in range(STEPS):
+        torch.testing.assert_close(logits[t], gen.logits[t][0].float(), atol=1e-5, rtol=1e-4)
+    drifted = pipe.last_logits(joined, count=STEPS, prune=stage)  # selecting by the last appended token instead
+    assert not torch.allclose(drifted, logits, atol=1e-5, rtol=1e-4)
