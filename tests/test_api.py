@@ -84,7 +84,7 @@ class ReadsTheQuestion(Method):
 
     def __call__(self, feats, grid, importance=None, metric=None, question=None):
         seen_questions.append(question)
-        return super().__call__(feats, grid, importance, metric)
+        return super().__call__(feats, grid, importance, metric, question=question)
 
 
 def test_question_reading_methods_need_the_question(qas, sample_video):
