@@ -289,29 +289,18 @@ class Pipeline:
         """The LLM's decoder body: ``.layers``, ``.rotary_emb``, ``.norm``, ``.embed_tokens``."""
         return self.model.model.language_model
 
-    @property
-    def language_model(self) -> Any:
-        """The LLM's decoder body: the module holding ``.layers``, ``.rotary_emb``, ``.norm``, ``.embed_tokens``.
-
-        The default is where LLaVA-OneVision and Qwen2.5-VL keep it in transformers 5.x; a family that keeps it
-        elsewhere overrides this.
-        """
-        return self.model.model.language_model
-
     def question_embeddings(self, question: str) -> Tensor:
         """The LLM's input embeddings of the question's tokens (no chat template): [M, D] in the model dtype."""
         ids = self.tokenizer(question, add_special_tokens=False)["input_ids"] or [self.tokenizer.pad_token_id]
         with torch.no_grad():
             return self.language_model.embed_tokens(torch.tensor(ids, device=self.device))
 
-    def visual_span(self, input_ids: Tensor) -> tuple[int, int]:
-        """(start, length) of the compressed video tokens in ``input_ids [1, L]``: the run of video placeholders,
-        less the ``extra_video_tokens`` the family adds after it (those are kept by an in-LLM stage)."""
+    def visual_positions(self, input_ids: Tensor) -> Tensor:
+        """Positions [Lv] of the compressed video tokens in ``input_ids [1, L]``, ascending: every video placeholder
+        (in one run, or in blocks as Qwen3-VL lays them out), less the ``extra_video_tokens`` the family adds after
+        the video (kept by an in-LLM stage, as FlashVID keeps LLaVA's trailing newline)."""
         where = (input_ids[0] == self.tokenizer.convert_tokens_to_ids(self.video_token)).nonzero()[:, 0]
-        if where.numel() == 0:
-            return 0, 0
-        start, length = int(where[0]), int(where.numel()) - self.extra_video_tokens
-        return start, max(0, length)
+        return where[: max(0, where.numel() - self.extra_video_tokens)]
 
     def llm_pruning(self, inputs: dict[str, Any], stage: LLMPrune | None, scored_at: int | None = None) -> Any:
         """Context in which the model's prefill of ``inputs`` runs ``stage`` (a null context when None); it yields
@@ -321,8 +310,8 @@ class Pipeline:
             return nullcontext(None)
         from .llm_prune import prune_in_llm
 
-        start, length = self.visual_span(inputs["input_ids"])
-        return prune_in_llm(self.language_model, stage, int(inputs["input_ids"].shape[1]), start, length,
+        visual = self.visual_positions(inputs["input_ids"])
+        return prune_in_llm(self.language_model, stage, int(inputs["input_ids"].shape[1]), visual,
                             self.extra_video_tokens, scored_at)
 
     @property

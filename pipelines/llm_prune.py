@@ -24,6 +24,9 @@ How, with transformers 5.23 (read from ``models/qwen2/modeling_qwen2.py``, ``mod
   survivors kept their positions. A decode step's mask, when one is materialised, has a column per layer-0 key;
   the hook on layers ``>= K`` keeps the survivors' columns and every column after the prompt. With SDPA and no
   padding the mask is None (``is_causal`` for the prefill, no mask for one query), which needs no cutting.
+* Qwen3-VL's DeepStack adds visual features to the visual positions after its first layers, in the body's own
+  loop (``_deepstack_process(hidden, visual_pos_masks, embeds)``); when that happens after the cut, the stage
+  wraps that bound method on the instance for the duration and hands it the survivors' mask and rows.
 
 Prefill is recognised per layer by an empty cache for that layer (or no cache at all, as in ``use_cache=False``
 scoring); a prompt is pruned once. Batch size 1 (vidq answers one question at a time).
@@ -40,7 +43,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..kernels.fastv import LLMPrune, select_visual
+from ..kernels import ops
+from ..kernels.fastv import LLMPrune
 
 
 @dataclass
@@ -49,7 +53,6 @@ class PruneRun:
 
     layer: int
     depth: int
-    visual_start: int
     visual_len: int
     kept_visual: int
     extra_visual: int = 0  # visual tokens outside the pruned span that every layer sees (LLaVA's newline)
@@ -70,7 +73,8 @@ def last_query_attention(
     """Head-averaged attention of one query (the last, or position ``at``) over the keys it sees, float32.
 
     ``hidden [1, L, C]`` (the module's input, already normed), ``cos, sin [1, L, d]`` -> ``[L]`` (zero after
-    ``at``: causal). Uses the module's own projections, ``scaling`` and its family's ``apply_rotary_pos_emb``;
+    ``at``: causal). Uses the module's own projections (and q/k norms where it has them), ``scaling`` and its
+    family's ``apply_rotary_pos_emb``;
     softmax in float32 (ALGORITHMS.md 2.9). ``mask``: the layer's materialised attention mask ``[1, 1, L, L]``
     (bool: True = attend, or additive float), whose row of the query applies; None = every earlier key.
     """
@@ -78,8 +82,11 @@ def last_query_attention(
     B, L, _ = hidden.shape
     end = L if at is None else at + 1  # the query and the keys it sees: [0, end)
     d = attn.head_dim
-    q = attn.q_proj(hidden[:, end - 1 : end]).view(B, 1, -1, d).transpose(1, 2)  # [B, H, 1, d]
-    k = attn.k_proj(hidden[:, :end]).view(B, end, -1, d).transpose(1, 2)  # [B, Hkv, end, d]
+    q = attn.q_proj(hidden[:, end - 1 : end]).view(B, 1, -1, d)  # [B, 1, H, d]
+    k = attn.k_proj(hidden[:, :end]).view(B, end, -1, d)  # [B, end, Hkv, d]
+    if hasattr(attn, "q_norm"):  # Qwen3: per-head RMSNorm of q and k before the rotary embedding
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k = q.transpose(1, 2), k.transpose(1, 2)  # [B, H, 1, d], [B, Hkv, end, d]
     q, _ = rotate(q, q, cos[:, end - 1 : end], sin[:, end - 1 : end])
     k, _ = rotate(k, k, cos[:, :end], sin[:, :end])
     k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # GQA: each key head serves a group of query heads
@@ -98,13 +105,14 @@ def _cache_empty(kwargs: dict[str, Any], layer: int) -> bool:
 
 @contextmanager
 def prune_in_llm(
-    body: nn.Module, stage: LLMPrune, prompt_len: int, visual_start: int, visual_len: int, extra_visual: int = 0,
+    body: nn.Module, stage: LLMPrune, prompt_len: int, visual: Tensor, extra_visual: int = 0,
     scored_at: int | None = None,
 ) -> Iterator[PruneRun]:
     """While active, prefills of the ``prompt_len``-token prompt through decoder ``body`` prune at ``stage``'s layer.
 
-    ``body``: the decoder (``.layers``; see :attr:`Pipeline.language_model`). The visual tokens are positions
-    ``[visual_start, visual_start + visual_len)`` of the prompt. ``scored_at``: the query whose attention selects
+    ``body``: the decoder (``.layers``; see :attr:`Pipeline.language_model`). ``visual [Lv]``: the prompt positions
+    of the prunable visual tokens, ascending (one run, or several blocks); the top ``stage.budget(Lv)`` of them by
+    the query's attention (ties to the lower position) and every other position are kept. ``scored_at``: the query whose attention selects
     (None: the last token). Scoring a prompt with answer tokens appended in one forward pass passes the prompt's
     last position, so the selection is the one ``generate()`` makes from the prompt alone, and the appended
     tokens, as text, are all kept. Yields a :class:`PruneRun` that is filled in by the prefill. Raises
@@ -113,7 +121,8 @@ def prune_in_llm(
     layers = body.layers
     depth = len(layers)
     K = stage.layer_for(depth)
-    run = PruneRun(K, depth, visual_start, visual_len, stage.budget(visual_len), extra_visual)
+    visual = visual.long()
+    run = PruneRun(K, depth, int(visual.numel()), stage.budget(int(visual.numel())), extra_visual)
 
     def score(attn: nn.Module, args: tuple, kwargs: dict) -> None:
         hidden = kwargs.get("hidden_states", args[0] if args else None)
@@ -126,7 +135,12 @@ def prune_in_llm(
         with torch.no_grad():
             scores = last_query_attention(attn, hidden, cos, sin, mask if isinstance(mask, Tensor) else None,
                                           scored_at)
-        _, keep = select_visual(scores, visual_start, visual_len, run.kept_visual)
+        where = visual.to(scores.device)
+        top = where[ops.top_indices(scores[where], run.kept_visual)]
+        dropped = torch.zeros(prompt_len, dtype=torch.bool, device=scores.device)
+        dropped[where] = True
+        dropped[top] = False
+        keep = (~dropped).nonzero()[:, 0]  # [L'] ascending: text, extra tokens and survivors in prompt order
         run.scores, run.keep = scores, keep
 
     def cut(index: int):
@@ -161,8 +175,22 @@ def prune_in_llm(
 
     handles = [layers[K - 1].self_attn.register_forward_pre_hook(score, with_kwargs=True)]
     handles += [layers[i].register_forward_pre_hook(cut(i), with_kwargs=True) for i in range(K, depth)]
+    deepstack = getattr(body, "_deepstack_process", None)  # Qwen3-VL adds visual features after its first layers
+    if deepstack is not None:
+
+        def cut_deepstack(hidden: Tensor, mask: Tensor, embeds: Tensor) -> Tensor:
+            keep = run.keep
+            if keep is not None and mask is not None and mask.shape[-1] == prompt_len != hidden.shape[1]:
+                keep = keep.to(mask.device)
+                row = (mask[0].long().cumsum(0) - 1)[keep][mask[0, keep]]  # the survivors' rows of ``embeds``
+                mask, embeds = mask[:, keep], embeds[row.to(embeds.device)]
+            return deepstack(hidden, mask, embeds)
+
+        body._deepstack_process = cut_deepstack  # an instance attribute, removed on exit
     try:
         yield run
     finally:
         for handle in handles:
             handle.remove()
+        if deepstack is not None:
+            del body._deepstack_process

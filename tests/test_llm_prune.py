@@ -5,7 +5,8 @@
 * the first generated steps equal a hand computation that runs the pruned sequence through layers >= K;
 * end to end: ``vidq ask`` with fastv, cdpruner and flashvid reference=true.
 
-The tiny decoders have two layers, so the stage prunes before layer K = 1 (FlashVID's scaled default there).
+Every registered family (Qwen3-VL's video tokens sit in one block per temporal group). The tiny decoders have two
+layers, so the stage prunes before layer K = 1 (FlashVID's scaled default there).
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from flashvid_cli.kernels import build, ops
 from flashvid_cli.kernels.fastv import LLMPrune
 from flashvid_cli.pipelines import load_pipeline
 from flashvid_cli.pipelines.base import GenerationOptions
+from flashvid_cli.pipelines.registry import families
 
 QUESTION = "What happens last in the video?"
 STEPS = 4
-FAMILIES = ["llava_onevision", "qwen2_5_vl"]
+FAMILIES = tuple(families())
 K = 1
 
 
@@ -49,10 +51,12 @@ def eager_keep(pipe, path, inputs, stage: LLMPrune) -> tuple[torch.Tensor, torch
     with torch.no_grad():
         out = eager(**inputs, use_cache=False, output_attentions=True)
     score = out.attentions[K - 1][0, :, -1, :].float().mean(0)  # [L]
-    start, length = pipe.visual_span(inputs["input_ids"])
-    top = torch.sort(ops.top_indices(score[start : start + length], stage.budget(length))).values
+    visual = pipe.visual_positions(inputs["input_ids"])  # [Lv], one run or blocks (Qwen3-VL)
+    top = visual[ops.top_indices(score[visual], stage.budget(visual.numel()))]
     L = inputs["input_ids"].shape[1]
-    keep = torch.cat([torch.arange(start), start + top, torch.arange(start + length, L)])
+    others = torch.ones(L, dtype=torch.bool)
+    others[visual] = False
+    keep = torch.sort(torch.cat([others.nonzero()[:, 0], top])).values
     return keep, score
 
 
@@ -78,7 +82,7 @@ def test_share_one_equals_stock_model_bit_for_bit(clips, family, pad):
     assert len(ours.logits) == len(stock.logits) == STEPS
     for step, (a, b) in enumerate(zip(ours.logits, stock.logits)):
         assert torch.equal(a, b), f"logits differ at step {step}"
-    start, length = pipe.visual_span(inputs["input_ids"])
+    length = pipe.visual_positions(inputs["input_ids"]).numel()
     assert ours.visual_by_layer == [length + pipe.extra_video_tokens] * len(pipe.language_model.layers)
     assert torch.equal(pipe.last_logits(inputs, 3, prune=stage), pipe.last_logits(inputs, 3))
 
@@ -92,7 +96,7 @@ def test_survivors_are_the_top_k_of_eager_attention(clips, family):
         pipe.model(**inputs, use_cache=False, logits_to_keep=1)
     torch.testing.assert_close(run.scores, score, atol=1e-6, rtol=1e-5)
     assert torch.equal(run.keep, expected)
-    start, length = pipe.visual_span(inputs["input_ids"])
+    length = pipe.visual_positions(inputs["input_ids"]).numel()
     assert run.kept_visual == -(-3 * length // 10) < length  # ceil(0.3 * Lv)
     depth = len(pipe.language_model.layers)
     extra = pipe.extra_video_tokens
@@ -106,6 +110,8 @@ def test_generation_after_pruning_equals_layers_by_hand(clips, family, pad):
     tokens (no cache), the survivors' and the new tokens' columns (with their own rotary phases), layers >= K and
     the head run by hand. The stage's decode steps read a cache whose layers >= K hold survivors only."""
     pipe, inputs, path = clips[family]
+    if hasattr(pipe.language_model, "_deepstack_process"):
+        pytest.skip("the hand computation does not add Qwen3-VL's DeepStack features after the cut (not modelled yet)")
     inputs = padded(inputs, pad)
     stage = LLMPrune(0.3, layer=K)
     keep, _ = eager_keep(pipe, path, inputs, stage)
