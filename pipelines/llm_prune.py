@@ -5,7 +5,7 @@ layer's own ``q_proj``/``k_proj`` and rotary embedding (one query row, float32 s
 heads); before layer ``K`` the chosen visual tokens and all text are kept, each survivor with its position. Layers
 ``>= K`` run on (and cache) the survivors only. The model keeps its SDPA attention; nothing is vendored.
 
-How, with transformers 5.23 (read from ``models/qwen2/modeling_qwen2.py``, ``models/qwen2_5_vl/...``,
+How, with transformers 5.23 (read from the Qwen2 decoder and the VL text models,
 ``cache_utils.py``, ``masking_utils.py``): the stage is a set of hooks around the stock ``generate()``/forward.
 
 * Every decoder body (``Qwen2Model``, ``Qwen2_5_VLTextModel``) computes ``position_embeddings = rotary_emb(h,
