@@ -277,6 +277,9 @@ class VideoQA:
     def text_after_video_rule(self, requested: str | None) -> str | None:
         """The text-after-video rule a call uses: ``requested`` or the family default; None for families without
         such a rule. Raises ConfigError for a rule the family does not have."""
+        from .inputs import check_text_after_video
+
+        check_text_after_video(requested)  # a wrong value first: it is wrong whatever the model
         rules = self.pipeline.text_after_video_rules
         if not rules:
             if requested is not None:
@@ -294,8 +297,9 @@ class VideoQA:
         return build(config.method, config.keep, model_type=self.model_type, options=config.options)
 
     def token_ids(self, text: str) -> list[int]:
-        """The tokenizer's ids of ``text``, no special tokens added."""
-        return list(self.pipeline.tokenizer(text, add_special_tokens=False)["input_ids"])
+        """The tokenizer's ids of ``text`` as text: no special tokens added, none parsed ("<|im_end|>" in an
+        option is its characters, not a control token)."""
+        return list(self.pipeline.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
 
     def token_text(self, ids: int | Sequence[int]) -> str:
         """The text of one token id or a sequence of ids (special tokens kept)."""
@@ -497,6 +501,7 @@ class VideoQA:
         config = config or AskConfig()
         if not question.strip():
             raise ConfigError("the question is empty")
+        self.pipeline.check_question_length(question, config.max_new_tokens)  # exact check: before prefill
         method = self.build_method(config)
         self.text_after_video_rule(config.text_after_video)
         prepared = self.prepare(video, config, decoded=decoded, need=method.needs)

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperArgument, TyperCommand
 
 from .api import DEFAULT_METHOD, DEFAULT_MODEL
 
@@ -50,9 +53,14 @@ Decoder = Annotated[str, typer.Option(help="Video decoder: auto, decord or pyav.
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Known errors become one red line on stderr and exit 1; set VIDQ_DEBUG=1 to get the traceback instead."""
-    from .kernels import MethodError
-    from .pipelines.errors import VidqError
+    """Known errors become one red line on stderr and exit 1; set VIDQ_DEBUG=1 to get the traceback instead.
+
+    Known: every :class:`~flashvid_cli.errors.VidqError` (``kernels.MethodError`` is one), and an OSError of the
+    user's machine (a full disk, a read-only file system, no permission) naming its file. Anything else is a
+    bug and is labelled "internal error".
+    """
+    from .errors import VidqError
+    from .inputs import USER_ERRNOS, os_error_line
 
     debug = os.environ.get(DEBUG_VARIABLE, "") not in {"", "0"}
     _quiet_transformers(debug)
@@ -63,20 +71,52 @@ def user_errors() -> Iterator[None]:
     except KeyboardInterrupt:
         err.print("[red]vidq: interrupted[/]")
         raise typer.Exit(130) from None
-    except (VidqError, MethodError) as exc:
+    except VidqError as exc:
         if debug:
             raise
-        err.print(f"[red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+        _error_line(str(exc))
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        if debug:
+            raise
+        if exc.errno in USER_ERRNOS and (exc.filename or exc.errno in {errno.ENOSPC, errno.EROFS, errno.EDQUOT}):
+            _error_line(os_error_line(exc))
+        else:
+            _internal_error(exc)
         raise typer.Exit(1) from None
     except Exception as exc:  # noqa: BLE001 - the last line of defence: never a bare traceback
         if debug:
             raise
-        err.print(
-            f"[red]internal error:[/] {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
-            f"(set {DEBUG_VARIABLE}=1 for the traceback)",
-            highlight=False, soft_wrap=True,
-        )
+        _internal_error(exc)
         raise typer.Exit(1) from None
+
+
+def _error_line(message: str) -> None:
+    """``error: message`` on one line; the message is text, never markup (``vidq[plot]`` stays as written)."""
+    first = (message.strip().splitlines() or [""])[0]
+    err.print(f"[red]error:[/] {escape(first)}", highlight=False, soft_wrap=True)
+
+
+def _internal_error(exc: BaseException) -> None:
+    first = (str(exc).strip().splitlines() or [""])[0]
+    err.print(f"[red]internal error:[/] {escape(type(exc).__name__)}: {escape(first)} "
+              f"(set {DEBUG_VARIABLE}=1 for the traceback)", highlight=False, soft_wrap=True)
+
+
+class Command(TyperCommand):
+    """A command whose usage line reads ``vidq ask [OPTIONS] VIDEO QUESTION``.
+
+    typer 0.29 writes required arguments as ``{video}`` in usage lines, which reads as a template left unfilled.
+    Every command passes ``cls=Command``; a test checks every registered command's usage line.
+    """
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                name = (param.metavar or param.name or "").upper() + ("..." if param.nargs != 1 else "")
+                pieces.append(name if param.required else f"[{name}]")
+        return pieces
 
 
 def _quiet_transformers(debug: bool) -> None:
@@ -125,7 +165,7 @@ def warn_random(model: str) -> None:
                   "token counts and memory are real.[/]", highlight=False)
 
 
-@app.command()
+@app.command(cls=Command)
 def ask(
     video: Annotated[Path, typer.Argument(help="The video file.")],
     question: Annotated[str, typer.Argument(help="The question to ask about it.")],
@@ -154,11 +194,16 @@ def ask(
         from .api import AskConfig, VideoQA
         from .report import print_report
 
+        from .inputs import check_ask, check_question, check_video_file
+
         config = AskConfig(
             method=method, keep=keep, options=parse_options(opt), frames=frames, fps=fps, max_frames=max_frames,
             max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, decoder=decoder,
             text_after_video=text_after_video,
         )
+        check_video_file(video)  # everything that needs no model, before loading it
+        check_question(question)
+        check_ask(config, device=device, dtype=dtype)
         warn_random(model)
         with ThreadPoolExecutor(1) as pool:  # decode (in its worker process) while the model loads
             ahead = pool.submit(VideoQA.decode, video, config)
@@ -171,7 +216,7 @@ def ask(
             print_report(result.report, err)
 
 
-@app.command()
+@app.command(cls=Command)
 def methods() -> None:
     """List the compression methods, their options and defaults."""
     with user_errors():

@@ -78,15 +78,16 @@ class Question:
 
 def read_dataset(path: str | Path) -> list[Question]:
     """Every question of a JSON-lines file; the first bad line is a one-line error naming the file and line."""
+    from .errors import InputError
+    from .inputs import read_text_lines
+
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise DatasetError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise DatasetError(f"{path} is not UTF-8 text; expected one JSON object per line") from None
+        lines = read_text_lines(path, "")  # UTF-8, a BOM and CRLF line ends handled
+    except InputError as exc:
+        raise DatasetError(str(exc)) from None
     questions = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(lines, start=1):
         if line.strip():
             where = f"{path}:{number}"
             try:

@@ -17,12 +17,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor
 
+from flashvid_cli.errors import VidqError  # absolute: the leaf module every layer's user errors derive from
+
 if TYPE_CHECKING:
     from .fastv import LLMPrune
 
 
-class MethodError(ValueError):
-    """A bad method name, option or input; the message is meant for the user."""
+class MethodError(VidqError, ValueError):
+    """A bad method name, option or input; the message is meant for the user (a :class:`VidqError`)."""
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,9 +19,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 from torch import Tensor
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from ..kernels import Compressed, Grid
-from .errors import ModelError
+from .errors import ModelError, NonFiniteLogitsError, PromptTooLongError
 from .preprocess import PreprocessConfig
 
 if TYPE_CHECKING:
@@ -76,11 +78,22 @@ def synchronize(device: torch.device) -> None:
 
 
 def resolve_device(device: str) -> torch.device:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` -> a torch device that exists here; else a one-line ModelError."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, ValueError):  # torch's own message lists ~20 device types vidq does not run on
+        raise ModelError(f"--device {device!r} is not a device vidq runs on; choose one of: auto, cpu, cuda, "
+                         "cuda:N") from None
+    if resolved.type not in {"cpu", "cuda"}:
+        raise ModelError(f"--device {device!r} is not supported; choose one of: auto, cpu, cuda, cuda:N")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ModelError("--device cuda was asked for but no CUDA device is available; use --device cpu")
-    return torch.device(device)
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise ModelError(f"--device {device} does not exist: this machine has {torch.cuda.device_count()} CUDA "
+                         f"device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return resolved
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -160,6 +173,46 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
+def _one_line(exc: BaseException, limit: int = 400) -> str:
+    """The whole message on one line (a first line may stop mid-sentence, "...from one of: "), capped at ``limit``."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+# Files one of which a checkpoint's tokenizer needs (fast tokenizer, BPE vocabulary, SentencePiece, tiktoken).
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "tokenizer.tiktoken", "vocab.txt")
+
+
+def load_tokenizer(path: Path, name: str) -> Any:
+    """The checkpoint's tokenizer; a directory without tokenizer files is one whole sentence saying so."""
+    from transformers import AutoTokenizer
+
+    if not any((path / f).is_file() for f in _TOKENIZER_FILES):
+        raise ModelError(f"{name!r} has no tokenizer (none of {', '.join(_TOKENIZER_FILES)}); copy the tokenizer "
+                         "files from the checkpoint it came from into the model directory")
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ModelError(f"cannot load the tokenizer of {name!r}: {_one_line(exc)}") from None
+
+
+def check_weights(path: Path) -> None:
+    """Every ``*.safetensors`` file of ``path`` opens: its header parses and its tensors lie inside the file.
+
+    Cheap (the header only; the data is memory-mapped, not read). A truncated download or a garbled file is
+    one ModelError naming the file, instead of an internal error from deep inside loading.
+    """
+    from safetensors import safe_open
+
+    for file in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except Exception as exc:  # noqa: BLE001 - SafetensorError and OSError alike: the file is unusable
+            raise ModelError(f"cannot read the weights {file}: {_one_line(exc, 160)}; the file is truncated or "
+                             "corrupt: download or copy it again") from None
+
+
 def read_json(path: Path, name: str) -> dict[str, Any] | None:
     """A JSON file of the checkpoint directory, or None when it has none."""
     text = read_text(path, name)
@@ -195,21 +248,69 @@ def chat_prompt(tokenizer: Any, chat_template: str | None, question: str) -> str
                                          add_generation_prompt=True)
 
 
+# Stands for the question while the chat template is rendered: plain letters no template or tokenizer treats specially.
+_QUESTION_SLOT = "VIDQQUESTIONSLOTf3a9c1"
+
+
 def prompt_ids(tokenizer: Any, chat_template: str | None, video_token: str, question: str, count: int,
                name: str = "the model") -> list[int]:
     """Token ids of :func:`chat_prompt` with its one ``video_token`` placeholder repeated ``count`` times.
 
     The single place that builds a prompt's ids: inference and the demo model's training both call it.
+    The question is text, never control: the template is rendered around a stand-in, its own parts are tokenized
+    with special tokens parsed (``<|im_start|>``...), and the question with them split
+    (``split_special_tokens=True``), so ``<video>``, ``<|video_pad|>`` or ``<|im_end|>`` typed into a question are
+    ordinary characters and cannot change the prompt's structure. Each part starts and ends at a pre-tokenizer
+    boundary (after a template newline or special token, before a special token), so an ordinary question gets
+    the ids of the whole prompt tokenized in one piece (a test checks it on both families' tokenizers).
     """
-    text = chat_prompt(tokenizer, chat_template, question)
-    if text.count(video_token) != 1:
-        raise ModelError(f"the chat template of {name!r} must hold one {video_token} placeholder")
-    before, after = text.split(video_token)
-    return (
-        tokenizer(before, add_special_tokens=False)["input_ids"]
-        + [tokenizer.convert_tokens_to_ids(video_token)] * count
-        + tokenizer(after, add_special_tokens=False)["input_ids"]
-    )
+    text = chat_prompt(tokenizer, chat_template, _QUESTION_SLOT)
+    if text.count(video_token) != 1 or text.count(_QUESTION_SLOT) != 1:
+        raise ModelError(f"the chat template of {name!r} must hold one {video_token} placeholder and the question "
+                         "once")
+    ids: list[int] = []
+    for part in re.split(f"({re.escape(video_token)}|{_QUESTION_SLOT})", text):
+        if part == video_token:
+            ids += [tokenizer.convert_tokens_to_ids(video_token)] * count
+        elif part == _QUESTION_SLOT:
+            ids += tokenizer(question, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        elif part:
+            ids += tokenizer(part, add_special_tokens=False)["input_ids"]
+    return ids
+
+
+class _FiniteLogits(LogitsProcessor):
+    """Checks the first generated position's logits: NaN or +inf (corrupt weights, an overflowing dtype) raise.
+
+    Without it a checkpoint with NaN weights "answers" token 0 max_new_tokens times, decoded as ''. One
+    reduction and one device sync per generate() call; -inf alone is allowed (processors mask tokens with it).
+    """
+
+    def __init__(self, name: str, dtype: torch.dtype):
+        self.name, self.dtype, self.checked = name, dtype, False
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        if not self.checked:
+            self.checked = True
+            raise_if_not_finite(scores, self.name, self.dtype, allow_masked=True)
+        return scores
+
+
+def raise_if_not_finite(logits: Tensor, name: str, dtype: torch.dtype, allow_masked: bool = False) -> None:
+    """NonFiniteLogitsError naming the checkpoint when ``logits`` [..., vocab] hold NaN or +inf (or -inf, unless
+    ``allow_masked``; all -inf is always an error)."""
+    if allow_masked:
+        bad = torch.isnan(logits).any() | torch.isposinf(logits).any() | torch.isneginf(logits).all()
+    else:
+        bad = ~torch.isfinite(logits).all()
+    if bool(bad):
+        if dtype == torch.float32:
+            cause, fix = "its weights are corrupt", "check its *.safetensors files (download them again)"
+        else:
+            dtype_name = str(dtype).removeprefix("torch.")
+            cause = f"its weights are corrupt or {dtype_name} overflows"
+            fix = "try --dtype float32, or check its *.safetensors files (download them again)"
+        raise NonFiniteLogitsError(f"{name!r} produced non-finite logits (NaN or infinity): {cause}; {fix}")
 
 
 class Pipeline:
@@ -245,17 +346,17 @@ class Pipeline:
     def from_pretrained(cls, path: Path, name: str, config: Any, device: torch.device, dtype: torch.dtype
                         ) -> Pipeline:
         import transformers
-        from transformers import AutoTokenizer
 
         model_cls = getattr(transformers, cls.model_class)
         kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": "sdpa"}
         if device.type == "cuda":
             kwargs["device_map"] = "auto" if device.index is None else {"": device.index}
+        check_weights(path)
         try:
             net = model_cls.from_pretrained(path, config=config, **kwargs).eval()
-            tokenizer = AutoTokenizer.from_pretrained(path)
         except (OSError, ValueError) as exc:
-            raise ModelError(f"cannot load {name!r}: {_first_line(exc)}") from None
+            raise ModelError(f"cannot load {name!r}: {_one_line(exc)}") from None
+        tokenizer = load_tokenizer(path, name)
         if device.type != "cuda":
             net.to(device)
         preprocess = read_json(path, "video_preprocessor_config.json") or read_json(path, "preprocessor_config.json")
@@ -347,6 +448,41 @@ class Pipeline:
         raise NotImplementedError
 
     # -- shared steps ----------------------------------------------------------------------------------------
+    def context_limit(self) -> int | None:
+        """Most tokens the model takes: the text config's ``max_position_embeddings``, or the tokenizer's
+        ``model_max_length`` when that is smaller and set (transformers' "unset" is ~1e30); None when neither."""
+        config = self.model.config
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        limit = getattr(text, "max_position_embeddings", None)
+        tokenizer_limit = getattr(self.tokenizer, "model_max_length", None)
+        if isinstance(tokenizer_limit, int) and 0 < tokenizer_limit < 10**8:
+            limit = min(limit, tokenizer_limit) if limit else tokenizer_limit
+        return int(limit) if limit else None
+
+    def check_prompt_length(self, n_tokens: int, visual: int = 0, new_tokens: int = 0) -> None:
+        """Refuse, before prefill, a prompt of ``n_tokens`` (``visual`` of them video) that with ``new_tokens`` to
+        generate does not fit :meth:`context_limit`: PromptTooLongError saying the length, the limit and what to
+        lower."""
+        limit = self.context_limit()
+        if limit is None or n_tokens + new_tokens <= limit:
+            return
+        generated = f" and {new_tokens:,} more to generate" if new_tokens else ""
+        if n_tokens <= limit:  # only the answer overflows
+            lower = f"lower --max-new-tokens to {limit - n_tokens:,} or fewer, or lower --keep or --frames"
+        elif n_tokens - visual + new_tokens < limit:  # fewer visual tokens fix it
+            lower = "lower --keep or --frames (or --max-frames)"
+        else:
+            lower = "shorten the question" + (" or lower --max-new-tokens" if n_tokens - visual < limit else "")
+        raise PromptTooLongError(
+            f"the prompt is {n_tokens:,} tokens ({visual:,} of them video){generated}, past the {limit:,}-token "
+            f"context of {self.name!r}; {lower}"
+        )
+
+    def _check_inputs(self, inputs: dict[str, Any], new_tokens: int = 0) -> None:
+        ids = inputs["input_ids"]  # [1, L]
+        visual = int((ids == self.tokenizer.convert_tokens_to_ids(self.video_token)).sum())
+        self.check_prompt_length(int(ids.shape[1]), visual, new_tokens)
+
     def prompt_text(self, question: str) -> str:
         """The chat prompt with one video placeholder (expanded to the token count by the adapter)."""
         return chat_prompt(self.tokenizer, self.chat_template, question)
@@ -366,6 +502,7 @@ class Pipeline:
         if options.temperature > 0:
             sampling = {"do_sample": True, "temperature": options.temperature, "top_p": options.top_p, "top_k": None}
         prompt_len = int(inputs["input_ids"].shape[1])
+        self._check_inputs(inputs, options.max_new_tokens)
         synchronize(self.device)
         start = time.perf_counter()
         with self.llm_pruning(inputs, prune) as run:
@@ -376,6 +513,7 @@ class Pipeline:
                 return_dict_in_generate=True,
                 output_logits=options.return_logits,
                 pad_token_id=self.tokenizer.pad_token_id,
+                logits_processor=LogitsProcessorList([_FiniteLogits(self.name, self.dtype)]),
                 **sampling,
             )
         synchronize(self.device)
@@ -413,9 +551,12 @@ class Pipeline:
         in-LLM stage (the last ``count`` positions must be text, which every stage keeps), selecting by the
         attention of position ``scored_at`` (None: the last).
         """
+        self._check_inputs(inputs)
         with torch.inference_mode(), self.llm_pruning(inputs, prune, scored_at):
             out = self.model(**inputs, use_cache=False, logits_to_keep=count)
-        return out.logits[0].float()
+        logits = out.logits[0].float()
+        raise_if_not_finite(logits, self.name, self.dtype)
+        return logits
 
 
 def _visual_by_layer(run: PruneRun | None) -> list[int] | None:

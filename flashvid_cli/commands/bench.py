@@ -13,12 +13,12 @@ from rich.table import Table
 
 from ..api import DEFAULT_MODEL
 from ..cli import (
-    Decoder, Device, Dtype, Fps, Frames, MaxFrames, MaxNewTokens, Model, app, err, parse_list, parse_options,
+    Command, Decoder, Device, Dtype, Fps, Frames, MaxFrames, MaxNewTokens, Model, app, err, parse_list, parse_options,
     user_errors, warn_random,
 )
 
 
-@app.command()
+@app.command(cls=Command)
 def bench(
     videos: Annotated[list[Path], typer.Argument(help="One or more video files.")],
     model: Model = DEFAULT_MODEL,
@@ -48,6 +48,7 @@ def bench(
     with user_errors():
         from ..api import AskConfig, VideoQA
         from ..bench import DEFAULT_QUESTION, BenchConfig, plot_bench, run_bench
+        from ..inputs import check_ask, check_output_file, check_video_file, writing
 
         config = BenchConfig(
             methods=tuple(parse_list(methods, str, "--methods")),
@@ -59,6 +60,12 @@ def bench(
             ask=AskConfig(frames=frames, fps=fps, max_frames=max_frames, max_new_tokens=max_new_tokens,
                           decoder=decoder),
         )
+        for video in videos:  # everything that needs no model, before loading it
+            check_video_file(video, empty_ok=True)
+        check_ask(config.ask, device=device, dtype=dtype)
+        for path, option in ((json_file, "--json"), (plot, "--plot")):
+            if path is not None:
+                check_output_file(path, option)
         warn_random(model)
         qa = VideoQA(model, device=device, dtype=dtype)
         err.print(f"[dim]loaded {model} in {qa.load_s:.1f}s; {len(config.runs()) * len(videos)} rows x "
@@ -73,10 +80,12 @@ def bench(
         out = Console()
         print_bench(result, out if out.is_terminal else Console(width=120))
         if json_file is not None:
-            json_file.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+            with writing(json_file, "--json"):
+                json_file.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
             err.print(f"wrote {json_file}", highlight=False)
         if plot is not None and result.measured:
-            plot_bench(result, plot)
+            with writing(plot, "--plot"):
+                plot_bench(result, plot)
             err.print(f"wrote {plot}", highlight=False)
         warn_random(model)  # again at the end, where the eye lands
         if not result.measured:

@@ -13,12 +13,12 @@ from rich.table import Table
 
 from ..api import DEFAULT_MODEL
 from ..cli import (
-    Decoder, Device, Dtype, Fps, Frames, MaxFrames, Model, Opt, app, err, parse_list, parse_options, user_errors,
-    warn_random,
+    Command, Decoder, Device, Dtype, Fps, Frames, MaxFrames, Model, Opt, app, err, parse_list, parse_options,
+    user_errors, warn_random,
 )
 
 
-@app.command("eval")
+@app.command("eval", cls=Command)
 def evaluate(
     data: Annotated[Path, typer.Argument(help="JSON lines: video, question, options, answer (letter, index or "
                                               "text), optional type and id.")],
@@ -47,6 +47,7 @@ def evaluate(
     with user_errors():
         from ..api import AskConfig, VideoQA
         from ..evaluate import EvalConfig, plot_eval, read_dataset, require_matplotlib, run_eval
+        from ..inputs import check_ask, check_output_file, writing
 
         config = EvalConfig(
             methods=tuple(parse_list(methods, str, "--methods")),
@@ -57,6 +58,10 @@ def evaluate(
         )
         if plot is not None:
             require_matplotlib()
+        check_ask(config.ask, device=device, dtype=dtype)  # everything that needs no model, before loading it
+        for path, option in ((json_file, "--json"), (plot, "--plot")):
+            if path is not None:
+                check_output_file(path, option)
         questions = read_dataset(data)[:limit]
         warn_random(model)
         qa = VideoQA(model, device=device, dtype=dtype)
@@ -70,10 +75,12 @@ def evaluate(
         out = Console()
         print_eval(result, out if out.is_terminal else Console(width=200))
         if json_file is not None:
-            json_file.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+            with writing(json_file, "--json"):
+                json_file.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
             err.print(f"wrote {json_file}", highlight=False)
         if plot is not None:
-            plot_eval(result, plot)
+            with writing(plot, "--plot"):
+                plot_eval(result, plot)
             err.print(f"wrote {plot}", highlight=False)
         if result.failed_questions:
             first = next(p for p in result.predictions if p.error is not None)
