@@ -478,6 +478,12 @@ class Pipeline:
             f"context of {self.name!r}; {lower}"
         )
 
+    def check_question_length(self, question: str, new_tokens: int = 0) -> None:
+        """Before any video work: the prompt without its video tokens must fit (a 80,000-token question is refused
+        before decoding, not after encoding)."""
+        ids = prompt_ids(self.tokenizer, self.chat_template, self.video_token, question, 0, self.name)
+        self.check_prompt_length(len(ids), 0, new_tokens)
+
     def _check_inputs(self, inputs: dict[str, Any], new_tokens: int = 0) -> None:
         ids = inputs["input_ids"]  # [1, L]
         visual = int((ids == self.tokenizer.convert_tokens_to_ids(self.video_token)).sum())
