@@ -161,7 +161,7 @@ def parse_list(text: str, kind: type, option: str) -> list:
 def warn_random(model: str) -> None:
     """Say loudly that a ``random:`` model's answers mean nothing (its timings are real)."""
     if model.startswith("random:"):
-        err.print(f"[bold red]WARNING: {model} has RANDOM WEIGHTS: its answers are meaningless; only timings, "
+        err.print(f"[bold red]WARNING: {escape(model)} has RANDOM WEIGHTS: its answers are meaningless; only timings, "
                   "token counts and memory are real.[/]", highlight=False)
 
 

@@ -214,13 +214,19 @@ def check_weights(path: Path) -> None:
 
 
 def read_json(path: Path, name: str) -> dict[str, Any] | None:
-    """A JSON file of the checkpoint directory, or None when it has none."""
+    """A JSON file of the checkpoint directory, or None when it has none; a file that does not parse is a
+    ModelError naming it."""
     text = read_text(path, name)
-    return json.loads(text) if text is not None else None
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ModelError(f"{path / name} is not valid JSON ({_first_line(exc)}); fix or replace the file") from None
 
 
 def read_text(path: Path, name: str) -> str | None:
-    return (path / name).read_text() if (path / name).is_file() else None
+    return (path / name).read_text(encoding="utf-8") if (path / name).is_file() else None
 
 
 class _Clock:
@@ -264,7 +270,13 @@ def prompt_ids(tokenizer: Any, chat_template: str | None, video_token: str, ques
     boundary (after a template newline or special token, before a special token), so an ordinary question gets
     the ids of the whole prompt tokenized in one piece (a test checks it on both families' tokenizers).
     """
-    text = chat_prompt(tokenizer, chat_template, _QUESTION_SLOT)
+    if chat_template is None and getattr(tokenizer, "chat_template", None) is None:
+        raise ModelError(f"{name!r} has no chat template; copy chat_template.jinja from the checkpoint it came from "
+                         "into the model directory")
+    try:
+        text = chat_prompt(tokenizer, chat_template, _QUESTION_SLOT)
+    except ValueError as exc:  # a template that raises on a video and a text part
+        raise ModelError(f"the chat template of {name!r} cannot make a prompt: {_one_line(exc, 200)}") from None
     if text.count(video_token) != 1 or text.count(_QUESTION_SLOT) != 1:
         raise ModelError(f"the chat template of {name!r} must hold one {video_token} placeholder and the question "
                          "once")

@@ -208,6 +208,18 @@ def test_checkpoint_without_tokenizer_is_a_whole_sentence(tiny_models, sample_vi
     assert str(path) in line
 
 
+def test_checkpoint_without_chat_template_or_with_bad_json_is_one_line(tiny_models, sample_video, tmp_path):
+    path = copy_model(tiny_models, "llava_onevision", tmp_path / "nochat")
+    (path / "chat_template.jinja").unlink()
+    line = one_error_line(vidq("ask", str(sample_video), QUESTION, "--model", str(path), *FAST))
+    assert line.endswith("has no chat template; copy chat_template.jinja from the checkpoint it came from into the "
+                         "model directory"), line
+    path = copy_model(tiny_models, "llava_onevision", tmp_path / "badjson")
+    (path / "video_preprocessor_config.json").write_text('{"size": ')
+    line = one_error_line(vidq("ask", str(sample_video), QUESTION, "--model", str(path), *FAST))
+    assert f"{path / 'video_preprocessor_config.json'} is not valid JSON" in line, line
+
+
 @pytest.mark.parametrize("damage", ["truncated", "garbled header"])
 def test_broken_safetensors_is_one_line_naming_the_file(tiny_models, sample_video, tmp_path, damage):
     path = copy_model(tiny_models, "qwen2_5_vl", tmp_path / "broken")

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..api import DEFAULT_MODEL
@@ -68,7 +69,7 @@ def bench(
                 check_output_file(path, option)
         warn_random(model)
         qa = VideoQA(model, device=device, dtype=dtype)
-        err.print(f"[dim]loaded {model} in {qa.load_s:.1f}s; {len(config.runs()) * len(videos)} rows x "
+        err.print(f"[dim]loaded {escape(model)} in {qa.load_s:.1f}s; {len(config.runs()) * len(videos)} rows x "
                   f"({warmup} warm-up + {repeat} timed) runs[/]", highlight=False)
         with err.status("benchmarking") as status:
             result = run_bench(
@@ -82,11 +83,11 @@ def bench(
         if json_file is not None:
             with writing(json_file, "--json"):
                 json_file.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-            err.print(f"wrote {json_file}", highlight=False)
+            err.print(f"wrote {json_file}", highlight=False, markup=False)
         if plot is not None and result.measured:
             with writing(plot, "--plot"):
                 plot_bench(result, plot)
-            err.print(f"wrote {plot}", highlight=False)
+            err.print(f"wrote {plot}", highlight=False, markup=False)
         warn_random(model)  # again at the end, where the eye lands
         if not result.measured:
             err.print("[red]error:[/] nothing could be measured: every row failed (the reasons are above)",

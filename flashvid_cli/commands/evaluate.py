@@ -66,7 +66,7 @@ def evaluate(
         warn_random(model)
         qa = VideoQA(model, device=device, dtype=dtype)
         videos = len({q.video for q in questions})
-        err.print(f"[dim]loaded {model} in {qa.load_s:.1f}s; {len(questions)} questions on {videos} videos x "
+        err.print(f"[dim]loaded {escape(model)} in {qa.load_s:.1f}s; {len(questions)} questions on {videos} videos x "
                   f"{len(config.runs())} rows, {scoring} scoring[/]", highlight=False, soft_wrap=True)
         with _progress() as progress:
             task = progress.add_task("evaluating", total=len(questions), failed="")
@@ -77,11 +77,11 @@ def evaluate(
         if json_file is not None:
             with writing(json_file, "--json"):
                 json_file.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-            err.print(f"wrote {json_file}", highlight=False)
+            err.print(f"wrote {json_file}", highlight=False, markup=False)
         if plot is not None:
             with writing(plot, "--plot"):
                 plot_eval(result, plot)
-            err.print(f"wrote {plot}", highlight=False)
+            err.print(f"wrote {plot}", highlight=False, markup=False)
         if result.failed_questions:
             first = next(p for p in result.predictions if p.error is not None)
             err.print(f"[yellow]{result.failed_questions} of {len(questions)} questions failed and are left out of "
