@@ -53,8 +53,8 @@ def read_text_lines(path: str | os.PathLike, what: str) -> list[str]:
     """The lines of a UTF-8 text file: a leading byte-order mark dropped, CRLF and CR line ends read as LF.
 
     ``what`` names the input in errors (e.g. ``"--questions"``; empty: the path alone). Only CR and LF end a
-    line: a JSON string may hold U+2028, which ``str.splitlines`` would cut. Raises InputError for a missing, unreadable, non-UTF-8
-    (UTF-16 included) or directory path.
+    line: a JSON string may hold U+2028, which ``str.splitlines`` would cut. Raises InputError for a missing,
+    unreadable, non-UTF-8 (UTF-16 included) or directory path.
     """
     path = Path(path).expanduser()
     named = f"{what} {path}" if what else str(path)
