@@ -240,6 +240,16 @@ def test_device_that_torch_rejects_is_one_line(tiny_models):
         assert "privateuseone" not in str(info.value)  # not torch's list of twenty device types
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_missing_cuda_device_fails_before_the_model_is_looked_up(sample_video, monkeypatch):
+    def no_lookup(model):
+        raise AssertionError("the checkpoint was looked up (maybe downloaded) before the device was checked")
+
+    monkeypatch.setattr("flashvid_cli.pipelines.base.resolve_checkpoint", no_lookup)
+    line = one_error_line(vidq("ask", str(sample_video), QUESTION, "--model", "nobody/uncached", "--device", "cuda"))
+    assert "no CUDA device is available; use --device cpu" in line, line
+
+
 def test_the_torch_free_lists_match_the_library():
     from flashvid_cli.inputs import DTYPE_NAMES
     from flashvid_cli.pipelines.base import DTYPES
