@@ -3,8 +3,8 @@
 Every command calls these first, so a typo costs a second, not a model load (15 s and 4.5 GB for a 0.5B model)
 or a whole run whose results are then lost because the output path was wrong. Nothing here imports torch;
 :func:`check_ask` imports the method registry (which does) only to validate ``--method`` and ``--opt``.
-Every failure is one :class:`~flashvid_cli.errors.InputError` (or ``ConfigError``/``MethodError``) naming the
-option or file and what to do.
+Every failure is one line naming the option or file and what to do: an :class:`~flashvid_cli.errors.InputError`
+for a file or path, a ``ConfigError`` for an option's value, a ``MethodError`` for ``--method``/``--opt``.
 """
 
 from __future__ import annotations
@@ -149,29 +149,36 @@ def writing(path: str | os.PathLike, option: str) -> Iterator[None]:
 
 
 # -- options ------------------------------------------------------------------------------------------------------
+def _option_error(message: str) -> Exception:
+    """A bad option value is a ConfigError, as AskConfig's own checks raise (files and paths are InputErrors)."""
+    from .api import ConfigError
+
+    return ConfigError(message)
+
+
 def check_device(device: str) -> None:
     """``auto``, ``cpu``, ``cuda`` or ``cuda:N``; whether a CUDA device is there is known once torch loads."""
     if not _DEVICE.fullmatch(device):
-        raise InputError(f"--device {device!r} is not a device vidq runs on; choose one of: {DEVICES}")
+        raise _option_error(f"--device {device!r} is not a device vidq runs on; choose one of: {DEVICES}")
 
 
 def check_dtype(dtype: str) -> None:
     if dtype not in DTYPE_NAMES:
-        raise InputError(f"--dtype {dtype!r} is unknown; choose one of: {', '.join(DTYPE_NAMES)}")
+        raise _option_error(f"--dtype {dtype!r} is unknown; choose one of: {', '.join(DTYPE_NAMES)}")
 
 
 def check_decoder(decoder: str) -> None:
     from .pipelines.video import DECODERS
 
     if decoder not in DECODERS:
-        raise InputError(f"--decoder {decoder!r} is unknown; choose one of: {', '.join(DECODERS)}")
+        raise _option_error(f"--decoder {decoder!r} is unknown; choose one of: {', '.join(DECODERS)}")
 
 
 def check_text_after_video(rule: str | None) -> None:
     """The value itself first: a wrong value is wrong whatever the model (only Qwen2.5-VL uses it)."""
     rules = ("hf", "qwen")  # pipelines.qwen2_5_vl.TEXT_AFTER_VIDEO_RULES (a test keeps them equal)
     if rule is not None and rule not in rules:
-        raise InputError(f"--text-after-video must be one of {', '.join(rules)}, got {rule!r}")
+        raise _option_error(f"--text-after-video must be one of {', '.join(rules)}, got {rule!r}")
 
 
 def check_model_options(device: str, dtype: str) -> None:
