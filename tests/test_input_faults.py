@@ -276,8 +276,8 @@ def test_prompt_past_the_context_is_refused_before_prefill(short_context, sample
     assert ok.exit_code == 0, ok.stderr
 
 
-def test_prompt_past_the_context_is_an_error_line_in_annotate_and_a_failed_row_in_eval(short_context, sample_video,
-                                                                                     tmp_path):
+def test_prompt_past_the_context_fails_its_line_or_row_in_annotate_eval_and_bench(short_context, sample_video,
+                                                                                   tmp_path):
     out = tmp_path / "out.jsonl"
     result = vidq("annotate", str(sample_video), "-q", QUESTION, "--out", str(out), "--model", str(short_context),
                   "--method", "none", "--frames", "8", "--max-new-tokens", "2", "--quiet")
@@ -295,6 +295,13 @@ def test_prompt_past_the_context_is_an_error_line_in_annotate_and_a_failed_row_i
     assert (rows["none"]["failed"], rows["pool"]["failed"]) == (1, 0)  # 129 visual tokens fail; 33 fit
     errors = [p["error"] for p in json.loads((tmp_path / "e.json").read_text())["predictions"] if p["error"]]
     assert len(errors) == 1 and "past the 64-token context" in errors[0]
+
+    result = vidq("bench", str(sample_video), "--model", str(short_context), "--methods", "none,pool", "--keep", "0.25",
+                  "--frames", "8", "--repeat", "1", "--warmup", "0", "--max-new-tokens", "2",
+                  "--json", str(tmp_path / "b.json"))
+    assert result.exit_code == 0 and "Traceback" not in result.stderr  # pool was measured
+    rows = {r["method"]: r for r in json.loads((tmp_path / "b.json").read_text())["rows"]}
+    assert "past the 64-token context" in rows["none"]["error"] and rows["pool"]["error"] is None
 
 
 def test_nan_weights_are_said_not_answered_as_empty(nan_model, sample_video):
