@@ -176,7 +176,7 @@ def check_decoder(decoder: str) -> None:
 
 def check_text_after_video(rule: str | None) -> None:
     """The value itself first: a wrong value is wrong whatever the model (only Qwen2.5-VL uses it)."""
-    rules = ("hf", "qwen")  # pipelines.qwen2_5_vl.TEXT_AFTER_VIDEO_RULES (a test keeps them equal)
+    rules = ("hf", "qwen")  # every family's text_after_video_rules together (a test keeps them equal)
     if rule is not None and rule not in rules:
         raise _option_error(f"--text-after-video must be one of {', '.join(rules)}, got {rule!r}")
 

@@ -253,10 +253,10 @@ def test_a_missing_cuda_device_fails_before_the_model_is_looked_up(sample_video,
 def test_the_torch_free_lists_match_the_library():
     from flashvid_cli.inputs import DTYPE_NAMES
     from flashvid_cli.pipelines.base import DTYPES
-    from flashvid_cli.pipelines.qwen2_5_vl import TEXT_AFTER_VIDEO_RULES
+    from flashvid_cli.pipelines.registry import families
 
     assert set(DTYPE_NAMES) == {"auto", *DTYPES}
-    assert TEXT_AFTER_VIDEO_RULES == ("hf", "qwen")
+    assert {rule for cls in families().values() for rule in cls.text_after_video_rules} == {"hf", "qwen"}
 
 
 # -- silent or wrong results ---------------------------------------------------------------------------------------
