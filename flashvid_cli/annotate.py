@@ -105,11 +105,10 @@ def find_videos(spec: str | os.PathLike) -> list[str]:
 
 
 def read_questions(path: str | os.PathLike) -> list[str]:
-    """One question per non-empty line (duplicates dropped, order kept)."""
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError as exc:
-        raise ConfigError(f"cannot read --questions {path}: {exc.strerror or exc}") from None
+    """One question per non-empty line (duplicates dropped, order kept); UTF-8, a BOM and CRLF line ends handled."""
+    from .inputs import read_text_lines
+
+    lines = read_text_lines(path, "--questions")
     questions = list(dict.fromkeys(line.strip() for line in lines if line.strip()))
     if not questions:
         raise ConfigError(f"--questions {path} holds no questions")

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
     from .kernels import Compressed, Method
+    from .kernels.fastv import LLMPrune
     from .pipelines.base import EncodedVideo, Generation
     from .pipelines.video import DecodedVideo
 
@@ -137,6 +138,7 @@ class TokenCounts:
     prompt: int
     generated: int
     asked: int | None = None  # --tokens K: the visual tokens asked for (visual_after is what was sent)
+    visual_by_layer: list[int] | None = None  # in-LLM stage only: visual tokens each decoder layer saw in the prefill
 
 
 @dataclass
@@ -283,6 +285,9 @@ class VideoQA:
     def text_after_video_rule(self, requested: str | None) -> str | None:
         """The text-after-video rule a call uses: ``requested`` or the family default; None for families without
         such a rule. Raises ConfigError for a rule the family does not have."""
+        from .inputs import check_text_after_video
+
+        check_text_after_video(requested)  # a wrong value first: it is wrong whatever the model
         rules = self.pipeline.text_after_video_rules
         if not rules:
             if requested is not None:
@@ -300,8 +305,9 @@ class VideoQA:
         return build(config.method, config.keep, model_type=self.model_type, options=config.options)
 
     def token_ids(self, text: str) -> list[int]:
-        """The tokenizer's ids of ``text``, no special tokens added."""
-        return list(self.pipeline.tokenizer(text, add_special_tokens=False)["input_ids"])
+        """The tokenizer's ids of ``text`` as text: no special tokens added, none parsed ("<|im_end|>" in an
+        option is its characters, not a control token)."""
+        return list(self.pipeline.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
 
     def token_text(self, ids: int | Sequence[int]) -> str:
         """The text of one token id or a sequence of ids (special tokens kept)."""
@@ -319,12 +325,18 @@ class VideoQA:
         with torch.inference_mode():
             return self.pipeline.inputs(prepared.encoded, compressed.compressed, prompt, text_after_video=rule)
 
-    def last_logits(self, inputs: dict[str, Any], count: int = 1, append: Sequence[int] = ()) -> Tensor:
+    def last_logits(self, inputs: dict[str, Any], count: int = 1, append: Sequence[int] = (),
+                    prune: LLMPrune | None = None) -> Tensor:
         """Float32 logits [count, vocab] at the last ``count`` positions of one forward pass over ``inputs`` with
         the token ids ``append`` placed after the prompt as generate() would place them (position i predicts
-        token i + 1)."""
+        token i + 1). ``prune``: a method's in-LLM stage (``Method.llm_prune()``), run in that forward pass; with
+        ``append`` it selects by the prompt's last token, as ``generate()`` does, so the logits are those of
+        generating ``append`` after the prompt."""
         pipe = self.pipeline
-        return pipe.last_logits(pipe.append_tokens(inputs, append) if append else inputs, count=count)
+        if not append:
+            return pipe.last_logits(inputs, count=count, prune=prune)
+        last = int(inputs["input_ids"].shape[1]) - 1
+        return pipe.last_logits(pipe.append_tokens(inputs, append), count=count, prune=prune, scored_at=last)
 
     # -- stages ------------------------------------------------------------------------------------------------
     @staticmethod
@@ -392,8 +404,8 @@ class VideoQA:
         to ``tokens`` visual tokens as it can, found by :func:`kernels.tokens.fit_tokens` (its count rule, or a
         search compressing this clip; the result's ``search`` says what that cost, and its ``seconds`` include it).
 
-        A method whose ``needs`` hold "question" reads ``question`` (and gets it as ``method(..., question=...)``);
-        other methods ignore it. Raises ConfigError when such a method gets no question or when the method needs an
+        A method whose ``needs`` hold "question" reads ``question``: it gets the LLM's input embeddings of the
+        question's tokens, ``method(..., question=[M, D])``; other methods ignore it. Raises ConfigError when such a method gets no question or when the method needs an
         input ``prepare`` did not compute, MethodError for a bad method or input.
         """
         import torch
@@ -414,7 +426,7 @@ class VideoQA:
         if _needs_question(method):
             if question is None or not question.strip():
                 raise ConfigError(f"method {method.name!r} reads the question: give compress() the question")
-            kwargs["question"] = question
+            kwargs["question"] = self.pipeline.question_embeddings(question)  # [M, D]
         encoded = prepared.encoded
         device = encoded.feats.device
         synchronize(device)
@@ -432,7 +444,7 @@ class VideoQA:
         synchronize(device)
         seconds = time.perf_counter() - started
         visual = int(out.tokens.shape[0]) + extra
-        return CompressedVideo(method, out, seconds, visual, kwargs.get("question"), tokens, search)
+        return CompressedVideo(method, out, seconds, visual, question if kwargs else None, tokens, search)
 
     def answer(self, prepared: PreparedVideo, question: str, config: AskConfig | None = None,
                compressed: CompressedVideo | None = None) -> AskResult:
@@ -465,7 +477,8 @@ class VideoQA:
             synchronize(pipe.device)
             prompt_s = time.perf_counter() - started
             torch.manual_seed(config.seed)
-            gen = pipe.generate(inputs, GenerationOptions(config.max_new_tokens, config.temperature))
+            gen = pipe.generate(inputs, GenerationOptions(config.max_new_tokens, config.temperature),
+                                prune=compressed.method.llm_prune())
         return AskResult(gen.text, self.report(prepared, compressed, gen, prompt_s, rule), list(gen.token_ids))
 
     def report(self, prepared: PreparedVideo, compressed: CompressedVideo, generation: Generation, prompt_s: float,
@@ -488,7 +501,7 @@ class VideoQA:
             method_stats={k: v for k, v in compressed.compressed.stats.items() if k not in {"tokens_in", "tokens_out"}},
             video=copy.deepcopy(prepared.video),
             tokens=TokenCounts(before, after, after / before, generation.prompt_tokens, len(generation.token_ids),
-                               compressed.tokens_asked),
+                               compressed.tokens_asked, generation.visual_by_layer),
             timings=Timings(
                 decode=t.decode, preprocess=t.preprocess, encode=t.encode, compress=compressed.seconds,
                 prefill=prefill, generate=generation.decode_s, total=ttft + generation.decode_s,
@@ -513,6 +526,7 @@ class VideoQA:
         config = config or AskConfig()
         if not question.strip():
             raise ConfigError("the question is empty")
+        self.pipeline.check_question_length(question, config.max_new_tokens)  # exact check: before prefill
         method = self.build_method(config)
         self.text_after_video_rule(config.text_after_video)
         prepared = self.prepare(video, config, decoded=decoded, need=method.needs)
@@ -528,5 +542,14 @@ def ask(
     dtype: str = "auto",
     **config: Any,
 ) -> AskResult:
-    """One question about one video; ``config`` takes the fields of :class:`AskConfig` (method, keep, frames...)."""
-    return VideoQA(model, device=device, dtype=dtype).ask(video, question, AskConfig(**config))
+    """One question about one video; ``config`` takes the fields of :class:`AskConfig` (method, keep, frames...).
+
+    The video is decoded (in its worker process) while the model loads.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    cfg = AskConfig(**config)
+    with ThreadPoolExecutor(1) as pool:
+        ahead = pool.submit(VideoQA.decode, video, cfg)
+        qa = VideoQA(model, device=device, dtype=dtype)
+        return qa.ask(video, question, cfg, decoded=ahead.result())

@@ -50,7 +50,7 @@ class BenchConfig:
     options: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "methods", default_methods(self.methods))
+        object.__setattr__(self, "methods", default_methods(self.methods, self.tokens))
         check_runs(self.methods, self.keeps, self.tokens)
         check_options(self.methods, self.options)
         if self.repeat < 1:
@@ -100,11 +100,22 @@ class Run(NamedTuple):
     tokens: int | None = None
 
 
-def default_methods(methods: Sequence[str] | None) -> tuple[str, ...]:
-    """``methods``, or every registered method when None (a new file in kernels/ joins bench and eval by itself)."""
+def default_methods(methods: Sequence[str] | None, tokens: Sequence[int] = ()) -> tuple[str, ...]:
+    """``methods``, or every registered method when None (a new file in kernels/ joins bench and eval by itself);
+    with ``tokens``, every registered method that can be held to a visual-token count (not those that prune inside
+    the LLM, where each decoder layer sees a different count)."""
     from .kernels import methods as registered
 
-    return tuple(registered()) if methods is None else tuple(methods)
+    if methods is not None:
+        return tuple(methods)
+    return tuple(name for name in registered() if not (tokens and prunes_in_llm(name)))
+
+
+def prunes_in_llm(method: str) -> bool:
+    """Whether a registered method, with its default options, runs an in-LLM pruning stage."""
+    from .kernels import methods as registered
+
+    return registered()[method]().llm_prune() is not None
 
 
 def is_trait(method: str, trait: str) -> bool:
@@ -136,6 +147,10 @@ def check_runs(methods: Sequence[str], keeps: Sequence[float], tokens: Sequence[
     for count in tokens:
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ConfigError(f"--tokens values must be integers >= 1, got {count!r}")
+    staged = [m for m in methods if tokens and prunes_in_llm(m)]
+    if staged:
+        raise ConfigError(f"--tokens does not apply to {staged[0]!r}: it prunes inside the LLM, so each decoder layer "
+                          "sees a different number of visual tokens; give it --keep in a run of its own")
 
 
 def method_runs(methods: Sequence[str], keeps: Sequence[float], tokens: Sequence[int] = ()) -> list[Run]:

@@ -15,9 +15,9 @@ The key (the full key is stored in every entry's header and compared on every lo
 file never passes; the file name is only a hash of it):
 
 - the video's content fingerprint (:func:`fingerprint`, below);
-- the sampling request (frames / fps / max_frames, the decode-time downscale ``max_side``, the seek mode); the
-  decoder is NOT in it, because with exact seeking both decoders return the same frames (tests/test_video.py
-  checks that they agree), except under approximate (keyframe) seeking, where it is;
+- the sampling request (frames / fps / max_frames, the decode-time downscale ``max_side``, the seek mode, the
+  decoder: exact decoders return the same pictures, but decord's colour conversion is not bit-equal to FFmpeg's,
+  so an entry made with one is never served to the other);
 - the sampling's result, the frame indices: stored in the entry and compared whenever the caller knows them; a
   caller that looks up before decoding (to skip decoding on a hit) gets them from the entry, which the content
   fingerprint and the request pin;
@@ -219,14 +219,12 @@ def sampling_request(
 ) -> dict[str, Any]:
     """The sampling part of a key: what decides which frames are decoded and at what size.
 
-    ``seek`` None or ``"exact"`` leaves the decoder out (every exact decoder returns the same frames); any other
-    seek mode (``"keyframe"``) depends on the decoder, so ``decoder`` joins the key.
+    The decoder is always part of it: exact decoders return the same pictures but not the same bytes (decord's
+    colour conversion differs from FFmpeg's by a level here and there), and a non-exact seek mode (``"keyframe"``)
+    changes the frames themselves.
     """
-    request: dict[str, Any] = {"frames": frames, "fps": fps, "max_frames": max_frames, "max_side": max_side,
-                               "seek": seek or "exact"}
-    if request["seek"] != "exact":
-        request["decoder"] = decoder
-    return request
+    return {"frames": frames, "fps": fps, "max_frames": max_frames, "max_side": max_side,
+            "seek": seek or "exact", "decoder": decoder}
 
 
 def device_kind(device: Any) -> str:

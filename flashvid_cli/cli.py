@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperArgument, TyperCommand
 
 from .api import DEFAULT_METHOD, DEFAULT_MODEL
 
@@ -52,9 +55,14 @@ Decoder = Annotated[str, typer.Option(help="Video decoder: auto, decord or pyav.
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Known errors become one red line on stderr and exit 1; set VIDQ_DEBUG=1 to get the traceback instead."""
-    from .kernels import MethodError
-    from .pipelines.errors import VidqError
+    """Known errors become one red line on stderr and exit 1; set VIDQ_DEBUG=1 to get the traceback instead.
+
+    Known: every :class:`~flashvid_cli.errors.VidqError` (``kernels.MethodError`` is one), and an OSError of the
+    user's machine (a full disk, a read-only file system, no permission) naming its file. Anything else is a
+    bug and is labelled "internal error".
+    """
+    from .errors import VidqError
+    from .inputs import USER_ERRNOS, os_error_line
 
     debug = os.environ.get(DEBUG_VARIABLE, "") not in {"", "0"}
     _quiet_transformers(debug)
@@ -65,20 +73,52 @@ def user_errors() -> Iterator[None]:
     except KeyboardInterrupt:
         err.print("[red]vidq: interrupted[/]")
         raise typer.Exit(130) from None
-    except (VidqError, MethodError) as exc:
+    except VidqError as exc:
         if debug:
             raise
-        err.print(f"[red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+        _error_line(str(exc))
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        if debug:
+            raise
+        if exc.errno in USER_ERRNOS and (exc.filename or exc.errno in {errno.ENOSPC, errno.EROFS, errno.EDQUOT}):
+            _error_line(os_error_line(exc))
+        else:
+            _internal_error(exc)
         raise typer.Exit(1) from None
     except Exception as exc:  # noqa: BLE001 - the last line of defence: never a bare traceback
         if debug:
             raise
-        err.print(
-            f"[red]internal error:[/] {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
-            f"(set {DEBUG_VARIABLE}=1 for the traceback)",
-            highlight=False, soft_wrap=True,
-        )
+        _internal_error(exc)
         raise typer.Exit(1) from None
+
+
+def _error_line(message: str) -> None:
+    """``error: message`` on one line; the message is text, never markup (``vidq[plot]`` stays as written)."""
+    first = (message.strip().splitlines() or [""])[0]
+    err.print(f"[red]error:[/] {escape(first)}", highlight=False, soft_wrap=True)
+
+
+def _internal_error(exc: BaseException) -> None:
+    first = (str(exc).strip().splitlines() or [""])[0]
+    err.print(f"[red]internal error:[/] {escape(type(exc).__name__)}: {escape(first)} "
+              f"(set {DEBUG_VARIABLE}=1 for the traceback)", highlight=False, soft_wrap=True)
+
+
+class Command(TyperCommand):
+    """A command whose usage line reads ``vidq ask [OPTIONS] VIDEO QUESTION``.
+
+    typer 0.29 writes required arguments as ``{video}`` in usage lines, which reads as a template left unfilled.
+    Every command passes ``cls=Command``; a test checks every registered command's usage line.
+    """
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                name = (param.metavar or param.name or "").upper() + ("..." if param.nargs != 1 else "")
+                pieces.append(name if param.required else f"[{name}]")
+        return pieces
 
 
 def _quiet_transformers(debug: bool) -> None:
@@ -146,11 +186,11 @@ def budget_lists(keep: str | None, tokens: str | None, default_keeps: tuple[floa
 def warn_random(model: str) -> None:
     """Say loudly that a ``random:`` model's answers mean nothing (its timings are real)."""
     if model.startswith("random:"):
-        err.print(f"[bold red]WARNING: {model} has RANDOM WEIGHTS: its answers are meaningless; only timings, "
+        err.print(f"[bold red]WARNING: {escape(model)} has RANDOM WEIGHTS: its answers are meaningless; only timings, "
                   "token counts and memory are real.[/]", highlight=False)
 
 
-@app.command()
+@app.command(cls=Command)
 def ask(
     video: Annotated[Path, typer.Argument(help="The video file.")],
     question: Annotated[str, typer.Argument(help="The question to ask about it.")],
@@ -175,8 +215,12 @@ def ask(
 ) -> None:
     """Ask QUESTION about VIDEO: the answer on stdout, a per-stage timing and token report on stderr."""
     with user_errors():
+        from concurrent.futures import ThreadPoolExecutor
+
         from .api import AskConfig, VideoQA
         from .report import print_report
+
+        from .inputs import check_ask, check_question, check_video_file
 
         config = AskConfig(
             method=method, keep=keep_or_tokens(keep, tokens), tokens=tokens, options=parse_options(opt),
@@ -184,8 +228,14 @@ def ask(
             max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, decoder=decoder,
             text_after_video=text_after_video,
         )
+        check_video_file(video)  # everything that needs no model, before loading it
+        check_question(question)
+        check_ask(config, device=device, dtype=dtype)
         warn_random(model)
-        result = VideoQA(model, device=device, dtype=dtype).ask(video, question, config)
+        with ThreadPoolExecutor(1) as pool:  # decode (in its worker process) while the model loads
+            ahead = pool.submit(VideoQA.decode, video, config)
+            qa = VideoQA(model, device=device, dtype=dtype)
+            result = qa.ask(video, question, config, decoded=ahead.result())
         if as_json:
             typer.echo(json.dumps(result.to_dict()))
         else:
@@ -193,7 +243,7 @@ def ask(
             print_report(result.report, err)
 
 
-@app.command()
+@app.command(cls=Command)
 def methods() -> None:
     """List the compression methods, their options and defaults."""
     with user_errors():
@@ -206,12 +256,19 @@ def methods() -> None:
         table = Table(show_edge=False)
         table.add_column("method")
         table.add_column("needs")
+        table.add_column("reads the question")
         table.add_column("options (default)")
         table.add_column("--tokens reaches")
         for name, cls in registered().items():
             fields = [f for f in dataclasses.fields(cls) if f.name != "keep"]
             options = ", ".join(f"{f.name}={f.default!r}" for f in fields) or "-"
-            table.add_row(name, ", ".join(sorted(cls.needs)) or "-", options, cls.granularity)
+            if "question" in cls.needs:
+                query = "yes: selection"
+            elif cls.prunes_in_llm:
+                query = "yes: in-LLM stage" if cls().llm_prune() is not None else "only with its in-LLM stage on"
+            else:
+                query = "-"
+            table.add_row(name, ", ".join(sorted(cls.needs - {"question"})) or "-", query, options, cls.granularity)
         Console().print(table)
 
 

@@ -78,15 +78,16 @@ class Question:
 
 def read_dataset(path: str | Path) -> list[Question]:
     """Every question of a JSON-lines file; the first bad line is a one-line error naming the file and line."""
+    from .errors import InputError
+    from .inputs import read_text_lines
+
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise DatasetError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise DatasetError(f"{path} is not UTF-8 text; expected one JSON object per line") from None
+        lines = read_text_lines(path, "")  # UTF-8, a BOM and CRLF line ends handled
+    except InputError as exc:
+        raise DatasetError(str(exc)) from None
     questions = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(lines, start=1):
         if line.strip():
             where = f"{path}:{number}"
             try:
@@ -182,7 +183,7 @@ class EvalConfig:
     tokens: tuple[int, ...] = ()  # visual-token counts; when given, they replace keeps
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "methods", default_methods(self.methods))
+        object.__setattr__(self, "methods", default_methods(self.methods, self.tokens))
         check_runs(self.methods, self.keeps, self.tokens)
         if self.scoring not in SCORINGS:
             raise ConfigError(f"--scoring must be one of {', '.join(SCORINGS)}, got {self.scoring!r}")
@@ -256,14 +257,14 @@ def letter_prompt(question: Question) -> str:
     return "\n".join([*lines, LETTER_INSTRUCTION])
 
 
-def letter_scores(qa: VideoQA, inputs: dict[str, Any], count: int) -> list[float]:
+def letter_scores(qa: VideoQA, inputs: dict[str, Any], count: int, prune: Any = None) -> list[float]:
     """The logit of each option's letter (A, B, ...) at the first generated position: one forward."""
     ids = [qa.token_ids(letter)[0] for letter in LETTERS[:count]]
-    return qa.last_logits(inputs)[-1, ids].tolist()
+    return qa.last_logits(inputs, prune=prune)[-1, ids].tolist()
 
 
 def likelihood_scores(qa: VideoQA, inputs: dict[str, Any], option_ids: Sequence[Sequence[int]],
-                      one_pass: bool = True) -> list[float]:
+                      one_pass: bool = True, prune: Any = None) -> list[float]:
     """Each option's summed token log-probabilities as the answer right after the prompt.
 
     With ``one_pass`` and every option one token, one forward over the prompt scores them all (exact: each
@@ -272,12 +273,12 @@ def likelihood_scores(qa: VideoQA, inputs: dict[str, Any], option_ids: Sequence[
     import torch
 
     if one_pass and all(len(ids) == 1 for ids in option_ids):
-        logp = qa.last_logits(inputs)[-1].log_softmax(-1)  # [vocab]
+        logp = qa.last_logits(inputs, prune=prune)[-1].log_softmax(-1)  # [vocab]
         return [float(logp[ids[0]]) for ids in option_ids]
     scores = []
     for ids in option_ids:
         # Position L - 1 + j predicts option token j; the last position (after the option) predicts nothing asked.
-        logits = qa.last_logits(inputs, count=len(ids) + 1, append=ids)[:-1]  # [n, vocab]
+        logits = qa.last_logits(inputs, count=len(ids) + 1, append=ids, prune=prune)[:-1]  # [n, vocab]
         picked = logits.log_softmax(-1).gather(1, torch.tensor(ids, device=logits.device)[:, None])
         scores.append(float(picked.sum()))
     return scores
@@ -285,13 +286,15 @@ def likelihood_scores(qa: VideoQA, inputs: dict[str, Any], option_ids: Sequence[
 
 def score_question(qa: VideoQA, prepared: PreparedVideo, compressed: CompressedVideo, question: Question,
                    scoring: str, text_after_video: str | None = None) -> list[float]:
-    """One score per option for ``question`` over the compressed video; the prediction is the argmax."""
+    """One score per option for ``question`` over the compressed video; the prediction is the argmax. A method's
+    in-LLM stage (``llm_prune()``) runs in every forward pass, selecting as ``generate()`` would."""
+    prune = compressed.method.llm_prune()
     if scoring == "letter":
         inputs = qa.prompt_inputs(prepared, compressed, letter_prompt(question), text_after_video)
-        return letter_scores(qa, inputs, len(question.options))
+        return letter_scores(qa, inputs, len(question.options), prune)
     option_ids = [qa.token_ids(text) for text in question.options]
     inputs = qa.prompt_inputs(prepared, compressed, question.question, text_after_video)
-    return likelihood_scores(qa, inputs, option_ids)
+    return likelihood_scores(qa, inputs, option_ids, prune=prune)
 
 
 # -- the run ------------------------------------------------------------------------------------------------------
@@ -347,7 +350,8 @@ def run_eval(qa: VideoQA, questions: Sequence[Question], config: EvalConfig,
     if not questions:
         raise ConfigError("no questions to evaluate")
     rule = qa.text_after_video_rule(config.ask.text_after_video)
-    methods = {run: build(run.method, run.keep, model_type=qa.model_type) for run in config.runs()}
+    options = config.ask.options  # --opt: every method of the run gets them
+    methods = {run: build(run.method, run.keep, model_type=qa.model_type, options=options) for run in config.runs()}
     need = frozenset().union(*(m.needs for m in methods.values()))  # one encode serves every method
     by_video: dict[str, list[int]] = {}
     for i, q in enumerate(questions):

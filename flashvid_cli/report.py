@@ -21,6 +21,18 @@ def _timestamps(values: list[float], limit: int = 12) -> str:
     return shown + (f", ... ({len(values)} in all)" if len(values) > limit else "")
 
 
+def _by_layer(counts: list[int]) -> str:
+    """``[97, 97, 30, 30]`` -> ``"97 x 2 layers, then 30 x 2"`` (runs of equal counts)."""
+    runs: list[list[int]] = []
+    for count in counts:
+        if runs and runs[-1][0] == count:
+            runs[-1][1] += 1
+        else:
+            runs.append([count, 1])
+    parts = [f"{count:,} x {n}" for count, n in runs]
+    return ", then ".join(parts) + f" ({len(counts)} layers)"
+
+
 def report_tables(report: Report) -> Group:
     """Two tables: stage timings with token counts, then the run's settings and the sampled frames."""
     t, k, v = report.timings, report.tokens, report.video
@@ -50,6 +62,8 @@ def report_tables(report: Report) -> Group:
         probes = search.get("probes", 0)
         cost = f"{probes} trial compression{'' if probes == 1 else 's'}, {_ms(search.get('seconds', 0.0))}"
         facts.add_row("--tokens", f"{k.asked:,} asked, {k.visual_after:,} sent (keep {report.keep:.4g} found: {cost})")
+    if k.visual_by_layer:
+        facts.add_row("visual by layer", _by_layer(k.visual_by_layer))
     facts.add_row("prompt tokens", f"{k.prompt:,} in, {k.generated:,} generated")
     facts.add_row("frames", f"{len(v.frame_indices)} of {v.total_frames} ({v.sampling}; decoder {v.decoder})")
     facts.add_row("timestamps (s)", _timestamps(v.timestamps_s))

@@ -12,14 +12,19 @@ import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor
 
+from flashvid_cli.errors import VidqError  # absolute: the leaf module every layer's user errors derive from
 
-class MethodError(ValueError):
-    """A bad method name, option or input; the message is meant for the user."""
+if TYPE_CHECKING:
+    from .fastv import LLMPrune
+
+
+class MethodError(VidqError, ValueError):
+    """A bad method name, option or input; the message is meant for the user (a :class:`VidqError`)."""
 
 
 @dataclass(frozen=True)
@@ -126,12 +131,14 @@ def cpu_threads(count: int | None) -> Iterator[None]:
 class Method:
     """Base of every compression method: validates the ratio and the inputs once, runs ``compress`` in float32.
 
-    Subclasses set ``name`` (the registry key), ``needs`` (which optional inputs they read), ``recipes``
-    (per-``model_type`` option defaults) and implement :meth:`compress`. What a method is, callers read from
-    these class attributes and never from its name: ``ignores_keep`` (its output does not depend on ``keep``, so
-    bench and eval run it once, at keep 1), ``baseline`` (it sends every token unchanged: the reference that
-    answers are compared with), ``granularity`` (which visual-token counts it can hit, for ``--tokens``) and
-    :meth:`tokens_for` (its count when that does not depend on the data).
+    Subclasses set ``name`` (the registry key), ``needs`` (which optional inputs they read: "importance", "metric",
+    "question"), ``recipes`` (per-``model_type`` option defaults) and implement :meth:`compress`. What a method is,
+    callers read from these class attributes and never from its name: ``ignores_keep`` (its output does not depend
+    on ``keep``, so bench and eval run it once, at keep 1), ``baseline`` (it sends every token unchanged: the
+    reference that answers are compared with), ``granularity`` (which visual-token counts it can hit, for
+    ``--tokens``) and :meth:`tokens_for` (its count when that does not depend on the data). A method with
+    "question" in ``needs`` depends on the question (its tokens cannot be shared between questions). A method
+    that can prune inside the LLM sets ``prunes_in_llm`` and returns its stage from :meth:`llm_prune`.
     """
 
     name: ClassVar[str] = ""
@@ -140,6 +147,7 @@ class Method:
     ignores_keep: ClassVar[bool] = False
     baseline: ClassVar[bool] = False
     granularity: ClassVar[str] = "data dependent (searched per clip)"
+    prunes_in_llm: ClassVar[bool] = False  # True: may have an in-LLM stage (see llm_prune); the stage needs the question
 
     keep: float = 1.0
 
@@ -153,8 +161,13 @@ class Method:
         grid: Grid,
         importance: Tensor | None = None,
         metric: Tensor | None = None,
+        question: Tensor | None = None,
     ) -> Compressed:
-        """Compress ``feats [T, N, D]``; see the module docstring for the optional inputs."""
+        """Compress ``feats [T, N, D]``; see the module docstring for the optional inputs.
+
+        ``question [M, D]``: the question's token embeddings (the LLM's own input embeddings, any float dtype), read
+        only by methods with "question" in ``needs`` (passed to :meth:`compress` as the ``question`` keyword).
+        """
         if feats.ndim != 3 or feats.shape[:2] != (grid.T, grid.N):
             raise MethodError(f"feats must be [T, N, D] = [{grid.T}, {grid.N}, D], got {tuple(feats.shape)}")
         if "importance" in self.needs:
@@ -165,12 +178,17 @@ class Method:
             if metric is None or metric.shape[:2] != (grid.T, grid.N):
                 raise MethodError(f"method {self.name!r} needs a key metric [T, N, Dk]")
             metric = metric.float()
+        extra: dict[str, Tensor] = {}
+        if "question" in self.needs:
+            if question is None or question.ndim != 2 or question.shape[0] < 1:
+                raise MethodError(f"method {self.name!r} needs the question's token embeddings [M, D]")
+            extra["question"] = question.float()
         if self.keep >= 1.0 and not getattr(self, "reference", False):
             index = torch.arange(grid.T * grid.N, device=feats.device)
             out = Compressed.kept(feats, index, grid)
         else:
             with cpu_threads(1 if feats.device.type == "cpu" else None):
-                out = self.compress(feats.float(), grid, importance, metric)
+                out = self.compress(feats.float(), grid, importance, metric, **extra)
             out.tokens = out.tokens.to(feats.dtype)
             if out.weights is not None:
                 out.weights = out.weights.float()
@@ -192,6 +210,15 @@ class Method:
         """Tokens this method emits on ``grid`` at its ``keep`` when that count does not depend on the data, else
         None (``--tokens`` then searches the keep on the clip itself, see :mod:`.tokens`)."""
         return grid.T * grid.N if self.keep >= 1.0 and not getattr(self, "reference", False) else None
+
+    def llm_prune(self) -> LLMPrune | None:
+        """The in-LLM pruning stage this method runs after the vision side, or None (the default)."""
+        return None
+
+    @property
+    def query_aware(self) -> bool:
+        """Whether the output depends on the question: it reads it, or prunes inside the LLM by the last query."""
+        return "question" in self.needs or self.llm_prune() is not None
 
     def options(self) -> dict[str, Any]:
         """The method's options as a plain dict (for reports)."""

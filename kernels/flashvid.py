@@ -11,6 +11,7 @@ from torch import Tensor
 
 from . import ops
 from .base import Compressed, Grid, Method, MethodError
+from .fastv import LLMPrune
 
 
 def flashvid_budget(N: int, keep: float, expansion: float, alpha: float) -> tuple[int, int, int]:
@@ -38,11 +39,19 @@ class FlashVID(Method):
     candidate tokens only (no duplicate positions). ``reference=True`` reproduces the official outputs: ``e = 1.25``,
     tree sum divided by 1 + direct children, ADTS tokens also clustered in single-frame segments (duplicates),
     and with ``S = 0`` every tree is emitted unmerged. Clustering is deterministic in both modes.
+
+    The published pipeline also prunes inside the LLM (ALGORITHMS.md 2.9): before decoder layer ``pruning_layer``
+    (default: 20 of 28 scaled to the model's depth, ``round(20/28 * depth)``) keep ``ceil(llm_retention_ratio * Lv)``
+    visual tokens by the last query's attention. ``llm_stage`` turns it on (None: on exactly when ``reference``);
+    with the stage on the vision side over-provisions by ``e = 1.25`` unless ``expansion`` is given, so that ``keep``
+    is the average visual share over the layers of a 28-layer model. The default (vision side only, ``e = 1.0``)
+    does not depend on the question.
     """
 
     name = "flashvid"
     granularity = "data dependent, about ceil(keep*N) per frame (searched per clip)"
     needs = frozenset({"importance"})
+    prunes_in_llm = True
     recipes = {
         "llava_onevision": {"token_selection_method": "attn_div_v2", "min_segment_num": 8},
         "qwen2_5_vl": {"token_selection_method": "attn_div", "min_segment_num": 4},
@@ -60,18 +69,27 @@ class FlashVID(Method):
     temporal_threshold: float = 0.8
     knn: int = 7
     reference: bool = False
+    llm_stage: bool | None = None
+    pruning_layer: int | None = None
+    llm_retention_ratio: float = 0.3
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.llm_stage is None:
+            object.__setattr__(self, "llm_stage", bool(self.reference))
         if self.token_selection_method not in ("attn_div", "attn_div_v2"):
             got = self.token_selection_method
             raise MethodError(f"flashvid.token_selection_method must be attn_div or attn_div_v2, got {got!r}")
         if self.expansion is None:
-            object.__setattr__(self, "expansion", 1.25 if self.reference else 1.0)
+            object.__setattr__(self, "expansion", 1.25 if self.llm_stage else 1.0)
         _check_range("alpha", self.alpha, 0.0, 1.0, low_open=True)
         _check_range("expansion", self.expansion, 0.0, 2.0, low_open=True)
         _check_range("segment_threshold", self.segment_threshold, -1.0, 1.0)
         _check_range("temporal_threshold", self.temporal_threshold, -1.0, 1.0)
+        _check_range("llm_retention_ratio", self.llm_retention_ratio, 0.0, 1.0, low_open=True)
+        layer = self.pruning_layer
+        if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int) or layer < 1):
+            raise MethodError(f"flashvid.pruning_layer must be an integer >= 1 or none, got {layer!r}")
         for key in ("min_segment_num", "knn"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -117,6 +135,11 @@ class FlashVID(Method):
         stats["duplicates"] = int(index.numel() - torch.unique(index).numel())
         # The reference gives a merged token its representative's side features (DeepStack): state no weights.
         return ops.assemble(tokens, index, sources, sizes, grid, stats, weights=None if self.reference else weights)
+
+    def llm_prune(self) -> LLMPrune | None:
+        if not self.llm_stage:
+            return None
+        return LLMPrune(ratio=float(self.llm_retention_ratio), rounding="ceil", layer=self.pruning_layer)
 
     def _trees(self, feats: Tensor, cand: Tensor, B: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """One segment ``[T, N, D]`` -> tree tokens ``values [R, D]``, flat ``roots [R]``, CSR ``sources, sizes``."""

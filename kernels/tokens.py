@@ -95,10 +95,13 @@ def fit_tokens(
     Methods that ignore keep run as they are. A count rule (``method.tokens_for``) is searched without touching
     the data; otherwise each probe compresses the clip (at most ``DATA_PROBES`` times). ``inputs`` go to every
     call of the method as they are (e.g. the question, for a method that reads it). Raises
-    :class:`MethodError` when ``tokens < 1``.
+    :class:`MethodError` when ``tokens < 1`` or the method prunes inside the LLM (no one count to hold it to).
     """
     if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
         raise MethodError(f"the token count must be an integer >= 1, got {tokens!r}")
+    if method.llm_prune() is not None:
+        raise MethodError(f"--tokens does not apply to {method.name!r} with its in-LLM stage: each decoder layer sees a "
+                          "different number of visual tokens; use --keep")
     started = time.perf_counter()
     top = grid.T * grid.N
     if method.ignores_keep:

@@ -17,11 +17,11 @@ def load_pipeline(model: str, device: str = "auto", dtype: str = "auto") -> Pipe
     from .random_init import is_random, load_random
     from .registry import family
 
+    torch_device = resolve_device(device)  # before any download: a device that is not there fails at once
+    torch_dtype = resolve_dtype(dtype, torch_device)
     if is_random(model):  # random:NAME or random:PATH, full-size architectures for timing (random_init.py)
-        torch_device = resolve_device(device)
-        return load_random(model, torch_device, resolve_dtype(dtype, torch_device))
+        return load_random(model, torch_device, torch_dtype)
     path = resolve_checkpoint(model)
     config = load_config(path, model)
     adapter = family(getattr(config, "model_type", None), repr(model))
-    torch_device = resolve_device(device)
-    return adapter.from_pretrained(path, model, config, torch_device, resolve_dtype(dtype, torch_device))
+    return adapter.from_pretrained(path, model, config, torch_device, torch_dtype)

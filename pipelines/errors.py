@@ -1,8 +1,12 @@
-"""Errors the user can act on. Their message is printed as one line by the CLI (no traceback)."""
+"""Errors the user can act on. Their message is printed as one line by the CLI (no traceback).
 
+The root class lives in ``flashvid_cli.errors`` (imported absolutely, so this module also imports as the
+top-level ``pipelines`` package the tests use) and ``kernels.MethodError`` derives from it too.
+"""
 
-class VidqError(Exception):
-    """Base of every error whose message is meant for the user."""
+from flashvid_cli.errors import InputError, VidqError
+
+__all__ = ["InputError", "ModelError", "NonFiniteLogitsError", "PromptTooLongError", "VideoError", "VidqError"]
 
 
 class VideoError(VidqError):
@@ -11,3 +15,11 @@ class VideoError(VidqError):
 
 class ModelError(VidqError):
     """The model cannot be loaded: missing directory, unsupported architecture, or not cached while offline."""
+
+
+class PromptTooLongError(VidqError):
+    """The prompt (visual tokens + text) does not fit in the model's context; the message says what to lower."""
+
+
+class NonFiniteLogitsError(ModelError):
+    """The model produced NaN or infinite logits: corrupt weights or a dtype that overflows."""

@@ -5,17 +5,22 @@
 Why a worker: decord's native loop can spin forever holding the GIL, so nothing in-process can interrupt it.
 The worker is a fresh interpreter (`python -c ... video_worker.main()`) rather than a multiprocessing child:
 multiprocessing's spawn and forkserver both re-import the caller's `__main__` (the CLI) in the child, which
-could pull in torch. The frames come back as one raw buffer over a pipe, straight into the result array.
-How frames are found and chosen: see `video_worker` (frame map, decoder choice) and `video_sampling` (rules).
+could pull in torch. It lives for the run (`DecodeWorker`; `decode` keeps a small pool of them), serves one
+video after another, is replaced after a kill at the deadline, and exits as soon as its parent is gone.
+The frames come back as one raw buffer over a pipe, straight into the result array.
+How frames are found and chosen: see `video_worker` (frame map, decoder choice), `video_pyav` (the exact
+GOP-at-a-time decode) and `video_sampling` (rules).
 """
 
 from __future__ import annotations
 
-import json
+import atexit
 import os
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
@@ -23,9 +28,10 @@ import numpy as np
 
 from . import video_worker
 from .errors import VideoError
-from .video_worker import Request
+from .video_worker import Request, VideoTooLarge
 
 DECODERS = ("auto", "decord", "pyav")
+__all__ = ["DECODERS", "DecodeWorker", "DecodedVideo", "Request", "VideoTooLarge", "decode", "run_in_worker"]
 
 
 @dataclass
@@ -42,7 +48,7 @@ class DecodedVideo:
     sampling: str  # e.g. "32 frames uniform" or "fps=1 (max 32): 12 frames"
     notes: list[str]  # what was noticed and handled, e.g. "container claims 30 frames, 5 decodable"
     source_size: tuple[int, int]  # (height, width) in display orientation, before any decode-time downscale
-    stats: dict = field(default_factory=dict)  # pyav_frames_decoded, decode_s; torch_loaded, peak_rss_bytes (worker)
+    stats: dict = field(default_factory=dict)  # pyav_frames_decoded, pyav_passes, decode_s; worker_pid, peak_rss_bytes
 
 
 def decode(
@@ -54,21 +60,29 @@ def decode(
     decoder: str = "auto",
     max_side: int | None = 1920,
     timeout_s: float | None = 120.0,
+    max_bytes: int | None = None,
+    worker: DecodeWorker | None = None,
 ) -> DecodedVideo:
     """Sample `frames` uniformly, or `fps` per second of true time (at most `max_frames`); default max_frames uniform.
 
-    Raises VideoError (one line naming the file) for every problem with the request or the file.
-    `timeout_s=None` decodes in this process (tests, benchmarks); otherwise a worker is killed at the deadline.
+    The frames are exactly those of a plain sequential FFmpeg decode at the reported indices (decoder
+    "auto"/"pyav"), downscaled so the longer side is at most `max_side` px (None: full size).
+    Raises VideoError (one line naming the file) for every problem with the request or the file, and
+    VideoTooLarge (a VideoError) before decoding when the frames need more than `max_bytes` (default: the
+    memory available). `timeout_s=None` decodes in this process (tests, benchmarks); otherwise in `worker`,
+    by default a long-lived one of this module's pool, killed (and later replaced) at the deadline.
     """
-    req = _request(path, frames, fps, max_frames, decoder, max_side)
+    req = _request(path, frames, fps, max_frames, decoder, max_side, max_bytes)
     if timeout_s is None:
         meta, array = video_worker.run(req)
+    elif worker is not None:
+        meta, array = worker.run(req, timeout_s)
     else:
         meta, array = run_in_worker(req, timeout_s)
     return DecodedVideo(frames=array, **meta)
 
 
-def _request(path, frames, fps, max_frames, decoder, max_side) -> Request:
+def _request(path, frames, fps, max_frames, decoder, max_side, max_bytes=None) -> Request:
     """Validate the arguments and the path; raise VideoError with a one-line reason."""
     if frames is not None and fps is not None:
         raise VideoError("give either frames or fps, not both")
@@ -89,82 +103,183 @@ def _request(path, frames, fps, max_frames, decoder, max_side) -> Request:
         raise VideoError(f"{path}: is a directory, not a video file")
     if os.path.getsize(path) == 0:
         raise VideoError(f"{path}: empty file (0 bytes)")
-    return Request(path, frames, float(fps) if fps is not None else None, max_frames, decoder, max_side)
+    fps = float(fps) if fps is not None else None
+    return Request(path, frames, fps, max_frames, decoder, max_side, max_bytes, file=os.path.abspath(path))
 
 
 def run_in_worker(req: Request, timeout_s: float) -> tuple[dict, np.ndarray]:
-    """Run `req` in a worker killed at `timeout_s`; in auto mode a stalled decord gets half and PyAV the rest."""
-    deadline = time.monotonic() + timeout_s
-    try:
-        return _attempt(req, deadline, decord_budget_s=timeout_s / 2 if req.decoder == "auto" else None)
-    except _DecordStalled as stalled:
-        meta, array = _attempt(
-            Request(**{**req.__dict__, "decoder": "pyav"}), deadline, decord_budget_s=None, timeout_s=timeout_s
-        )
-        meta["notes"].append(f"decord made no progress in {stalled.seconds:.3g}s; killed it and decoded with PyAV")
-        return meta, array
-    except _Timeout:
-        raise VideoError(f"{req.path}: decoding timed out after {timeout_s:g}s") from None
+    """Run `req` in a long-lived worker of the module's pool, killed at `timeout_s` (and replaced next time)."""
+    with _POOL.worker() as w:
+        return w.run(req, timeout_s)
 
 
-class _Timeout(Exception):
-    """The worker missed the overall deadline."""
+class DecodeWorker:
+    """One long-lived decode process: serves video after video, restarts after a kill, dies with its parent.
+
+        with DecodeWorker() as w:
+            for path in videos:
+                v = w.decode(path, frames=32)   # DecodedVideo, frames uint8 [T, H, W, 3]
+
+    The process starts on the first request (~0.25 s: an interpreter importing numpy and PyAV, never torch).
+    A request past its deadline kills it; the next request starts a fresh one. If this process dies (even by
+    kill -9) the worker notices within 0.1 s and exits. Not for concurrent use from several threads: the
+    module's `decode` hands each thread its own worker from a pool.
+    """
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen | None = None
+        self._requests: Connection | None = None
+        self._replies: Connection | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def pid(self) -> int | None:
+        """The worker process id, or None when none is running."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    def decode(self, path: str | os.PathLike, *, timeout_s: float = 120.0, **kwargs) -> DecodedVideo:
+        """`video.decode(path, ..., timeout_s=timeout_s)` in this worker; same arguments, same errors."""
+        return decode(path, timeout_s=timeout_s, worker=self, **kwargs)
+
+    def run(self, req: Request, timeout_s: float) -> tuple[dict, np.ndarray]:
+        """Send `req`, wait for its answer until `timeout_s`; kill the process on a timeout or a crash."""
+        with self._lock:
+            deadline = time.monotonic() + timeout_s
+            self._start()
+            try:
+                self._requests.send(req.__dict__)
+                return self._receive(req, deadline, timeout_s)
+            except VideoError:
+                raise
+            except BaseException:  # timeout, crash, KeyboardInterrupt: the process state is unknown
+                self._kill()
+                raise
+            finally:
+                if self._proc is not None and self._proc.poll() is not None:
+                    self._kill()
+
+    def _receive(self, req: Request, deadline: float, timeout_s: float) -> tuple[dict, np.ndarray]:
+        """Read phases and frames (each straight into its slot of the result) until the answer or the deadline."""
+        array = None  # [T, H, W, 3]
+        try:
+            while True:
+                kind, *rest = self._next(req, deadline, timeout_s)
+                if kind == "frames":
+                    n, hw = rest
+                    array = np.empty((n, *hw, 3), dtype=np.uint8)
+                elif kind == "frame":
+                    self._next(req, deadline, timeout_s, raw=memoryview(array[rest[0]]).cast("B"))
+                elif kind == "error":
+                    cls = VideoTooLarge if rest[0] == "VideoTooLarge" else VideoError
+                    raise cls(rest[1])
+                elif kind == "ok":
+                    meta, kept = rest
+                    meta["source_size"] = tuple(meta["source_size"])
+                    return meta, (array if len(kept) == len(array) else array[kept])
+        except (EOFError, OSError):
+            code = self._kill()
+            raise VideoError(f"{req.path}: the decoder crashed (exit code {code})") from None
+
+    def _next(self, req: Request, deadline: float, timeout_s: float, raw: memoryview | None = None):
+        """The next message (or, with `raw`, the next frame's bytes into it), or a timeout VideoError."""
+        if not self._replies.poll(max(0.0, deadline - time.monotonic())):
+            self._kill()
+            raise VideoError(f"{req.path}: decoding timed out after {timeout_s:g}s")
+        if raw is not None:
+            return self._replies.recv_bytes_into(raw)
+        return self._replies.recv()
+
+    def _start(self) -> None:
+        """Start the process unless one is running: a fresh interpreter with this process's import path."""
+        if self._proc is not None and self._proc.poll() is None:
+            return
+        self._kill()
+        req_r, req_w = os.pipe()
+        rep_r, rep_w = os.pipe()
+        boot = f"import sys; sys.path[:0] = {sys.path!r}; from {video_worker.__name__} import main; main()"
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c", boot, str(req_r), str(rep_w), str(os.getpid())],
+                pass_fds=(req_r, rep_w),
+                stdin=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,  # FFmpeg/decord log noise; answers come through the pipe
+            )
+        finally:
+            os.close(req_r)  # the worker holds the only other ends: its death reads as EOF here
+            os.close(rep_w)
+        self._requests = Connection(req_w, readable=False)
+        self._replies = Connection(rep_r, writable=False)
+
+    def _kill(self) -> int | None:
+        """Kill the process (if any) and close the pipes; returns its exit code."""
+        code = None
+        for conn in (self._requests, self._replies):
+            if conn is not None:
+                conn.close()
+        self._requests = self._replies = None
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                self._proc.kill()
+            code = self._proc.wait()
+            self._proc = None
+        return code
+
+    def close(self) -> None:
+        """Stop the worker: close its request pipe (it exits on EOF), kill it if it does not."""
+        with self._lock:
+            if self._requests is not None:
+                self._requests.close()
+                self._requests = None
+            if self._proc is not None:
+                try:
+                    self._proc.wait(timeout=2)
+                except subprocess.TimeoutExpired:
+                    pass
+            self._kill()
+
+    def __enter__(self) -> DecodeWorker:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
-class _DecordStalled(Exception):
-    """decord used up its share of the time (the known get_batch spin); PyAV gets what is left."""
+class _Pool:
+    """Idle long-lived workers for `decode`: each caller (thread) takes one and gives it back."""
 
-    def __init__(self, seconds: float):
-        super().__init__(seconds)
-        self.seconds = seconds
+    MAX_IDLE = 2
 
+    def __init__(self) -> None:
+        self._idle: list[DecodeWorker] = []
+        self._lock = threading.Lock()
 
-def _attempt(req: Request, deadline: float, decord_budget_s: float | None, timeout_s: float | None = None):
-    """Start one worker and collect its answer before `deadline`, always killing it afterwards."""
-    read_fd, write_fd = os.pipe()
-    proc = _start_worker(req, write_fd)
-    os.close(write_fd)  # the worker holds the only write end now: its death reads as EOF
-    conn = Connection(read_fd, writable=False)
-    stall_at, phase_started = None, None
-    try:
-        while True:
-            until = deadline if stall_at is None else min(deadline, stall_at)
-            if not conn.poll(max(0.0, until - time.monotonic())):
-                if stall_at is not None and time.monotonic() >= stall_at:
-                    raise _DecordStalled(time.monotonic() - phase_started)
-                if timeout_s is not None:  # second attempt: report the caller's full timeout
-                    raise VideoError(f"{req.path}: decoding timed out after {timeout_s:g}s")
-                raise _Timeout()
-            kind, *rest = conn.recv()
-            if kind == "phase":
-                phase_started = time.monotonic()
-                stall_at = phase_started + decord_budget_s if rest[0] == "decord" and decord_budget_s else None
-            elif kind == "error":
-                raise VideoError(rest[0])
-            else:
-                meta, shape = rest
-                array = np.empty(shape, dtype=np.uint8)
-                if not conn.poll(max(0.0, deadline - time.monotonic())):
-                    raise _Timeout()
-                conn.recv_bytes_into(array.reshape(-1))  # 1-D view: Connection sizes buffers by len()
-                meta["source_size"] = tuple(meta["source_size"])
-                return meta, array
-    except EOFError:
-        proc.wait(timeout=5)
-        raise VideoError(f"{req.path}: the decoder crashed (exit code {proc.returncode})") from None
-    finally:
-        conn.close()
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
+    @contextmanager
+    def worker(self):
+        with self._lock:
+            w = self._idle.pop() if self._idle else DecodeWorker()
+        try:
+            yield w
+        finally:
+            with self._lock:
+                if len(self._idle) < self.MAX_IDLE:
+                    self._idle.append(w)
+                    w = None
+            if w is not None:
+                w.close()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for w in idle:
+            w.close()
+
+    def forget(self) -> None:
+        """In a forked child: the workers belong to the parent; never talk to them from here."""
+        self._idle = []
+        self._lock = threading.Lock()
 
 
-def _start_worker(req: Request, write_fd: int) -> subprocess.Popen:
-    """Start a fresh interpreter running `video_worker.main`, with this process's import path."""
-    boot = f"import sys; sys.path[:0] = {sys.path!r}; from {video_worker.__name__} import main; main()"
-    return subprocess.Popen(
-        [sys.executable, "-c", boot, str(write_fd), json.dumps(req.__dict__)],
-        pass_fds=(write_fd,),
-        stdin=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,  # FFmpeg/decord log noise; the answer comes through the pipe
-    )
+_POOL = _Pool()
+atexit.register(_POOL.close)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_POOL.forget)

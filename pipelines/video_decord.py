@@ -1,12 +1,15 @@
 """decord side of decoding: fast batched sampling, used only where decord agrees with the verified frame map.
 
 decord counts packets, not pictures: where the container over-reports, it silently pads with copies of the
-last frame, and `get_batch` can return a neighbouring frame on edit-listed files. So decord is trusted only
-when its frame count and timestamps match FFmpeg's frame map, and its output is checked for repeats.
-Any disagreement raises `DecordUnfit`, and the caller falls back to PyAV.
+last frame, and `get_batch` can return a neighbouring frame on edit-listed files. decord runs only when
+asked for (`--decoder decord`), only on files the frame map shows it can handle (`unfit_reason`), and its
+output is checked: count and timestamps against the map, the last frame and any repeats against PyAV.
+Any disagreement raises `DecordUnfit`, which the caller turns into a one-line VideoError.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 
@@ -37,9 +40,30 @@ def sample(path: str, fmap: FrameMap, indices: list[int], out_hw: tuple[int, int
         raise DecordUnfit(f"decord failed: {clean_cause(e)}") from None
     if frames.shape != (len(indices), *out_hw, 3):
         raise DecordUnfit(f"decord returned frames of shape {frames.shape[1:3]}, expected {out_hw}")
-    if _has_repeats(frames):
-        raise DecordUnfit("decord returned repeated frames")
     return frames
+
+
+def unfit_reason(fmap: FrameMap) -> str:
+    """Why decord would return wrong frames on this file, judged from the frame map alone ("" if none known).
+
+    Each rule is a failure seen on ../shared/videos (see its README): decord counts packets, not pictures
+    (pads with copies where they differ), picks its own stream, cannot decode MPEG-TS B-frame streams or
+    odd-size VP9, and seeks into the wrong GOP on variable-frame-rate multi-GOP files.
+    """
+    if fmap.video_streams > 1:
+        return f"{fmap.video_streams} video streams (decord cannot choose the stream)"
+    if fmap.claimed != len(fmap.pts) or fmap.skipped:
+        return f"the container lists {fmap.claimed} frames, {len(fmap.pts)} are shown"
+    if fmap.decode_errors:
+        return f"{fmap.decode_errors} packets fail to decode"
+    if fmap.container in ("mpegts", "mpegtsraw"):
+        return "MPEG-TS container"
+    if fmap.codec in ("vp9", "libvpx-vp9") and (fmap.coded_hw[0] % 2 or fmap.coded_hw[1] % 2):
+        return "odd-size VP9"
+    gaps = np.diff(fmap.seconds)
+    if len(gaps) > 1 and len(fmap.keyframes) > 1 and gaps.max() > 1.5 * max(float(np.median(gaps)), 1e-9):
+        return "variable frame rate with several groups of pictures"
+    return ""
 
 
 def check_against(frames: np.ndarray, reference: np.ndarray, index: int) -> None:
@@ -74,7 +98,16 @@ def _timestamps_sane(ts: np.ndarray) -> bool:
     return bool(np.isfinite(ts).all() and (len(ts) < 2 or (np.diff(ts) > 0).all()) and np.abs(ts).max() < 1e7)
 
 
-def _has_repeats(frames: np.ndarray) -> bool:
-    """Whether two sampled frames are byte-identical: decord's signature of padding or of a wrong seek."""
-    return len({hash(f.tobytes()) for f in frames}) < len(frames)
+def repeated_pairs(frames: np.ndarray) -> list[tuple[int, int]]:
+    """(earlier, later) positions of byte-identical frames [T, H, W, 3]: decord's signature of padding or of a
+    wrong seek, unless the video's own frames are identical there (a static shot), which the caller checks."""
+    seen: dict[bytes, int] = {}
+    pairs = []
+    for i, f in enumerate(frames):
+        key = hashlib.blake2b(np.ascontiguousarray(f), digest_size=16).digest()  # no copy of the frame
+        if key in seen and np.array_equal(frames[seen[key]], f):
+            pairs.append((seen[key], i))
+        else:
+            seen[key] = i
+    return pairs
 

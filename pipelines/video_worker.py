@@ -1,14 +1,17 @@
-"""The decode job: verify the frame map, choose the frames, decode them with decord or PyAV, describe the result.
+"""The decode job: map the frames, choose the frames and the decoder, decode, describe the result.
 
-`run` does the work in any process. `main` is the entry point of the worker process that `video.decode`
-starts: it imports numpy, PyAV and (if used) decord, never torch, and sends the result back over a pipe.
+`run` does the work in any process. `main` is the entry point of the long-lived worker process that
+`video.DecodeWorker` starts: it imports numpy, PyAV and (only if asked for) decord, never torch, serves one
+request after another from a pipe, and exits as soon as its parent is gone.
 """
 
 from __future__ import annotations
 
 import bisect
-import json
+import dataclasses
+import os
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -17,6 +20,10 @@ import numpy as np
 from . import video_decord, video_pyav
 from .errors import VideoError
 from .video_sampling import fps_indices, uniform_indices
+
+
+class VideoTooLarge(VideoError):
+    """The frames a request asks for would not fit in memory; raised before any frame is decoded."""
 
 
 @dataclass(frozen=True)
@@ -29,17 +36,81 @@ class Request:
     max_frames: int
     decoder: str  # "auto" | "decord" | "pyav"
     max_side: int | None
+    max_bytes: int | None = None  # refuse requests whose frames need more; None: the memory available now
+    file: str = ""  # the absolute path opened (a long-lived worker's working directory is not the caller's)
     hang_in: str = ""  # test hook: "start" or a decoder phase ("decord", "pyav") in which to stall...
-    hang_s: float = 0.0  # ...for this long, to exercise the timeout and the decord fallback
+    hang_s: float = 0.0  # ...for this long, to exercise the deadline
 
 
 def run(req: Request, on_phase=lambda phase: None) -> tuple[dict, np.ndarray]:
-    """Decode `req` and return (DecodedVideo fields except frames, frames uint8 [T, H, W, 3])."""
+    """Decode `req` in this process: (DecodedVideo fields except frames, frames uint8 [T, H, W, 3])."""
+    sink = ArraySink()
+    meta = run_into(req, sink, on_phase)
+    return meta, sink.result(meta.pop("kept"))
+
+
+class ArraySink:
+    """Receives the frames of a decode into one preallocated array, each in its slot, as they are decoded."""
+
+    def start(self, n: int, hw: tuple[int, int]) -> None:
+        self.array = np.empty((n, *hw, 3), np.uint8)  # [T, H, W, 3]
+
+    def put(self, slot: int, rgb: np.ndarray) -> None:
+        self.array[slot] = rgb
+
+    def result(self, kept: list[int]) -> np.ndarray:
+        """The frames of the `kept` slots (all of them, without a copy, unless some did not decode)."""
+        return self.array if len(kept) == len(self.array) else self.array[kept]
+
+
+class PipeSink:
+    """Sends each frame to the caller the moment it is converted: the worker never holds the whole set."""
+
+    def __init__(self, conn) -> None:
+        self.conn = conn
+
+    def start(self, n: int, hw: tuple[int, int]) -> None:
+        self.conn.send(("frames", n, tuple(hw)))
+
+    def put(self, slot: int, rgb: np.ndarray) -> None:
+        self.conn.send(("frame", slot))
+        self.conn.send_bytes(memoryview(np.ascontiguousarray(rgb)).cast("B"))  # raw bytes, no pickling
+
+
+def run_into(req: Request, sink, on_phase=lambda phase: None) -> dict:
+    """Decode `req` into `sink` (`start(n, (H, W))`, then `put(slot, rgb [H, W, 3])` per frame as decoded);
+    returns the DecodedVideo fields except frames, plus "kept": the slots that hold the result, in order.
+
+    Opens `req.file` (absolute) when given; messages name the file as the caller gave it (`req.path`).
+    """
+    if not req.file or req.file == req.path:
+        return _run(req, sink, on_phase)
+    try:
+        return _run(dataclasses.replace(req, path=req.file), sink, on_phase)
+    except VideoError as e:
+        raise type(e)(str(e).replace(req.file, req.path)) from None
+
+
+def _run(req: Request, sink, on_phase) -> dict:
     started = time.perf_counter()
     counter = video_pyav.DecodeCounter()
-    fmap = video_pyav.scan(req.path, counter)
+    fmap = video_pyav.scan_packets(req.path)  # demux only: cheap
+    try:
+        return _decode_map(req, fmap, counter, started, sink, on_phase)
+    finally:
+        fmap.close()
+
+
+def _decode_map(req: Request, fmap, counter, started: float, sink, on_phase) -> dict:
+    """Verify the tail, choose frames and decoder, decode: the body of `run` once the packets are mapped."""
+    seconds = fmap.seconds
+    provisional, _ = _select(req, seconds, _rate_and_duration(fmap, seconds)[1], [])
+    check_memory(req, len(provisional), fit_within(fmap.display_hw, req.max_side))  # before decoding anything
+    want = {fmap.pts[i] for i in provisional}
+    keep = lambda f: _rgb(f, req.max_side) if f.pts in want else None  # noqa: E731
+    cache = video_pyav.verify_tail(req.path, fmap, counter, keep)  # the last GOP, decoded once
     notes = list(fmap.notes)
-    seconds = fmap.seconds  # [N] since the first frame
+    seconds = fmap.seconds  # [N] since the first frame, as verified
     fps, duration = _rate_and_duration(fmap, seconds)
     notes += _cross_check(fmap, fps)
     indices, sampling = _select(req, seconds, duration, notes)
@@ -47,7 +118,16 @@ def run(req: Request, on_phase=lambda phase: None) -> tuple[dict, np.ndarray]:
     out_hw = fit_within(source_hw, req.max_side)
     if out_hw != source_hw:
         notes.append(f"downscaled at decode from {source_hw[1]}x{source_hw[0]} to {out_hw[1]}x{out_hw[0]}")
-    frames, indices, decoder = _decode(req, fmap, indices, out_hw, counter, notes, on_phase)
+    decoder = choose_decoder(req, fmap)
+    on_phase(decoder)
+    if decoder == "decord":
+        frames = _decode_decord(req, fmap, indices, out_hw, cache, counter, notes)
+        sink.start(len(frames), out_hw)
+        for j, rgb in enumerate(frames):
+            sink.put(j, rgb)
+        kept = list(range(len(frames)))
+    else:
+        kept, indices = _decode_pyav(req, fmap, indices, out_hw, cache, counter, notes, sink)
     meta = dict(
         indices=indices,
         timestamps=[round(float(seconds[i]), 6) for i in indices],
@@ -58,9 +138,46 @@ def run(req: Request, on_phase=lambda phase: None) -> tuple[dict, np.ndarray]:
         sampling=sampling,
         notes=notes,
         source_size=tuple(source_hw),
-        stats={"pyav_frames_decoded": counter.frames, "decode_s": round(time.perf_counter() - started, 4)},
+        stats={
+            "pyav_frames_decoded": counter.frames, "pyav_passes": counter.seeks, "converted": counter.converted,
+            "decode_s": round(time.perf_counter() - started, 4),
+        },
     )
-    return meta, frames
+    meta["kept"] = kept
+    return meta
+
+
+def _rgb(frame, max_side: int | None) -> np.ndarray:
+    """RGB of a frame at the size the request gets (display orientation, downscaled to max_side)."""
+    rot = video_pyav._rotation(frame)  # noqa: SLF001
+    hw = (frame.height, frame.width) if rot % 180 == 0 else (frame.width, frame.height)
+    return video_pyav.to_rgb(frame, fit_within(hw, max_side), rot)
+
+
+def frame_bytes(n: int, hw: tuple[int, int]) -> int:
+    """Bytes of n uint8 RGB frames of (height, width)."""
+    return n * hw[0] * hw[1] * 3
+
+
+def check_memory(req: Request, n: int, hw: tuple[int, int]) -> None:
+    """Refuse (VideoTooLarge) a request whose frames would not fit in the caller's array (the worker holds
+    only frames in flight). The limit is `req.max_bytes`, else the memory available now (psutil)."""
+    need = frame_bytes(n, hw)
+    if req.max_bytes is not None:
+        limit, what = req.max_bytes, "the limit"
+    else:
+        import psutil
+
+        limit, what = psutil.virtual_memory().available, "available"
+    if need > limit:
+        raise VideoTooLarge(
+            f"{req.path}: {n} frames at {hw[1]}x{hw[0]} need {_gib(need)} of memory ({_gib(limit)} {what}): "
+            "ask for fewer frames (--frames, --max-frames, --fps)"
+        )
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.3g} MiB"
 
 
 def _rate_and_duration(fmap: video_pyav.FrameMap, seconds: np.ndarray) -> tuple[float, float]:
@@ -83,16 +200,29 @@ def _cross_check(fmap: video_pyav.FrameMap, fps: float) -> list[str]:
 
 
 def _select(req: Request, seconds: np.ndarray, duration: float, notes: list[str]) -> tuple[list[int], str]:
-    """The frame indices to decode and a human-readable description of the rule."""
+    """The frame indices to decode and a true description of the rule (notes say when a cap changed it)."""
     total = len(seconds)
     if req.fps is not None:
         idx = fps_indices(seconds, req.fps, req.max_frames, duration)
+        wanted = len(fps_indices(seconds, req.fps, total, duration))
+        if wanted > len(idx):
+            gap = (seconds[idx[-1]] - seconds[idx[0]]) / (len(idx) - 1) if len(idx) > 1 else duration
+            rate = 1 / gap if gap > 0 else 0.0
+            notes.append(
+                f"fps={req.fps:g} gives {wanted} frames; capped by max frames {req.max_frames}: "
+                f"{len(idx)} frames {gap:.3g} s apart ({rate:.3g} fps effective)"
+            )
+            return idx, f"fps={req.fps:g} capped to {len(idx)} frames ({rate:.3g} fps effective)"
         return idx, f"fps={req.fps:g} (max {req.max_frames}): {len(idx)} frames"
-    n = req.frames if req.frames is not None else req.max_frames
-    idx = uniform_indices(total, n)
+    if req.frames is not None:
+        n = req.frames
+        if n > total:
+            notes.append(f"asked for {n} frames, the video has {total}: returning all of them")
+        return uniform_indices(total, n), f"{n} frames uniform" + (f" (all {total})" if n > total else "")
+    n = req.max_frames  # no count asked: the default count
     if n > total:
-        notes.append(f"asked for {n} frames, the video has {total}: returning all of them")
-    return idx, f"{n} frames uniform" + (f" (all {total})" if n > total else "")
+        notes.append(f"the video has {total} frames, fewer than max frames {n}: returning all of them")
+    return uniform_indices(total, n), f"{min(n, total)} frames uniform" + (" (all)" if n > total else "")
 
 
 def fit_within(hw: tuple[int, int], max_side: int | None) -> tuple[int, int]:
@@ -104,26 +234,78 @@ def fit_within(hw: tuple[int, int], max_side: int | None) -> tuple[int, int]:
     return (max(1, round(h * scale)), max(1, round(w * scale)))
 
 
-def _decode(req, fmap, indices, out_hw, counter, notes, on_phase) -> tuple[np.ndarray, list[int], str]:
-    """Decode with decord where it agrees with the frame map, else (or when forced) with PyAV."""
-    if req.decoder in ("auto", "decord"):
-        on_phase("decord")
-        try:
-            frames = video_decord.sample(req.path, fmap, indices, out_hw, notes)
-            _cross_decode_last(req, fmap, indices, out_hw, counter, frames)
-            return frames, indices, "decord"
-        except video_decord.DecordUnfit as e:
-            if req.decoder == "decord":
-                raise VideoError(f"{req.path}: decord cannot be trusted on this file: {e}") from None
-            notes.append(f"{e}; decoded with PyAV instead")
-    on_phase("pyav")
-    got = video_pyav.sample(req.path, fmap, indices, out_hw, counter)
-    if not got:
+def choose_decoder(req: Request, fmap: video_pyav.FrameMap) -> str:
+    """The decoder, chosen from the frame map before any frame is decoded (nothing is tried and thrown away).
+
+    auto and pyav: PyAV's exact path (frames equal to a plain sequential FFmpeg decode, and faster than
+    decord's get_batch in benchmarks/bench_decode.py). decord only when asked for, and refused (VideoError)
+    where the map shows a file decord is known to get wrong (`video_decord.unfit_reason`).
+    """
+    if req.decoder != "decord":
+        return "pyav"
+    reason = video_decord.unfit_reason(fmap)
+    if reason:
+        raise VideoError(f"{req.path}: decord cannot be trusted on this file: {reason} (use --decoder auto)")
+    return "decord"
+
+
+def _decode_pyav(req, fmap, indices, out_hw, cache, counter, notes, sink) -> tuple[list[int], list[int]]:
+    """Frames at `indices` via `video_pyav.sample` into `sink` as they are converted, the tail's first.
+
+    Returns (slots kept, their frame indices): a target that did not decode took the next frame that does,
+    and a frame taken twice is kept once.
+    """
+    targets = sorted({fmap.pts[i] for i in indices})
+    sink.start(len(targets), out_hw)
+    taken: list[int | None] = [None] * len(targets)
+    todo = []
+    for j, t in enumerate(targets):
+        if t in cache and cache[t].shape == (*out_hw, 3):
+            sink.put(j, cache.pop(t))
+            taken[j] = t
+        else:
+            todo.append(j)
+    cache.clear()
+    counter.converted += len(targets) - len(todo)
+
+    def put(jj: int, frame) -> None:
+        counter.converted += 1
+        sink.put(todo[jj], video_pyav.to_rgb(frame, out_hw, fmap.rotation))
+
+    got = video_pyav.sample(req.path, fmap, [targets[j] for j in todo], put, counter)
+    for jj, pts in enumerate(got):
+        taken[todo[jj]] = pts
+    keep, last = [], None
+    for j, pts in enumerate(taken):
+        if pts is not None and (last is None or pts > last):
+            keep.append(j)
+            last = pts
+    if not keep:
         raise VideoError(f"{req.path}: none of the sampled frames decode (corrupt video data)")
-    real = [min(bisect.bisect_left(fmap.pts, pts), len(fmap.pts) - 1) for pts, _ in got]
-    if len(real) < len(indices):
-        notes.append(f"{len(indices) - len(real)} sampled frames did not decode; returning {len(real)}")
-    return np.stack([rgb for _, rgb in got]), real, "pyav"
+    if len(keep) < len(targets):
+        notes.append(f"{len(targets) - len(keep)} sampled frames did not decode; returning {len(keep)}")
+    return keep, [min(bisect.bisect_left(fmap.pts, taken[j]), len(fmap.pts) - 1) for j in keep]
+
+
+def _decode_decord(req, fmap, indices, out_hw, cache, counter, notes) -> np.ndarray:
+    """decord's get_batch, checked cheaply: timestamps against the map, the last frame against PyAV's
+    decode of it (from the tail pass), and repeated frames against PyAV's decode of those frames."""
+    try:
+        frames = video_decord.sample(req.path, fmap, indices, out_hw, notes)
+        last = cache.get(fmap.pts[indices[-1]])
+        if last is not None and last.shape == frames.shape[1:]:
+            video_decord.check_against(frames[-1], last, indices[-1])
+        repeats = video_decord.repeated_pairs(frames)
+        if repeats:
+            a, b = repeats[0]
+            ref = {}
+            put = lambda j, f: ref.__setitem__(j, video_pyav.to_rgb(f, out_hw, fmap.rotation))  # noqa: E731
+            video_pyav.sample(req.path, fmap, [fmap.pts[indices[a]], fmap.pts[indices[b]]], put, counter)
+            if len(ref) < 2 or not np.array_equal(ref[0], ref[1]):
+                raise video_decord.DecordUnfit("decord returned repeated frames where the video's differ")
+    except video_decord.DecordUnfit as e:
+        raise VideoError(f"{req.path}: decord cannot be trusted on this file: {e} (use --decoder auto)") from None
+    return frames
 
 
 def _maybe_hang(req: Request, phase: str) -> None:
@@ -132,16 +314,34 @@ def _maybe_hang(req: Request, phase: str) -> None:
         time.sleep(req.hang_s)
 
 
-def _cross_decode_last(req, fmap, indices, out_hw, counter, frames) -> None:
-    """Decode the last sampled frame with PyAV too (one GOP) and require decord's to match it."""
-    got = video_pyav.sample(req.path, fmap, indices[-1:], out_hw, counter)
-    if got and got[0][0] == fmap.pts[indices[-1]]:  # compare only if PyAV decoded that exact frame
-        video_decord.check_against(frames[-1], got[0][1], indices[-1])
+def serve(req: Request, replies) -> None:
+    """Decode one request; send ("phase", p), ("frames", n, (H, W)), ("frame", slot) + bytes per frame as
+    decoded, then ("ok", meta, kept slots); or ("error", kind, msg)."""
+    try:
+        _reset_peak_rss()
+        _maybe_hang(req, "start")
+
+        def on_phase(phase: str) -> None:
+            replies.send(("phase", phase))
+            _maybe_hang(req, phase)
+
+        meta = run_into(req, PipeSink(replies), on_phase)
+        meta["stats"]["torch_loaded"] = "torch" in sys.modules  # the worker must stay light
+        meta["stats"]["decord_loaded"] = "decord" in sys.modules
+        meta["stats"]["worker_pid"] = os.getpid()
+        meta["stats"]["peak_rss_bytes"] = _peak_rss_bytes()  # the caller's report adds it to its own peak
+        replies.send(("ok", meta, meta.pop("kept")))
+    except VideoError as e:
+        replies.send(("error", type(e).__name__, str(e)))
+    except Exception as e:  # anything else still reaches the user as one line
+        msg = f"{req.path}: decoding failed: {type(e).__name__}: {video_pyav.clean_cause(e)}"
+        replies.send(("error", "VideoError", msg))
 
 
 def _peak_rss_bytes() -> int | None:
-    """This process's own peak resident set size so far, in bytes: Linux's VmHWM, which starts afresh at exec
-    (``ru_maxrss`` would not do: it keeps the forking parent's peak across the exec). None where unknown."""
+    """This process's peak resident set size in bytes since the current request began (`_reset_peak_rss`):
+    Linux's VmHWM, which starts afresh at exec (``ru_maxrss`` would not do: it keeps the forking parent's
+    peak across the exec). None where unknown."""
     try:
         with open("/proc/self/status") as f:
             line = next(line for line in f if line.startswith("VmHWM:"))
@@ -150,31 +350,40 @@ def _peak_rss_bytes() -> int | None:
         return None
 
 
+def _reset_peak_rss() -> None:
+    """Start VmHWM over at the current RSS (Linux: "5" to /proc/self/clear_refs), so a long-lived worker
+    reports each request's own peak, not the largest of all the videos before it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _watch_parent(parent: int) -> None:
+    """Exit the moment the parent process is gone (it was killed, or exited without closing us).
+
+    Polls os.getppid() (the parent's death re-parents this process) rather than prctl(PR_SET_PDEATHSIG),
+    which fires when the parent *thread* that started the worker exits, not the process.
+    """
+    while os.getppid() == parent:
+        time.sleep(0.1)
+    os._exit(0)
+
+
 def main() -> None:
-    """Worker process entry: argv = [write fd, request JSON]; sends ("phase"|"ok"|"error", ...) then frame bytes."""
+    """Worker entry: argv = [request fd, reply fd, parent pid]; serves requests until the request pipe closes."""
     from multiprocessing.connection import Connection
 
-    conn = Connection(int(sys.argv[1]), readable=False)
-    req = Request(**json.loads(sys.argv[2]))
-    try:
-        _maybe_hang(req, "start")
-
-        def on_phase(phase: str) -> None:
-            conn.send(("phase", phase))
-            _maybe_hang(req, phase)
-
-        meta, frames = run(req, on_phase)
-        meta["stats"]["torch_loaded"] = "torch" in sys.modules  # the worker must stay light
-        meta["stats"]["peak_rss_bytes"] = _peak_rss_bytes()  # the caller's report adds it to its own peak
-        frames = np.ascontiguousarray(frames)
-        conn.send(("ok", meta, frames.shape))
-        conn.send_bytes(memoryview(frames).cast("B"))  # raw buffer: no pickling of hundreds of MB
-    except VideoError as e:
-        conn.send(("error", str(e)))
-    except Exception as e:  # anything else still reaches the user as one line
-        conn.send(("error", f"{req.path}: decoding failed: {type(e).__name__}: {video_pyav.clean_cause(e)}"))
-    finally:
-        conn.close()
+    threading.Thread(target=_watch_parent, args=(int(sys.argv[3]),), daemon=True).start()
+    requests = Connection(int(sys.argv[1]), writable=False)
+    replies = Connection(int(sys.argv[2]), readable=False)
+    while True:
+        try:
+            fields = requests.recv()
+        except (EOFError, OSError):
+            return
+        serve(Request(**fields), replies)
 
 
 if __name__ == "__main__":

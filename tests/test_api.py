@@ -77,14 +77,14 @@ seen_questions: list[str | None] = []
 
 @dataclass(frozen=True)
 class ReadsTheQuestion(Method):
-    """A method that reads the question (as CDPruner will): keeps everything, records what it was asked."""
+    """A method that reads the question (as CDPruner does): keeps everything, records what it was given."""
 
     name: ClassVar[str] = "reads-the-question"
     needs: ClassVar[frozenset[str]] = frozenset({"question"})
 
     def __call__(self, feats, grid, importance=None, metric=None, question=None):
         seen_questions.append(question)
-        return super().__call__(feats, grid, importance, metric)
+        return super().__call__(feats, grid, importance, metric, question=question)
 
 
 def test_question_reading_methods_need_the_question(qas, sample_video):
@@ -96,7 +96,9 @@ def test_question_reading_methods_need_the_question(qas, sample_video):
         qa.compress(prepared, method)
     assert seen_questions == []  # refused before the method ran
     compressed = qa.compress(prepared, method, QUESTION)
-    assert seen_questions == [QUESTION] and compressed.question == QUESTION
+    # The method gets the LLM's own input embeddings of the question's tokens [M, D]; the result remembers the text.
+    assert len(seen_questions) == 1 and compressed.question == QUESTION
+    assert torch.equal(seen_questions[0], qa.pipeline.question_embeddings(QUESTION))
     config = AskConfig(frames=4, max_new_tokens=2)
     result = qa.answer(prepared, QUESTION, config, compressed)
     assert result.report.method == "reads-the-question"

@@ -182,7 +182,7 @@ def test_key_parts(cache, video):
                    {"preprocess": {**PREPROCESS, "patch_size": 16}}, {"model": {**MODEL, "path": "/models/y"}}):
         assert make_key(cache, video, **change).digest != base.digest, change
     exact = [sampling_request(frames=3, decoder=d) for d in ("decord", "pyav")]
-    assert exact[0] == exact[1]  # exact seeking: the decoder does not change the frames
+    assert exact[0] != exact[1]  # the same pictures, not the same bytes: decord converts colour its own way
     keyframe = [sampling_request(frames=3, seek="keyframe", decoder=d) for d in ("decord", "pyav")]
     assert keyframe[0] != keyframe[1] and keyframe[0] != exact[0]
     assert base.fields["environment"]["format"] == cache_mod.FORMAT_VERSION

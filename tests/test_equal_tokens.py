@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from flashvid_cli.bench import BenchConfig
 from flashvid_cli.cli import app
 from flashvid_cli.evaluate import EvalConfig
-from flashvid_cli.kernels import Grid, build, methods, registry
+from flashvid_cli.kernels import Grid, MethodError, build, methods, registry
 from flashvid_cli.kernels.evs import evs_budget
 from flashvid_cli.kernels.tokens import at_keep, fit_tokens
 from flashvid_cli.kernels.vidcom2 import vllm_target
@@ -110,9 +110,15 @@ def best_rule_count(method, grid: Grid, target: int) -> int:
 def test_fit_tokens_comes_as_close_as_the_method_can(name, shape):
     feats, importance, metric, grid = make_clip(*shape)
     method = build(name, 0.5)
+    # a method that reads the question gets stand-in question embeddings [M, D]
+    inputs = {"question": torch.randn(5, feats.shape[-1])} if "question" in method.needs else {}
+    if method.llm_prune() is not None:  # each decoder layer sees another count: no K to hold it to
+        with pytest.raises(MethodError, match="in-LLM stage"):
+            fit_tokens(method, 24, feats, grid, importance, metric, **inputs)
+        return
     for target in (24, 100, 333):
-        fit = fit_tokens(method, target, feats, grid, importance, metric)
-        again = fit.method(feats, grid, importance, metric)
+        fit = fit_tokens(method, target, feats, grid, importance, metric, **inputs)
+        again = fit.method(feats, grid, importance, metric, **inputs)
         assert torch.equal(again.index, fit.compressed.index)  # what is sent is the method at the keep reported
         if method.ignores_keep:
             assert fit.tokens == grid.T * grid.N and fit.probes == 0
@@ -246,3 +252,13 @@ def test_a_new_method_file_appears_everywhere(plugin_method, tiny_models, sample
     assert result.exit_code == 0, result.stderr
     rows = json.loads((tmp_path / "b.json").read_text())["rows"]
     assert rows[0]["method"] == plugin_method and rows[0]["visual_tokens"] == 2 * 16 // 2 + 1
+
+
+def test_tokens_refuse_methods_that_prune_inside_the_llm():
+    """With --tokens the default method list leaves out in-LLM pruning; naming such a method is one clear error."""
+    from flashvid_cli.api import ConfigError
+
+    assert "fastv" not in BenchConfig(tokens=(64,)).methods and "fastv" in BenchConfig().methods
+    assert "fastv" not in EvalConfig(tokens=(64,)).methods
+    with pytest.raises(ConfigError, match="--tokens does not apply to 'fastv'"):
+        BenchConfig(methods=("fastv", "divprune"), tokens=(64,))

@@ -11,6 +11,8 @@ Coverage of the source groups, per method:
   otherwise the non-dominant tokens are dropped.
 - flashvid: the groups partition all T*N tokens when S >= 1 (every candidate lies in one tree and every tree in
   one cluster); with S == 0 only the ADTS tokens remain.
+- cdpruner: one group per kept token, holding only itself. fastv: every token (it prunes inside the LLM only).
+Methods with "question" in ``needs`` get the embeddings of a 5-token question (``QUESTION``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 from torch import Tensor
 
 from flashvid_cli.kernels import Grid, MethodError, build, methods
+from flashvid_cli.kernels.cdpruner import cdpruner_budget
 from flashvid_cli.kernels.divprune import divprune_budget
 from flashvid_cli.kernels.evs import evs_budget
 from flashvid_cli.kernels.flashvid import flashvid_budget
@@ -31,6 +34,7 @@ from flashvid_cli.kernels.visionzip import visionzip_budget
 SHAPES = [(5, 7, 9), (1, 6, 6), (3, 3, 3), (6, 14, 14), (2, 1, 1)]  # (T, H, W)
 KEEPS = [0.1, 0.3, 0.75]
 METHODS = sorted(methods())
+QUESTION = torch.randn(5, 16, generator=torch.Generator().manual_seed(7))  # [M, D] question token embeddings
 
 
 def make_clip(T: int, H: int, W: int, D: int = 16, seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Grid]:
@@ -47,7 +51,7 @@ def make_clip(T: int, H: int, W: int, D: int = 16, seed: int = 0) -> tuple[Tenso
 
 def run(name: str, keep: float, shape: tuple[int, int, int], **options):
     feats, importance, metric, grid = make_clip(*shape)
-    return build(name, keep, options=options)(feats, grid, importance, metric), feats, grid
+    return build(name, keep, options=options)(feats, grid, importance, metric, question=QUESTION), feats, grid
 
 
 OVERLAPPING_GROUPS = {"pool"}
@@ -136,6 +140,10 @@ def check_budget(name: str, out, union: torch.Tensor, keep: float, grid: Grid) -
     elif name == "vidcom2":
         budgets = out.stats["frame_budgets"]
         assert per_frame == budgets and min(budgets) >= 1 and K <= keep * T * N + T  # clamping at N only loses
+    elif name == "cdpruner":
+        assert per_frame == [cdpruner_budget(keep, N)] * T and torch.equal(union, out.index)
+    elif name == "fastv":
+        assert K == T * N and torch.equal(union, everything)
     else:
         pytest.skip(f"no budget rule known to this test for {name!r}")
     if name in {"none", "pool", "divprune", "visionzip", "evs"}:  # data-independent counts have a rule
@@ -145,7 +153,7 @@ def check_budget(name: str, out, union: torch.Tensor, keep: float, grid: Grid) -
 @pytest.mark.parametrize("name", METHODS)
 def test_keep_one_is_identity(name: str) -> None:
     feats, importance, metric, grid = make_clip(3, 5, 7)
-    out = build(name, 1.0)(feats.half(), grid, importance, metric)
+    out = build(name, 1.0)(feats.half(), grid, importance, metric, question=QUESTION)
     assert torch.equal(out.tokens, feats.half().reshape(-1, feats.shape[-1]))
     assert torch.equal(out.index, torch.arange(grid.T * grid.N))
     assert torch.equal(out.sources, out.index)
@@ -154,7 +162,7 @@ def test_keep_one_is_identity(name: str) -> None:
 @pytest.mark.parametrize("name", METHODS)
 def test_model_dtype_round_trip(name: str) -> None:
     feats, importance, metric, grid = make_clip(4, 6, 5)
-    out = build(name, 0.3)(feats.to(torch.bfloat16), grid, importance, metric)
+    out = build(name, 0.3)(feats.to(torch.bfloat16), grid, importance, metric, question=QUESTION)
     assert out.tokens.dtype == torch.bfloat16
 
 
@@ -232,6 +240,10 @@ BAD = [
     ("flashvid", 0.1, {"tau": "0.8"}, "no option"),
     ("visionzip", 0.1, {"contextual": "-1"}, "contextual"),
     ("divprune", 0.1, {"per_frame": "maybe"}, "per_frame"),
+    ("cdpruner", 0.1, {"theta": "1"}, "theta"),
+    ("fastv", 0.1, {"pruning_layer": "0"}, "pruning_layer"),
+    ("flashvid", 0.1, {"pruning_layer": "0"}, "pruning_layer"),
+    ("flashvid", 0.1, {"llm_retention_ratio": "0"}, "llm_retention_ratio"),
 ]
 
 
@@ -251,3 +263,26 @@ def test_bad_inputs_are_method_errors() -> None:
         build("visionzip", 0.3)(feats, grid, importance)
     with pytest.raises(MethodError, match="feats"):
         build("divprune", 0.3)(feats[:, :5], grid)
+    with pytest.raises(MethodError, match="question"):
+        build("cdpruner", 0.3)(feats, grid)
+    with pytest.raises(MethodError, match="width"):
+        build("cdpruner", 0.3)(feats, grid, question=torch.randn(4, 9))
+
+
+def test_in_llm_stages() -> None:
+    """Which methods prune inside the LLM, at which layer and share; FlashVID's stage only when asked for."""
+    from flashvid_cli.kernels.fastv import llm_budget
+
+    fastv = build("fastv", 0.5).llm_prune()
+    assert (fastv.layer_for(24), fastv.budget(588)) == (2, 294) and build("fastv", 0.5).query_aware
+    assert build("flashvid", 0.1).llm_prune() is None and not build("flashvid", 0.1).query_aware
+    ref = build("flashvid", 0.1, options={"reference": "true"})
+    stage = ref.llm_prune()
+    assert ref.expansion == 1.25 and stage.ratio == 0.3 and stage.budget(588) == 177  # ceil(0.3 * 588)
+    assert [stage.layer_for(d) for d in (28, 24, 36)] == [20, 17, 26]  # round(20/28 * depth), ALGORITHMS.md 2.9
+    on = build("flashvid", 0.1, options={"llm_stage": "true", "pruning_layer": "5", "llm_retention_ratio": "0.5"})
+    assert on.expansion == 1.25 and on.llm_prune().layer_for(28) == 5 and on.llm_prune().budget(9) == 5
+    assert build("cdpruner", 0.2).query_aware and build("cdpruner", 0.2).llm_prune() is None
+    assert llm_budget(588, 0.3, "round") == 176 and llm_budget(0, 0.3, "ceil") == 0
+    with pytest.raises(MethodError, match="pruning layer"):
+        fastv.layer_for(2)

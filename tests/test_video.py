@@ -291,17 +291,18 @@ def test_hour_long_clip_decodes_a_bounded_number_of_frames(hour_clip):
     assert v.total_frames == 3600 and v.duration == pytest.approx(3600)
     assert v.indices == uniform_indices(3600, 32) and v.timestamps == [float(i) for i in v.indices]
     assert v.stats["pyav_frames_decoded"] <= 32 * 10 + 2 * 10
-    started = time.monotonic()
-    w = decode(hour_clip, frames=32, timeout_s=60)  # auto: decord, in the worker
-    assert w.decoder == "decord" and w.indices == v.indices
-    assert time.monotonic() - started < 30  # sanity only; the structural bound is above
+    assert v.stats["pyav_passes"] <= 32 + 1  # one pass per GOP holding a sample, plus the tail
+    w = decode(hour_clip, frames=32, timeout_s=60)  # auto: PyAV's exact path, in the worker
+    assert w.decoder == "pyav" and w.indices == v.indices and np.array_equal(w.frames, v.frames)
+    assert w.stats["decord_loaded"] is False  # chosen, not tried: decord never ran
 
 
 def test_hour_long_clip_fps_sampling_is_capped(hour_clip):
-    """fps=1 over an hour selects 3600 frames, capped uniformly to max_frames."""
+    """fps=1 over an hour selects 3600 frames, capped uniformly to max_frames, and the report says so truly."""
     v = decode(hour_clip, fps=1.0, max_frames=16, timeout_s=None)
     assert len(v.indices) == 16 and v.indices == [uniform_indices(3600, 16)[i] for i in range(16)]
-    assert v.sampling == "fps=1 (max 16): 16 frames"
+    assert v.sampling == "fps=1 capped to 16 frames (0.00417 fps effective)"  # 3599 s / 15 gaps = 240 s apart
+    assert "fps=1 gives 3600 frames; capped by max frames 16: 16 frames 240 s apart" in " ".join(v.notes)
 
 
 def test_audio_only_file_is_a_clear_error(tmp_path):
@@ -402,12 +403,3 @@ def test_real_decode_past_a_tiny_deadline_times_out(tmp_path):
         decode(path, timeout_s=0.05)
     one_line(e.value, path)
     assert time.monotonic() - started < 2
-
-
-def test_stalled_decord_falls_back_to_pyav(tmp_path):
-    """In auto mode a decord that makes no progress within half the time is killed and PyAV decodes instead."""
-    path = write_sample_video(tmp_path / "s.mp4", frames=8)
-    req = Request(str(path), None, None, 8, "auto", None, hang_in="decord", hang_s=60)
-    meta, frames = run_in_worker(req, timeout_s=6)
-    assert meta["decoder"] == "pyav" and frames.shape[0] == 8
-    assert any("decord made no progress" in n for n in meta["notes"])

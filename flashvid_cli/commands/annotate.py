@@ -9,12 +9,12 @@ import typer
 
 from ..api import DEFAULT_METHOD, DEFAULT_MODEL
 from ..cli import (
-    Decoder, Device, Dtype, Fps, Frames, Keep, MaxFrames, MaxNewTokens, Method, Model, Opt, Seed, Temperature, app, err,
-    parse_options, user_errors, warn_random,
+    Command, Decoder, Device, Dtype, Fps, Frames, Keep, MaxFrames, MaxNewTokens, Method, Model, Opt, Seed, Temperature,
+    app, err, parse_options, user_errors, warn_random,
 )
 
 
-@app.command()
+@app.command(cls=Command)
 def annotate(
     videos: Annotated[str, typer.Argument(help="A directory (searched recursively), a glob, or one video file.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The JSON-lines file to write (appended, resumable).")],
@@ -36,7 +36,7 @@ def annotate(
     decoder: Decoder = "auto",
     decode_timeout: Annotated[float, typer.Option(help="Seconds before a video's decoding is killed.")] = 120.0,
     prefetch: Annotated[int, typer.Option(help="Videos decoded ahead while the model runs.")] = 2,
-    engine: Annotated[str, typer.Option(help="local (this process) or ray (Ray Data; pip install 'vidq[ray]').")]
+    engine: Annotated[str, typer.Option(help="local (this process) or ray (Ray Data; pip install 'vidq\\[ray]').")]
     = "local",
     ray_actors: Annotated[int, typer.Option(help="Ray engine: model replicas (actors).")] = 1,
     gpus_per_actor: Annotated[float, typer.Option(help="Ray engine: GPUs per actor (0 on CPU).")] = 0.0,
@@ -52,6 +52,7 @@ def annotate(
     with user_errors():
         from ..annotate import AnnotateConfig, annotate as run, find_videos, read_questions
         from ..api import AskConfig, ConfigError
+        from ..inputs import check_ask, check_output_file
 
         if bool(question) == bool(questions):
             raise ConfigError("give --question (repeatable) or --questions FILE, one of the two")
@@ -65,6 +66,8 @@ def annotate(
                 decode_timeout_s=decode_timeout,
             ),
         )
+        check_output_file(out, "--out", create_parents=True)  # everything that needs no model, before loading it
+        check_ask(config.ask, device=device, dtype=dtype)
         found = find_videos(videos)
         if not quiet:
             warn_random(model)

@@ -9,16 +9,17 @@ from typing import Annotated, Optional
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..api import DEFAULT_MODEL
 from ..cli import (
-    Decoder, Device, Dtype, Fps, Frames, MaxFrames, MaxNewTokens, Model, app, budget_lists, err, parse_list,
+    Command, Decoder, Device, Dtype, Fps, Frames, MaxFrames, MaxNewTokens, Model, app, budget_lists, err, parse_list,
     parse_options, user_errors, warn_random,
 )
 
 
-@app.command()
+@app.command(cls=Command)
 def bench(
     videos: Annotated[list[Path], typer.Argument(help="One or more video files.")],
     model: Model = DEFAULT_MODEL,
@@ -52,6 +53,7 @@ def bench(
     with user_errors():
         from ..api import AskConfig, VideoQA
         from ..bench import DEFAULT_KEEPS, DEFAULT_QUESTION, BenchConfig, plot_bench, run_bench
+        from ..inputs import check_ask, check_output_file, check_video_file, writing
 
         keeps, counts = budget_lists(keep, tokens, DEFAULT_KEEPS)
         config = BenchConfig(
@@ -65,9 +67,15 @@ def bench(
             ask=AskConfig(frames=frames, fps=fps, max_frames=max_frames, max_new_tokens=max_new_tokens,
                           decoder=decoder),
         )
+        for video in videos:  # everything that needs no model, before loading it
+            check_video_file(video, empty_ok=True)
+        check_ask(config.ask, device=device, dtype=dtype)
+        for path, option in ((json_file, "--json"), (plot, "--plot")):
+            if path is not None:
+                check_output_file(path, option)
         warn_random(model)
         qa = VideoQA(model, device=device, dtype=dtype)
-        err.print(f"[dim]loaded {model} in {qa.load_s:.1f}s; {len(config.runs()) * len(videos)} rows x "
+        err.print(f"[dim]loaded {escape(model)} in {qa.load_s:.1f}s; {len(config.runs()) * len(videos)} rows x "
                   f"({warmup} warm-up + {repeat} timed) runs[/]", highlight=False)
         with err.status("benchmarking") as status:
             result = run_bench(
@@ -79,11 +87,13 @@ def bench(
         out = Console()
         print_bench(result, out if out.is_terminal else Console(width=120))
         if json_file is not None:
-            json_file.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-            err.print(f"wrote {json_file}", highlight=False)
+            with writing(json_file, "--json"):
+                json_file.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+            err.print(f"wrote {json_file}", highlight=False, markup=False)
         if plot is not None and result.measured:
-            plot_bench(result, plot)
-            err.print(f"wrote {plot}", highlight=False)
+            with writing(plot, "--plot"):
+                plot_bench(result, plot)
+            err.print(f"wrote {plot}", highlight=False, markup=False)
         warn_random(model)  # again at the end, where the eye lands
         if not result.measured:
             err.print("[red]error:[/] nothing could be measured: every row failed (the reasons are above)",

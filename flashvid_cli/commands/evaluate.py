@@ -13,12 +13,12 @@ from rich.table import Table
 
 from ..api import DEFAULT_MODEL
 from ..cli import (
-    Decoder, Device, Dtype, Fps, Frames, MaxFrames, Model, app, budget_lists, err, parse_list, user_errors,
-    warn_random,
+    Command, Decoder, Device, Dtype, Fps, Frames, MaxFrames, Model, Opt, app, budget_lists, err, parse_list,
+    parse_options, user_errors, warn_random,
 )
 
 
-@app.command("eval")
+@app.command("eval", cls=Command)
 def evaluate(
     data: Annotated[Path, typer.Argument(help="JSON lines: video, question, options, answer (letter, index or "
                                               "text), optional type and id.")],
@@ -35,6 +35,7 @@ def evaluate(
                                               "letter: the options listed, the logit of each one's letter.")]
     = "likelihood",
     limit: Annotated[Optional[int], typer.Option(help="Evaluate only the first N questions.")] = None,
+    opt: Opt = None,
     frames: Frames = None,
     fps: Fps = None,
     max_frames: MaxFrames = 32,
@@ -51,6 +52,7 @@ def evaluate(
     with user_errors():
         from ..api import AskConfig, VideoQA
         from ..evaluate import DEFAULT_KEEPS, EvalConfig, plot_eval, read_dataset, require_matplotlib, run_eval
+        from ..inputs import check_ask, check_output_file, writing
 
         keeps, counts = budget_lists(keep, tokens, DEFAULT_KEEPS)
         config = EvalConfig(
@@ -59,15 +61,19 @@ def evaluate(
             tokens=counts,
             scoring=scoring,
             limit=limit,
-            ask=AskConfig(frames=frames, fps=fps, max_frames=max_frames, decoder=decoder),
+            ask=AskConfig(frames=frames, fps=fps, max_frames=max_frames, decoder=decoder, options=parse_options(opt)),
         )
         if plot is not None:
             require_matplotlib()
+        check_ask(config.ask, device=device, dtype=dtype)  # everything that needs no model, before loading it
+        for path, option in ((json_file, "--json"), (plot, "--plot")):
+            if path is not None:
+                check_output_file(path, option)
         questions = read_dataset(data)[:limit]
         warn_random(model)
         qa = VideoQA(model, device=device, dtype=dtype)
         videos = len({q.video for q in questions})
-        err.print(f"[dim]loaded {model} in {qa.load_s:.1f}s; {len(questions)} questions on {videos} videos x "
+        err.print(f"[dim]loaded {escape(model)} in {qa.load_s:.1f}s; {len(questions)} questions on {videos} videos x "
                   f"{len(config.runs())} rows, {scoring} scoring[/]", highlight=False, soft_wrap=True)
         with _progress() as progress:
             task = progress.add_task("evaluating", total=len(questions), failed="")
@@ -76,11 +82,13 @@ def evaluate(
         out = Console()
         print_eval(result, out if out.is_terminal else Console(width=200))
         if json_file is not None:
-            json_file.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-            err.print(f"wrote {json_file}", highlight=False)
+            with writing(json_file, "--json"):
+                json_file.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+            err.print(f"wrote {json_file}", highlight=False, markup=False)
         if plot is not None:
-            plot_eval(result, plot)
-            err.print(f"wrote {plot}", highlight=False)
+            with writing(plot, "--plot"):
+                plot_eval(result, plot)
+            err.print(f"wrote {plot}", highlight=False, markup=False)
         if result.failed_questions:
             first = next(p for p in result.predictions if p.error is not None)
             err.print(f"[yellow]{result.failed_questions} of {len(questions)} questions failed and are left out of "
