@@ -352,7 +352,7 @@ def test_ray_run_stopped_by_sigterm_leaves_no_process_behind(tiny_models, sample
     psutil = pytest.importorskip("psutil")
     root = tmp_path / "many"
     root.mkdir()
-    for i in range(4):
+    for i in range(32):  # far more work than fits between the first line and the signal, so the run is mid-way
         shutil.copy(sample_video, root / f"v{i}.mp4")
     out = tmp_path / "out.jsonl"
     command = [sys.executable, "-m", "flashvid_cli", "annotate", str(root), "-q", QUESTIONS[0], "--out", str(out),
