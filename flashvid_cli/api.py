@@ -123,6 +123,10 @@ class Timings:
     generate: float  # every later token
     total: float
     time_to_first_token: float  # decode start to the first token
+    # What this question adds to the work it shares with others about the same video: its compression when the
+    # method reads the question, its prompt and its prefill (only its own tokens when the video's prefill is
+    # reused), to its first token. For a follow-up question this is its time to first token.
+    question_to_first_token: float = 0.0
 
 
 @dataclass
@@ -153,6 +157,11 @@ class Report:
     # The decode worker process's own peak RSS (host memory; None when decoded in this process). On CPU the
     # process tree's peak is at most peak_memory_bytes + this (the worker lives only during the decode).
     decode_worker_peak_rss_bytes: int | None = None
+    # What was reused: "encoded" (the vision tower's output from the on-disk cache) and "prefix" (the keys and
+    # values of the prompt up to the video's end, from an earlier question or turn): "hit", "miss" (computed now
+    # and kept) or "off" (disabled or not possible; ``notes`` says why).
+    cache: dict[str, str] = field(default_factory=lambda: {"encoded": "off", "prefix": "off"})
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -202,6 +211,22 @@ class CompressedVideo:
     seconds: float  # the compression, after a device synchronisation
     visual_tokens: int  # what the LLM sees: K plus the family's extra tokens (LLaVA-OneVision's newline)
     question: str | None = None  # the question it was made for, when the method reads the question
+
+
+@dataclass
+class VideoPrefix:
+    """The prompt's keys and values up to the end of one compressed video, kept for the questions asked about it.
+
+    Made by :meth:`VideoQA.video_prefix`, used by :meth:`VideoQA.answer`: the first question prefills the whole
+    prompt and keeps the cache ("miss"); each later one prefills only what follows the shared prefix, its own
+    tokens ("hit"), with positions continuing as in a full prompt. ``reason`` says why it is "off" (a method that
+    reads the question, a chat template that puts the question before the video, a cache that cannot be cut
+    back); then every question prefills in full. One generation at a time (not thread-safe).
+    """
+
+    compressed: CompressedVideo
+    reason: str | None  # None: reusable
+    store: Any = None  # the pipelines.prefix.PromptCache, when reusable
 
 
 @dataclass(frozen=True)
@@ -410,30 +435,53 @@ class VideoQA:
         visual = int(out.tokens.shape[0]) + self.pipeline.extra_video_tokens
         return CompressedVideo(method, out, seconds, visual, kwargs.get("question"))
 
+    def video_prefix(self, compressed: CompressedVideo, reuse: bool = True) -> VideoPrefix:
+        """A :class:`VideoPrefix` for the questions about ``compressed``: reusable unless ``reuse`` is False, the
+        method reads the question (its video tokens differ per question), the chat template puts the question before
+        the video (decided by rendering it), or the model's cache cannot be cut back to a prefix."""
+        from .pipelines.prefix import PromptCache, template_order_reason
+
+        pipe = self.pipeline
+        reason = None
+        if not reuse:
+            reason = "the video's prefill is not reused (turned off)"
+        elif compressed.question is not None:
+            reason = (f"method {compressed.method.name!r} reads the question, so the video's tokens differ per "
+                      "question and its prefill is not reused")
+        else:
+            reason = template_order_reason(pipe) or PromptCache.unsupported_reason(pipe)
+        return VideoPrefix(compressed, reason, PromptCache(pipe) if reason is None else None)
+
     def answer(self, prepared: PreparedVideo, question: str, config: AskConfig | None = None,
-               compressed: CompressedVideo | None = None) -> AskResult:
+               compressed: CompressedVideo | None = None, prefix: VideoPrefix | None = None) -> AskResult:
         """Prompt and generate: the answer to ``question`` about ``compressed`` (compressed here with ``config``'s
         method when None), with the report of every stage.
 
         From ``config`` this call reads the generation options (max_new_tokens, temperature, seed) and
         ``text_after_video``, passed down as arguments; the method, keep and sampling only when it compresses.
-        Raises ConfigError for an empty question, a rule the model family has not, or ``compressed`` made for
-        another question by a method that reads it.
+        ``prefix`` (from :meth:`video_prefix` for this ``compressed``) keeps the prompt's prefill up to the video's
+        end for the next question and reuses the one an earlier question left; ``report.cache["prefix"]`` says
+        which. Raises ConfigError for an empty question, a rule the model family has not, ``compressed`` made for
+        another question by a method that reads it, or a ``prefix`` made for another compressed video.
         """
         import torch
 
         from .pipelines.base import GenerationOptions, synchronize
+        from .pipelines.prefix import video_end
 
         config = config or AskConfig()
         if not question.strip():
             raise ConfigError("the question is empty")
         rule = self.text_after_video_rule(config.text_after_video)
         if compressed is None:
-            compressed = self.compress(prepared, config, question)
+            compressed = prefix.compressed if prefix is not None else self.compress(prepared, config, question)
         elif compressed.question is not None and compressed.question != question:
             raise ConfigError(f"method {compressed.method.name!r} compressed this video for another question; "
                               "compress it again for this one")
+        if prefix is not None and prefix.compressed is not compressed:
+            raise ConfigError("this VideoPrefix was made for another compressed video; make one with video_prefix()")
         pipe = self.pipeline
+        options = GenerationOptions(config.max_new_tokens, config.temperature)
         synchronize(pipe.device)
         started = time.perf_counter()
         with torch.inference_mode():
@@ -441,15 +489,29 @@ class VideoQA:
             synchronize(pipe.device)
             prompt_s = time.perf_counter() - started
             torch.manual_seed(config.seed)
-            gen = pipe.generate(inputs, GenerationOptions(config.max_new_tokens, config.temperature))
-        return AskResult(gen.text, self.report(prepared, compressed, gen, prompt_s, rule), list(gen.token_ids))
+            if prefix is not None and prefix.store is not None:
+                gen, reused = prefix.store.generate(inputs, options, video_end(pipe, inputs["input_ids"]))
+                state, reason = ("hit" if reused else "miss"), None
+            else:
+                gen = pipe.generate(inputs, options)
+                state = "off"
+                reason = prefix.reason if prefix is not None else "the video's prefill is not kept (no VideoPrefix)"
+        report = self.report(prepared, compressed, gen, prompt_s, rule, prefix=state,
+                             notes=[reason] if reason else [])
+        return AskResult(gen.text, report, list(gen.token_ids))
 
     def report(self, prepared: PreparedVideo, compressed: CompressedVideo, generation: Generation, prompt_s: float,
-               text_after_video: str | None) -> Report:
-        """The one place a :class:`Report` is built: the stages' times, token counts, method and video."""
+               text_after_video: str | None, prefix: str = "off", notes: Sequence[str] = ()) -> Report:
+        """The one place a :class:`Report` is built: the stages' times, token counts, method, video, what was
+        reused (``prefix``: the video's prefill, "hit" | "miss" | "off") and ``notes`` saying why a reuse is off."""
         t = prepared.timings
         prefill = prompt_s + generation.prefill_s
         ttft = t.decode + t.preprocess + t.encode + compressed.seconds + prefill
+        own = prefill + (compressed.seconds if compressed.question is not None else 0.0)
+        notes = list(notes)
+        if prepared.cache == "off":
+            # i13c: the on-disk cache of encoded videos (flashvid_cli/cache.py) sets prepared.cache and its reason.
+            notes.append("the encoded video is not cached on disk (no cache in this build)")
         peak, peak_kind = _peak_memory(self.pipeline.device)
         method, info = compressed.method, self.info
         before, after = prepared.visual_tokens, compressed.visual_tokens
@@ -467,12 +529,14 @@ class VideoQA:
             timings=Timings(
                 decode=t.decode, preprocess=t.preprocess, encode=t.encode, compress=compressed.seconds,
                 prefill=prefill, generate=generation.decode_s, total=ttft + generation.decode_s,
-                time_to_first_token=ttft,
+                time_to_first_token=ttft, question_to_first_token=own,
             ),
             peak_memory_bytes=peak,
             peak_memory_kind=peak_kind,
             text_after_video=text_after_video,
             decode_worker_peak_rss_bytes=prepared.decode_worker_peak_rss_bytes,
+            cache={"encoded": prepared.cache, "prefix": prefix},
+            notes=notes,
         )
 
     def ask(
@@ -484,13 +548,36 @@ class VideoQA:
         next video while the model runs); the report's decode time is then only the wait for it, here zero.
         The question, method and rule are checked before anything is decoded.
         """
+        return self.ask_many(video, [question], config, decoded)[0]
+
+    def ask_many(self, video: str | Path, questions: Sequence[str], config: AskConfig | None = None,
+                 decoded: DecodedVideo | None = None, reuse_prefix: bool = True) -> list[AskResult]:
+        """Answer each of ``questions`` about one video in order, sharing one :meth:`prepare` and one
+        :meth:`compress` (one per question for a method that reads it) and, where :meth:`video_prefix` allows and
+        ``reuse_prefix``, the prompt's prefill up to the video's end.
+
+        Greedy answers equal those of separate :meth:`ask` calls (tests/test_prefix.py). The questions, method and
+        rule are checked before anything is decoded; raises ConfigError for no or an empty question.
+        """
         config = config or AskConfig()
-        if not question.strip():
+        questions = list(questions)
+        if not questions:
+            raise ConfigError("no question to ask")
+        if any(not q.strip() for q in questions):
             raise ConfigError("the question is empty")
         method = self.build_method(config)
         self.text_after_video_rule(config.text_after_video)
         prepared = self.prepare(video, config, decoded=decoded, need=method.needs)
-        return self.answer(prepared, question, config, self.compress(prepared, method, question))
+        if _needs_question(method):
+            results = []
+            for question in questions:
+                compressed = self.compress(prepared, method, question)
+                results.append(self.answer(prepared, question, config, compressed,
+                                           self.video_prefix(compressed, reuse_prefix)))
+            return results
+        compressed = self.compress(prepared, method)
+        prefix = self.video_prefix(compressed, reuse_prefix)
+        return [self.answer(prepared, question, config, compressed, prefix) for question in questions]
 
 
 def ask(

@@ -128,7 +128,10 @@ def warn_random(model: str) -> None:
 @app.command()
 def ask(
     video: Annotated[Path, typer.Argument(help="The video file.")],
-    question: Annotated[str, typer.Argument(help="The question to ask about it.")],
+    questions: Annotated[Optional[list[str]], typer.Argument(
+        help="One or more questions, answered in order about one decoded, encoded and compressed video.")] = None,
+    questions_file: Annotated[Optional[Path], typer.Option(
+        "--questions", help="A file of questions, one per line, asked after any given as arguments.")] = None,
     model: Model = DEFAULT_MODEL,
     method: Method = DEFAULT_METHOD,
     keep: Keep = 0.25,
@@ -145,14 +148,22 @@ def ask(
     text_after_video: Annotated[
         Optional[str], typer.Option(help="Qwen2.5-VL: where text after the video resumes: hf (default) or qwen.")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the answer and report.")] = False,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print one JSON object per question (answer and report), one per line, in order.")] = False,
 ) -> None:
-    """Ask QUESTION about VIDEO: the answer on stdout, a per-stage timing and token report on stderr."""
+    """Ask QUESTIONS about VIDEO: the answers on stdout, one per question, and a per-stage timing and token report
+    on stderr. Several questions share the decode, the vision encoder, the compression and, where the chat template
+    puts the video first, the video's prefill: each later question prefills only its own tokens."""
     with user_errors():
         from concurrent.futures import ThreadPoolExecutor
 
-        from .api import AskConfig, VideoQA
-        from .report import print_report
+        from .annotate import read_questions
+        from .api import AskConfig, ConfigError, VideoQA
+        from .report import print_reports
+
+        asked = list(questions or []) + (read_questions(questions_file) if questions_file is not None else [])
+        if not asked:
+            raise ConfigError("give a question after the video, or --questions FILE")
 
         config = AskConfig(
             method=method, keep=keep, options=parse_options(opt), frames=frames, fps=fps, max_frames=max_frames,
@@ -163,12 +174,11 @@ def ask(
         with ThreadPoolExecutor(1) as pool:  # decode (in its worker process) while the model loads
             ahead = pool.submit(VideoQA.decode, video, config)
             qa = VideoQA(model, device=device, dtype=dtype)
-            result = qa.ask(video, question, config, decoded=ahead.result())
-        if as_json:
-            typer.echo(json.dumps(result.to_dict()))
-        else:
-            typer.echo(result.answer)
-            print_report(result.report, err)
+            results = qa.ask_many(video, asked, config, decoded=ahead.result())
+        for result in results:
+            typer.echo(json.dumps(result.to_dict()) if as_json else result.answer)
+        if not as_json:
+            print_reports([r.report for r in results], asked, err)
 
 
 @app.command()
