@@ -360,7 +360,7 @@ def answer_video(qa: VideoQA, video: str, questions: list[str], config: AskConfi
                  decode_s: float | None = None) -> Iterator[dict[str, Any]]:
     """The per-video work both engines run: prepared once and compressed once (per question when the method
     reads the question), then a line per question; an error line each when anything fails."""
-    prepared = compressed = None
+    prepared = compressed = prefix = None
     error = decode_error
     if error is None:
         try:
@@ -368,6 +368,7 @@ def answer_video(qa: VideoQA, video: str, questions: list[str], config: AskConfi
             prepared = qa.prepare(video, config, decoded=decoded, need=method.needs)
             if "question" not in method.needs:
                 compressed = qa.compress(prepared, method)
+                prefix = qa.video_prefix(compressed)  # the video's prefill, kept for the next question
         except Exception as exc:  # noqa: BLE001 - one bad video costs its lines, never the run
             error = exc
     for question in questions:
@@ -375,7 +376,8 @@ def answer_video(qa: VideoQA, video: str, questions: list[str], config: AskConfi
             yield make_record(video, question, options, error=error_text(error), decode_s=decode_s)
             continue
         try:
-            result = qa.answer(prepared, question, config, compressed)
+            own = compressed or qa.compress(prepared, method, question)
+            result = qa.answer(prepared, question, config, own, prefix or qa.video_prefix(own))
         except Exception as exc:  # noqa: BLE001 - one bad question costs its line, never the run
             yield make_record(video, question, options, error=error_text(exc), decode_s=decode_s)
         else:

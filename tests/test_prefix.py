@@ -128,3 +128,19 @@ def test_no_questions_or_an_empty_one_fail_before_decoding(qas, tmp_path):
         qa.ask_many(missing, [], FAST)
     with pytest.raises(ConfigError, match="empty"):
         qa.ask_many(missing, ["fine", "  "], FAST)
+
+
+def test_annotate_lines_say_what_was_reused(tiny_models, sample_video, tmp_path):
+    import json
+
+    from flashvid_cli.annotate import AnnotateConfig, annotate
+
+    out = tmp_path / "out.jsonl"
+    config = AnnotateConfig(model=str(tiny_models["qwen2_5_vl"]), device="cpu", ask=FAST, prefetch=0)
+    annotate([str(sample_video)], QUESTIONS, out, config)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["question"] for line in lines] == QUESTIONS
+    assert [line["report"]["cache"] for line in lines] == [
+        {"encoded": "off", "prefix": "miss"}, {"encoded": "off", "prefix": "hit"}, {"encoded": "off", "prefix": "hit"}]
+    alone = VideoQA(str(tiny_models["qwen2_5_vl"]), device="cpu").ask(sample_video, QUESTIONS[2], FAST)
+    assert lines[2]["answer"] == alone.answer
