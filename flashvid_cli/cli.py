@@ -205,6 +205,7 @@ def methods() -> None:
 # Commands that live in their own modules register themselves on `app` when imported.
 from .commands import annotate as _annotate, bench as _bench, evaluate as _evaluate  # noqa: E402, F401
 from .commands import cache as _cache  # noqa: E402, F401
+from .commands import chat as _chat  # noqa: E402, F401
 
 
 def main() -> None:
