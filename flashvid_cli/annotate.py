@@ -51,6 +51,13 @@ class AnnotateConfig:
     engine: str = "local"
     ray_actors: int = 1  # model replicas (ray engine)
     ray_gpus_per_actor: float = 0.0
+    cache_size: str | None = None  # the encoded-video cache's cap (flashvid_cli/cache.py); None: no cache
+
+    def open_cache(self) -> Any:
+        """The EncodedCache each model replica reads and writes, or None."""
+        from .cache import EncodedCache
+
+        return EncodedCache(max_bytes=self.cache_size) if self.cache_size is not None else None
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -459,7 +466,7 @@ def annotate(videos: list[str], questions: list[str], out: str | os.PathLike, co
 
 def _run_local(todo: list[tuple[str, list[str]]], config: AnnotateConfig) -> Iterator[dict[str, Any]]:
     """Load the model once; decode up to ``prefetch`` videos ahead in threads (each waits on its worker process)."""
-    qa = VideoQA(config.model, device=config.device, dtype=config.dtype)
+    qa = VideoQA(config.model, device=config.device, dtype=config.dtype, cache=config.open_cache())
     options = config.options()
     with ThreadPoolExecutor(max_workers=max(1, config.prefetch), thread_name_prefix="vidq-decode") as pool:
         pending: dict[int, Future] = {}

@@ -200,6 +200,7 @@ class PreparedVideo:
     visual_tokens: int  # what the LLM would see uncompressed: T * N plus the family's extra tokens
     cache: str = "off"  # "hit" | "miss" | "off": whether ``encoded`` came from the on-disk cache
     decode_worker_peak_rss_bytes: int | None = None  # the decode worker's own peak RSS; None if none decoded it
+    cache_note: str | None = None  # why the cache was "off", or where a hit came from
 
 
 @dataclass
@@ -262,13 +263,17 @@ class VideoQA:
     no per-call state on it.
     """
 
-    def __init__(self, model: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto"):
+    def __init__(self, model: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto", cache: Any = None):
+        """``cache``: a :class:`~flashvid_cli.cache.EncodedCache` that :meth:`prepare` reads and writes (the CLI
+        opens one unless ``--no-cache``), or None for no cache (the library default)."""
         from .pipelines import load_pipeline
 
         started = time.perf_counter()
         self.pipeline = load_pipeline(model, device=device, dtype=dtype)
         self.load_s = time.perf_counter() - started
         self._info: ModelInfo | None = None
+        self.cache = cache
+        self._model_fingerprint: dict[str, Any] | None = None
 
     @property
     def model_type(self) -> str:
@@ -382,6 +387,16 @@ class VideoQA:
             marks.append(time.perf_counter())
             return marks[-1] - marks[-2]
 
+        key = self._cache_key(video, config, need, decoded)
+        if key is not None and (hit := self.cache.get(key, device=device)) is not None:
+            # The lookup (fingerprint and load) is this run's decode time; nothing was preprocessed or encoded.
+            info = VideoInfo(**{**hit.video, "path": str(video)})
+            info.notes = [*info.notes, "encoded video read from the on-disk cache: not decoded, not encoded"]
+            encoded = hit.encoded
+            return PreparedVideo(
+                info, encoded, PrepareTimings(lap(), 0.0, 0.0), hit.has, cache="hit",
+                visual_tokens=encoded.grid.T * encoded.grid.N + pipe.extra_video_tokens,
+            )
         if decoded is None:
             decoded = self.decode(video, config)
         t_decode = lap()
@@ -395,10 +410,32 @@ class VideoQA:
             total_frames=decoded.total_frames, sampling=decoded.sampling, frame_indices=list(decoded.indices),
             timestamps_s=[round(t, 3) for t in decoded.timestamps], notes=list(decoded.notes),
         )
+        state, note = "off", "no on-disk cache of encoded videos (--no-cache, or VideoQA(cache=None))"
+        if key is not None:
+            written = self.cache.put(key.with_indices(decoded.indices), encoded, video=dataclasses.asdict(info))
+            state, note = ("miss", None) if written else ("off", self.cache.warning or "the entry was not written")
+        elif self.cache is not None:
+            state, note = "off", self.cache.warning or "the cache is off (--cache-size 0)"
         return PreparedVideo(
             info, encoded, PrepareTimings(t_decode, t_pre, t_enc), need,
-            visual_tokens=encoded.grid.T * encoded.grid.N + pipe.extra_video_tokens,
+            visual_tokens=encoded.grid.T * encoded.grid.N + pipe.extra_video_tokens, cache=state, cache_note=note,
             decode_worker_peak_rss_bytes=decoded.stats.get("peak_rss_bytes"),
+        )
+
+    def _cache_key(self, video: str | Path, config: AskConfig, need: frozenset[str],
+                   decoded: DecodedVideo | None) -> Any:
+        """The encoded-video cache key of this prepare, or None when there is no usable cache."""
+        from .cache import model_fingerprint, sampling_request
+
+        if self.cache is None or not self.cache.enabled:
+            return None
+        pipe = self.pipeline
+        if self._model_fingerprint is None:
+            self._model_fingerprint = model_fingerprint(pipe.name)
+        return self.cache.key(
+            video, sampling=sampling_request(config.frames, config.fps, config.max_frames, decoder=config.decoder),
+            model=self._model_fingerprint, dtype=pipe.dtype, device=pipe.device, preprocess=pipe.preprocess_config,
+            frame_indices=decoded.indices if decoded is not None else None, need=need,
         )
 
     def compress(self, prepared: PreparedVideo, method: Method | AskConfig, question: str | None = None
@@ -509,9 +546,8 @@ class VideoQA:
         ttft = t.decode + t.preprocess + t.encode + compressed.seconds + prefill
         own = prefill + (compressed.seconds if compressed.question is not None else 0.0)
         notes = list(notes)
-        if prepared.cache == "off":
-            # i13c: the on-disk cache of encoded videos (flashvid_cli/cache.py) sets prepared.cache and its reason.
-            notes.append("the encoded video is not cached on disk (no cache in this build)")
+        if prepared.cache == "off" and prepared.cache_note:
+            notes.append(prepared.cache_note)
         peak, peak_kind = _peak_memory(self.pipeline.device)
         method, info = compressed.method, self.info
         before, after = prepared.visual_tokens, compressed.visual_tokens

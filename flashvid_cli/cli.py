@@ -46,6 +46,28 @@ MaxNewTokens = Annotated[int, typer.Option(help="Most tokens to generate.")]
 Temperature = Annotated[float, typer.Option(help="Sampling temperature; 0 is greedy.")]
 Seed = Annotated[int, typer.Option(help="Seed for sampling (and anything random).")]
 Decoder = Annotated[str, typer.Option(help="Video decoder: auto, decord or pyav.")]
+NoCache = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the cache of encoded videos "
+                                       "($VIDQ_CACHE_DIR, else ~/.cache/vidq; see `vidq cache info`).")]
+CacheSize = Annotated[str, typer.Option(help="Size cap of the encoded-video cache, least recently used entries "
+                                        "evicted first: e.g. 500MiB, 2GB, 10GiB; 0 turns it off.")]
+DEFAULT_CACHE_SIZE = "10GiB"
+
+
+def open_cache(no_cache: bool, cache_size: str):
+    """The encoded-video cache the command uses (None with ``--no-cache``); an unwritable directory gives one
+    warning line and a cache that is off. Raises CacheError for a size that does not parse."""
+    import logging
+
+    from .cache import EncodedCache, parse_size
+
+    max_bytes = parse_size(cache_size)  # checked even with --no-cache: a typo is an error either way
+    if no_cache:
+        return None
+    logging.getLogger("vidq.cache").addHandler(logging.NullHandler())  # the warning is printed here, once
+    cache = EncodedCache(max_bytes=max_bytes)
+    if cache.warning:
+        err.print(f"[yellow]warning:[/] {cache.warning}", highlight=False, soft_wrap=True)
+    return cache
 
 
 @contextmanager
@@ -148,6 +170,8 @@ def ask(
     text_after_video: Annotated[
         Optional[str], typer.Option(help="Qwen2.5-VL: where text after the video resumes: hf (default) or qwen.")
     ] = None,
+    no_cache: NoCache = False,
+    cache_size: CacheSize = DEFAULT_CACHE_SIZE,
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print one JSON object per question (answer and report), one per line, in order.")] = False,
 ) -> None:
@@ -171,9 +195,10 @@ def ask(
             text_after_video=text_after_video,
         )
         warn_random(model)
+        cache = open_cache(no_cache, cache_size)
         with ThreadPoolExecutor(1) as pool:  # decode (in its worker process) while the model loads
             ahead = pool.submit(VideoQA.decode, video, config)
-            qa = VideoQA(model, device=device, dtype=dtype)
+            qa = VideoQA(model, device=device, dtype=dtype, cache=cache)
             results = qa.ask_many(video, asked, config, decoded=ahead.result())
         for result in results:
             typer.echo(json.dumps(result.to_dict()) if as_json else result.answer)

@@ -68,7 +68,8 @@ def cache_line(reports: list[Report]) -> str:
 def questions_table(reports: list[Report], questions: list[str]) -> Table:
     """The stages shared by several questions about one video once, then each question's own stages."""
     first = reports[0].timings
-    shared = Table(title="vidq report: shared stages", title_justify="left", show_edge=False, pad_edge=False)
+    shared = Table(title="vidq report: shared stages", title_justify="left", show_edge=False, pad_edge=False,
+                   min_width=30)
     shared.add_column("stage")
     shared.add_column("time", justify="right")
     rows = [("decode", first.decode), ("preprocess", first.preprocess), ("vision encode", first.encode)]

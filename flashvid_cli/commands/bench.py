@@ -13,8 +13,8 @@ from rich.table import Table
 
 from ..api import DEFAULT_MODEL
 from ..cli import (
-    Decoder, Device, Dtype, Fps, Frames, MaxFrames, MaxNewTokens, Model, app, err, parse_list, parse_options,
-    user_errors, warn_random,
+    DEFAULT_CACHE_SIZE, CacheSize, Decoder, Device, Dtype, Fps, Frames, MaxFrames, MaxNewTokens, Model, app, err,
+    open_cache, parse_list, parse_options, user_errors, warn_random,
 )
 
 
@@ -29,6 +29,11 @@ def bench(
         "--opt", help="A method option as key=value (every method that has it) or method.key=value; repeatable.")]
     = None,
     question: Annotated[str, typer.Option(help="The question asked in every run.")] = "",
+    follow_up: Annotated[str, typer.Option(help="A follow-up asked after it on the same prepared video (column "
+                                           "next: its time to first token).")] = "",
+    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Read and write the encoded-video cache (off "
+                                        "by default: bench times the decode and the vision tower).")] = False,
+    cache_size: CacheSize = DEFAULT_CACHE_SIZE,
     repeat: Annotated[int, typer.Option(help="Timed runs per row; timings are their median, min and max.")] = 3,
     warmup: Annotated[int, typer.Option(help="Untimed runs before each row's timed ones.")] = 1,
     frames: Frames = None,
@@ -47,12 +52,13 @@ def bench(
     """Compare compression methods: visual tokens, stage timings, time to first token, memory, TFLOPs, answers."""
     with user_errors():
         from ..api import AskConfig, VideoQA
-        from ..bench import DEFAULT_QUESTION, BenchConfig, plot_bench, run_bench
+        from ..bench import DEFAULT_FOLLOW_UP, DEFAULT_QUESTION, BenchConfig, plot_bench, run_bench
 
         config = BenchConfig(
             methods=tuple(parse_list(methods, str, "--methods")),
             keeps=tuple(parse_list(keep, float, "--keep")),
             question=question or DEFAULT_QUESTION,
+            follow_up=follow_up or DEFAULT_FOLLOW_UP,
             repeat=repeat,
             warmup=warmup,
             options=parse_options(opt),
@@ -60,7 +66,7 @@ def bench(
                           decoder=decoder),
         )
         warn_random(model)
-        qa = VideoQA(model, device=device, dtype=dtype)
+        qa = VideoQA(model, device=device, dtype=dtype, cache=open_cache(not cache, cache_size))
         err.print(f"[dim]loaded {model} in {qa.load_s:.1f}s; {len(config.runs()) * len(videos)} rows x "
                   f"({warmup} warm-up + {repeat} timed) runs[/]", highlight=False)
         with err.status("benchmarking") as status:
@@ -102,7 +108,7 @@ def print_bench(result, console: Console) -> None:
         table = Table(title=f"{video}: " + (f"{frames} frames, " if frames else "") + "ms, medians",
                       title_justify="left", show_edge=False, pad_edge=False, box=box.SIMPLE_HEAD,
                       collapse_padding=True)
-        for name in ["method", "tokens", "compress", "prefill", "TTFT", "spread", "MiB", "vs none"]:
+        for name in ["method", "tokens", "compress", "prefill", "TTFT", "spread", "next", "MiB", "vs none"]:
             table.add_column(name, justify="left" if name in {"method", "vs none"} else "right", no_wrap=True)
         for r in rows:
             if r.error is not None:
@@ -114,7 +120,8 @@ def print_bench(result, console: Console) -> None:
             agree = agreement_label(r).replace("same answer as none", "same").replace("differs from none at ", "")
             table.add_row(
                 row_label(r), f"{r.visual_tokens:,}", _ms(t["compress"].median), _ms(t["prefill"].median),
-                f"[bold]{_ms(ttft.median)}[/]", f"[dim]{spread:.0%}[/]", f"{r.peak_memory_bytes / 2**20:,.0f}",
+                f"[bold]{_ms(ttft.median)}[/]", f"[dim]{spread:.0%}[/]",
+                _ms(r.follow_up_ttft.median) if r.follow_up_ttft else "-", f"{r.peak_memory_bytes / 2**20:,.0f}",
                 agree.replace("token ", "tok ") or "-",
             )
         console.print(table)
@@ -126,6 +133,7 @@ def print_bench(result, console: Console) -> None:
     console.print(
         f"[dim]{env['model']} on {env['device']} ({env['dtype']}); medians of {plural(env['repeat'], 'run')} after "
         f"{env['warmup']} warm-up; spread = (max - min) / median of TTFT; MiB = peak {kind}; every stage, "
-        "min/max, TFLOPs and the answers are in --json[/]",
+        "min/max, TFLOPs and the answers are in --json; next = TTFT of a follow-up question on the same prepared "
+        "video[/]",
         highlight=False,
     )

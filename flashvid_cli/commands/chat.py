@@ -11,8 +11,8 @@ import typer
 
 from ..api import DEFAULT_METHOD, DEFAULT_MODEL
 from ..cli import (
-    Decoder, Device, Dtype, Fps, Frames, Keep, MaxFrames, MaxNewTokens, Method, Model, Opt, Seed, Temperature, app,
-    err, parse_options, user_errors, warn_random,
+    DEFAULT_CACHE_SIZE, CacheSize, Decoder, Device, Dtype, Fps, Frames, Keep, MaxFrames, MaxNewTokens, Method, Model,
+    NoCache, Opt, Seed, Temperature, app, err, open_cache, parse_options, user_errors, warn_random,
 )
 
 HELP = "/reset starts over about the same video, /report shows the last turn's report, /exit (or Ctrl-D) ends"
@@ -37,6 +37,8 @@ def chat(
     text_after_video: Annotated[
         Optional[str], typer.Option(help="Qwen2.5-VL: where text after the video resumes: hf (default) or qwen.")
     ] = None,
+    no_cache: NoCache = False,
+    cache_size: CacheSize = DEFAULT_CACHE_SIZE,
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print one JSON object per turn (answer and report) instead of the streamed answer.")] = False,
 ) -> None:
@@ -57,7 +59,8 @@ def chat(
             text_after_video=text_after_video,
         )
         warn_random(model)
-        talk = Chat(VideoQA(model, device=device, dtype=dtype), video, config)  # a bad video fails here
+        cache = open_cache(no_cache, cache_size)
+        talk = Chat(VideoQA(model, device=device, dtype=dtype, cache=cache), video, config)  # a bad video fails here
     if interactive:
         err.print(f"[dim]chatting about {video} ({len(talk.prepared.video.frame_indices)} frames); {HELP}[/]",
                   highlight=False)
