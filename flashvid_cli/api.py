@@ -30,7 +30,17 @@ video is decoded and encoded once however many methods, keeps and questions it s
   left set on the shared model. Raises ``ConfigError`` (empty question, a text-after-video rule the model has
   not, ``compressed`` made for another question).
 * :meth:`VideoQA.ask` = ``prepare`` + ``compress`` + ``answer``; everything is checked before the video is
-  decoded.
+  decoded. :meth:`VideoQA.ask_many` answers several questions about one video on one ``prepare`` and one
+  ``compress`` (per question for a method that reads it).
+* :meth:`VideoQA.video_prefix` ``(compressed) -> VideoPrefix``: the prompt's KV cache up to the video's end, kept
+  by the first ``answer`` given it and reused by the next ones, which prefill only their own tokens; "off" (with
+  the reason) for a method that reads the question or a chat template that puts the question first (decided by
+  rendering it). Logits after a reused prefix match a full prefill within float rounding (other matmul shapes),
+  not bit for bit; greedy answers are the same (tests/test_prefix.py). ``flashvid_cli.chat.Chat`` grows one
+  such cache turn by turn.
+* ``VideoQA(model, cache=EncodedCache())``: ``prepare`` reads and writes the on-disk cache of encoded videos
+  (flashvid_cli/cache.py); a hit skips the decode, preprocessing and vision tower. ``report.cache`` says what was
+  reused (``{"encoded": ..., "prefix": ...}``, each "hit" | "miss" | "off"), ``report.notes`` why anything is off.
 
 Reports built from the stages hold the stages' own times: ``answer`` on a shared ``PreparedVideo`` reports its
 decode, preprocess and encode times again (and ``prepared.cache`` says whether they were paid now).
