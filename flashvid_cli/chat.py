@@ -80,9 +80,8 @@ class Chat:
             return self._first
         first_ids = self._first["input_ids"]
         end = video_end(pipe, first_ids)
-        count = int((first_ids[0] == pipe.tokenizer.convert_tokens_to_ids(pipe.video_token)).sum())
         try:
-            ids = conversation_ids(pipe, self.turns, question, count)
+            ids = conversation_ids(pipe, self.turns, question, first_ids[0, :end].tolist())
             return extend_inputs(self._first, ids, end)
         except ValueError as exc:
             raise ConfigError(f"vidq chat cannot render this conversation: {exc}") from None

@@ -57,15 +57,17 @@ def video_end(pipe: Pipeline, input_ids: Tensor) -> int:
     return int(where[-1]) + 1 if len(where) else 0
 
 
-def conversation_ids(pipe: Pipeline, turns: Sequence[tuple[str, Sequence[int]]], question: str, count: int
-                     ) -> list[int]:
+def conversation_ids(pipe: Pipeline, turns: Sequence[tuple[str, Sequence[int]]], question: str,
+                     head: Sequence[int]) -> list[int]:
     """Token ids of a conversation about one video, ready for the assistant's next answer.
 
-    ``turns`` are the earlier (question, generated ids) pairs; the video (``count`` placeholders) is in the first
-    user message, as in :func:`~.base.prompt_ids`. The template renders every message (so roles, separators and
-    end-of-turn tokens are the model's own); each earlier answer enters as its generated ids without a final
-    end-of-turn token, which the template adds. Raises ValueError when the template does not render an answer
-    where it was put.
+    ``turns`` are the earlier (question, generated ids) pairs; the video is in the first user message, and
+    ``head`` is the first turn's prompt ids up to the video's end, exactly as the family's adapter laid the video
+    out (repeated placeholders, or per-frame timestamps and placeholders). The template renders every message
+    (so roles, separators and end-of-turn tokens are the model's own); what it renders after its video placeholder
+    follows ``head``. Each earlier answer enters as its generated ids without a final end-of-turn token, which the
+    template adds. Raises ValueError when the template does not hold one video placeholder or does not render an
+    answer where it was put.
     """
     tok = pipe.tokenizer
     messages: list[dict[str, Any]] = []
@@ -75,35 +77,26 @@ def conversation_ids(pipe: Pipeline, turns: Sequence[tuple[str, Sequence[int]]],
     messages.append(_user(question, video=not turns))
     text = tok.apply_chat_template(messages, chat_template=pipe.chat_template, tokenize=False,
                                    add_generation_prompt=True)
+    if text.count(pipe.video_token) != 1:
+        raise ValueError(f"the chat template of {pipe.name!r} must hold one {pipe.video_token} placeholder")
+    text = text.split(pipe.video_token)[1]  # what precedes the video's end is ``head``, as the adapter laid it out
     stop = {i for i in (tok.eos_token_id, tok.pad_token_id, tok.convert_tokens_to_ids("<|im_end|>")) if i is not None}
-    ids: list[int] = []
+    ids: list[int] = list(head)
     for i, (_, answer) in enumerate(turns):
-        before, sep, text = text.partition(_ANSWER.format(i))
+        piece, sep, text = text.partition(_ANSWER.format(i))
         if not sep:
             raise ValueError(f"the chat template of {pipe.name!r} does not render an assistant answer")
-        ids += _text_ids(pipe, before, count if i == 0 else 0)
+        ids += tok(piece, add_special_tokens=False)["input_ids"]
         answer = list(answer)
         while answer and answer[-1] in stop:
             answer.pop()
         ids += answer
-    return ids + _text_ids(pipe, text, count if not turns else 0)
+    return ids + tok(text, add_special_tokens=False)["input_ids"]
 
 
 def _user(question: str, video: bool) -> dict[str, Any]:
     content = [{"type": "text", "text": question}]
     return {"role": "user", "content": ([{"type": "video"}] if video else []) + content}
-
-
-def _text_ids(pipe: Pipeline, text: str, count: int) -> list[int]:
-    """Ids of a piece of rendered template; with ``count`` its one video placeholder becomes ``count`` of them."""
-    tok = pipe.tokenizer
-    if not count:
-        return tok(text, add_special_tokens=False)["input_ids"]
-    if text.count(pipe.video_token) != 1:
-        raise ValueError(f"the chat template of {pipe.name!r} must hold one {pipe.video_token} placeholder")
-    before, after = text.split(pipe.video_token)
-    return (tok(before, add_special_tokens=False)["input_ids"] + [tok.convert_tokens_to_ids(pipe.video_token)] * count
-            + tok(after, add_special_tokens=False)["input_ids"])
 
 
 def extend_inputs(first: dict[str, Any], ids: Sequence[int], end: int) -> dict[str, Any]:

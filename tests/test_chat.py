@@ -16,8 +16,10 @@ from flashvid_cli.api import AskConfig, VideoQA
 from flashvid_cli.chat import Chat
 from flashvid_cli.cli import app
 from flashvid_cli.pipelines.base import GenerationOptions
+from flashvid_cli.pipelines.registry import families
 from flashvid_cli.pipelines.prefix import video_end
 
+FAMILIES = tuple(families())  # every model family (pipelines/registry.py)
 RTOL = ATOL = 1e-4  # as tests/test_prefix.py, which says why
 
 FAST = AskConfig(method="flashvid", keep=0.5, frames=4, max_new_tokens=6)
@@ -35,7 +37,7 @@ def _contains(haystack: list[int], needle: list[int], start: int = 0) -> int:
                 -1)
 
 
-@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_later_turns_equal_a_fresh_prefill_of_the_whole_conversation(qas, family, sample_video):
     qa = qas[family]
     pipe = qa.pipeline
@@ -60,10 +62,11 @@ def test_later_turns_equal_a_fresh_prefill_of_the_whole_conversation(qas, family
         assert result.token_ids == fresh.token_ids
         for a, b in zip(talk.last_generation.logits, fresh.logits, strict=True):
             torch.testing.assert_close(a, b, rtol=RTOL, atol=ATOL)
+        assert video_end(pipe, inputs["input_ids"]) < shared <= cached
         if family == "qwen2_5_vl":  # its template renders an earlier turn as it was asked: nothing re-prefilled
             assert shared == cached
-        else:  # the tiny LLaVA template writes "assistant \n" in history but asks with "assistant\n"
-            assert video_end(pipe, inputs["input_ids"]) < shared < cached
+        if family == "llava_onevision":  # the tiny template writes "assistant \n" in history, asks "assistant\n"
+            assert shared < cached
 
 
 def test_reset_starts_a_new_conversation_on_the_cached_video(qas, sample_video):

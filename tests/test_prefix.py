@@ -18,12 +18,13 @@ import torch
 from flashvid_cli.api import AskConfig, ConfigError, VideoQA
 from flashvid_cli.kernels import Method
 from flashvid_cli.pipelines.base import GenerationOptions
+from flashvid_cli.pipelines.registry import families
 from flashvid_cli.pipelines.prefix import PromptCache, template_order_reason, video_end
 
 RTOL = ATOL = 1e-4
 QUESTIONS = ["What colour is the circle at the end?", "What happens first?", "How many squares are there?"]
 FAST = AskConfig(method="flashvid", keep=0.5, frames=4, max_new_tokens=6)
-FAMILIES = ["llava_onevision", "qwen2_5_vl"]
+FAMILIES = tuple(families())  # every model family (pipelines/registry.py)
 
 
 @pytest.fixture(scope="module")
