@@ -29,8 +29,8 @@ def bench(
         "--opt", help="A method option as key=value (every method that has it) or method.key=value; repeatable.")]
     = None,
     question: Annotated[str, typer.Option(help="The question asked in every run.")] = "",
-    follow_up: Annotated[str, typer.Option(help="A follow-up asked after it on the same prepared video (column "
-                                           "next: its time to first token).")] = "",
+    follow_up: Annotated[str, typer.Option(help="A follow-up asked after it on the same prepared video (its time "
+                                           "to first token is follow_up_ttft in --json).")] = "",
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Read and write the encoded-video cache (off "
                                         "by default: bench times the decode and the vision tower).")] = False,
     cache_size: CacheSize = DEFAULT_CACHE_SIZE,
@@ -108,7 +108,7 @@ def print_bench(result, console: Console) -> None:
         table = Table(title=f"{video}: " + (f"{frames} frames, " if frames else "") + "ms, medians",
                       title_justify="left", show_edge=False, pad_edge=False, box=box.SIMPLE_HEAD,
                       collapse_padding=True)
-        for name in ["method", "tokens", "compress", "prefill", "TTFT", "spread", "next", "MiB", "vs none"]:
+        for name in ["method", "tokens", "compress", "prefill", "TTFT", "spread", "MiB", "vs none"]:
             table.add_column(name, justify="left" if name in {"method", "vs none"} else "right", no_wrap=True)
         for r in rows:
             if r.error is not None:
@@ -120,8 +120,7 @@ def print_bench(result, console: Console) -> None:
             agree = agreement_label(r).replace("same answer as none", "same").replace("differs from none at ", "")
             table.add_row(
                 row_label(r), f"{r.visual_tokens:,}", _ms(t["compress"].median), _ms(t["prefill"].median),
-                f"[bold]{_ms(ttft.median)}[/]", f"[dim]{spread:.0%}[/]",
-                _ms(r.follow_up_ttft.median) if r.follow_up_ttft else "-", f"{r.peak_memory_bytes / 2**20:,.0f}",
+                f"[bold]{_ms(ttft.median)}[/]", f"[dim]{spread:.0%}[/]", f"{r.peak_memory_bytes / 2**20:,.0f}",
                 agree.replace("token ", "tok ") or "-",
             )
         console.print(table)
@@ -133,7 +132,7 @@ def print_bench(result, console: Console) -> None:
     console.print(
         f"[dim]{env['model']} on {env['device']} ({env['dtype']}); medians of {plural(env['repeat'], 'run')} after "
         f"{env['warmup']} warm-up; spread = (max - min) / median of TTFT; MiB = peak {kind}; every stage, "
-        "min/max, TFLOPs and the answers are in --json; next = TTFT of a follow-up question on the same prepared "
-        "video[/]",
+        "min/max, TFLOPs, the answers and follow_up_ttft (a follow-up question's TTFT on the same prepared video) "
+        "are in --json[/]",
         highlight=False,
     )
