@@ -51,6 +51,13 @@ class AnnotateConfig:
     engine: str = "local"
     ray_actors: int = 1  # model replicas (ray engine)
     ray_gpus_per_actor: float = 0.0
+    cache_size: str | None = None  # the encoded-video cache's cap (flashvid_cli/cache.py); None: no cache
+
+    def open_cache(self) -> Any:
+        """The EncodedCache each model replica reads and writes, or None."""
+        from .cache import EncodedCache
+
+        return EncodedCache(max_bytes=self.cache_size) if self.cache_size is not None else None
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -359,7 +366,7 @@ def answer_video(qa: VideoQA, video: str, questions: list[str], config: AskConfi
                  decode_s: float | None = None) -> Iterator[dict[str, Any]]:
     """The per-video work both engines run: prepared once and compressed once (per question when the method
     reads the question), then a line per question; an error line each when anything fails."""
-    prepared = compressed = None
+    prepared = compressed = prefix = None
     error = decode_error
     if error is None:
         try:
@@ -367,6 +374,7 @@ def answer_video(qa: VideoQA, video: str, questions: list[str], config: AskConfi
             prepared = qa.prepare(video, config, decoded=decoded, need=method.needs)
             if "question" not in method.needs:
                 compressed = qa.compress(prepared, method)
+                prefix = qa.video_prefix(compressed)  # the video's prefill, kept for the next question
         except Exception as exc:  # noqa: BLE001 - one bad video costs its lines, never the run
             error = exc
     for question in questions:
@@ -374,7 +382,8 @@ def answer_video(qa: VideoQA, video: str, questions: list[str], config: AskConfi
             yield make_record(video, question, options, error=error_text(error), decode_s=decode_s)
             continue
         try:
-            result = qa.answer(prepared, question, config, compressed)
+            own = compressed or qa.compress(prepared, method, question)
+            result = qa.answer(prepared, question, config, own, prefix or qa.video_prefix(own))
         except Exception as exc:  # noqa: BLE001 - one bad question costs its line, never the run
             yield make_record(video, question, options, error=error_text(exc), decode_s=decode_s)
         else:
@@ -456,7 +465,7 @@ def annotate(videos: list[str], questions: list[str], out: str | os.PathLike, co
 
 def _run_local(todo: list[tuple[str, list[str]]], config: AnnotateConfig) -> Iterator[dict[str, Any]]:
     """Load the model once; decode up to ``prefetch`` videos ahead in threads (each waits on its worker process)."""
-    qa = VideoQA(config.model, device=config.device, dtype=config.dtype)
+    qa = VideoQA(config.model, device=config.device, dtype=config.dtype, cache=config.open_cache())
     options = config.options()
     with ThreadPoolExecutor(max_workers=max(1, config.prefetch), thread_name_prefix="vidq-decode") as pool:
         pending: dict[int, Future] = {}

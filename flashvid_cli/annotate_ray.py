@@ -68,8 +68,12 @@ def _decode_row(row: dict[str, Any], ask: dict[str, Any]) -> dict[str, Any]:
 class _Answerer:
     """Ray actor: one loaded model, answering every question of the videos it is given."""
 
-    def __init__(self, model: str, device: str, dtype: str, ask: dict[str, Any], options: dict[str, Any]):
-        self.qa = VideoQA(model, device=device, dtype=dtype)
+    def __init__(self, model: str, device: str, dtype: str, ask: dict[str, Any], options: dict[str, Any],
+                 cache_size: str | None = None):
+        from .cache import EncodedCache
+
+        cache = EncodedCache(max_bytes=cache_size) if cache_size is not None else None
+        self.qa = VideoQA(model, device=device, dtype=dtype, cache=cache)
         self.ask = AskConfig(**ask)
         self.options = options
 
@@ -181,7 +185,7 @@ def _stream(ray: Any, todo: list[tuple[str, list[str]]], config: AnnotateConfig,
         num_cpus=ACTOR_CPUS,
         num_gpus=config.ray_gpus_per_actor or None,
         fn_constructor_kwargs={"model": config.model, "device": config.device, "dtype": config.dtype, "ask": ask,
-                               "options": config.options()},
+                               "options": config.options(), "cache_size": config.cache_size},
     )
     # Ray Data restarts a dead actor without end by default; an actor that dies (say, killed for memory) should
     # stop the run with its error instead (a rerun resumes). No restarts also keeps Ray's C++ warning about

@@ -30,7 +30,17 @@ video is decoded and encoded once however many methods, keeps and questions it s
   left set on the shared model. Raises ``ConfigError`` (empty question, a text-after-video rule the model has
   not, ``compressed`` made for another question).
 * :meth:`VideoQA.ask` = ``prepare`` + ``compress`` + ``answer``; everything is checked before the video is
-  decoded.
+  decoded. :meth:`VideoQA.ask_many` answers several questions about one video on one ``prepare`` and one
+  ``compress`` (per question for a method that reads it).
+* :meth:`VideoQA.video_prefix` ``(compressed) -> VideoPrefix``: the prompt's KV cache up to the video's end, kept
+  by the first ``answer`` given it and reused by the next ones, which prefill only their own tokens; "off" (with
+  the reason) for a method that reads the question or a chat template that puts the question first (decided by
+  rendering it). Logits after a reused prefix match a full prefill within float rounding (other matmul shapes),
+  not bit for bit; greedy answers are the same (tests/test_prefix.py). ``flashvid_cli.chat.Chat`` grows one
+  such cache turn by turn.
+* ``VideoQA(model, cache=EncodedCache())``: ``prepare`` reads and writes the on-disk cache of encoded videos
+  (flashvid_cli/cache.py); a hit skips the decode, preprocessing and vision tower. ``report.cache`` says what was
+  reused (``{"encoded": ..., "prefix": ...}``, each "hit" | "miss" | "off"), ``report.notes`` why anything is off.
 
 Reports built from the stages hold the stages' own times: ``answer`` on a shared ``PreparedVideo`` reports its
 decode, preprocess and encode times again (and ``prepared.cache`` says whether they were paid now).
@@ -128,6 +138,10 @@ class Timings:
     generate: float  # every later token
     total: float
     time_to_first_token: float  # decode start to the first token
+    # What this question adds to the work it shares with others about the same video: its compression when the
+    # method reads the question, its prompt and its prefill (only its own tokens when the video's prefill is
+    # reused), to its first token. For a follow-up question this is its time to first token.
+    question_to_first_token: float = 0.0
 
 
 @dataclass
@@ -161,6 +175,11 @@ class Report:
     # process tree's peak is at most peak_memory_bytes + this (the worker lives only during the decode).
     decode_worker_peak_rss_bytes: int | None = None
     token_search: dict[str, Any] | None = None  # --tokens: {"probes": compressions made, "seconds": their time}
+    # What was reused: "encoded" (the vision tower's output from the on-disk cache) and "prefix" (the keys and
+    # values of the prompt up to the video's end, from an earlier question or turn): "hit", "miss" (computed now
+    # and kept) or "off" (disabled or not possible; ``notes`` says why).
+    cache: dict[str, str] = field(default_factory=lambda: {"encoded": "off", "prefix": "off"})
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -199,6 +218,7 @@ class PreparedVideo:
     visual_tokens: int  # what the LLM would see uncompressed: T * N plus the family's extra tokens
     cache: str = "off"  # "hit" | "miss" | "off": whether ``encoded`` came from the on-disk cache
     decode_worker_peak_rss_bytes: int | None = None  # the decode worker's own peak RSS; None if none decoded it
+    cache_note: str | None = None  # why the cache was "off", or where a hit came from
 
 
 @dataclass
@@ -212,6 +232,22 @@ class CompressedVideo:
     question: str | None = None  # the question it was made for, when the method reads the question
     tokens_asked: int | None = None  # --tokens: the visual tokens asked (``method`` is then at the keep found)
     search: dict[str, Any] | None = None  # --tokens: {"probes": trial compressions, "seconds": the search's time}
+
+
+@dataclass
+class VideoPrefix:
+    """The prompt's keys and values up to the end of one compressed video, kept for the questions asked about it.
+
+    Made by :meth:`VideoQA.video_prefix`, used by :meth:`VideoQA.answer`: the first question prefills the whole
+    prompt and keeps the cache ("miss"); each later one prefills only what follows the shared prefix, its own
+    tokens ("hit"), with positions continuing as in a full prompt. ``reason`` says why it is "off" (a method that
+    reads the question, a chat template that puts the question before the video, a cache that cannot be cut
+    back); then every question prefills in full. One generation at a time (not thread-safe).
+    """
+
+    compressed: CompressedVideo
+    reason: str | None  # None: reusable
+    store: Any = None  # the pipelines.prefix.PromptCache, when reusable
 
 
 @dataclass(frozen=True)
@@ -247,13 +283,17 @@ class VideoQA:
     no per-call state on it.
     """
 
-    def __init__(self, model: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto"):
+    def __init__(self, model: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto", cache: Any = None):
+        """``cache``: a :class:`~flashvid_cli.cache.EncodedCache` that :meth:`prepare` reads and writes (the CLI
+        opens one unless ``--no-cache``), or None for no cache (the library default)."""
         from .pipelines import load_pipeline
 
         started = time.perf_counter()
         self.pipeline = load_pipeline(model, device=device, dtype=dtype)
         self.load_s = time.perf_counter() - started
         self._info: ModelInfo | None = None
+        self.cache = cache
+        self._model_fingerprint: dict[str, Any] | None = None
 
     @property
     def model_type(self) -> str:
@@ -377,6 +417,16 @@ class VideoQA:
             marks.append(time.perf_counter())
             return marks[-1] - marks[-2]
 
+        key = self._cache_key(video, config, need, decoded)
+        if key is not None and (hit := self.cache.get(key, device=device)) is not None:
+            # The lookup (fingerprint and load) is this run's decode time; nothing was preprocessed or encoded.
+            info = VideoInfo(**{**hit.video, "path": str(video)})
+            info.notes = [*info.notes, "encoded video read from the on-disk cache: not decoded, not encoded"]
+            encoded = hit.encoded
+            return PreparedVideo(
+                info, encoded, PrepareTimings(lap(), 0.0, 0.0), hit.has, cache="hit",
+                visual_tokens=encoded.grid.T * encoded.grid.N + pipe.extra_video_tokens,
+            )
         if decoded is None:
             decoded = self.decode(video, config)
         t_decode = lap()
@@ -390,10 +440,32 @@ class VideoQA:
             total_frames=decoded.total_frames, sampling=decoded.sampling, frame_indices=list(decoded.indices),
             timestamps_s=[round(t, 3) for t in decoded.timestamps], notes=list(decoded.notes),
         )
+        state, note = "off", "no on-disk cache of encoded videos (--no-cache, or VideoQA(cache=None))"
+        if key is not None:
+            written = self.cache.put(key.with_indices(decoded.indices), encoded, video=dataclasses.asdict(info))
+            state, note = ("miss", None) if written else ("off", self.cache.warning or "the entry was not written")
+        elif self.cache is not None:
+            state, note = "off", self.cache.warning or "the cache is off (--cache-size 0)"
         return PreparedVideo(
             info, encoded, PrepareTimings(t_decode, t_pre, t_enc), need,
-            visual_tokens=encoded.grid.T * encoded.grid.N + pipe.extra_video_tokens,
+            visual_tokens=encoded.grid.T * encoded.grid.N + pipe.extra_video_tokens, cache=state, cache_note=note,
             decode_worker_peak_rss_bytes=decoded.stats.get("peak_rss_bytes"),
+        )
+
+    def _cache_key(self, video: str | Path, config: AskConfig, need: frozenset[str],
+                   decoded: DecodedVideo | None) -> Any:
+        """The encoded-video cache key of this prepare, or None when there is no usable cache."""
+        from .cache import model_fingerprint, sampling_request
+
+        if self.cache is None or not self.cache.enabled:
+            return None
+        pipe = self.pipeline
+        if self._model_fingerprint is None:
+            self._model_fingerprint = model_fingerprint(pipe.name)
+        return self.cache.key(
+            video, sampling=sampling_request(config.frames, config.fps, config.max_frames, decoder=config.decoder),
+            model=self._model_fingerprint, dtype=pipe.dtype, device=pipe.device, preprocess=pipe.preprocess_config,
+            frame_indices=decoded.indices if decoded is not None else None, need=need,
         )
 
     def compress(self, prepared: PreparedVideo, method: Method | AskConfig, question: str | None = None,
@@ -446,30 +518,56 @@ class VideoQA:
         visual = int(out.tokens.shape[0]) + extra
         return CompressedVideo(method, out, seconds, visual, question if kwargs else None, tokens, search)
 
+    def video_prefix(self, compressed: CompressedVideo, reuse: bool = True) -> VideoPrefix:
+        """A :class:`VideoPrefix` for the questions about ``compressed``: reusable unless ``reuse`` is False, the
+        method reads the question (its video tokens differ per question), the chat template puts the question before
+        the video (decided by rendering it), or the model's cache cannot be cut back to a prefix."""
+        from .pipelines.prefix import PromptCache, template_order_reason
+
+        pipe = self.pipeline
+        reason = None
+        if not reuse:
+            reason = "the video's prefill is not reused (turned off)"
+        elif compressed.question is not None:
+            reason = (f"method {compressed.method.name!r} reads the question, so the video's tokens differ per "
+                      "question and its prefill is not reused")
+        elif compressed.method.llm_prune() is not None:
+            reason = (f"method {compressed.method.name!r} prunes inside the LLM by the last token's attention, which "
+                      "depends on the question, so the video's prefill is not reused")
+        else:
+            reason = template_order_reason(pipe) or PromptCache.unsupported_reason(pipe)
+        return VideoPrefix(compressed, reason, PromptCache(pipe) if reason is None else None)
+
     def answer(self, prepared: PreparedVideo, question: str, config: AskConfig | None = None,
-               compressed: CompressedVideo | None = None) -> AskResult:
+               compressed: CompressedVideo | None = None, prefix: VideoPrefix | None = None) -> AskResult:
         """Prompt and generate: the answer to ``question`` about ``compressed`` (compressed here with ``config``'s
         method when None), with the report of every stage.
 
         From ``config`` this call reads the generation options (max_new_tokens, temperature, seed) and
         ``text_after_video``, passed down as arguments; the method, keep and sampling only when it compresses.
-        Raises ConfigError for an empty question, a rule the model family has not, or ``compressed`` made for
-        another question by a method that reads it.
+        ``prefix`` (from :meth:`video_prefix` for this ``compressed``) keeps the prompt's prefill up to the video's
+        end for the next question and reuses the one an earlier question left; ``report.cache["prefix"]`` says
+        which. Raises ConfigError for an empty question, a rule the model family has not, ``compressed`` made for
+        another question by a method that reads it, or a ``prefix`` made for another compressed video.
         """
         import torch
 
         from .pipelines.base import GenerationOptions, synchronize
+        from .pipelines.prefix import video_end
 
         config = config or AskConfig()
         if not question.strip():
             raise ConfigError("the question is empty")
         rule = self.text_after_video_rule(config.text_after_video)
         if compressed is None:
-            compressed = self.compress(prepared, config, question)
+            compressed = prefix.compressed if prefix is not None else self.compress(prepared, config, question)
         elif compressed.question is not None and compressed.question != question:
             raise ConfigError(f"method {compressed.method.name!r} compressed this video for another question; "
                               "compress it again for this one")
+        if prefix is not None and prefix.compressed is not compressed:
+            raise ConfigError("this VideoPrefix was made for another compressed video; make one with video_prefix()")
         pipe = self.pipeline
+        options = GenerationOptions(config.max_new_tokens, config.temperature)
         synchronize(pipe.device)
         started = time.perf_counter()
         with torch.inference_mode():
@@ -477,16 +575,28 @@ class VideoQA:
             synchronize(pipe.device)
             prompt_s = time.perf_counter() - started
             torch.manual_seed(config.seed)
-            gen = pipe.generate(inputs, GenerationOptions(config.max_new_tokens, config.temperature),
-                                prune=compressed.method.llm_prune())
-        return AskResult(gen.text, self.report(prepared, compressed, gen, prompt_s, rule), list(gen.token_ids))
+            if prefix is not None and prefix.store is not None:
+                gen, reused = prefix.store.generate(inputs, options, video_end(pipe, inputs["input_ids"]))
+                state, reason = ("hit" if reused else "miss"), None
+            else:
+                gen = pipe.generate(inputs, options, prune=compressed.method.llm_prune())
+                state = "off"
+                reason = prefix.reason if prefix is not None else "the video's prefill is not kept (no VideoPrefix)"
+        report = self.report(prepared, compressed, gen, prompt_s, rule, prefix=state,
+                             notes=[reason] if reason else [])
+        return AskResult(gen.text, report, list(gen.token_ids))
 
     def report(self, prepared: PreparedVideo, compressed: CompressedVideo, generation: Generation, prompt_s: float,
-               text_after_video: str | None) -> Report:
-        """The one place a :class:`Report` is built: the stages' times, token counts, method and video."""
+               text_after_video: str | None, prefix: str = "off", notes: Sequence[str] = ()) -> Report:
+        """The one place a :class:`Report` is built: the stages' times, token counts, method, video, what was
+        reused (``prefix``: the video's prefill, "hit" | "miss" | "off") and ``notes`` saying why a reuse is off."""
         t = prepared.timings
         prefill = prompt_s + generation.prefill_s
         ttft = t.decode + t.preprocess + t.encode + compressed.seconds + prefill
+        own = prefill + (compressed.seconds if compressed.question is not None else 0.0)
+        notes = list(notes)
+        if prepared.cache == "off" and prepared.cache_note:
+            notes.append(prepared.cache_note)
         peak, peak_kind = _peak_memory(self.pipeline.device)
         method, info = compressed.method, self.info
         before, after = prepared.visual_tokens, compressed.visual_tokens
@@ -505,13 +615,15 @@ class VideoQA:
             timings=Timings(
                 decode=t.decode, preprocess=t.preprocess, encode=t.encode, compress=compressed.seconds,
                 prefill=prefill, generate=generation.decode_s, total=ttft + generation.decode_s,
-                time_to_first_token=ttft,
+                time_to_first_token=ttft, question_to_first_token=own,
             ),
             peak_memory_bytes=peak,
             peak_memory_kind=peak_kind,
             text_after_video=text_after_video,
             decode_worker_peak_rss_bytes=prepared.decode_worker_peak_rss_bytes,
             token_search=compressed.search,
+            cache={"encoded": prepared.cache, "prefix": prefix},
+            notes=notes,
         )
 
     def ask(
@@ -523,14 +635,38 @@ class VideoQA:
         next video while the model runs); the report's decode time is then only the wait for it, here zero.
         The question, method and rule are checked before anything is decoded.
         """
+        return self.ask_many(video, [question], config, decoded)[0]
+
+    def ask_many(self, video: str | Path, questions: Sequence[str], config: AskConfig | None = None,
+                 decoded: DecodedVideo | None = None, reuse_prefix: bool = True) -> list[AskResult]:
+        """Answer each of ``questions`` about one video in order, sharing one :meth:`prepare` and one
+        :meth:`compress` (one per question for a method that reads it) and, where :meth:`video_prefix` allows and
+        ``reuse_prefix``, the prompt's prefill up to the video's end.
+
+        Greedy answers equal those of separate :meth:`ask` calls (tests/test_prefix.py). The questions, method and
+        rule are checked before anything is decoded; raises ConfigError for no or an empty question.
+        """
         config = config or AskConfig()
-        if not question.strip():
+        questions = list(questions)
+        if not questions:
+            raise ConfigError("no question to ask")
+        if any(not q.strip() for q in questions):
             raise ConfigError("the question is empty")
-        self.pipeline.check_question_length(question, config.max_new_tokens)  # exact check: before prefill
+        for question in questions:  # a question too long on its own is refused before any video work
+            self.pipeline.check_question_length(question, config.max_new_tokens)
         method = self.build_method(config)
         self.text_after_video_rule(config.text_after_video)
         prepared = self.prepare(video, config, decoded=decoded, need=method.needs)
-        return self.answer(prepared, question, config, self.compress(prepared, method, question, config.tokens))
+        if _needs_question(method):
+            results = []
+            for question in questions:
+                compressed = self.compress(prepared, method, question, config.tokens)
+                results.append(self.answer(prepared, question, config, compressed,
+                                           self.video_prefix(compressed, reuse_prefix)))
+            return results
+        compressed = self.compress(prepared, method, tokens=config.tokens)
+        prefix = self.video_prefix(compressed, reuse_prefix)
+        return [self.answer(prepared, question, config, compressed, prefix) for question in questions]
 
 
 def ask(

@@ -7,8 +7,9 @@
     plot_bench(result, "bench.png")
 
 Each row is run ``warmup`` times untimed, then ``repeat`` times; every stage time is reported as the median
-with min and max over the repeats. Each repeat is one ``VideoQA.ask``, i.e. the same prepare -> compress -> answer
-stages as ``vidq ask``, each time read after a device synchronisation.
+with min and max over the repeats. Each repeat is one ``VideoQA.ask_many`` of the question and a follow-up
+(``follow_up_ttft``: the follow-up's time to first token on the same prepared video), i.e. the same
+prepare -> compress -> answer stages as ``vidq ask``, each time read after a device synchronisation.
 Methods that ignore ``keep`` (``none``) get one row per video, at keep 1; every other method one row per keep, or
 with ``tokens`` one row per visual-token count (each method at the keep that comes closest on each clip). The
 methods default to every registered one; answers are compared with the baseline method's (``none``).
@@ -29,6 +30,7 @@ from .api import AskConfig, AskResult, ConfigError, VideoQA
 
 DEFAULT_KEEPS = (0.1, 0.25)
 DEFAULT_QUESTION = "Describe what happens in the video."
+DEFAULT_FOLLOW_UP = "What happens at the end?"
 # The stages that make up the time to first token, in pipeline order (the plot splits its bar by them).
 TTFT_STAGES = ("decode", "preprocess", "encode", "compress", "prefill")
 STAGES = (*TTFT_STAGES, "generate", "time_to_first_token", "total")
@@ -42,6 +44,7 @@ class BenchConfig:
     methods: tuple[str, ...] | None = None
     keeps: tuple[float, ...] = DEFAULT_KEEPS
     question: str = DEFAULT_QUESTION
+    follow_up: str = DEFAULT_FOLLOW_UP  # asked after ``question`` in every repeat, sharing its video and prefill
     repeat: int = 3
     warmup: int = 1
     ask: AskConfig = field(default_factory=AskConfig)
@@ -57,7 +60,7 @@ class BenchConfig:
             raise ConfigError(f"--repeat must be at least 1, got {self.repeat}")
         if self.warmup < 0:
             raise ConfigError(f"--warmup must be >= 0, got {self.warmup}")
-        if not self.question.strip():
+        if not self.question.strip() or not self.follow_up.strip():
             raise ConfigError("the question is empty")
 
     def runs(self) -> list[Run]:
@@ -222,6 +225,11 @@ class BenchRow:
     agreement: Agreement | None = None  # None when `none` was not run or did not succeed
     tokens_asked: int | None = None  # --tokens: the count asked (visual_tokens is what was sent, keep what was found)
     token_search_s: float | None = None  # --tokens: seconds the keep search took (median over the repeats)
+    # The follow-up question's time to first token (seconds): its own compression when the method reads the
+    # question, its prompt and its prefill, on the video prepared, compressed and (where possible) prefilled for
+    # the first question; beside timings["time_to_first_token"], the first question's from the decode on.
+    follow_up_ttft: Stat | None = None
+    follow_up_prefix: str | None = None  # whether the follow-up reused the video's prefill: "hit" | "off"
 
 
 @dataclass
@@ -350,19 +358,23 @@ def run_bench(
         for method, keep, tokens in pairs:
             ask = dataclasses.replace(config.ask, method=method, keep=keep, tokens=tokens,
                                       options=config.options_for(method))
+            questions = [config.question, config.follow_up]
             if broken is not None:
                 rows.append(BenchRow(str(video), method, keep, error=broken, tokens_asked=tokens))
             else:
                 try:
                     for _ in range(config.warmup):
-                        qa.ask(video, config.question, ask)
-                    results = [qa.ask(video, config.question, ask) for _ in range(config.repeat)]
+                        qa.ask_many(video, questions, ask)
+                    pairs_run = [qa.ask_many(video, questions, ask) for _ in range(config.repeat)]
                 except Exception as exc:  # noqa: BLE001 - one bad video or method costs its rows, never the run
                     rows.append(BenchRow(str(video), method, keep, error=error_text(exc), tokens_asked=tokens))
                     if isinstance(exc, VideoError):
                         broken = rows[-1].error
                 else:
-                    rows.append(_row(str(video), method, keep, results, size))
+                    row = _row(str(video), method, keep, [first for first, _ in pairs_run], size)
+                    row.follow_up_ttft = Stat.of([f.report.timings.question_to_first_token for _, f in pairs_run])
+                    row.follow_up_prefix = pairs_run[-1][1].report.cache["prefix"]
+                    rows.append(row)
             done += 1
             if on_run is not None:
                 on_run(str(video), method, keep if tokens is None else tokens, done, total)

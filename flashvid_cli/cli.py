@@ -51,6 +51,28 @@ MaxNewTokens = Annotated[int, typer.Option(help="Most tokens to generate.")]
 Temperature = Annotated[float, typer.Option(help="Sampling temperature; 0 is greedy.")]
 Seed = Annotated[int, typer.Option(help="Seed for sampling (and anything random).")]
 Decoder = Annotated[str, typer.Option(help="Video decoder: auto, decord or pyav.")]
+NoCache = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the cache of encoded videos "
+                                       "($VIDQ_CACHE_DIR, else ~/.cache/vidq; see `vidq cache info`).")]
+CacheSize = Annotated[str, typer.Option(help="Size cap of the encoded-video cache, least recently used entries "
+                                        "evicted first: e.g. 500MiB, 2GB, 10GiB; 0 turns it off.")]
+DEFAULT_CACHE_SIZE = "10GiB"
+
+
+def open_cache(no_cache: bool, cache_size: str):
+    """The encoded-video cache the command uses (None with ``--no-cache``); an unwritable directory gives one
+    warning line and a cache that is off. Raises CacheError for a size that does not parse."""
+    import logging
+
+    from .cache import EncodedCache, parse_size
+
+    max_bytes = parse_size(cache_size)  # checked even with --no-cache: a typo is an error either way
+    if no_cache:
+        return None
+    logging.getLogger("vidq.cache").addHandler(logging.NullHandler())  # the warning is printed here, once
+    cache = EncodedCache(max_bytes=max_bytes)
+    if cache.warning:
+        err.print(f"[yellow]warning:[/] {cache.warning}", highlight=False, soft_wrap=True)
+    return cache
 
 
 @contextmanager
@@ -193,7 +215,10 @@ def warn_random(model: str) -> None:
 @app.command(cls=Command)
 def ask(
     video: Annotated[Path, typer.Argument(help="The video file.")],
-    question: Annotated[str, typer.Argument(help="The question to ask about it.")],
+    questions: Annotated[Optional[list[str]], typer.Argument(
+        help="One or more questions, answered in order about one decoded, encoded and compressed video.")] = None,
+    questions_file: Annotated[Optional[Path], typer.Option(
+        "--questions", help="A file of questions, one per line, asked after any given as arguments.")] = None,
     model: Model = DEFAULT_MODEL,
     method: Method = DEFAULT_METHOD,
     keep: Keep = None,
@@ -211,14 +236,24 @@ def ask(
     text_after_video: Annotated[
         Optional[str], typer.Option(help="Qwen2.5-VL: where text after the video resumes: hf (default) or qwen.")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the answer and report.")] = False,
+    no_cache: NoCache = False,
+    cache_size: CacheSize = DEFAULT_CACHE_SIZE,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print one JSON object per question (answer and report), one per line, in order.")] = False,
 ) -> None:
-    """Ask QUESTION about VIDEO: the answer on stdout, a per-stage timing and token report on stderr."""
+    """Ask QUESTIONS about VIDEO: the answers on stdout, one per question, and a per-stage timing and token report
+    on stderr. Several questions share the decode, the vision encoder, the compression and, where the chat template
+    puts the video first, the video's prefill: each later question prefills only its own tokens."""
     with user_errors():
         from concurrent.futures import ThreadPoolExecutor
 
-        from .api import AskConfig, VideoQA
-        from .report import print_report
+        from .annotate import read_questions
+        from .api import AskConfig, ConfigError, VideoQA
+        from .report import print_reports
+
+        asked = list(questions or []) + (read_questions(questions_file) if questions_file is not None else [])
+        if not asked:
+            raise ConfigError("give a question after the video, or --questions FILE")
 
         from .inputs import check_ask, check_question, check_video_file
 
@@ -229,18 +264,19 @@ def ask(
             text_after_video=text_after_video,
         )
         check_video_file(video)  # everything that needs no model, before loading it
-        check_question(question)
+        for question in asked:
+            check_question(question)
         check_ask(config, device=device, dtype=dtype)
         warn_random(model)
+        cache = open_cache(no_cache, cache_size)
         with ThreadPoolExecutor(1) as pool:  # decode (in its worker process) while the model loads
             ahead = pool.submit(VideoQA.decode, video, config)
-            qa = VideoQA(model, device=device, dtype=dtype)
-            result = qa.ask(video, question, config, decoded=ahead.result())
-        if as_json:
-            typer.echo(json.dumps(result.to_dict()))
-        else:
-            typer.echo(result.answer)
-            print_report(result.report, err)
+            qa = VideoQA(model, device=device, dtype=dtype, cache=cache)
+            results = qa.ask_many(video, asked, config, decoded=ahead.result())
+        for result in results:
+            typer.echo(json.dumps(result.to_dict()) if as_json else result.answer)
+        if not as_json:
+            print_reports([r.report for r in results], asked, err)
 
 
 @app.command(cls=Command)
@@ -275,6 +311,7 @@ def methods() -> None:
 # Commands that live in their own modules register themselves on `app` when imported.
 from .commands import annotate as _annotate, bench as _bench, evaluate as _evaluate  # noqa: E402, F401
 from .commands import cache as _cache  # noqa: E402, F401
+from .commands import chat as _chat  # noqa: E402, F401
 
 
 def main() -> None:

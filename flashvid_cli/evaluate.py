@@ -230,6 +230,9 @@ class Prediction:
     scores: list[float] | None = None  # one per option: summed log-probability, or the letter's logit
     error: str | None = None
     tokens: int | None = None  # --tokens: the visual tokens asked (keep is then the one found for this clip)
+    # What was reused (as report.cache of ask): the encoded video from the on-disk cache; the video's prefill is
+    # "off": each question is scored by one full forward (environment["notes"] says so).
+    cache: dict[str, str] = field(default_factory=lambda: {"encoded": "off", "prefix": "off"})
 
 
 @dataclass
@@ -389,7 +392,8 @@ def run_eval(qa: VideoQA, questions: Sequence[Question], config: EvalConfig,
                 predicted = max(range(len(scores)), key=scores.__getitem__)  # the first of equal scores
                 tally.add(q, predicted == q.answer, compressed.visual_tokens, prepared.visual_tokens)
                 predictions.append(Prediction(i, q.id, name, found, q.answer, predicted, predicted == q.answer,
-                                              scores, tokens=run.tokens))
+                                              scores, tokens=run.tokens,
+                                              cache={"encoded": prepared.cache, "prefix": "off"}))
         done += len(by_video[video])
         if progress is not None:
             progress(done, len(questions), len(failed))
@@ -398,6 +402,7 @@ def run_eval(qa: VideoQA, questions: Sequence[Question], config: EvalConfig,
     scored = [q for i, q in enumerate(questions) if i not in failed] or questions
     env = environment(qa, config, questions, rule, chance=chance_level(scored))
     env.update(started=stamp, elapsed_s=time.perf_counter() - started)
+    env["notes"] = ["the video's prefill is not reused: each question is scored by one full forward pass"]
     return EvalResult(env, rows, predictions)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from rich.console import Console, Group
 from rich.table import Table
 
@@ -33,7 +35,7 @@ def _by_layer(counts: list[int]) -> str:
     return ", then ".join(parts) + f" ({len(counts)} layers)"
 
 
-def report_tables(report: Report) -> Group:
+def report_tables(report: Report, reused: str | None = None) -> Group:
     """Two tables: stage timings with token counts, then the run's settings and the sampled frames."""
     t, k, v = report.timings, report.tokens, report.video
     stages = Table(title="vidq report", title_justify="left", show_edge=False, pad_edge=False)
@@ -70,9 +72,52 @@ def report_tables(report: Report) -> Group:
     worker = report.decode_worker_peak_rss_bytes
     facts.add_row("peak memory", f"{_bytes(report.peak_memory_bytes)} ({report.peak_memory_kind})"
                   + (f"; decode worker {_bytes(worker)} (its own peak RSS)" if worker else ""))
-    for note in v.notes:
+    facts.add_row("reused", reused or cache_line([report]))
+    for note in [*v.notes, *dict.fromkeys(report.notes)]:
         facts.add_row("note", note)
     return Group(stages, "", facts)
+
+
+def cache_line(reports: list[Report]) -> str:
+    """What was reused, in one line: ``encoded video: off, video prefill: miss, hit, hit`` (one per question)."""
+    encoded = ", ".join(dict.fromkeys(r.cache.get("encoded", "off") for r in reports))
+    return f"encoded video: {encoded}; video prefill: {', '.join(r.cache.get('prefix', 'off') for r in reports)}"
+
+
+def questions_table(reports: list[Report], questions: list[str]) -> Table:
+    """The stages shared by several questions about one video once, then each question's own stages."""
+    first = reports[0].timings
+    shared = Table(title="vidq report: shared stages", title_justify="left", show_edge=False, pad_edge=False,
+                   min_width=30)
+    shared.add_column("stage")
+    shared.add_column("time", justify="right")
+    rows = [("decode", first.decode), ("preprocess", first.preprocess), ("vision encode", first.encode)]
+    if first.question_to_first_token == first.prefill:  # compressed once for every question
+        rows.append(("compress", first.compress))
+    for name, value in rows:
+        shared.add_row(name, _ms(value))
+    own = Table(title="per question (ms)", title_justify="left", show_edge=False, pad_edge=False)
+    # prefill, generation and time to first token of each question's own work; prompt tokens in, tokens out.
+    for name in ("#", "question", "prefill", "gen", "TTFT", "in", "out", "reused"):
+        own.add_column(name, justify="left" if name in {"#", "question", "reused"} else "right", no_wrap=True)
+    for i, (r, q) in enumerate(zip(reports, questions), 1):
+        t = r.timings
+        ms = (f"{x * 1000:,.1f}" for x in (t.prefill, t.generate, t.question_to_first_token))
+        own.add_row(str(i), q if len(q) <= 30 else q[:29] + "…", *ms, f"{r.tokens.prompt:,}",
+                    f"{r.tokens.generated:,}", r.cache.get("prefix", "off"))
+    return Group(shared, "", own)
+
+
+def print_reports(reports: list[Report], questions: list[str], console: Console) -> None:
+    """One question: :func:`report_tables`. Several: the shared stages once, a row per question, then the facts of
+    the first (the video, model and method are the same for all)."""
+    if len(reports) == 1:
+        console.print(report_tables(reports[0]))
+        return
+    console.print(questions_table(reports, questions))
+    console.print()
+    first = dataclasses.replace(reports[0], notes=[n for r in reports for n in r.notes])
+    console.print(report_tables(first, reused=cache_line(reports)).renderables[-1])
 
 
 def print_report(report: Report, console: Console) -> None:

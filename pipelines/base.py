@@ -230,18 +230,23 @@ def read_text(path: Path, name: str) -> str | None:
 
 
 class _Clock:
-    """A generate() streamer that timestamps the first generated token (device-synchronised)."""
+    """A generate() streamer that timestamps the first generated token (device-synchronised) and hands each
+    generated token id to ``on_token`` (for streaming) when given."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, on_token: Any = None):
         self.device = device
         self.calls = 0
         self.first_token_at: float | None = None
+        self.on_token = on_token
 
     def put(self, value: Tensor) -> None:
         self.calls += 1
         if self.calls == 2:  # the first call carries the prompt
             synchronize(self.device)
             self.first_token_at = time.perf_counter()
+        if self.calls >= 2 and self.on_token is not None:
+            for token in value.reshape(-1).tolist():
+                self.on_token(token)
 
     def end(self) -> None:
         pass
@@ -510,12 +515,18 @@ class Pipeline:
         ids = prompt_ids(self.tokenizer, self.chat_template, self.video_token, question, count, self.name)
         return torch.tensor([ids], device=self.device)
 
-    def generate(self, inputs: dict[str, Any], options: GenerationOptions, prune: LLMPrune | None = None
-                 ) -> Generation:
+    def generate(self, inputs: dict[str, Any], options: GenerationOptions, prune: LLMPrune | None = None,
+                 cache: Any = None, on_token: Any = None) -> Generation:
         """Run generate(); the streamer marks the first token so prefill and decoding are timed apart.
 
-        ``prune``: an in-LLM pruning stage run during the prefill (:mod:`.llm_prune`)."""
-        clock = _Clock(self.device)
+        ``prune``: an in-LLM pruning stage run during the prefill (:mod:`.llm_prune`). ``cache`` is a transformers
+        ``DynamicCache`` already holding the keys and values of the prompt's first tokens (see :mod:`.prefix`): only
+        the rest is prefilled, and the cache grows in place (never together with ``prune``, whose prefill must see
+        the whole prompt). ``on_token(id)`` is called with each generated token id as it is produced.
+        """
+        if prune is not None and cache is not None:
+            raise ValueError("an in-LLM pruning stage needs the whole prompt's prefill: no reused prefix with it")
+        clock = _Clock(self.device, on_token)
         sampling: dict[str, Any] = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         if options.temperature > 0:
             sampling = {"do_sample": True, "temperature": options.temperature, "top_p": options.top_p, "top_k": None}
@@ -528,6 +539,7 @@ class Pipeline:
                 **inputs,
                 max_new_tokens=options.max_new_tokens,
                 streamer=clock,
+                past_key_values=cache,
                 return_dict_in_generate=True,
                 output_logits=options.return_logits,
                 pad_token_id=self.tokenizer.pad_token_id,

@@ -13,6 +13,18 @@ SHARED = REPO.parent / "shared"
 
 # Tests never reach the hub: every model is a local directory (set before transformers is imported).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _encoded_cache_dir(tmp_path_factory):
+    """The CLI's encoded-video cache goes to a directory of this test session, never the user's ~/.cache/vidq."""
+    previous = os.environ.get("VIDQ_CACHE_DIR")
+    os.environ["VIDQ_CACHE_DIR"] = str(tmp_path_factory.mktemp("vidq-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("VIDQ_CACHE_DIR", None)
+    else:
+        os.environ["VIDQ_CACHE_DIR"] = previous
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from flashvid_cli.pipelines.registry import families  # noqa: E402

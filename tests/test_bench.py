@@ -73,6 +73,9 @@ def test_bench_json_has_every_row_and_the_environment(bench_run):
     assert len(rows) == 2 * 9 and len({r["video"] for r in rows}) == 2
     assert {(r["method"], r["keep"]) for r in rows} == {
         *((m, k) for m in ["flashvid", "divprune", "visionzip", "pool"] for k in [0.1, 0.5]), ("none", 1.0)}
+    # Each row's follow-up question reused the video's prefill and only prefilled its own tokens.
+    assert all(r["follow_up_prefix"] == "hit" and 0 < r["follow_up_ttft"]["median"] for r in rows)
+    assert all(r["follow_up_ttft"] is None for r in failed)
     for row in rows:
         assert set(row["timings"]) == set(STAGES)
         for stat in row["timings"].values():

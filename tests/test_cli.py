@@ -87,7 +87,7 @@ def test_ask_json_schema(tiny_models, sample_video, family):
     assert report["device"] == "cpu" and report["dtype"] == "float32"
     timings = report["timings"]
     stages = ["decode", "preprocess", "encode", "compress", "prefill", "generate"]
-    assert set(timings) == set(stages) | {"total", "time_to_first_token"}
+    assert set(timings) == set(stages) | {"total", "time_to_first_token", "question_to_first_token"}
     assert all(isinstance(timings[s], float) and timings[s] >= 0 for s in timings)
     assert timings["total"] >= sum(timings[s] for s in stages) * 0.99
     video = report["video"]
@@ -98,6 +98,41 @@ def test_ask_json_schema(tiny_models, sample_video, family):
     assert tokens["visual_after"] == tokens["visual_before"] and tokens["ratio"] == 1.0
     assert tokens["prompt"] > tokens["visual_after"] and 1 <= tokens["generated"] <= 2
     assert report["peak_memory_bytes"] > 0 and report["peak_memory_kind"] == "process RSS"
+    assert report["cache"]["prefix"] == "miss" and report["cache"]["encoded"] in {"hit", "miss"}  # session cache
+
+
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
+def test_ask_reads_the_encoded_cache_the_second_time(tiny_models, sample_video, family, tmp_path):
+    args = ["ask", str(sample_video), QUESTION, "--model", str(tiny_models[family]), "--method", "flashvid",
+            "--keep", "0.5", "--frames", "3", "--max-new-tokens", "3", "--json"]
+    env = {"VIDQ_CACHE_DIR": str(tmp_path / "cache")}
+    first, second = (json.loads(vidq(*args, env=env).stdout) for _ in range(2))
+    assert (first["report"]["cache"]["encoded"], second["report"]["cache"]["encoded"]) == ("miss", "hit")
+    assert second["token_ids"] == first["token_ids"] and second["report"]["tokens"] == first["report"]["tokens"]
+    assert second["report"]["video"]["frame_indices"] == first["report"]["video"]["frame_indices"]
+    assert second["report"]["timings"]["encode"] == 0.0
+    off = json.loads(vidq(*args, "--no-cache", env=env).stdout)
+    assert off["report"]["cache"]["encoded"] == "off" and any("--no-cache" in n for n in off["report"]["notes"])
+    assert off["token_ids"] == first["token_ids"]
+    assert "--cache-size" in one_error_line(vidq(*args, "--cache-size", "lots", env=env))
+
+
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
+def test_ask_several_questions_one_json_line_each(tiny_models, sample_video, family, tmp_path):
+    more = tmp_path / "questions.txt"
+    more.write_text("What happens first?\n\nHow many squares?\n")
+    common = ["--model", str(tiny_models[family]), "--frames", "4", "--max-new-tokens", "3"]
+    result = vidq("ask", str(sample_video), QUESTION, "--questions", str(more), *common, "--json")
+    assert result.exit_code == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["report"]["cache"]["prefix"] for line in lines] == ["miss", "hit", "hit"]
+    alone = json.loads(vidq("ask", str(sample_video), "How many squares?", *common, "--json").stdout)
+    assert lines[2]["token_ids"] == alone["token_ids"] and lines[2]["answer"] == alone["answer"]
+    text = vidq("ask", str(sample_video), QUESTION, "What happens first?", *common)
+    assert text.exit_code == 0, text.stderr
+    assert "shared stages" in text.stderr and "per question" in text.stderr
+    assert "video prefill: miss, hit" in text.stderr
+    assert "give a question" in one_error_line(vidq("ask", str(sample_video), *common))
 
 
 def test_ask_pool_reduces_visual_tokens(tiny_models, sample_video):

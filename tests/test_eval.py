@@ -214,6 +214,9 @@ def test_run_eval_rows_totals_and_a_missing_video(llava, dataset, monkeypatch):
     assert len(missing) == 5 and all(p.predicted is None and not p.correct and "missing.mp4" in p.error
                                      for p in missing)
     scored = [p for p in result.predictions if p.error is None]
+    assert scored and all(p.cache == {"encoded": "off", "prefix": "off"} for p in scored)
+    assert any("prefill is not reused" in note for note in result.environment["notes"])
+    scored = [p for p in result.predictions if p.error is None]
     assert all(len(p.scores) == (4 if p.id == "q1" else 3) and p.correct == (p.predicted == p.answer)
                for p in scored)
     env = result.environment

@@ -9,8 +9,8 @@ import typer
 
 from ..api import DEFAULT_METHOD, DEFAULT_MODEL
 from ..cli import (
-    Command, Decoder, Device, Dtype, Fps, Frames, Keep, MaxFrames, MaxNewTokens, Method, Model, Opt, Seed, Temperature,
-    app, err, parse_options, user_errors, warn_random,
+    DEFAULT_CACHE_SIZE, CacheSize, Command, Decoder, Device, Dtype, Fps, Frames, Keep, MaxFrames, MaxNewTokens, Method,
+    Model, NoCache, Opt, Seed, Temperature, app, err, open_cache, parse_options, user_errors, warn_random,
 )
 
 
@@ -47,6 +47,8 @@ def annotate(
         "--quiet", help="No progress bar or summary; only each failed video with its reason and warnings about --out.",
     )]
     = False,
+    no_cache: NoCache = False,
+    cache_size: CacheSize = DEFAULT_CACHE_SIZE,
 ) -> None:
     """Answer QUESTION(s) about every video in VIDEOS, one JSON line per (video, question); reruns skip done lines."""
     with user_errors():
@@ -59,7 +61,7 @@ def annotate(
         asked = list(dict.fromkeys(q.strip() for q in question)) if question else read_questions(questions)
         config = AnnotateConfig(
             model=model, device=device, dtype=dtype, prefetch=prefetch, engine=engine, ray_actors=ray_actors,
-            ray_gpus_per_actor=gpus_per_actor,
+            ray_gpus_per_actor=gpus_per_actor, cache_size=None if no_cache else cache_size,
             ask=AskConfig(
                 method=method, keep=keep, options=parse_options(opt), frames=frames, fps=fps, max_frames=max_frames,
                 max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, decoder=decoder,
@@ -68,6 +70,7 @@ def annotate(
         )
         check_output_file(out, "--out", create_parents=True)  # everything that needs no model, before loading it
         check_ask(config.ask, device=device, dtype=dtype)
+        open_cache(no_cache, cache_size)  # a bad size or an unwritable directory: said once, before any work
         found = find_videos(videos)
         if not quiet:
             warn_random(model)

@@ -14,8 +14,8 @@ from rich.table import Table
 
 from ..api import DEFAULT_MODEL
 from ..cli import (
-    Command, Decoder, Device, Dtype, Fps, Frames, MaxFrames, MaxNewTokens, Model, app, budget_lists, err, parse_list,
-    parse_options, user_errors, warn_random,
+    DEFAULT_CACHE_SIZE, CacheSize, Command, Decoder, Device, Dtype, Fps, Frames, MaxFrames, MaxNewTokens, Model, app,
+    budget_lists, err, open_cache, parse_list, parse_options, user_errors, warn_random,
 )
 
 
@@ -34,6 +34,11 @@ def bench(
         "--opt", help="A method option as key=value (every method that has it) or method.key=value; repeatable.")]
     = None,
     question: Annotated[str, typer.Option(help="The question asked in every run.")] = "",
+    follow_up: Annotated[str, typer.Option(help="A follow-up asked after it on the same prepared video (its time "
+                                           "to first token is follow_up_ttft in --json).")] = "",
+    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Read and write the encoded-video cache (off "
+                                        "by default: bench times the decode and the vision tower).")] = False,
+    cache_size: CacheSize = DEFAULT_CACHE_SIZE,
     repeat: Annotated[int, typer.Option(help="Timed runs per row; timings are their median, min and max.")] = 3,
     warmup: Annotated[int, typer.Option(help="Untimed runs before each row's timed ones.")] = 1,
     frames: Frames = None,
@@ -52,7 +57,7 @@ def bench(
     """Compare compression methods: visual tokens, stage timings, time to first token, memory, TFLOPs, answers."""
     with user_errors():
         from ..api import AskConfig, VideoQA
-        from ..bench import DEFAULT_KEEPS, DEFAULT_QUESTION, BenchConfig, plot_bench, run_bench
+        from ..bench import DEFAULT_FOLLOW_UP, DEFAULT_KEEPS, DEFAULT_QUESTION, BenchConfig, plot_bench, run_bench
         from ..inputs import check_ask, check_output_file, check_video_file, writing
 
         keeps, counts = budget_lists(keep, tokens, DEFAULT_KEEPS)
@@ -61,6 +66,7 @@ def bench(
             keeps=keeps,
             tokens=counts,
             question=question or DEFAULT_QUESTION,
+            follow_up=follow_up or DEFAULT_FOLLOW_UP,
             repeat=repeat,
             warmup=warmup,
             options=parse_options(opt),
@@ -74,7 +80,7 @@ def bench(
             if path is not None:
                 check_output_file(path, option)
         warn_random(model)
-        qa = VideoQA(model, device=device, dtype=dtype)
+        qa = VideoQA(model, device=device, dtype=dtype, cache=open_cache(not cache, cache_size))
         err.print(f"[dim]loaded {escape(model)} in {qa.load_s:.1f}s; {len(config.runs()) * len(videos)} rows x "
                   f"({warmup} warm-up + {repeat} timed) runs[/]", highlight=False)
         with err.status("benchmarking") as status:
@@ -143,6 +149,7 @@ def print_bench(result, console: Console) -> None:
     console.print(
         f"[dim]{env['model']} on {env['device']} ({env['dtype']}); medians of {plural(env['repeat'], 'run')} after "
         f"{env['warmup']} warm-up; spread = (max - min) / median of TTFT; MiB = peak {kind}; every stage, "
-        "min/max, TFLOPs and the answers are in --json[/]",
+        "min/max, TFLOPs, the answers and follow_up_ttft (a follow-up question's TTFT on the same prepared video) "
+        "are in --json[/]",
         highlight=False,
     )

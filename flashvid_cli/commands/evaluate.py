@@ -13,8 +13,8 @@ from rich.table import Table
 
 from ..api import DEFAULT_MODEL
 from ..cli import (
-    Command, Decoder, Device, Dtype, Fps, Frames, MaxFrames, Model, Opt, app, budget_lists, err, parse_list,
-    parse_options, user_errors, warn_random,
+    DEFAULT_CACHE_SIZE, CacheSize, Command, Decoder, Device, Dtype, Fps, Frames, MaxFrames, Model, NoCache, Opt, app,
+    budget_lists, err, open_cache, parse_list, parse_options, user_errors, warn_random,
 )
 
 
@@ -47,6 +47,8 @@ def evaluate(
     ] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Draw accuracy against keep, a line per method, to this PNG.")]
     = None,
+    no_cache: NoCache = False,
+    cache_size: CacheSize = DEFAULT_CACHE_SIZE,
 ) -> None:
     """Multiple-choice accuracy of each method at each keep ratio; every video is encoded once."""
     with user_errors():
@@ -71,7 +73,7 @@ def evaluate(
                 check_output_file(path, option)
         questions = read_dataset(data)[:limit]
         warn_random(model)
-        qa = VideoQA(model, device=device, dtype=dtype)
+        qa = VideoQA(model, device=device, dtype=dtype, cache=open_cache(no_cache, cache_size))
         videos = len({q.video for q in questions})
         err.print(f"[dim]loaded {escape(model)} in {qa.load_s:.1f}s; {len(questions)} questions on {videos} videos x "
                   f"{len(config.runs())} rows, {scoring} scoring[/]", highlight=False, soft_wrap=True)
