@@ -9,6 +9,8 @@ that and nothing else: the control below shows a wrong context moves them by far
 
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -107,7 +109,7 @@ class ReadsTheQuestion(Method):
     needs: ClassVar[frozenset[str]] = frozenset({"question"})
 
     def __call__(self, feats, grid, importance=None, metric=None, question=None):
-        return super().__call__(feats, grid, importance, metric)
+        return super().__call__(feats, grid, importance, metric, question=question)
 
 
 def test_a_question_reading_method_compresses_per_question_and_prefills_in_full(qas, sample_video, monkeypatch):
@@ -115,11 +117,21 @@ def test_a_question_reading_method_compresses_per_question_and_prefills_in_full(
     monkeypatch.setattr(qa, "build_method", lambda config: ReadsTheQuestion(keep=1.0))
     seen = []
     original = qa.compress
-    monkeypatch.setattr(qa, "compress", lambda p, m, q=None: seen.append(q) or original(p, m, q))
+    monkeypatch.setattr(qa, "compress", lambda p, m, q=None, tokens=None: seen.append(q) or original(p, m, q, tokens))
     results = qa.ask_many(sample_video, QUESTIONS[:2], FAST)
     assert seen == QUESTIONS[:2]
     assert [r.report.cache["prefix"] for r in results] == ["off", "off"]
     assert "reads the question" in " ".join(results[0].report.notes)
+
+
+def test_an_in_llm_stage_prefills_every_question_in_full(qas, sample_video):
+    """FastV prunes by the last token's attention, which depends on the question: no reused prefix, said why."""
+    qa = qas["qwen2_5_vl"]  # its template puts the video first, so only the method can turn the reuse off
+    config = dataclasses.replace(FAST, method="fastv", keep=0.5, options={"pruning_layer": "1"})
+    results = qa.ask_many(sample_video, QUESTIONS[:2], config)
+    assert [r.report.cache["prefix"] for r in results] == ["off", "off"]
+    assert "prunes inside the LLM" in " ".join(results[1].report.notes)
+    assert results[1].report.tokens.visual_by_layer[-1] < results[1].report.tokens.visual_after
 
 
 def test_no_questions_or_an_empty_one_fail_before_decoding(qas, tmp_path):
