@@ -394,4 +394,4 @@ def test_help_keeps_brackets_and_usage_lines_name_arguments():
                      .splitlines() if "Usage:" in line)
         assert "{" not in usage, usage
     usage = runner.invoke(app, ["ask", "--help"], env={"COLUMNS": "300"}).stdout
-    assert "vidq ask [OPTIONS] VIDEO QUESTION" in usage
+    assert "vidq ask [OPTIONS] VIDEO [QUESTIONS...]" in usage
