@@ -28,7 +28,7 @@ from ..kernels import Compressed, Grid
 from .attention import capture_inputs, received_attention
 from .base import EncodedVideo, Pipeline, Pixels
 from .preprocess import normalize, patchify, resize, smart_resize, to_tensor
-from .tiny import CLIP_MEAN, CLIP_STD, build_tokenizer, save_checkpoint, special_ids
+from .tiny import CLIP_MEAN, CLIP_STD, build_tokenizer, point_vision_token_ids, save_checkpoint, special_ids
 
 TEXT_AFTER_VIDEO_RULES = ("hf", "qwen")
 # The chat template of the real checkpoints, reduced to what a video question needs.
@@ -56,14 +56,6 @@ def preprocessor(min_pixels: int = 56 * 56, max_pixels: int = 28 * 28 * 16384) -
     )
 
 
-def point_qwen_special_tokens(raw: dict[str, Any], ids: dict[str, int]) -> None:
-    """The four vision token ids every Qwen-VL config holds, set to the stand-in tokenizer's."""
-    raw.update(
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-    )
-
-
 class Qwen2_5_VLPipeline(Pipeline):
     model_type = "qwen2_5_vl"
     model_class = "Qwen2_5_VLForConditionalGeneration"
@@ -79,7 +71,7 @@ class Qwen2_5_VLPipeline(Pipeline):
 
     @classmethod
     def point_special_tokens(cls, raw: dict[str, Any], ids: dict[str, int]) -> None:
-        point_qwen_special_tokens(raw, ids)
+        point_vision_token_ids(raw, ids)
 
     @classmethod
     def build_tiny(cls, out: Path, seed: int = 0) -> Path:
@@ -100,7 +92,7 @@ class Qwen2_5_VLPipeline(Pipeline):
             tokens_per_second=2,
         )
         tokens: dict[str, Any] = {}
-        point_qwen_special_tokens(tokens, ids)
+        point_vision_token_ids(tokens, ids)
         config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=True, **tokens)
         torch.manual_seed(seed)
         model = Qwen2_5_VLForConditionalGeneration(config).eval()

@@ -41,7 +41,7 @@ from .attention import capture_inputs, received_attention
 from .base import EncodedVideo, Pipeline, Pixels, chat_prompt
 from .errors import ModelError
 from .preprocess import PreprocessConfig, normalize, patchify, resize, to_tensor
-from .tiny import build_tokenizer, save_checkpoint, special_ids
+from .tiny import build_tokenizer, point_vision_token_ids, save_checkpoint, special_ids
 
 SPECIAL_TOKENS = (
     "<|endoftext|>", "<|im_start|>", "<|im_end|>",
@@ -120,14 +120,6 @@ def group_timestamps(timestamps: list[float], temporal: int) -> list[float]:
     return [(times[i] + times[i + temporal - 1]) / 2 for i in range(0, len(times), temporal)]
 
 
-def point_qwen_special_tokens(raw: dict[str, Any], ids: dict[str, int]) -> None:
-    """The four vision token ids of the model config, set to the stand-in tokenizer's."""
-    raw.update(
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-    )
-
-
 class Qwen3VLPipeline(Pipeline):
     model_type = "qwen3_vl"
     model_class = "Qwen3VLForConditionalGeneration"
@@ -142,7 +134,7 @@ class Qwen3VLPipeline(Pipeline):
 
     @classmethod
     def point_special_tokens(cls, raw: dict[str, Any], ids: dict[str, int]) -> None:
-        point_qwen_special_tokens(raw, ids)
+        point_vision_token_ids(raw, ids)
 
     @classmethod
     def _tiny_text_config(cls, tok: Any, ids: dict[str, int]) -> dict[str, Any]:
@@ -167,7 +159,7 @@ class Qwen3VLPipeline(Pipeline):
             spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64, deepstack_visual_indexes=[0, 1],
         )
         tokens: dict[str, Any] = {}
-        point_qwen_special_tokens(tokens, ids)
+        point_vision_token_ids(tokens, ids)
         config_cls = getattr(transformers, cls.model_class.replace("ForConditionalGeneration", "Config"))
         config = config_cls(text_config=cls._tiny_text_config(tok, ids), vision_config=vision,
                             tie_word_embeddings=True, **tokens)

@@ -62,3 +62,11 @@ def save_checkpoint(model: Any, tok: Any, out: Path, chat_template: str, preproc
 def special_ids(tok: Any, special: Sequence[str]) -> dict[str, int]:
     """Token -> id of the stand-in tokenizer's special tokens."""
     return {s: tok.convert_tokens_to_ids(s) for s in special}
+
+
+def point_vision_token_ids(raw: dict[str, Any], ids: dict[str, int]) -> None:
+    """The four vision token ids a Qwen-VL config (or tokenizer config) holds, set to the stand-in tokenizer's."""
+    raw.update(
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )
