@@ -427,6 +427,7 @@ class VideoQA:
                 info, encoded, PrepareTimings(lap(), 0.0, 0.0), hit.has, cache="hit",
                 visual_tokens=encoded.grid.T * encoded.grid.N + pipe.extra_video_tokens,
             )
+        ahead = decoded is not None
         if decoded is None:
             decoded = self.decode(video, config)
         t_decode = lap()
@@ -440,6 +441,10 @@ class VideoQA:
             total_frames=decoded.total_frames, sampling=decoded.sampling, frame_indices=list(decoded.indices),
             timestamps_s=[round(t, 3) for t in decoded.timestamps], notes=list(decoded.notes),
         )
+        if ahead and (own := decoded.stats.get("decode_s")) is not None and own > t_decode:
+            info.notes.append(f"decoded ahead (while the model loaded, or while the previous video was answered): "
+                              f"{own * 1e3:,.0f} ms of decoding, of which the decode stage and the time to first token "
+                              f"count only the {t_decode * 1e3:,.0f} ms waited for it")
         state, note = "off", "no on-disk cache of encoded videos (--no-cache, or VideoQA(cache=None))"
         if key is not None:
             written = self.cache.put(key.with_indices(decoded.indices), encoded, video=dataclasses.asdict(info))

@@ -95,6 +95,9 @@ def user_errors() -> Iterator[None]:
     except KeyboardInterrupt:
         err.print("[red]vidq: interrupted[/]")
         raise typer.Exit(130) from None
+    except BrokenPipeError:  # the reader went away (`vidq cache info | head -1`): nothing to say to anyone
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - so the interpreter's final flush cannot fail again
+        raise typer.Exit(141) from None
     except VidqError as exc:
         if debug:
             raise
@@ -290,21 +293,21 @@ def methods() -> None:
         from .kernels import methods as registered
 
         table = Table(show_edge=False)
-        table.add_column("method")
-        table.add_column("needs")
-        table.add_column("reads the question")
-        table.add_column("options (default)")
-        table.add_column("--tokens reaches")
+        # every cell wraps, none is cut: the options and their defaults are what this command is for
+        table.add_column("method", no_wrap=True)
+        table.add_column("needs", overflow="fold", max_width=16)
+        table.add_column("options (default)", overflow="fold", min_width=22)
+        table.add_column("--tokens reaches", overflow="fold", min_width=12)
         for name, cls in registered().items():
             fields = [f for f in dataclasses.fields(cls) if f.name != "keep"]
-            options = ", ".join(f"{f.name}={f.default!r}" for f in fields) or "-"
+            options = "\n".join(f"{f.name}={f.default!r}" for f in fields) or "-"  # one per line
+            needs = sorted(cls.needs - {"question"})
             if "question" in cls.needs:
-                query = "yes: selection"
-            elif cls.prunes_in_llm:
-                query = "yes: in-LLM stage" if cls().llm_prune() is not None else "only with its in-LLM stage on"
-            else:
-                query = "-"
-            table.add_row(name, ", ".join(sorted(cls.needs - {"question"})) or "-", query, options, cls.granularity)
+                needs.append("the question")
+            elif cls.prunes_in_llm:  # the in-LLM stage reads the question through the last token's attention
+                on = cls().llm_prune() is not None
+                needs.append("the question (in-LLM stage)" if on else "the question, with its in-LLM stage on")
+            table.add_row(name, "\n".join(needs) or "-", options, cls.granularity)
         Console().print(table)
 
 

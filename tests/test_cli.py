@@ -216,3 +216,18 @@ def test_text_after_video_rule_is_per_question(tiny_models, sample_video):
     line = one_error_line(vidq("ask", str(sample_video), QUESTION, "--model", str(tiny_models["llava_onevision"]),
                                "--text-after-video", "qwen"))
     assert "--text-after-video does not apply to llava_onevision models" in line
+
+
+def test_methods_lists_every_option_in_80_columns():
+    """`vidq methods` exists to show options and their defaults: at 80 columns every one is there, none cut."""
+    import dataclasses
+
+    from flashvid_cli.kernels import methods as registered
+
+    result = CliRunner().invoke(app, ["methods"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0 and "…" not in result.stdout
+    assert max(len(line) for line in result.stdout.splitlines()) <= 80
+    for cls in registered().values():
+        for f in dataclasses.fields(cls):
+            if f.name != "keep":
+                assert f.name in result.stdout, f.name  # wrapped maybe, never cut
