@@ -45,3 +45,30 @@ def capture_inputs(module: nn.Module, fn: Callable[[nn.Module, tuple, dict], Any
         yield results
     finally:
         handle.remove()
+
+
+def packed_vision_stats(need: frozenset[str], rotary: Callable[..., tuple[Tensor, Tensor]]
+                        ) -> Callable[[nn.Module, tuple, dict], tuple[Tensor | None, Tensor | None]]:
+    """A :func:`capture_inputs` hook for a Qwen-VL vision attention block (one fused ``qkv``, tokens packed as
+    ``hidden_states [S, C]``, attention segments bounded by ``cu_seqlens``): returns ``(importance [S], metric
+    [S, d])`` in the block's token order, each None unless ``need`` asks for it. The importance is the attention
+    each token receives within its segment (:func:`received_attention`, after the family's vision ``rotary(q, k,
+    cos, sin)``); the metric is the keys before RoPE (content, not place), mean over heads."""
+
+    def stats(mod: nn.Module, args: tuple, kwargs: dict) -> tuple[Tensor | None, Tensor | None]:
+        hidden = kwargs.get("hidden_states", args[0] if args else None)  # [S, C]
+        S = hidden.shape[0]
+        q, k, _ = mod.qkv(hidden).reshape(S, 3, mod.num_heads, -1).permute(1, 0, 2, 3).unbind(0)  # [S, heads, d]
+        metric = k.float().mean(1) if "metric" in need else None
+        importance = None
+        if "importance" in need:
+            cos, sin = kwargs["position_embeddings"]
+            q, k = rotary(q, k, cos, sin)
+            bounds = kwargs["cu_seqlens"].tolist()
+            importance = torch.cat([
+                received_attention(q[a:b].transpose(0, 1)[None], k[a:b].transpose(0, 1)[None], mod.scaling)[0]
+                for a, b in zip(bounds[:-1], bounds[1:])
+            ])
+        return importance, metric
+
+    return stats

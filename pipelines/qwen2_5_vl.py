@@ -25,7 +25,7 @@ from torch import Tensor
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..kernels import Compressed, Grid
-from .attention import capture_inputs, received_attention
+from .attention import capture_inputs, packed_vision_stats
 from .base import EncodedVideo, Pipeline, Pixels
 from .preprocess import normalize, patchify, resize, smart_resize, to_tensor
 from .tiny import CLIP_MEAN, CLIP_STD, build_tokenizer, point_vision_token_ids, save_checkpoint, special_ids
@@ -125,21 +125,7 @@ class Qwen2_5_VLPipeline(Pipeline):
         grid_thw = pixels.meta["grid_thw"]
         merge = visual.spatial_merge_size
 
-        def layer_stats(mod: Any, args: tuple, kwargs: dict) -> tuple[Tensor | None, Tensor | None]:
-            hidden = kwargs.get("hidden_states", args[0] if args else None)  # [S, C], window order
-            S = hidden.shape[0]
-            q, k, _ = mod.qkv(hidden).reshape(S, 3, mod.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
-            metric = k.float().mean(1) if "metric" in need else None  # keys before RoPE: content, not place
-            importance = None
-            if "importance" in need:
-                cos, sin = kwargs["position_embeddings"]
-                q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)
-                bounds = kwargs["cu_seqlens"].tolist()
-                importance = torch.cat([
-                    received_attention(q[a:b].transpose(0, 1)[None], k[a:b].transpose(0, 1)[None], mod.scaling)[0]
-                    for a, b in zip(bounds[:-1], bounds[1:])
-                ])
-            return importance, metric
+        layer_stats = packed_vision_stats(need, apply_rotary_pos_emb_vision)  # tokens in window order
 
         with torch.no_grad(), capture_inputs(visual.blocks[-1].attn, layer_stats) as stats:
             out = self.model.model.get_video_features(pixels.values.to(self.dtype), grid_thw)

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from ..kernels import Compressed, Grid
-from .attention import capture_inputs, received_attention
+from .attention import capture_inputs, packed_vision_stats
 from .base import EncodedVideo, Pipeline, Pixels, chat_prompt
 from .errors import ModelError
 from .preprocess import PreprocessConfig, normalize, patchify, resize, to_tensor
@@ -198,21 +198,8 @@ class Qwen3VLPipeline(Pipeline):
         grid_thw = pixels.meta["grid_thw"]
         merge = visual.spatial_merge_size
 
-        def layer_stats(mod: Any, args: tuple, kwargs: dict) -> tuple[Tensor | None, Tensor | None]:
-            hidden = kwargs.get("hidden_states", args[0] if args else None)  # [S, C], merge units in raster order
-            S = hidden.shape[0]
-            q, k, _ = mod.qkv(hidden).reshape(S, 3, mod.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
-            metric = k.float().mean(1) if "metric" in need else None  # keys before RoPE: content, not place
-            importance = None
-            if "importance" in need:
-                cos, sin = kwargs["position_embeddings"]
-                q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)
-                bounds = kwargs["cu_seqlens"].tolist()  # one attention segment per temporal group
-                importance = torch.cat([
-                    received_attention(q[a:b].transpose(0, 1)[None], k[a:b].transpose(0, 1)[None], mod.scaling)[0]
-                    for a, b in zip(bounds[:-1], bounds[1:])
-                ])
-            return importance, metric
+        # the last block's tokens: merge units in raster order, one attention segment per temporal group
+        layer_stats = packed_vision_stats(need, apply_rotary_pos_emb_vision)
 
         with torch.no_grad(), capture_inputs(visual.blocks[-1].attn, layer_stats) as stats:
             out = self.model.model.get_video_features(pixels.values.to(self.dtype), grid_thw)
