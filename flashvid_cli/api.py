@@ -89,6 +89,7 @@ class AskConfig:
     temperature: float = 0.0
     seed: int = 0
     decoder: str = "auto"
+    seek: str = "exact"  # "keyframe": each sampled frame snapped to the nearest keyframe (approximate, faster)
     decode_timeout_s: float | None = 120.0
     text_after_video: str | None = None  # Qwen2.5-VL only: "hf" (default) or "qwen"
     tokens: int | None = None  # visual tokens the LLM should see; replaces keep (searched per method and clip)
@@ -387,7 +388,7 @@ class VideoQA:
         config = config or AskConfig()
         return decode(
             video, frames=config.frames, fps=config.fps, max_frames=config.max_frames,
-            decoder=config.decoder, timeout_s=config.decode_timeout_s,
+            decoder=config.decoder, timeout_s=config.decode_timeout_s, seek=config.seek,
         )
 
     def prepare(self, video: str | Path, config: AskConfig | None = None, decoded: DecodedVideo | None = None,
@@ -468,7 +469,8 @@ class VideoQA:
         if self._model_fingerprint is None:
             self._model_fingerprint = model_fingerprint(pipe.name)
         return self.cache.key(
-            video, sampling=sampling_request(config.frames, config.fps, config.max_frames, decoder=config.decoder),
+            video, sampling=sampling_request(config.frames, config.fps, config.max_frames, seek=config.seek,
+                                             decoder=config.decoder),
             model=self._model_fingerprint, dtype=pipe.dtype, device=pipe.device, preprocess=pipe.preprocess_config,
             frame_indices=decoded.indices if decoded is not None else None, need=need,
         )

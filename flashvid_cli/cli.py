@@ -51,6 +51,9 @@ MaxNewTokens = Annotated[int, typer.Option(help="Most tokens to generate.")]
 Temperature = Annotated[float, typer.Option(help="Sampling temperature; 0 is greedy.")]
 Seed = Annotated[int, typer.Option(help="Seed for sampling (and anything random).")]
 Decoder = Annotated[str, typer.Option(help="Video decoder: auto, decord or pyav.")]
+Seek = Annotated[str, typer.Option(help="exact (the sampled frames themselves) or keyframe: each sampled frame snapped "
+                                   "to the nearest keyframe, only keyframes decoded (approximate, faster; the report "
+                                   "gives the true timestamps and the offset). Not with --decoder decord.")]
 NoCache = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the cache of encoded videos "
                                        "($VIDQ_CACHE_DIR, else ~/.cache/vidq; see `vidq cache info`).")]
 CacheSize = Annotated[str, typer.Option(help="Size cap of the encoded-video cache, least recently used entries "
@@ -236,6 +239,7 @@ def ask(
     dtype: Dtype = "auto",
     seed: Seed = 0,
     decoder: Decoder = "auto",
+    seek: Seek = "exact",
     text_after_video: Annotated[
         Optional[str], typer.Option(help="Qwen2.5-VL: where text after the video resumes: hf (default) or qwen.")
     ] = None,
@@ -264,7 +268,7 @@ def ask(
             method=method, keep=keep_or_tokens(keep, tokens), tokens=tokens, options=parse_options(opt),
             frames=frames, fps=fps, max_frames=max_frames,
             max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, decoder=decoder,
-            text_after_video=text_after_video,
+            seek=seek, text_after_video=text_after_video,
         )
         check_video_file(video)  # everything that needs no model, before loading it
         for question in asked:

@@ -174,6 +174,16 @@ def check_decoder(decoder: str) -> None:
         raise _option_error(f"--decoder {decoder!r} is unknown; choose one of: {', '.join(DECODERS)}")
 
 
+def check_seek(seek: str, decoder: str) -> None:
+    """``--seek`` is exact or keyframe; keyframe decodes with PyAV, so not with ``--decoder decord``."""
+    from .pipelines.video import SEEKS
+
+    if seek not in SEEKS:
+        raise _option_error(f"--seek {seek!r} is unknown; choose one of: {', '.join(SEEKS)}")
+    if seek == "keyframe" and decoder == "decord":
+        raise _option_error("--seek keyframe decodes keyframes with PyAV: use --decoder auto or pyav, not decord")
+
+
 def check_text_after_video(rule: str | None) -> None:
     """The value itself first: a wrong value is wrong whatever the model (only Qwen2.5-VL uses it)."""
     rules = ("hf", "qwen")  # every family's text_after_video_rules together (a test keeps them equal)
@@ -187,10 +197,11 @@ def check_model_options(device: str, dtype: str) -> None:
 
 
 def check_ask(config: AskConfig, device: str = "auto", dtype: str = "auto") -> None:
-    """Everything about one ask that needs no model: device, dtype, decoder, the method and its ``--opt`` values."""
+    """Everything about one ask that needs no model: device, dtype, decoder, seek, the method and its ``--opt`` values."""
     from .kernels import build
 
     check_model_options(device, dtype)
     check_decoder(config.decoder)
+    check_seek(config.seek, config.decoder)
     check_text_after_video(config.text_after_video)
     build(config.method, config.keep, options=config.options)  # MethodError on a bad name or option value

@@ -31,7 +31,8 @@ from .errors import VideoError
 from .video_worker import Request, VideoTooLarge
 
 DECODERS = ("auto", "decord", "pyav")
-__all__ = ["DECODERS", "DecodeWorker", "DecodedVideo", "Request", "VideoTooLarge", "decode", "run_in_worker"]
+SEEKS = ("exact", "keyframe")  # how a sampled frame is reached: exactly, or snapped to the nearest keyframe
+__all__ = ["DECODERS", "SEEKS", "DecodeWorker", "DecodedVideo", "Request", "VideoTooLarge", "decode", "run_in_worker"]
 
 
 @dataclass
@@ -45,7 +46,7 @@ class DecodedVideo:
     total_frames: int  # frames that really decode (not the container's claim)
     duration: float  # seconds, first frame to the end of the last
     decoder: str  # "decord" or "pyav"
-    sampling: str  # e.g. "32 frames uniform" or "fps=1 (max 32): 12 frames"
+    sampling: str  # e.g. "32 frames uniform", "fps=1 (max 32): 12 frames", "... snapped to keyframes (approximate...)"
     notes: list[str]  # what was noticed and handled, e.g. "container claims 30 frames, 5 decodable"
     source_size: tuple[int, int]  # (height, width) in display orientation, before any decode-time downscale
     stats: dict = field(default_factory=dict)  # pyav_frames_decoded, pyav_passes, decode_s; worker_pid, peak_rss_bytes
@@ -62,6 +63,7 @@ def decode(
     timeout_s: float | None = 120.0,
     max_bytes: int | None = None,
     worker: DecodeWorker | None = None,
+    seek: str = "exact",
 ) -> DecodedVideo:
     """Sample `frames` uniformly, or `fps` per second of true time (at most `max_frames`); default max_frames uniform.
 
@@ -71,8 +73,15 @@ def decode(
     VideoTooLarge (a VideoError) before decoding when the frames need more than `max_bytes` (default: the
     memory available). `timeout_s=None` decodes in this process (tests, benchmarks); otherwise in `worker`,
     by default a long-lived one of this module's pool, killed (and later replaced) at the deadline.
+
+    `seek="keyframe"` (approximate, opt-in) replaces each sampled frame by the keyframe nearest its time
+    (ties to the earlier) and decodes only those keyframe pictures, one packet each; samples that meet on
+    one keyframe give one frame. `indices`/`timestamps` are the keyframes' own, `sampling` says "snapped to
+    keyframes (approximate; max offset S s)", a note gives the mean and max offset from the asked times
+    (also in `stats`: seek_offset_mean_s, seek_offset_max_s). The frames are still bit-equal to a sequential
+    decode at the reported indices. PyAV only: with decoder="decord" it raises VideoError.
     """
-    req = _request(path, frames, fps, max_frames, decoder, max_side, max_bytes)
+    req = _request(path, frames, fps, max_frames, decoder, max_side, max_bytes, seek)
     if timeout_s is None:
         meta, array = video_worker.run(req)
     elif worker is not None:
@@ -82,7 +91,7 @@ def decode(
     return DecodedVideo(frames=array, **meta)
 
 
-def _request(path, frames, fps, max_frames, decoder, max_side, max_bytes=None) -> Request:
+def _request(path, frames, fps, max_frames, decoder, max_side, max_bytes=None, seek="exact") -> Request:
     """Validate the arguments and the path; raise VideoError with a one-line reason."""
     if frames is not None and fps is not None:
         raise VideoError("give either frames or fps, not both")
@@ -94,6 +103,10 @@ def _request(path, frames, fps, max_frames, decoder, max_side, max_bytes=None) -
         raise VideoError(f"max_frames must be at least 1 (got {max_frames})")
     if decoder not in DECODERS:
         raise VideoError(f"decoder must be one of {', '.join(DECODERS)} (got {decoder!r})")
+    if seek not in SEEKS:
+        raise VideoError(f"seek must be one of {', '.join(SEEKS)} (got {seek!r})")
+    if seek == "keyframe" and decoder == "decord":
+        raise VideoError("seek keyframe decodes keyframes with PyAV: use decoder auto or pyav, not decord")
     if max_side is not None and max_side < 1:
         raise VideoError(f"max_side must be at least 1 or None (got {max_side})")
     path = os.fspath(path)
@@ -104,7 +117,7 @@ def _request(path, frames, fps, max_frames, decoder, max_side, max_bytes=None) -
     if os.path.getsize(path) == 0:
         raise VideoError(f"{path}: empty file (0 bytes)")
     fps = float(fps) if fps is not None else None
-    return Request(path, frames, fps, max_frames, decoder, max_side, max_bytes, file=os.path.abspath(path))
+    return Request(path, frames, fps, max_frames, decoder, max_side, max_bytes, file=os.path.abspath(path), seek=seek)
 
 
 def run_in_worker(req: Request, timeout_s: float) -> tuple[dict, np.ndarray]:

@@ -495,6 +495,41 @@ def _sample(path, fmap, targets, put, counter, skip_nonref, threads) -> list[int
     return taken
 
 
+def decode_keyframes(path: str, fmap: FrameMap, keys: list[int], put, counter: DecodeCounter) -> list[int | None]:
+    """Decode only the keyframe pictures `fmap.keyframes[k]` for k in `keys` (sorted, distinct): approximate seek.
+
+    Per keyframe: one seek (`_Reader.key_packet`, exact even where the demuxer lands late), its packet alone
+    decoded and the decoder drained, so no other packet of the group is ever decoded. A keyframe (IDR, CRA,
+    VP9/AV1 key frame) is intra coded: its picture does not depend on any other packet, so it is bit-equal to
+    a plain sequential decode's frame at that pts. `put(j, frame)` receives the frame for keys[j].
+
+    Returns the pts taken for each key, None where the packet alone gave no picture with the keyframe's pts
+    (e.g. a keyframe packet that also carries hidden frames): the caller decodes those exactly (`sample`).
+    """
+    taken: list[int | None] = [None] * len(keys)
+    reader = _Reader(path, fmap, counter, threads=decode_threads() if not fmap.decode_errors else 1)
+    try:
+        for j, k in enumerate(keys):
+            packet = reader.key_packet(k)
+            if packet is None:
+                continue
+            cc = reader.stream.codec_context
+            try:
+                frames = list(packet.decode()) + list(cc.decode(None))  # the packet, then drain the decoder
+            except av.error.FFmpegError as e:
+                counter.errors, counter.last_error = counter.errors + 1, clean_cause(e)
+                frames = []
+            cc.flush_buffers()  # out of draining mode, ready for the next keyframe
+            counter.frames += len(frames)
+            frame = next((f for f in frames if f.pts == fmap.keyframes[k]), None)
+            if frame is not None:
+                taken[j] = frame.pts
+                put(j, frame)
+    finally:
+        reader.close()
+    return taken
+
+
 class _Reader:
     """One open file that can start a decode pass at any keyframe of the map, exactly there."""
 
@@ -537,6 +572,21 @@ class _Reader:
             if packets is None:  # the keyframe packet is not where the map saw it: nothing to decode
                 return iter(())
         return iter_frames(self.container, self.stream, self.counter, packets, skip)
+
+    def key_packet(self, k: int):
+        """The packet of keyframe k, read (not decoded) after a seek as in `start`; None if it is not found."""
+        self.counter.seeks += 1
+        if self.container is None:
+            self._reopen()
+        for kk in (k, k - 1, k - 4):
+            if kk < 1:
+                break
+            self.container.seek(self.fmap.key_dts[kk], stream=self.stream, backward=True, any_frame=False)
+            packets = self._to_keyframe(k)
+            if packets is not None:
+                return next(packets)
+        packets = self._to_keyframe(k, self._rewind())
+        return next(packets) if packets is not None else None
 
     def _rewind(self):
         """Packets from the very first one: a seek to it, checked against the map, else the file reopened."""

@@ -40,6 +40,7 @@ class Request:
     file: str = ""  # the absolute path opened (a long-lived worker's working directory is not the caller's)
     hang_in: str = ""  # test hook: "start" or a decoder phase ("decord", "pyav") in which to stall...
     hang_s: float = 0.0  # ...for this long, to exercise the deadline
+    seek: str = "exact"  # "exact" | "keyframe": each sampled frame snapped to the nearest keyframe (approximate)
 
 
 def run(req: Request, on_phase=lambda phase: None) -> tuple[dict, np.ndarray]:
@@ -107,6 +108,8 @@ def _decode_map(req: Request, fmap, counter, started: float, sink, on_phase) -> 
     provisional, _ = _select(req, seconds, _rate_and_duration(fmap, seconds)[1], [])
     check_memory(req, len(provisional), fit_within(fmap.display_hw, req.max_side))  # before decoding anything
     want = {fmap.pts[i] for i in provisional}
+    if req.seek == "keyframe":
+        want = set(snap_to_keyframes(fmap, provisional))
     keep = lambda f: _rgb(f, req.max_side) if f.pts in want else None  # noqa: E731
     cache = video_pyav.verify_tail(req.path, fmap, counter, keep)  # the last GOP, decoded once
     notes = list(fmap.notes)
@@ -120,7 +123,11 @@ def _decode_map(req: Request, fmap, counter, started: float, sink, on_phase) -> 
         notes.append(f"downscaled at decode from {source_hw[1]}x{source_hw[0]} to {out_hw[1]}x{out_hw[0]}")
     decoder = choose_decoder(req, fmap)
     on_phase(decoder)
-    if decoder == "decord":
+    extra = {}
+    if req.seek == "keyframe":
+        kept, indices, sampling, extra = _decode_keyframes(req, fmap, indices, sampling, out_hw, cache, counter,
+                                                           notes, sink)
+    elif decoder == "decord":
         frames = _decode_decord(req, fmap, indices, out_hw, cache, counter, notes)
         sink.start(len(frames), out_hw)
         for j, rgb in enumerate(frames):
@@ -140,7 +147,7 @@ def _decode_map(req: Request, fmap, counter, started: float, sink, on_phase) -> 
         source_size=tuple(source_hw),
         stats={
             "pyav_frames_decoded": counter.frames, "pyav_passes": counter.seeks, "converted": counter.converted,
-            "decode_s": round(time.perf_counter() - started, 4),
+            "decode_s": round(time.perf_counter() - started, 4), **extra,
         },
     )
     meta["kept"] = kept
@@ -285,6 +292,89 @@ def _decode_pyav(req, fmap, indices, out_hw, cache, counter, notes, sink) -> tup
     if len(keep) < len(targets):
         notes.append(f"{len(targets) - len(keep)} sampled frames did not decode; returning {len(keep)}")
     return keep, [min(bisect.bisect_left(fmap.pts, taken[j]), len(fmap.pts) - 1) for j in keep]
+
+
+def snap_to_keyframes(fmap: video_pyav.FrameMap, indices: list[int]) -> list[int]:
+    """For each frame index, the pts of the nearest keyframe picture by presentation time (ties to the earlier).
+
+    Keyframes are the map's keyframe packets that are frames of the map (the decoder is trusted about which
+    frames exist); a map without one falls back to the first frame.
+    """
+    frames = set(fmap.pts)
+    keys = [p for p in fmap.keyframes if p in frames] or [fmap.pts[0]]
+    out = []
+    for i in indices:
+        t = fmap.pts[i]
+        b = bisect.bisect_left(keys, t)
+        if b == len(keys) or (b > 0 and t - keys[b - 1] <= keys[b] - t):
+            b -= 1
+        out.append(keys[b])
+    return out
+
+
+def _decode_keyframes(req, fmap, indices, sampling, out_hw, cache, counter, notes, sink):
+    """`seek="keyframe"`: each sampled frame replaced by the nearest keyframe picture, and only those decoded.
+
+    Keyframes come from `video_pyav.decode_keyframes` (one packet decoded per keyframe, bit-equal to a plain
+    sequential decode) or, where that packet alone gives no picture, from the exact `video_pyav.sample`; the
+    last group's from the tail pass when it converted them. Two samples that snap to one keyframe give one
+    frame. Returns (slots kept, their frame indices, the sampling description, stats of the offsets).
+    """
+    seconds = fmap.seconds  # [N]
+    snapped = snap_to_keyframes(fmap, indices)
+    keys = sorted(set(snapped))
+    key_index = {p: i for i, p in enumerate(fmap.keyframes)}
+    sink.start(len(keys), out_hw)
+    taken: list[int | None] = [None] * len(keys)
+    todo = []
+    for j, t in enumerate(keys):
+        if t in cache and cache[t].shape == (*out_hw, 3):
+            sink.put(j, cache.pop(t))
+            taken[j] = t
+            counter.converted += 1
+        elif t in key_index:
+            todo.append(j)
+    cache.clear()
+
+    def putter(slots: list[int]):
+        def put(jj: int, frame) -> None:
+            counter.converted += 1
+            sink.put(slots[jj], video_pyav.to_rgb(frame, out_hw, fmap.rotation))
+        return put
+
+    got = video_pyav.decode_keyframes(req.path, fmap, [key_index[keys[j]] for j in todo], putter(todo), counter)
+    for jj, pts in enumerate(got):
+        taken[todo[jj]] = pts
+    exact = [j for j, pts in enumerate(taken) if pts is None]  # the keyframe packet alone gave no picture
+    if exact:
+        got = video_pyav.sample(req.path, fmap, [keys[j] for j in exact], putter(exact), counter)
+        for jj, pts in enumerate(got):
+            taken[exact[jj]] = pts
+        notes.append(f"{len(exact)} keyframes did not decode from their own packet: decoded exactly from their group")
+    keep, last = [], None
+    for j, pts in enumerate(taken):
+        if pts is not None and (last is None or pts > last):
+            keep.append(j)
+            last = pts
+    if not keep:
+        raise VideoError(f"{req.path}: none of the keyframes decode (corrupt video data)")
+    frame_of = {keys[j]: taken[j] for j in keep}
+    index = lambda pts: min(bisect.bisect_left(fmap.pts, pts), len(fmap.pts) - 1)  # noqa: E731
+    offsets = [abs(float(seconds[index(frame_of[s])] - seconds[i])) for i, s in zip(indices, snapped) if s in frame_of]
+    mean, worst = float(np.mean(offsets)), max(offsets)
+    if worst > 0:
+        sampling += f", snapped to keyframes (approximate; max offset {worst:.3g} s)"
+        notes.append(f"approximate sampling (seek keyframe): each sampled frame is the keyframe nearest its time; "
+                     f"offset from the asked time mean {mean:.3g} s, max {worst:.3g} s")
+    else:
+        sampling += ", snapped to keyframes (every sampled frame is a keyframe: none moved)"
+    if len(keys) < len(indices):
+        distinct = f"{len(keys)} distinct keyframe" + ("s" if len(keys) > 1 else "")
+        notes.append(f"{len(indices)} frames sampled, {distinct}: returning one frame per keyframe")
+    if len(keep) < len(keys):
+        notes.append(f"{len(keys) - len(keep)} keyframes did not decode; returning {len(keep)} frames")
+    stats = {"seek_offset_mean_s": round(mean, 6), "seek_offset_max_s": round(worst, 6)}
+    return keep, [index(taken[j]) for j in keep], sampling, stats
 
 
 def _decode_decord(req, fmap, indices, out_hw, cache, counter, notes) -> np.ndarray:

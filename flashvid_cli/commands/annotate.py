@@ -10,7 +10,7 @@ import typer
 from ..api import DEFAULT_METHOD, DEFAULT_MODEL
 from ..cli import (
     DEFAULT_CACHE_SIZE, CacheSize, Command, Decoder, Device, Dtype, Fps, Frames, Keep, MaxFrames, MaxNewTokens, Method,
-    Model, NoCache, Opt, Seed, Temperature, app, err, open_cache, parse_options, user_errors, warn_random,
+    Model, NoCache, Opt, Seed, Seek, Temperature, app, err, open_cache, parse_options, user_errors, warn_random,
 )
 
 
@@ -34,6 +34,7 @@ def annotate(
     dtype: Dtype = "auto",
     seed: Seed = 0,
     decoder: Decoder = "auto",
+    seek: Seek = "exact",
     decode_timeout: Annotated[float, typer.Option(help="Seconds before a video's decoding is killed.")] = 120.0,
     prefetch: Annotated[int, typer.Option(help="Videos decoded ahead while the model runs.")] = 2,
     engine: Annotated[str, typer.Option(help="local (this process) or ray (Ray Data; pip install 'vidq\\[ray]').")]
@@ -65,7 +66,7 @@ def annotate(
             ask=AskConfig(
                 method=method, keep=keep, options=parse_options(opt), frames=frames, fps=fps, max_frames=max_frames,
                 max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, decoder=decoder,
-                decode_timeout_s=decode_timeout,
+                seek=seek, decode_timeout_s=decode_timeout,
             ),
         )
         check_output_file(out, "--out", create_parents=True)  # everything that needs no model, before loading it

@@ -15,7 +15,7 @@ from rich.table import Table
 from ..api import DEFAULT_MODEL
 from ..cli import (
     DEFAULT_CACHE_SIZE, CacheSize, Command, Decoder, Device, Dtype, Fps, Frames, MaxFrames, MaxNewTokens, Model, app,
-    budget_lists, err, open_cache, parse_list, parse_options, user_errors, warn_random,
+    Seek, budget_lists, err, open_cache, parse_list, parse_options, user_errors, warn_random,
 )
 
 
@@ -48,6 +48,7 @@ def bench(
     device: Device = "auto",
     dtype: Dtype = "auto",
     decoder: Decoder = "auto",
+    seek: Seek = "exact",
     json_file: Annotated[
         Optional[Path], typer.Option("--json", help="Write every row and the environment to this JSON file.")
     ] = None,
@@ -71,7 +72,7 @@ def bench(
             warmup=warmup,
             options=parse_options(opt),
             ask=AskConfig(frames=frames, fps=fps, max_frames=max_frames, max_new_tokens=max_new_tokens,
-                          decoder=decoder),
+                          decoder=decoder, seek=seek),
         )
         for video in videos:  # everything that needs no model, before loading it
             check_video_file(video, empty_ok=True)

@@ -12,7 +12,7 @@ import typer
 from ..api import DEFAULT_METHOD, DEFAULT_MODEL
 from ..cli import (
     DEFAULT_CACHE_SIZE, CacheSize, Command, Decoder, Device, Dtype, Fps, Frames, Keep, MaxFrames, MaxNewTokens,
-    Method, Model, NoCache, Opt, Seed, Temperature, app, err, open_cache, parse_options, user_errors, warn_random,
+    Method, Model, NoCache, Opt, Seed, Seek, Temperature, app, err, open_cache, parse_options, user_errors, warn_random,
 )
 
 HELP = "/reset starts over about the same video, /report shows the last turn's report, /exit (or Ctrl-D) ends"
@@ -34,6 +34,7 @@ def chat(
     dtype: Dtype = "auto",
     seed: Seed = 0,
     decoder: Decoder = "auto",
+    seek: Seek = "exact",
     text_after_video: Annotated[
         Optional[str], typer.Option(help="Qwen2.5-VL: where text after the video resumes: hf (default) or qwen.")
     ] = None,
@@ -56,7 +57,7 @@ def chat(
         config = AskConfig(
             method=method, keep=keep, options=parse_options(opt), frames=frames, fps=fps, max_frames=max_frames,
             max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, decoder=decoder,
-            text_after_video=text_after_video,
+            seek=seek, text_after_video=text_after_video,
         )
         from ..inputs import check_ask, check_video_file
 

@@ -14,7 +14,7 @@ from rich.table import Table
 from ..api import DEFAULT_MODEL
 from ..cli import (
     DEFAULT_CACHE_SIZE, CacheSize, Command, Decoder, Device, Dtype, Fps, Frames, MaxFrames, Model, NoCache, Opt, app,
-    budget_lists, err, open_cache, parse_list, parse_options, user_errors, warn_random,
+    Seek, budget_lists, err, open_cache, parse_list, parse_options, user_errors, warn_random,
 )
 
 
@@ -42,6 +42,7 @@ def evaluate(
     device: Device = "auto",
     dtype: Dtype = "auto",
     decoder: Decoder = "auto",
+    seek: Seek = "exact",
     json_file: Annotated[
         Optional[Path], typer.Option("--json", help="Write the rows, every prediction and the environment here.")
     ] = None,
@@ -63,7 +64,8 @@ def evaluate(
             tokens=counts,
             scoring=scoring,
             limit=limit,
-            ask=AskConfig(frames=frames, fps=fps, max_frames=max_frames, decoder=decoder, options=parse_options(opt)),
+            ask=AskConfig(frames=frames, fps=fps, max_frames=max_frames, decoder=decoder, seek=seek,
+                          options=parse_options(opt)),
         )
         if plot is not None:
             require_matplotlib()
