@@ -10,6 +10,9 @@ those and on every file of --videos (default ../shared/videos), it times with in
 
 - vidq: `flashvid_cli.pipelines.video.decode(path, frames=N, max_side=None)`, the default exact path, in
   its long-lived worker (the frames handed back over the pipe are included);
+- vidq-kf: the same with `seek="keyframe"` (`--seek keyframe`: each frame snapped to the nearest keyframe,
+  only keyframes decoded; approximate), with the mean and max offset of its frames from the asked times and
+  the number of distinct frames it returned;
 - decord: `VideoReader(path).get_batch(uniform indices over len(vr)).asnumpy()`, in this process;
 - pyav-seq: every frame decoded in order by PyAV (frame + slice threads), nothing converted.
 
@@ -66,10 +69,10 @@ def parse() -> Options:
     p.add_argument("--scale", type=float, default=1.0, help="picture size of the generated files (1.0: 1080p/480p)")
     p.add_argument("--minutes", type=float, default=10.0, help="length of the long generated file (default 10)")
     p.add_argument("--cache", type=Path, default=Path("/tmp/vidq_bench_decode"), help="where generated files live")
-    p.add_argument("--videos", type=Path, default=REPO.parent / "shared" / "videos", help="real files ('' to skip)")
+    p.add_argument("--videos", default=str(REPO.parent / "shared" / "videos"), help="real files ('' to skip)")
     p.add_argument("--generate-only", action="store_true", help="only generate (and cache) the three files")
     a = p.parse_args()
-    videos = a.videos if str(a.videos) and a.videos.is_dir() else None
+    videos = Path(a.videos) if a.videos and Path(a.videos).is_dir() else None  # (Path("") would be ".")
     return Options(a.frames, a.repeats, a.scale, a.minutes, a.cache, videos, a.generate_only)
 
 
@@ -144,6 +147,11 @@ def run_vidq(path: Path, n: int):
     return v.indices, v.frames
 
 
+def run_vidq_keyframe(path: Path, n: int):
+    v = decode(path, frames=n, max_side=None, timeout_s=300, seek="keyframe")
+    return v.indices, v.frames, v.stats
+
+
 def run_decord(path: Path, n: int):
     import decord
 
@@ -171,7 +179,7 @@ def verdict(indices, frames, total: int, count: int, ref: dict[int, np.ndarray])
 
 def bench_file(path: Path, o: Options) -> dict:
     """Time the three decoders on one file, interleaved, and check their frames."""
-    runners = {"vidq": run_vidq, "decord": run_decord}
+    runners = {"vidq": run_vidq, "vidq-kf": run_vidq_keyframe, "decord": run_decord}
     times: dict[str, list[float]] = {k: [] for k in (*runners, "pyav-seq")}
     results: dict[str, object] = {}
     for fn in runners.values():  # warm-up, untimed: file cache, vidq's worker start, decord's import
@@ -203,10 +211,17 @@ def bench_file(path: Path, o: Options) -> dict:
         if isinstance(r, str):
             row[f"{name}_frames"] = r if count else f"{r} (FFmpeg: no frames either)"
         else:
-            total = count if name == "vidq" else _decord_len(path)
+            total = _decord_len(path) if name == "decord" else count
             row[f"{name}_frames"] = verdict(r[0], r[1], count, total, ref)
+            if name == "vidq-kf":
+                row["kf_returned"] = len(r[0])
+                row["kf_offset_mean_s"] = r[2]["seek_offset_mean_s"]  # seconds from the asked frames' times
+                row["kf_offset_max_s"] = r[2]["seek_offset_max_s"]
     if row["vidq_s"] and row["decord_s"]:
         row["vidq_over_decord"] = row["vidq_s"] / row["decord_s"]
+    if row["vidq-kf_s"] and row["decord_s"]:
+        row["kf_over_decord"] = row["vidq-kf_s"] / row["decord_s"]
+        row["kf_over_vidq"] = row["vidq-kf_s"] / row["vidq_s"] if row["vidq_s"] else None
     results.clear()
     return row
 
@@ -240,8 +255,9 @@ def main() -> None:
     for path in files:
         rows.append(bench_file(path, o))
         print(f"# done {path.name}", file=sys.stderr, flush=True)
-    cols = ["file", "frames_total", "vidq_s", "decord_s", "pyav-seq_s", "vidq_over_decord",
-            "vidq_frames", "decord_frames"]
+    cols = ["file", "frames_total", "vidq_s", "vidq-kf_s", "decord_s", "pyav-seq_s", "vidq_over_decord",
+            "kf_over_decord", "kf_over_vidq", "kf_returned", "kf_offset_mean_s", "kf_offset_max_s",
+            "vidq_frames", "vidq-kf_frames", "decord_frames"]
     print(f"vidq decode vs decord get_batch vs sequential PyAV: {o.frames} uniform frames, median of {o.repeats} "
           f"interleaved repeats, seconds; {os.cpu_count()} CPUs (shared)")
     print("| " + " | ".join(cols) + " |")
@@ -255,6 +271,7 @@ def main() -> None:
         "generated_s": generated_s, "rows": rows,
         "max_vidq_over_decord": max(ratios) if ratios else None,
         "all_vidq_exact": all(r["vidq_frames"] == "exact" for r in rows if r["frames_total"]),
+        "all_vidq_kf_exact": all(r["vidq-kf_frames"] == "exact" for r in rows if r["frames_total"]),
     }
     print(json.dumps(summary))
 
