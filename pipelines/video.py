@@ -50,6 +50,7 @@ class DecodedVideo:
     notes: list[str]  # what was noticed and handled, e.g. "container claims 30 frames, 5 decodable"
     source_size: tuple[int, int]  # (height, width) in display orientation, before any decode-time downscale
     stats: dict = field(default_factory=dict)  # pyav_frames_decoded, pyav_passes, decode_s; worker_pid, peak_rss_bytes
+    # (seek keyframe adds seek_offset_mean_s, seek_offset_max_s: seconds from the asked frames' times)
 
 
 def decode(

@@ -510,7 +510,12 @@ def decode_keyframes(path: str, fmap: FrameMap, keys: list[int], put, counter: D
     reader = _Reader(path, fmap, counter, threads=decode_threads() if not fmap.decode_errors else 1)
     try:
         for j, k in enumerate(keys):
-            packet = reader.key_packet(k)
+            try:
+                packet = reader.key_packet(k)
+            except av.error.FFmpegError as e:  # damaged container data: the caller decodes this one exactly
+                counter.errors, counter.last_error = counter.errors + 1, clean_cause(e)
+                reader.close()
+                continue
             if packet is None:
                 continue
             cc = reader.stream.codec_context
