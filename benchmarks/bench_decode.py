@@ -221,7 +221,8 @@ def bench_file(path: Path, o: Options) -> dict:
         row["vidq_over_decord"] = row["vidq_s"] / row["decord_s"]
     if row["vidq-kf_s"] and row["decord_s"]:
         row["kf_over_decord"] = row["vidq-kf_s"] / row["decord_s"]
-        row["kf_over_vidq"] = row["vidq-kf_s"] / row["vidq_s"] if row["vidq_s"] else None
+    if row["vidq-kf_s"] and row["vidq_s"]:
+        row["kf_over_vidq"] = row["vidq-kf_s"] / row["vidq_s"]
     results.clear()
     return row
 
