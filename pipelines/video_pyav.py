@@ -503,8 +503,9 @@ def decode_keyframes(path: str, fmap: FrameMap, keys: list[int], put, counter: D
     VP9/AV1 key frame) is intra coded: its picture does not depend on any other packet, so it is bit-equal to
     a plain sequential decode's frame at that pts. `put(j, frame)` receives the frame for keys[j].
 
-    Returns the pts taken for each key, None where the packet alone gave no picture with the keyframe's pts
-    (e.g. a keyframe packet that also carries hidden frames): the caller decodes those exactly (`sample`).
+    Returns the pts taken for each key, None where the packet alone gave no key picture with the keyframe's
+    pts (a packet that also carries hidden frames, a keyframe flag the decoder disagrees with): the caller
+    decodes those exactly (`sample`).
     """
     taken: list[int | None] = [None] * len(keys)
     reader = _Reader(path, fmap, counter, threads=decode_threads() if not fmap.decode_errors else 1)
@@ -526,7 +527,8 @@ def decode_keyframes(path: str, fmap: FrameMap, keys: list[int], put, counter: D
                 frames = []
             cc.flush_buffers()  # out of draining mode, ready for the next keyframe
             counter.frames += len(frames)
-            frame = next((f for f in frames if f.pts == fmap.keyframes[k]), None)
+            # the decoder must agree that it is a key picture (a container's keyframe flag can be wrong)
+            frame = next((f for f in frames if f.pts == fmap.keyframes[k] and f.key_frame), None)
             if frame is not None:
                 taken[j] = frame.pts
                 put(j, frame)
