@@ -65,6 +65,7 @@ if TYPE_CHECKING:
     from .kernels import Compressed, Method
     from .kernels.fastv import LLMPrune
     from .pipelines.base import EncodedVideo, Generation
+    from .pipelines.preprocess import FrameResizer
     from .pipelines.video import DecodedVideo
 
 DEFAULT_MODEL = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
@@ -143,6 +144,12 @@ class Timings:
     # method reads the question, its prompt and its prefill (only its own tokens when the video's prefill is
     # reused), to its first token. For a follow-up question this is its time to first token.
     question_to_first_token: float = 0.0
+    # When the video was decoded ahead (while the model loaded, or while the previous video was answered): the
+    # decode's own seconds; ``decode`` is then only the wait for it. None when decoded in this call.
+    decode_ahead: float | None = None
+    # From the model load's start to this answer's last token, when the video was decoded while the model loaded
+    # (:func:`load_and_decode`, ``vidq ask`` and ``chat``): the wall time a user waits. None otherwise.
+    wall: float | None = None
 
 
 @dataclass
@@ -200,6 +207,7 @@ class PrepareTimings:
     decode: float  # the decode, or only the wait for it when ``prepare`` was given the decoded video (then ~0)
     preprocess: float
     encode: float
+    decode_ahead: float | None = None  # the decode's own seconds when it was given, decoded ahead
 
 
 @dataclass
@@ -220,6 +228,7 @@ class PreparedVideo:
     cache: str = "off"  # "hit" | "miss" | "off": whether ``encoded`` came from the on-disk cache
     decode_worker_peak_rss_bytes: int | None = None  # the decode worker's own peak RSS; None if none decoded it
     cache_note: str | None = None  # why the cache was "off", or where a hit came from
+    started_at: float | None = None  # time.perf_counter() when the model began loading, for a video decoded meanwhile
 
 
 @dataclass
@@ -381,15 +390,24 @@ class VideoQA:
 
     # -- stages ------------------------------------------------------------------------------------------------
     @staticmethod
-    def decode(video: str | Path, config: AskConfig | None = None) -> DecodedVideo:
-        """Decode the frames ``config`` asks for (in a killable worker); safe to run ahead in another thread."""
+    def decode(video: str | Path, config: AskConfig | None = None, resize: FrameResizer | None = None) -> DecodedVideo:
+        """Decode the frames ``config`` asks for (in a killable worker); safe to run ahead in another thread.
+
+        ``resize``: resize frames to the model's input size as they are decoded (``qa.frame_resizer()``, or
+        ``pipelines.frame_resizer(model)`` before the model is loaded), so that only model-size frames are held;
+        preprocessing them then gives the same pixel values as preprocessing full-size frames. None: uint8
+        frames [T, H, W, 3] at the decoded size (the longer side at most 1920 px)."""
         from .pipelines.video import decode
 
         config = config or AskConfig()
         return decode(
             video, frames=config.frames, fps=config.fps, max_frames=config.max_frames,
-            decoder=config.decoder, timeout_s=config.decode_timeout_s, seek=config.seek,
+            decoder=config.decoder, timeout_s=config.decode_timeout_s, seek=config.seek, resize=resize,
         )
+
+    def frame_resizer(self) -> FrameResizer:
+        """The model's input size rule, for :meth:`decode` (``resize=``) of videos this model will answer about."""
+        return self.pipeline.frame_resizer()
 
     def prepare(self, video: str | Path, config: AskConfig | None = None, decoded: DecodedVideo | None = None,
                 need: frozenset[str] | None = None) -> PreparedVideo:
@@ -430,7 +448,7 @@ class VideoQA:
             )
         ahead = decoded is not None
         if decoded is None:
-            decoded = self.decode(video, config)
+            decoded = self.decode(video, config, resize=pipe.frame_resizer())
         t_decode = lap()
         with torch.inference_mode():
             pixels = pipe.preprocess(decoded.frames, decoded.timestamps)
@@ -442,7 +460,8 @@ class VideoQA:
             total_frames=decoded.total_frames, sampling=decoded.sampling, frame_indices=list(decoded.indices),
             timestamps_s=[round(t, 3) for t in decoded.timestamps], notes=list(decoded.notes),
         )
-        if ahead and (own := decoded.stats.get("decode_s")) is not None and own > t_decode:
+        own = decoded.stats.get("decode_s") if ahead else None
+        if own is not None and own > t_decode:
             info.notes.append(f"decoded ahead (while the model loaded, or while the previous video was answered): "
                               f"{own * 1e3:,.0f} ms of decoding, of which the decode stage and the time to first token "
                               f"count only the {t_decode * 1e3:,.0f} ms waited for it")
@@ -453,9 +472,10 @@ class VideoQA:
         elif self.cache is not None:
             state, note = "off", self.cache.warning or "the cache is off (--cache-size 0)"
         return PreparedVideo(
-            info, encoded, PrepareTimings(t_decode, t_pre, t_enc), need,
+            info, encoded, PrepareTimings(t_decode, t_pre, t_enc, own), need,
             visual_tokens=encoded.grid.T * encoded.grid.N + pipe.extra_video_tokens, cache=state, cache_note=note,
             decode_worker_peak_rss_bytes=decoded.stats.get("peak_rss_bytes"),
+            started_at=decoded.stats.get("load_started_at") if ahead else None,
         )
 
     def _cache_key(self, video: str | Path, config: AskConfig, need: frozenset[str],
@@ -622,7 +642,8 @@ class VideoQA:
             timings=Timings(
                 decode=t.decode, preprocess=t.preprocess, encode=t.encode, compress=compressed.seconds,
                 prefill=prefill, generate=generation.decode_s, total=ttft + generation.decode_s,
-                time_to_first_token=ttft, question_to_first_token=own,
+                time_to_first_token=ttft, question_to_first_token=own, decode_ahead=t.decode_ahead,
+                wall=time.perf_counter() - prepared.started_at if prepared.started_at is not None else None,
             ),
             peak_memory_bytes=peak,
             peak_memory_kind=peak_kind,
@@ -687,12 +708,37 @@ def ask(
 ) -> AskResult:
     """One question about one video; ``config`` takes the fields of :class:`AskConfig` (method, keep, frames...).
 
-    The video is decoded (in its worker process) while the model loads.
+    The video is decoded (in its worker process) while the model loads (:func:`load_and_decode`).
+    """
+    cfg = AskConfig(**config)
+    qa, decoded = load_and_decode(video, cfg, model=model, device=device, dtype=dtype)
+    return qa.ask(video, question, cfg, decoded=decoded)
+
+
+def load_and_decode(video: str | Path, config: AskConfig | None = None, *, model: str = DEFAULT_MODEL,
+                    device: str = "auto", dtype: str = "auto", cache: Any = None) -> tuple[VideoQA, DecodedVideo]:
+    """Load the model while the video decodes: ``(VideoQA, DecodedVideo)`` for ``qa.ask(..., decoded=...)``.
+
+    The decode runs in its worker process, started before the model loads, and its frames are resized to the
+    model's input size as they arrive (read from the checkpoint's preprocessor config, without the weights), so
+    a long or high-resolution video holds only model-size frames. The reports of this video then give
+    ``timings.decode`` (the wait for frames after the load), ``timings.decode_ahead`` (the decode's own time)
+    and ``timings.wall`` (from the load's start to each answer). Raises what :class:`VideoQA` and
+    :meth:`VideoQA.decode` raise (ModelError first when both fail).
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    cfg = AskConfig(**config)
+    from .pipelines import frame_resizer
+
+    config = config or AskConfig()
+    started = time.perf_counter()
+
+    def decode_ahead() -> DecodedVideo:
+        decoded = VideoQA.decode(video, config, resize=frame_resizer(model, device))
+        decoded.stats["load_started_at"] = started
+        return decoded
+
     with ThreadPoolExecutor(1) as pool:
-        ahead = pool.submit(VideoQA.decode, video, cfg)
-        qa = VideoQA(model, device=device, dtype=dtype)
-        return qa.ask(video, question, cfg, decoded=ahead.result())
+        ahead = pool.submit(decode_ahead)
+        qa = VideoQA(model, device=device, dtype=dtype, cache=cache)
+        return qa, ahead.result()

@@ -252,10 +252,9 @@ def ask(
     on stderr. Several questions share the decode, the vision encoder, the compression and, where the chat template
     puts the video first, the video's prefill: each later question prefills only its own tokens."""
     with user_errors():
-        from concurrent.futures import ThreadPoolExecutor
 
         from .annotate import read_questions
-        from .api import AskConfig, ConfigError, VideoQA
+        from .api import AskConfig, ConfigError, load_and_decode
         from .report import print_reports
 
         asked = list(questions or []) + (read_questions(questions_file) if questions_file is not None else [])
@@ -276,10 +275,8 @@ def ask(
         check_ask(config, device=device, dtype=dtype)
         warn_random(model)
         cache = open_cache(no_cache, cache_size)
-        with ThreadPoolExecutor(1) as pool:  # decode (in its worker process) while the model loads
-            ahead = pool.submit(VideoQA.decode, video, config)
-            qa = VideoQA(model, device=device, dtype=dtype, cache=cache)
-            results = qa.ask_many(video, asked, config, decoded=ahead.result())
+        qa, decoded = load_and_decode(video, config, model=model, device=device, dtype=dtype, cache=cache)
+        results = qa.ask_many(video, asked, config, decoded=decoded)
         for result in results:
             typer.echo(json.dumps(result.to_dict()) if as_json else result.answer)
         if not as_json:

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .base import Pipeline
+    from .preprocess import FrameResizer
 
 
 def load_pipeline(model: str, device: str = "auto", dtype: str = "auto") -> Pipeline:
@@ -25,3 +26,37 @@ def load_pipeline(model: str, device: str = "auto", dtype: str = "auto") -> Pipe
     config = load_config(path, model)
     adapter = family(getattr(config, "model_type", None), repr(model))
     return adapter.from_pretrained(path, model, config, torch_device, torch_dtype)
+
+
+def frame_resizer(model: str, device: str = "auto") -> FrameResizer | None:
+    """The frame resizer ``load_pipeline(model, device)`` will have (its ``frame_resizer()``), read from the
+    checkpoint's config and preprocessor config only (no weights), so frames can be resized to the model's input
+    size while they decode, before and while the model loads.
+
+    Best effort: None (frames then keep their decoded size) for anything it cannot read without a download,
+    including every error loading the model would raise; loading reports those.
+    """
+    import json
+
+    from .base import checkpoint_preprocess, resolve_device
+    from .random_init import is_random, random_preprocess
+    from .registry import family
+
+    try:
+        torch_device = resolve_device(device)
+        if is_random(model):
+            adapter, cfg = random_preprocess(model)
+        else:
+            from pathlib import Path
+
+            path = Path(model).expanduser()
+            if not path.is_dir():
+                from huggingface_hub import snapshot_download
+
+                path = Path(snapshot_download(model, allow_patterns=["*.json"], local_files_only=True))
+            model_type = json.loads((path / "config.json").read_text()).get("model_type")
+            adapter, cfg = family(model_type, repr(model)), checkpoint_preprocess(path, model)
+        adapter.input_size(cfg, 2, 1080, 1920)  # a config the family cannot read: not here
+        return adapter.resizer(cfg, torch_device)
+    except Exception:  # noqa: BLE001 - loading the model says what is wrong, in one line
+        return None

@@ -23,7 +23,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from ..kernels import Compressed, Grid
 from .errors import ModelError, NonFiniteLogitsError, PromptTooLongError
-from .preprocess import PreprocessConfig
+from .preprocess import FrameResizer, PreprocessConfig
 
 if TYPE_CHECKING:
     from ..kernels.fastv import LLMPrune
@@ -225,6 +225,14 @@ def read_json(path: Path, name: str) -> dict[str, Any] | None:
         raise ModelError(f"{path / name} is not valid JSON ({_first_line(exc)}); fix or replace the file") from None
 
 
+def checkpoint_preprocess(path: Path, name: str) -> PreprocessConfig:
+    """The checkpoint's video preprocessor config (or its image one); ModelError when it has neither."""
+    preprocess = read_json(path, "video_preprocessor_config.json") or read_json(path, "preprocessor_config.json")
+    if preprocess is None:
+        raise ModelError(f"{name!r} has no preprocessor_config.json; vidq needs it to prepare frames")
+    return PreprocessConfig.from_dict(preprocess)
+
+
 def read_text(path: Path, name: str) -> str | None:
     return (path / name).read_text(encoding="utf-8") if (path / name).is_file() else None
 
@@ -376,13 +384,11 @@ class Pipeline:
         tokenizer = load_tokenizer(path, name)
         if device.type != "cuda":
             net.to(device)
-        preprocess = read_json(path, "video_preprocessor_config.json") or read_json(path, "preprocessor_config.json")
-        if preprocess is None:
-            raise ModelError(f"{name!r} has no preprocessor_config.json; vidq needs it to prepare frames")
+        preprocess = checkpoint_preprocess(path, name)
         template = read_text(path, "chat_template.jinja")
         if template is None and (legacy := read_json(path, "chat_template.json")):
             template = legacy.get("chat_template")
-        return cls(net, tokenizer, PreprocessConfig.from_dict(preprocess), template, name)
+        return cls(net, tokenizer, preprocess, template, name)
 
     # -- the family's offline stand-ins and its tiny checkpoint ---------------------------------------------------
     @classmethod
@@ -441,8 +447,29 @@ class Pipeline:
         return self.model.get_input_embeddings().weight.dtype
 
     # -- family steps --------------------------------------------------------------------------------------
+    @classmethod
+    def input_size(cls, cfg: PreprocessConfig, frames: int, height: int, width: int) -> tuple[int, int]:
+        """(height, width) the HF processor resizes ``frames`` frames of (height, width) px to, for ``cfg``."""
+        raise NotImplementedError
+
+    @classmethod
+    def max_input_pixels(cls, cfg: PreprocessConfig) -> int | None:
+        """An upper bound on the pixels of one resized frame (None: no bound below the source size)."""
+        return None
+
+    @classmethod
+    def resizer(cls, cfg: PreprocessConfig, device: torch.device) -> FrameResizer:
+        """The input size rule of ``cfg`` as a frame resizer for ``video.decode(..., resize=...)``."""
+        return FrameResizer(lambda n, h, w: cls.input_size(cfg, n, h, w), cfg.resample, device,
+                            cls.max_input_pixels(cfg))
+
+    def frame_resizer(self) -> FrameResizer:
+        """This model's frame resizer (its preprocessor config, on its device)."""
+        return self.resizer(self.preprocess_config, self.device)
+
     def preprocess(self, frames: np.ndarray, timestamps: list[float]) -> Pixels:
-        """uint8 frames [T, H, W, 3] -> model pixel values, exactly as the HF processor makes them."""
+        """uint8 frames [T, H, W, 3] -> model pixel values, exactly as the HF processor makes them. Frames
+        already at :meth:`input_size` (resized while decoding) are not resized again."""
         raise NotImplementedError
 
     def encode(self, pixels: Pixels, need: frozenset[str] = frozenset()) -> EncodedVideo:

@@ -18,7 +18,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from ..kernels import Compressed, Grid
 from .attention import capture_inputs, received_attention
 from .base import EncodedVideo, Pipeline, Pixels
-from .preprocess import normalize, resize, to_tensor
+from .errors import ModelError
+from .preprocess import PreprocessConfig, normalize, resize, to_tensor
 from .tiny import build_tokenizer, save_checkpoint, special_ids
 
 # The chat template of the real checkpoints' processors, reduced to what a video question needs.
@@ -86,12 +87,23 @@ class LlavaOnevisionPipeline(Pipeline):
         image, video = preprocessors(112)
         return save_checkpoint(model, tok, Path(out), CHAT_TEMPLATE, image, video)
 
-    def preprocess(self, frames: np.ndarray, timestamps: list[float]) -> Pixels:
-        cfg = self.preprocess_config
+    @classmethod
+    def input_size(cls, cfg: PreprocessConfig, frames: int, height: int, width: int) -> tuple[int, int]:
+        """The config's fixed square (any aspect is squashed, as the HF processor does)."""
         size = cfg.size or {}
         if "height" not in size or "width" not in size:
-            raise ValueError(f"expected size {{height, width}} in the video preprocessor config, got {size}")
-        video = resize(to_tensor(frames, self.device), size["height"], size["width"], cfg.resample)
+            raise ModelError(f"expected size {{height, width}} in the video preprocessor config, got {size}")
+        return int(size["height"]), int(size["width"])
+
+    @classmethod
+    def max_input_pixels(cls, cfg: PreprocessConfig) -> int | None:
+        h, w = cls.input_size(cfg, 1, 1, 1)
+        return h * w
+
+    def preprocess(self, frames: np.ndarray, timestamps: list[float]) -> Pixels:
+        cfg = self.preprocess_config
+        height, width = self.input_size(cfg, len(frames), frames.shape[1], frames.shape[2])
+        video = resize(to_tensor(frames, self.device), height, width, cfg.resample)
         return Pixels(normalize(video, cfg), frames=len(frames))
 
     def _feature_layer(self) -> int:

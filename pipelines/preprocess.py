@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,3 +138,29 @@ def patchify(video: Tensor, patch: int, merge: int, temporal: int) -> tuple[Tens
     x = video.view(t, temporal, C, h // merge, merge, patch, w // merge, merge, patch)
     x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
     return x.reshape(t * h * w, C * temporal * patch * patch), (t, h, w)
+
+
+@dataclass(frozen=True)
+class FrameResizer:
+    """A model's input size for frames, applied as frames are decoded (``video.decode(..., resize=...)``).
+
+    ``rule(frames, height, width) -> (h, w)`` is the family's ``input_size`` for its preprocessor config; the
+    resize is :func:`resize` on ``device`` (torchvision's per-device rule), so frames resized here, a chunk at a
+    time, and then preprocessed (the resize a no-op at that size) give the same pixel values, bit for bit, as
+    preprocessing the full-size frames. ``max_pixels``: an upper bound on ``h * w`` (None when the rule has none
+    cheaper than the source size), for the decoder's memory estimate.
+    """
+
+    rule: Callable[[int, int, int], tuple[int, int]]
+    resample: int
+    device: torch.device
+    max_pixels: int | None = None
+
+    def size(self, frames: int, height: int, width: int) -> tuple[int, int]:
+        """(height, width) the model's preprocessing resizes ``frames`` frames of (height, width) to."""
+        return tuple(self.rule(frames, height, width))
+
+    def __call__(self, frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """uint8 [k, H, W, 3] -> uint8 [k, *size, 3] (on the host)."""
+        video = resize(to_tensor(frames, self.device), size[0], size[1], self.resample)  # [k, 3, h, w]
+        return video.permute(0, 2, 3, 1).cpu().numpy()

@@ -27,7 +27,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from ..kernels import Compressed, Grid
 from .attention import capture_inputs, packed_vision_stats
 from .base import EncodedVideo, Pipeline, Pixels
-from .preprocess import normalize, patchify, resize, smart_resize, to_tensor
+from .errors import ModelError
+from .preprocess import PreprocessConfig, normalize, patchify, resize, smart_resize, to_tensor
 from .tiny import CLIP_MEAN, CLIP_STD, build_tokenizer, point_vision_token_ids, save_checkpoint, special_ids
 
 TEXT_AFTER_VIDEO_RULES = ("hf", "qwen")
@@ -98,13 +99,23 @@ class Qwen2_5_VLPipeline(Pipeline):
         model = Qwen2_5_VLForConditionalGeneration(config).eval()
         return save_checkpoint(model, tok, Path(out), CHAT_TEMPLATE, preprocessor(56 * 56, 112 * 112))
 
+    @classmethod
+    def input_size(cls, cfg: PreprocessConfig, frames: int, height: int, width: int) -> tuple[int, int]:
+        """Qwen2-VL's ``smart_resize`` per frame: multiples of patch x merge, area within min/max pixels."""
+        size = cfg.size or {}
+        if "shortest_edge" not in size or "longest_edge" not in size:
+            raise ModelError(f"expected min/max pixels in the preprocessor config, got {size}")
+        return smart_resize(height, width, cfg.patch_size * cfg.merge_size, size["shortest_edge"], size["longest_edge"])
+
+    @classmethod
+    def max_input_pixels(cls, cfg: PreprocessConfig) -> int | None:
+        size = cfg.size or {}
+        low, high = int(size.get("shortest_edge") or 0), size.get("longest_edge")
+        return max(int(high), low) if high else None
+
     def preprocess(self, frames: np.ndarray, timestamps: list[float]) -> Pixels:
         cfg = self.preprocess_config
-        size = cfg.size or {}
-        factor = cfg.patch_size * cfg.merge_size
-        height, width = smart_resize(
-            frames.shape[1], frames.shape[2], factor, size["shortest_edge"], size["longest_edge"]
-        )
+        height, width = self.input_size(cfg, len(frames), frames.shape[1], frames.shape[2])
         video = normalize(resize(to_tensor(frames, self.device), height, width, cfg.resample), cfg)
         patches, grid = patchify(video, cfg.patch_size, cfg.merge_size, cfg.temporal_patch_size)
         # Seconds per temporal group, from the true sampling rate (as qwen-vl-utils passes fps to the processor).

@@ -171,13 +171,16 @@ class Qwen3VLPipeline(Pipeline):
         return save_checkpoint(model, tok, Path(out), CHAT_TEMPLATE, image, video)
 
     # -- family steps ---------------------------------------------------------------------------------------------
+    @classmethod
+    def input_size(cls, cfg: PreprocessConfig, frames: int, height: int, width: int) -> tuple[int, int]:
+        """Qwen3-VL's video ``smart_resize``: the budget counts every frame (:func:`pixel_budget`)."""
+        low, high = pixel_budget(cfg, frames)
+        return video_smart_resize(frames, height, width, cfg.patch_size * cfg.merge_size, cfg.temporal_patch_size,
+                                  low, high)
+
     def preprocess(self, frames: np.ndarray, timestamps: list[float]) -> Pixels:
         cfg = self.preprocess_config
-        factor = cfg.patch_size * cfg.merge_size
-        low, high = pixel_budget(cfg, len(frames))
-        height, width = video_smart_resize(
-            len(frames), frames.shape[1], frames.shape[2], factor, cfg.temporal_patch_size, low, high
-        )
+        height, width = self.input_size(cfg, len(frames), frames.shape[1], frames.shape[2])
         video = normalize(resize(to_tensor(frames, self.device), height, width, cfg.resample), cfg)
         patches, grid = patchify(video, cfg.patch_size, cfg.merge_size, cfg.temporal_patch_size)
         seconds = group_timestamps(timestamps, cfg.temporal_patch_size)

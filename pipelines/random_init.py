@@ -90,6 +90,18 @@ def fill_random(model: torch.nn.Module, std: float = INIT_STD, seed: int = 0) ->
                 param.normal_(0.0, std, generator=generator)
 
 
+def random_preprocess(spec: str) -> tuple[type[Pipeline], PreprocessConfig]:
+    """The family and preprocessor config ``random:SPEC`` will have, without building the model."""
+    import transformers
+
+    from .registry import family
+
+    config_file, raw = _config_file(spec.removeprefix(PREFIX))
+    adapter = family(raw.get("model_type"), str(config_file))
+    config = transformers.AutoConfig.for_model(**raw)
+    return adapter, PreprocessConfig.from_dict(_preprocessor(config_file, adapter, config))
+
+
 def load_random(spec: str, device: torch.device, dtype: torch.dtype) -> Pipeline:
     """Build ``random:SPEC`` on ``device`` in ``dtype`` and wrap it in its family's adapter."""
     import transformers

@@ -23,23 +23,39 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from typing import Protocol
 
 import numpy as np
 
 from . import video_worker
 from .errors import VideoError
-from .video_worker import Request, VideoTooLarge
+from .video_worker import ArraySink, Request, VideoTooLarge
 
 DECODERS = ("auto", "decord", "pyav")
 SEEKS = ("exact", "keyframe")  # how a sampled frame is reached: exactly, or snapped to the nearest keyframe
-__all__ = ["DECODERS", "SEEKS", "DecodeWorker", "DecodedVideo", "Request", "VideoTooLarge", "decode", "run_in_worker"]
+RESIZE_CHUNK = 8  # full-size frames held at once by the caller when frames are resized as they arrive
+__all__ = ["DECODERS", "SEEKS", "DecodeWorker", "DecodedVideo", "FrameResize", "Request", "VideoTooLarge",
+           "decode", "run_in_worker"]
+
+
+class FrameResize(Protocol):
+    """How a caller wants frames resized as they arrive (e.g. `pipelines.preprocess.FrameResizer`, the model's
+    input size): only resized frames are kept, so memory does not grow with the video's resolution."""
+
+    max_pixels: int | None  # an upper bound on height * width of the resized frames (None: unknown)
+
+    def size(self, frames: int, height: int, width: int) -> tuple[int, int]:
+        """(height, width) to resize `frames` frames of (height, width) to."""
+
+    def __call__(self, frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """uint8 [k, H, W, 3] -> uint8 [k, *size, 3]."""
 
 
 @dataclass
 class DecodedVideo:
     """Sampled frames of one video and what is known about it."""
 
-    frames: np.ndarray  # uint8 [T, H, W, 3] RGB, the sampled frames
+    frames: np.ndarray  # uint8 [T, H, W, 3] RGB, the sampled frames (at `resize`'s size when decode was given one)
     indices: list[int]  # frame index of each sampled frame among the frames that decode
     timestamps: list[float]  # presentation time of each sampled frame, seconds since the first frame
     fps: float  # true average fps from the frame timestamps (the container's claim is only cross-checked)
@@ -49,8 +65,10 @@ class DecodedVideo:
     sampling: str  # e.g. "32 frames uniform", "fps=1 (max 32): 12 frames", "... snapped to keyframes (approximate...)"
     notes: list[str]  # what was noticed and handled, e.g. "container claims 30 frames, 5 decodable"
     source_size: tuple[int, int]  # (height, width) in display orientation, before any decode-time downscale
-    stats: dict = field(default_factory=dict)  # pyav_frames_decoded, pyav_passes, decode_s; worker_pid, peak_rss_bytes
-    # (seek keyframe adds seek_offset_mean_s, seek_offset_max_s: seconds from the asked frames' times)
+    # pyav_frames_decoded, pyav_passes, decode_s; worker_pid, peak_rss_bytes; with `resize`: resized_to (h, w) or
+    # None (kept at decoded size) and resize_s (seconds the caller spent resizing, overlapped with the decode)
+    # seek keyframe adds seek_offset_mean_s, seek_offset_max_s: seconds from the asked frames' times
+    stats: dict = field(default_factory=dict)
 
 
 def decode(
@@ -65,11 +83,17 @@ def decode(
     max_bytes: int | None = None,
     worker: DecodeWorker | None = None,
     seek: str = "exact",
+    resize: FrameResize | None = None,
 ) -> DecodedVideo:
     """Sample `frames` uniformly, or `fps` per second of true time (at most `max_frames`); default max_frames uniform.
 
     The frames are exactly those of a plain sequential FFmpeg decode at the reported indices (decoder
     "auto"/"pyav"), downscaled so the longer side is at most `max_side` px (None: full size).
+    `resize` (e.g. the model's input size, `Pipeline.frame_resizer()`): frames are resized in this process as
+    they arrive, `RESIZE_CHUNK` at a time, and only the resized frames are kept: memory holds T frames at the
+    model's size plus a few at the decoded size. The resized frames are exactly `resize` applied to the whole
+    set at once. A size that resizing again would change (the rule is not idempotent there), or that depends on
+    a frame count that came out different (frames that did not decode), keeps the frames at decoded size.
     Raises VideoError (one line naming the file) for every problem with the request or the file, and
     VideoTooLarge (a VideoError) before decoding when the frames need more than `max_bytes` (default: the
     memory available). `timeout_s=None` decodes in this process (tests, benchmarks); otherwise in `worker`,
@@ -82,17 +106,80 @@ def decode(
     (also in `stats`: seek_offset_mean_s, seek_offset_max_s). The frames are still bit-equal to a sequential
     decode at the reported indices. PyAV only: with decoder="decord" it raises VideoError.
     """
-    req = _request(path, frames, fps, max_frames, decoder, max_side, max_bytes, seek)
+    req = _request(path, frames, fps, max_frames, decoder, max_side, max_bytes, seek, resize)
+    sink = ResizingSink(resize) if resize is not None else ArraySink()
     if timeout_s is None:
-        meta, array = video_worker.run(req)
+        meta = video_worker.run_into(req, sink)
+        array = sink.result(meta.pop("kept"))
     elif worker is not None:
-        meta, array = worker.run(req, timeout_s)
+        meta, array = worker.run(req, timeout_s, sink)
     else:
-        meta, array = run_in_worker(req, timeout_s)
+        meta, array = run_in_worker(req, timeout_s, sink)
+    if array is None:  # the count that decoded calls for another size: decode again, keeping the decoded size
+        return decode(path, frames=frames, fps=fps, max_frames=max_frames, decoder=decoder, max_side=max_side,
+                      timeout_s=timeout_s, max_bytes=max_bytes, worker=worker, seek=seek)
+    if resize is not None:
+        meta["stats"].update(resized_to=sink.size if sink.size != sink.hw else None, resize_s=round(sink.seconds, 4))
     return DecodedVideo(frames=array, **meta)
 
 
-def _request(path, frames, fps, max_frames, decoder, max_side, max_bytes=None, seek="exact") -> Request:
+class ResizingSink:
+    """Takes a decode's frames as they arrive and keeps them only resized (`FrameResize`), `chunk` at a time.
+
+    Sink protocol (also `video_worker.ArraySink`): `start(n, (H, W))`; per frame either `put(slot, rgb)` or
+    `buffer(slot)` (a [H, W, 3] uint8 array to receive the bytes into) then `filled(slot)`; `result(kept)`.
+    """
+
+    def __init__(self, resize: FrameResize, chunk: int | None = None) -> None:
+        self.resize, self.chunk = resize, chunk or RESIZE_CHUNK
+        self.seconds = 0.0  # spent resizing
+
+    def start(self, n: int, hw: tuple[int, int]) -> None:
+        self.n, self.hw = n, tuple(hw)
+        size = tuple(self.resize.size(n, *self.hw))
+        if tuple(self.resize.size(n, *size)) != size:  # preprocessing would resize these again: keep decoded size
+            size = self.hw
+        self.size = size
+        self.array = np.empty((n, *size, 3), np.uint8)  # [T, h, w, 3]
+        self.staging = np.empty((min(n, self.chunk), *self.hw, 3), np.uint8) if size != self.hw else None
+        self.pending: dict[int, int] = {}  # slot -> staging row, rows taken in order
+
+    def buffer(self, slot: int) -> np.ndarray:
+        if self.staging is None:
+            return self.array[slot]
+        if slot not in self.pending:
+            if len(self.pending) == len(self.staging):
+                self._flush()
+            self.pending[slot] = len(self.pending)
+        return self.staging[self.pending[slot]]
+
+    def filled(self, slot: int) -> None:
+        if self.staging is not None and len(self.pending) == len(self.staging):
+            self._flush()
+
+    def put(self, slot: int, rgb: np.ndarray) -> None:
+        self.buffer(slot)[...] = rgb
+        self.filled(slot)
+
+    def _flush(self) -> None:
+        if not self.pending:
+            return
+        started = time.perf_counter()
+        self.array[list(self.pending)] = self.resize(self.staging[: len(self.pending)], self.size)
+        self.pending.clear()
+        self.seconds += time.perf_counter() - started
+
+    def result(self, kept: list[int]) -> np.ndarray | None:
+        """The resized frames of the `kept` slots; None when fewer frames decoded and that count calls for
+        another size (only rules that depend on the frame count: Qwen3-VL's per-frame pixel budget)."""
+        self._flush()
+        if len(kept) != self.n and self.size != self.hw and tuple(self.resize.size(len(kept), *self.hw)) != self.size:
+            return None
+        self.staging = None
+        return self.array if len(kept) == len(self.array) else self.array[kept]
+
+
+def _request(path, frames, fps, max_frames, decoder, max_side, max_bytes=None, seek="exact", resize=None) -> Request:
     """Validate the arguments and the path; raise VideoError with a one-line reason."""
     if frames is not None and fps is not None:
         raise VideoError("give either frames or fps, not both")
@@ -118,13 +205,15 @@ def _request(path, frames, fps, max_frames, decoder, max_side, max_bytes=None, s
     if os.path.getsize(path) == 0:
         raise VideoError(f"{path}: empty file (0 bytes)")
     fps = float(fps) if fps is not None else None
-    return Request(path, frames, fps, max_frames, decoder, max_side, max_bytes, file=os.path.abspath(path), seek=seek)
+    return Request(path, frames, fps, max_frames, decoder, max_side, max_bytes, file=os.path.abspath(path), seek=seek,
+                   keep_pixels=getattr(resize, "max_pixels", None) if resize is not None else None,
+                   chunk=RESIZE_CHUNK)
 
 
-def run_in_worker(req: Request, timeout_s: float) -> tuple[dict, np.ndarray]:
+def run_in_worker(req: Request, timeout_s: float, sink=None) -> tuple[dict, np.ndarray | None]:
     """Run `req` in a long-lived worker of the module's pool, killed at `timeout_s` (and replaced next time)."""
     with _POOL.worker() as w:
-        return w.run(req, timeout_s)
+        return w.run(req, timeout_s, sink)
 
 
 class DecodeWorker:
@@ -155,14 +244,16 @@ class DecodeWorker:
         """`video.decode(path, ..., timeout_s=timeout_s)` in this worker; same arguments, same errors."""
         return decode(path, timeout_s=timeout_s, worker=self, **kwargs)
 
-    def run(self, req: Request, timeout_s: float) -> tuple[dict, np.ndarray]:
-        """Send `req`, wait for its answer until `timeout_s`; kill the process on a timeout or a crash."""
+    def run(self, req: Request, timeout_s: float, sink=None) -> tuple[dict, np.ndarray | None]:
+        """Send `req`, wait for its answer until `timeout_s`; kill the process on a timeout or a crash.
+
+        Returns (DecodedVideo fields but frames, `sink.result(kept)`); `sink` defaults to a plain array."""
         with self._lock:
             deadline = time.monotonic() + timeout_s
             self._start()
             try:
                 self._requests.send(req.__dict__)
-                return self._receive(req, deadline, timeout_s)
+                return self._receive(req, deadline, timeout_s, sink if sink is not None else ArraySink())
             except VideoError:
                 raise
             except BaseException:  # timeout, crash, KeyboardInterrupt: the process state is unknown
@@ -172,24 +263,23 @@ class DecodeWorker:
                 if self._proc is not None and self._proc.poll() is not None:
                     self._kill()
 
-    def _receive(self, req: Request, deadline: float, timeout_s: float) -> tuple[dict, np.ndarray]:
-        """Read phases and frames (each straight into its slot of the result) until the answer or the deadline."""
-        array = None  # [T, H, W, 3]
+    def _receive(self, req: Request, deadline: float, timeout_s: float, sink) -> tuple[dict, np.ndarray | None]:
+        """Read phases and frames (each straight into the sink's buffer for it) until the answer or the deadline."""
         try:
             while True:
                 kind, *rest = self._next(req, deadline, timeout_s)
                 if kind == "frames":
-                    n, hw = rest
-                    array = np.empty((n, *hw, 3), dtype=np.uint8)
+                    sink.start(*rest)
                 elif kind == "frame":
-                    self._next(req, deadline, timeout_s, raw=memoryview(array[rest[0]]).cast("B"))
+                    self._next(req, deadline, timeout_s, raw=memoryview(sink.buffer(rest[0])).cast("B"))
+                    sink.filled(rest[0])
                 elif kind == "error":
                     cls = VideoTooLarge if rest[0] == "VideoTooLarge" else VideoError
                     raise cls(rest[1])
                 elif kind == "ok":
                     meta, kept = rest
                     meta["source_size"] = tuple(meta["source_size"])
-                    return meta, (array if len(kept) == len(array) else array[kept])
+                    return meta, sink.result(kept)
         except (EOFError, OSError):
             code = self._kill()
             raise VideoError(f"{req.path}: the decoder crashed (exit code {code})") from None

@@ -37,6 +37,8 @@ class Request:
     decoder: str  # "auto" | "decord" | "pyav"
     max_side: int | None
     max_bytes: int | None = None  # refuse requests whose frames need more; None: the memory available now
+    keep_pixels: int | None = None  # the caller resizes as frames arrive and keeps at most this many px per frame...
+    chunk: int = 8  # ...holding this many at decoded size meanwhile (for the memory estimate)
     file: str = ""  # the absolute path opened (a long-lived worker's working directory is not the caller's)
     hang_in: str = ""  # test hook: "start" or a decoder phase ("decord", "pyav") in which to stall...
     hang_s: float = 0.0  # ...for this long, to exercise the deadline
@@ -58,6 +60,13 @@ class ArraySink:
 
     def put(self, slot: int, rgb: np.ndarray) -> None:
         self.array[slot] = rgb
+
+    def buffer(self, slot: int) -> np.ndarray:
+        """Where frame `slot`'s bytes go when they arrive raw (then `filled(slot)`)."""
+        return self.array[slot]
+
+    def filled(self, slot: int) -> None:
+        pass
 
     def result(self, kept: list[int]) -> np.ndarray:
         """The frames of the `kept` slots (all of them, without a copy, unless some did not decode)."""
@@ -168,8 +177,12 @@ def frame_bytes(n: int, hw: tuple[int, int]) -> int:
 
 def check_memory(req: Request, n: int, hw: tuple[int, int]) -> None:
     """Refuse (VideoTooLarge) a request whose frames would not fit in the caller's array (the worker holds
-    only frames in flight). The limit is `req.max_bytes`, else the memory available now (psutil)."""
+    only frames in flight). The limit is `req.max_bytes`, else the memory available now (psutil). A caller that
+    resizes as frames arrive (`req.keep_pixels`) holds n frames of at most that many pixels and `req.chunk` at
+    decoded size."""
     need = frame_bytes(n, hw)
+    if req.keep_pixels is not None:
+        need = n * 3 * min(hw[0] * hw[1], req.keep_pixels) + frame_bytes(min(n, req.chunk), hw)
     if req.max_bytes is not None:
         limit, what = req.max_bytes, "the limit"
     else:

@@ -51,7 +51,7 @@ def chat(
     """
     interactive = sys.stdin.isatty()
     with user_errors():
-        from ..api import AskConfig, VideoQA
+        from ..api import AskConfig, load_and_decode
         from ..chat import Chat
 
         config = AskConfig(
@@ -65,7 +65,8 @@ def chat(
         check_ask(config, device=device, dtype=dtype)
         warn_random(model)
         cache = open_cache(no_cache, cache_size)
-        talk = Chat(VideoQA(model, device=device, dtype=dtype, cache=cache), video, config)  # a bad video fails here
+        qa, decoded = load_and_decode(video, config, model=model, device=device, dtype=dtype, cache=cache)
+        talk = Chat(qa, video, config, decoded=decoded)  # a bad video fails here
     if interactive:
         err.print(f"[dim]chatting about {video} ({len(talk.prepared.video.frame_indices)} frames); {HELP}[/]",
                   highlight=False)
