@@ -445,6 +445,7 @@ class VideoQA:
             return PreparedVideo(
                 info, encoded, PrepareTimings(lap(), 0.0, 0.0), hit.has, cache="hit",
                 visual_tokens=encoded.grid.T * encoded.grid.N + pipe.extra_video_tokens,
+                started_at=decoded.stats.get("load_started_at") if decoded is not None else None,
             )
         ahead = decoded is not None
         if decoded is None:
