@@ -4,7 +4,7 @@
     result = ask("clip.mp4", "what happens last?", method="flashvid", keep=0.1)
 """
 
-from .api import AskConfig, AskResult, Report, VideoQA, ask
+from .api import AskConfig, AskResult, Report, VideoQA, ask, load_and_decode
 
 __version__ = "0.1.0"
-__all__ = ["AskConfig", "AskResult", "Report", "VideoQA", "ask"]
+__all__ = ["AskConfig", "AskResult", "Report", "VideoQA", "ask", "load_and_decode"]
