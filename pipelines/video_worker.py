@@ -190,8 +190,9 @@ def check_memory(req: Request, n: int, hw: tuple[int, int]) -> None:
 
         limit, what = psutil.virtual_memory().available, "available"
     if need > limit:
+        size = f"at {hw[1]}x{hw[0]}" if req.keep_pixels is None else f"of {hw[1]}x{hw[0]} resized for the model"
         raise VideoTooLarge(
-            f"{req.path}: {n} frames at {hw[1]}x{hw[0]} need {_gib(need)} of memory ({_gib(limit)} {what}): "
+            f"{req.path}: {n} frames {size} need {_gib(need)} of memory ({_gib(limit)} {what}): "
             "ask for fewer frames (--frames, --max-frames, --fps)"
         )
 
