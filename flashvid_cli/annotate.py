@@ -355,9 +355,10 @@ def make_record(video: str, question: str, options: dict[str, Any], result: Any 
     }
 
 
-def timed_decode(video: str, config: AskConfig) -> tuple[Any, float]:
+def timed_decode(video: str, config: AskConfig, resize: Any = None) -> tuple[Any, float]:
+    """``(DecodedVideo, seconds)``; ``resize``: the answering model's ``frame_resizer()`` (frames kept at its size)."""
     started = time.perf_counter()
-    decoded = VideoQA.decode(video, config)
+    decoded = VideoQA.decode(video, config, resize=resize)
     return decoded, time.perf_counter() - started
 
 
@@ -473,7 +474,7 @@ def _run_local(todo: list[tuple[str, list[str]]], config: AnnotateConfig) -> Ite
             for i, (video, questions) in enumerate(todo):
                 for j in range(i, min(len(todo), i + 1 + config.prefetch)):
                     if j not in pending:
-                        pending[j] = pool.submit(timed_decode, todo[j][0], config.ask)
+                        pending[j] = pool.submit(timed_decode, todo[j][0], config.ask, qa.frame_resizer())
                 decoded = decode_s = error = None
                 try:
                     decoded, decode_s = pending.pop(i).result()

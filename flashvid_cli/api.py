@@ -132,7 +132,7 @@ class VideoInfo:
 class Timings:
     """Seconds per stage, each read after a device synchronisation."""
 
-    decode: float
+    decode: float  # includes resizing frames to the model's input size as they arrive (overlapped with decoding)
     preprocess: float
     encode: float
     compress: float

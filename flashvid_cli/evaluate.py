@@ -363,7 +363,7 @@ def run_eval(qa: VideoQA, questions: Sequence[Question], config: EvalConfig,
     predictions: list[Prediction] = []
     done, failed = 0, set()  # failed: indices of questions that failed in any row
 
-    for video, decoded, error in _decode_ahead(list(by_video), config.ask):
+    for video, decoded, error in _decode_ahead(list(by_video), config.ask, qa.frame_resizer()):
         prepared = None
         if error is None:
             prepared, error = _attempt(qa.prepare, video, config.ask, decoded, need)
@@ -414,15 +414,17 @@ def _attempt(fn: Callable[..., Any], *args: Any) -> tuple[Any, Exception | None]
         return None, exc
 
 
-def _decode_ahead(videos: list[str], ask: AskConfig) -> Iterator[tuple[str, DecodedVideo | None, Exception | None]]:
-    """(video, decoded, None) or (video, None, error) in order, decoding up to PREFETCH videos ahead in threads."""
+def _decode_ahead(videos: list[str], ask: AskConfig, resize: Any = None
+                  ) -> Iterator[tuple[str, DecodedVideo | None, Exception | None]]:
+    """(video, decoded, None) or (video, None, error) in order, decoding up to PREFETCH videos ahead in threads;
+    ``resize``: the model's ``frame_resizer()``, so frames are kept only at its input size."""
     with ThreadPoolExecutor(max_workers=PREFETCH, thread_name_prefix="vidq-decode") as pool:
         pending: dict[int, Future] = {}
         try:
             for i, video in enumerate(videos):
                 for j in range(i, min(len(videos), i + 1 + PREFETCH)):
                     if j not in pending:
-                        pending[j] = pool.submit(VideoQA.decode, videos[j], ask)
+                        pending[j] = pool.submit(VideoQA.decode, videos[j], ask, resize)
                 decoded, error = _attempt(pending.pop(i).result)
                 yield video, decoded, error
         finally:
