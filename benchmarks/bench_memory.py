@@ -12,7 +12,9 @@ and every child, e.g. vidq's decode worker) every 10 ms:
   (the demo model by default: it loads in seconds, so decoding dominates);
 - decord at the model's input size: `VideoReader(path, width=w, height=h).get_batch(vidq's uniform indices)`, w x h
   being what the model's preprocessing resizes to (the demo model: 64 x 64);
-- decord at full size, for scale.
+- decord at full size, for scale;
+- the model loaded and nothing else (`VideoQA(model)`): the part of vidq's tree that no video changes (python,
+  torch, transformers with what it imports, e.g. torch._dynamo and triton, the weights).
 
 Columns: `tree peak` (the largest sum of the tree's resident set sizes seen by the 10 ms sampling: a short spike
 can be missed) and `sum of peaks` (each process's own high-water mark, VmHWM, summed: an upper bound, since
@@ -43,6 +45,8 @@ from flashvid_cli.pipelines import frame_resizer  # noqa: E402
 from flashvid_cli.pipelines.video_sampling import uniform_indices  # noqa: E402
 
 QUESTION = "What happens in the video?"
+# What answering costs before any video: python, torch, transformers, the model's code and weights.
+LOAD_ONLY = "import sys; from flashvid_cli.api import VideoQA; VideoQA(sys.argv[1], device='cpu')"
 DECORD = """
 import json, sys, decord
 path, idx, w, h = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
@@ -76,10 +80,10 @@ def _hwm(proc: psutil.Process) -> int:
     return 0
 
 
-def follow(cmd: list[str], env: dict[str, str]) -> dict:
-    """Run `cmd`; sample its process tree every 10 ms: peak of the summed RSS, sum of per-process peaks."""
+def follow(cmd: list[str], env: dict[str, str], cwd: str) -> dict:
+    """Run `cmd` in `cwd`; sample its process tree every 10 ms: peak of the summed RSS, sum of per-process peaks."""
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     root = psutil.Process(proc.pid)
     peak, hwm = 0, {}
     while proc.poll() is None:
@@ -97,11 +101,13 @@ def follow(cmd: list[str], env: dict[str, str]) -> dict:
         peak = max(peak, total)
         time.sleep(0.01)
     out, err = proc.communicate()
+    code = subprocess.run([sys.executable, "-c", "import flashvid_cli.api as a; print(a.__file__)"], env=env, cwd=cwd,
+                          capture_output=True, text=True).stdout.strip() if "flashvid_cli" in cmd else None
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd[:4])}... failed ({proc.returncode}): {err.strip().splitlines()[-1:]}")
     return {"tree_peak": peak, "sum_of_peaks": sum(hwm.values()), "wall_s": wall, "processes": len(hwm),
-            "stdout": out}
+            "stdout": out, "code": code}
 
 
 def main() -> None:
@@ -124,15 +130,18 @@ def main() -> None:
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     ask = [sys.executable, "-m", "flashvid_cli", "ask", str(video), QUESTION, "--frames", str(o.frames),
            "--model", o.model, "--no-cache", "--device", "cpu", "--max-new-tokens", "8", "--json"]
-    sides = {"vidq ask": (ask, {**env, "PYTHONPATH": str(REPO)})}
+    # `python -m` puts the working directory first on the import path: each checkout runs from its own root
+    sides = {"vidq ask": (ask, {**env, "PYTHONPATH": str(REPO)}, str(REPO))}
     for path in o.pythonpath:
-        sides[f"vidq ask ({path})"] = (ask, {**env, "PYTHONPATH": path})
-    sides[f"decord {w}x{h}"] = ([sys.executable, "-c", DECORD, str(video), indices, str(w), str(h)], env)
-    sides["decord full size"] = ([sys.executable, "-c", DECORD, str(video), indices, "0", "0"], env)
+        sides[f"vidq ask ({path})"] = (ask, {**env, "PYTHONPATH": path}, path)
+    load_only = [sys.executable, "-c", LOAD_ONLY, o.model]
+    sides["vidq: the model loaded, no video"] = (load_only, {**env, "PYTHONPATH": str(REPO)}, str(REPO))
+    sides[f"decord {w}x{h}"] = ([sys.executable, "-c", DECORD, str(video), indices, str(w), str(h)], env, "/")
+    sides["decord full size"] = ([sys.executable, "-c", DECORD, str(video), indices, "0", "0"], env, "/")
     runs: dict[str, list[dict]] = {name: [] for name in sides}
     for r in range(o.repeats):
-        for name, (cmd, e) in sides.items():
-            runs[name].append(follow(cmd, e))
+        for name, (cmd, e, cwd) in sides.items():
+            runs[name].append(follow(cmd, e, cwd))
             print(f"# repeat {r + 1}: {name} done", file=sys.stderr, flush=True)
     mib = lambda b: b / 2**20  # noqa: E731
     base = statistics.median(x["tree_peak"] for x in runs[f"decord {w}x{h}"])
@@ -145,11 +154,13 @@ def main() -> None:
             "over_decord_model_size": round(statistics.median(x["tree_peak"] for x in xs) / base, 2),
             "wall_s": round(statistics.median(x["wall_s"] for x in xs), 2),
         }
-        if name.startswith("vidq"):
+        if name.startswith("vidq ask"):
             report = json.loads(xs[-1]["stdout"].splitlines()[0])["report"]
             t = report["timings"]
             row.update(decode_wait_s=round(t["decode"], 2), decode_ahead_s=t.get("decode_ahead"),
-                       report_wall_s=t.get("wall"), frames_kept=len(report["video"]["frame_indices"]))
+                       report_wall_s=t.get("wall"), frames_kept=len(report["video"]["frame_indices"]),
+                       code=xs[-1]["code"], process_peak_mib=round(mib(report["peak_memory_bytes"]), 1),
+                       worker_peak_mib=round(mib(report["decode_worker_peak_rss_bytes"] or 0), 1))
         rows.append(row)
     print(f"Peak memory, {o.frames} uniform frames of {video.name} ({source[1]}x{source[0]}), model {o.model} "
           f"(input {w}x{h}); median of {o.repeats}; MiB; {os.cpu_count()} CPUs")

@@ -38,7 +38,7 @@ class Request:
     max_side: int | None
     max_bytes: int | None = None  # refuse requests whose frames need more; None: the memory available now
     keep_pixels: int | None = None  # the caller resizes as frames arrive and keeps at most this many px per frame...
-    chunk: int = 8  # ...holding this many at decoded size meanwhile (for the memory estimate)
+    chunk: int = 2  # ...holding this many at decoded size meanwhile (for the memory estimate)
     file: str = ""  # the absolute path opened (a long-lived worker's working directory is not the caller's)
     hang_in: str = ""  # test hook: "start" or a decoder phase ("decord", "pyav") in which to stall...
     hang_s: float = 0.0  # ...for this long, to exercise the deadline

@@ -86,7 +86,7 @@ def test_a_count_dependent_size_is_not_kept_when_fewer_frames_decoded():
 
 
 def test_memory_estimate_counts_resized_frames(sample_video):
-    """320x224 frames: 48 of them at full size need 10.3 MB; resized to 64x64, plus 8 in flight, 2.3 MB."""
+    """320x224 frames: 48 of them at full size need 10.3 MB; resized to 64x64, plus 2 in flight, 1.0 MB."""
     resize = frame_resizer(str(REPO / "samples" / "vidq-demo-llava-ov"))
     with pytest.raises(VideoTooLarge, match="need"):
         decode(sample_video, frames=48, timeout_s=None, max_bytes=4_000_000)
