@@ -108,3 +108,12 @@ def test_load_and_decode_reports_the_hidden_decode_and_the_wall_time(tiny_models
     assert t.decode_ahead == decoded.stats["decode_s"] and t.wall is not None and t.wall >= t.total
     assert plain.report.timings.wall is None and plain.report.timings.decode_ahead is not None
     assert VideoQA(path, device="cpu").ask(sample_video, "what?", config).report.timings.decode_ahead is None
+
+
+def test_keyframe_seek_frames_are_resized_the_same_way(tiny_models, odd_video):
+    pipe = load_pipeline(str(tiny_models["qwen2_5_vl"]), device="cpu", dtype="float32")
+    full = decode(odd_video, frames=6, seek="keyframe")
+    small = decode(odd_video, frames=6, seek="keyframe", resize=pipe.frame_resizer())
+    assert small.indices == full.indices and small.sampling == full.sampling
+    assert torch.equal(pipe.preprocess(full.frames, full.timestamps).values,
+                       pipe.preprocess(small.frames, small.timestamps).values)
