@@ -475,6 +475,34 @@ def _watch_parent(parent: int) -> None:
     os._exit(0)
 
 
+class _Heap:
+    """glibc's allocator, told to keep frame-sized buffers between frames while a request runs.
+
+    glibc serves every block over 32 MiB with a fresh mmap and unmaps it when freed, so each converted 8K
+    frame (7680x4320 RGB: 100 MB) cost a fresh zeroed mapping: 100 ms of page faults for a 20 ms conversion.
+    With mmap off (M_MMAP_MAX 0) and a high trim threshold, the freed block is reused by the next frame;
+    `release()` hands the free memory back to the system after each request (malloc_trim), so an idle worker
+    stays small. Does nothing where the C library is not glibc.
+    """
+
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt parameters, glibc's malloc.h
+
+    def __init__(self) -> None:
+        self.libc = None
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None)
+            if libc.mallopt(self.M_MMAP_MAX, 0) and libc.mallopt(self.M_TRIM_THRESHOLD, 1 << 30):
+                self.libc = libc
+        except (OSError, AttributeError):  # no dlopen of the process, or no mallopt (not glibc)
+            pass
+
+    def release(self) -> None:
+        if self.libc is not None:
+            self.libc.malloc_trim(0)
+
+
 def main() -> None:
     """Worker entry: argv = [request fd, reply fd, parent pid]; serves requests until the request pipe closes."""
     from multiprocessing.connection import Connection
@@ -482,12 +510,14 @@ def main() -> None:
     threading.Thread(target=_watch_parent, args=(int(sys.argv[3]),), daemon=True).start()
     requests = Connection(int(sys.argv[1]), writable=False)
     replies = Connection(int(sys.argv[2]), readable=False)
+    heap = _Heap()
     while True:
         try:
             fields = requests.recv()
         except (EOFError, OSError):
             return
         serve(Request(**fields), replies)
+        heap.release()
 
 
 if __name__ == "__main__":
