@@ -274,7 +274,7 @@ def iter_frames(container, stream, counter: DecodeCounter, packets=None, skip=No
 def scan(path: str, counter: DecodeCounter, keep=None) -> tuple[FrameMap, dict]:
     """Build the frame map: demux every packet (`scan_packets`), then decode the tail (`verify_tail`).
 
-    Returns the map and the frames `keep` converted during the tail decode ({pts: rgb}, see `verify_tail`).
+    Returns the map and what `keep` returned during the tail decode ({pts: value}, see `verify_tail`).
     """
     fmap = scan_packets(path)
     try:
@@ -363,15 +363,18 @@ def _backoff_starts(n_keyframes: int) -> list[int]:
     return out + [0]
 
 
-def verify_tail(path: str, fmap: FrameMap, counter: DecodeCounter, keep=None) -> dict[int, np.ndarray]:
+def verify_tail(path: str, fmap: FrameMap, counter: DecodeCounter, keep=None) -> dict:
     """Decode from the last keyframe to the end, and trust the decoder over the container about which frames exist.
 
     Truncated, zeroed or over-counted files list packets that never become pictures; decoding the last GOP
     (or further back when it yields nothing) finds the real end. Only that region is corrected: a damaged
     frame in the middle of a long file is handled by sampling, which reports the frame it really got.
 
-    `keep(frame) -> rgb | None` converts the frames the caller expects to want (the last frame, always, for
-    uniform sampling), so the last group of pictures is not decoded a second time; returns {pts: rgb [H, W, 3]}.
+    `keep(frame) -> value | None` is called on every frame decoded, in order, so that the frames the caller
+    expects to want (the last frame, always, for uniform sampling) are used now and the last group of pictures
+    is not decoded a second time: it converts them (value: rgb [H, W, 3]) or hands them on as they come
+    (value: where it put them). Returns {pts: value} for the frames of the pass that counted (a pass redone
+    or abandoned calls `keep` again on its frames; what an earlier pass returned is forgotten).
     The first pass uses frame threading; if it meets a damaged packet the pass is redone single-threaded,
     so concealment is FFmpeg's plain one and `fmap.decode_errors` tells the sampler to stay single-threaded.
     """
@@ -437,8 +440,19 @@ def to_rgb(frame: av.VideoFrame, out_hw: tuple[int, int], rotation: int) -> np.n
     else:
         rgb = reformatter.reformat(frame, format="rgb24").to_ndarray()
     if rotation:
-        rgb = np.ascontiguousarray(np.rot90(rgb, k=rotation // 90))
+        rgb = rotate(rgb, rotation)
     return rgb
+
+
+def rotate(rgb: np.ndarray, rotation: int) -> np.ndarray:
+    """`np.rot90(rgb, rotation // 90)` as a new contiguous array [H', W', 3], moving whole 3-byte pixels.
+
+    The same bytes as `np.ascontiguousarray(np.rot90(rgb, k))`, 2x faster: numpy's strided copy of a
+    1-byte channel axis costs more than the decode of a 1080p frame.
+    """
+    pixels = rgb.view(np.dtype("V3"))[..., 0]  # [H, W], one 3-byte element per pixel (a view)
+    turned = np.ascontiguousarray(np.rot90(pixels, k=rotation // 90))  # [W, H] (or [H, W] for 180)
+    return turned.view(np.uint8).reshape(*turned.shape, 3)
 
 
 def sample(path: str, fmap: FrameMap, targets: list[int], put, counter: DecodeCounter, skip_nonref: bool = True):
@@ -598,9 +612,10 @@ class _Reader:
     def _rewind(self):
         """Packets from the very first one: a seek to it, checked against the map, else the file reopened."""
         first = self.fmap.first_packet
-        if first and first[1] is not None:
+        at = (first[1] if first[1] is not None else first[0]) if first else None  # Matroska gives no dts: its pts
+        if at is not None:
             try:
-                self.container.seek(first[1], stream=self.stream, backward=True, any_frame=True)
+                self.container.seek(at, stream=self.stream, backward=True, any_frame=True)
                 packets = self._track(self.container.demux(self.stream))
                 packet = next(packets, None)
                 if packet is not None and (packet.pts, packet.dts, packet.size) == first:

@@ -119,7 +119,10 @@ def _decode_map(req: Request, fmap, counter, started: float, sink, on_phase) -> 
     want = {fmap.pts[i] for i in provisional}
     if req.seek == "keyframe":
         want = set(snap_to_keyframes(fmap, provisional))
-    keep = lambda f: _rgb(f, req.max_side) if f.pts in want else None  # noqa: E731
+    if req.decoder == "decord" or req.seek == "keyframe":  # these take PyAV's tail frames from a cache
+        keep = lambda f: _rgb(f, req.max_side) if f.pts in want else None  # noqa: E731
+    else:  # exact PyAV: the tail's wanted frames go to the sink as they are decoded (`_TailFrames`)
+        keep = _TailFrames(sorted(want), req.max_side, sink, counter)
     cache = video_pyav.verify_tail(req.path, fmap, counter, keep)  # the last GOP, decoded once
     notes = list(fmap.notes)
     seconds = fmap.seconds  # [N] since the first frame, as verified
@@ -143,7 +146,7 @@ def _decode_map(req: Request, fmap, counter, started: float, sink, on_phase) -> 
             sink.put(j, rgb)
         kept = list(range(len(frames)))
     else:
-        kept, indices = _decode_pyav(req, fmap, indices, out_hw, cache, counter, notes, sink)
+        kept, indices = _decode_pyav(req, fmap, indices, out_hw, keep, cache, counter, notes, sink)
     meta = dict(
         indices=indices,
         timestamps=[round(float(seconds[i]), 6) for i in indices],
@@ -161,6 +164,47 @@ def _decode_map(req: Request, fmap, counter, started: float, sink, on_phase) -> 
     )
     meta["kept"] = kept
     return meta
+
+
+class _TailFrames:
+    """The `keep` of the tail pass on the PyAV path: puts each wanted frame into the sink the moment it is
+    decoded, as the sampling pass does, instead of holding converted frames until the map is verified.
+
+    Holding them cost a fresh buffer per frame (all of a short clip's frames are in its last group of
+    pictures: 30 x 2.3 MB page-faulted for a 1080x720 clip, 8 x 100 MB for an 8K one) and kept them in
+    memory. The sink is started, at the first wanted frame, for the frames wanted before verification
+    (`want`, sorted pts); `slots` then says where each verified target goes (`_decode_pyav`).
+    """
+
+    def __init__(self, want: list[int], max_side: int | None, sink, counter) -> None:
+        self.slot_of = {t: j for j, t in enumerate(want)}
+        self.max_side, self.sink, self.counter = max_side, sink, counter
+        self.hw: tuple[int, int] | None = None  # (H, W) the sink was started with
+
+    def __call__(self, frame) -> int | None:
+        """Put `frame` into its slot if it is wanted; returns the slot (None: not wanted, or of another size)."""
+        slot = self.slot_of.get(frame.pts)
+        if slot is None:
+            return None
+        rot = video_pyav._rotation(frame)  # noqa: SLF001
+        hw = fit_within((frame.height, frame.width) if rot % 180 == 0 else (frame.width, frame.height), self.max_side)
+        if self.hw is None:
+            self.sink.start(len(self.slot_of), hw)
+            self.hw = hw
+        elif hw != self.hw:  # the picture size changed within the stream: leave this one to the sampling pass
+            return None
+        self.counter.converted += 1
+        self.sink.put(slot, video_pyav.to_rgb(frame, hw, rot))
+        return slot
+
+    def slots(self, targets: list[int], out_hw: tuple[int, int], put: dict[int, int]) -> tuple[list[int], set[int]]:
+        """The slot of each verified target (sorted pts) and the targets already in theirs (`put`: the tail
+        pass's {pts: slot}). The sink is reused when every target has a slot of the right size (the map only
+        lost frames, or nothing changed), else started again for `targets` (the caller's array is replaced)."""
+        if self.hw == out_hw and all(t in self.slot_of for t in targets):
+            return [self.slot_of[t] for t in targets], {t for t in targets if t in put}
+        self.sink.start(len(targets), out_hw)
+        return list(range(len(targets))), set()
 
 
 def _rgb(frame, max_side: int | None) -> np.ndarray:
@@ -270,30 +314,23 @@ def choose_decoder(req: Request, fmap: video_pyav.FrameMap) -> str:
     return "decord"
 
 
-def _decode_pyav(req, fmap, indices, out_hw, cache, counter, notes, sink) -> tuple[list[int], list[int]]:
-    """Frames at `indices` via `video_pyav.sample` into `sink` as they are converted, the tail's first.
+def _decode_pyav(req, fmap, indices, out_hw, tail, put, counter, notes, sink) -> tuple[list[int], list[int]]:
+    """Frames at `indices` via `video_pyav.sample` into `sink` as they are converted; those of the last group
+    of pictures are there already (`tail`: the tail pass's `_TailFrames`, `put`: what it put, {pts: slot}).
 
     Returns (slots kept, their frame indices): a target that did not decode took the next frame that does,
     and a frame taken twice is kept once.
     """
     targets = sorted({fmap.pts[i] for i in indices})
-    sink.start(len(targets), out_hw)
-    taken: list[int | None] = [None] * len(targets)
-    todo = []
-    for j, t in enumerate(targets):
-        if t in cache and cache[t].shape == (*out_hw, 3):
-            sink.put(j, cache.pop(t))
-            taken[j] = t
-        else:
-            todo.append(j)
-    cache.clear()
-    counter.converted += len(targets) - len(todo)
+    slots, done = tail.slots(targets, out_hw, put)
+    taken: list[int | None] = [t if t in done else None for t in targets]
+    todo = [j for j, t in enumerate(targets) if t not in done]
 
-    def put(jj: int, frame) -> None:
+    def put_frame(jj: int, frame) -> None:
         counter.converted += 1
-        sink.put(todo[jj], video_pyav.to_rgb(frame, out_hw, fmap.rotation))
+        sink.put(slots[todo[jj]], video_pyav.to_rgb(frame, out_hw, fmap.rotation))
 
-    got = video_pyav.sample(req.path, fmap, [targets[j] for j in todo], put, counter)
+    got = video_pyav.sample(req.path, fmap, [targets[j] for j in todo], put_frame, counter)
     for jj, pts in enumerate(got):
         taken[todo[jj]] = pts
     keep, last = [], None
@@ -305,7 +342,7 @@ def _decode_pyav(req, fmap, indices, out_hw, cache, counter, notes, sink) -> tup
         raise VideoError(f"{req.path}: none of the sampled frames decode (corrupt video data)")
     if len(keep) < len(targets):
         notes.append(f"{len(targets) - len(keep)} sampled frames did not decode; returning {len(keep)}")
-    return keep, [min(bisect.bisect_left(fmap.pts, taken[j]), len(fmap.pts) - 1) for j in keep]
+    return [slots[j] for j in keep], [min(bisect.bisect_left(fmap.pts, taken[j]), len(fmap.pts) - 1) for j in keep]
 
 
 def snap_to_keyframes(fmap: video_pyav.FrameMap, indices: list[int]) -> list[int]:
