@@ -247,6 +247,89 @@ def test_over_large_request_is_refused_before_decoding(tmp_path, monkeypatch):
         decode(path, frames=12, max_bytes=100_000, timeout_s=30)
 
 
+# ---------------------------------------------------------------- the fast paths stay exact
+
+
+def _robust_sequential(path: Path) -> list[np.ndarray]:
+    """The reference for damaged files: every frame a plain decode outputs, skipping packets that fail."""
+    out = []
+    with av.open(str(path)) as c:
+        try:
+            for packet in c.demux(video=0):
+                try:
+                    out += [f.to_ndarray(format="rgb24") for f in packet.decode()]
+                except av.error.FFmpegError:
+                    continue
+        except av.error.FFmpegError:
+            pass
+    return out
+
+
+@pytest.mark.parametrize("gop", [12, 300])
+def test_matroska_without_dts_is_opened_once_and_exact(tmp_path, monkeypatch, gop):
+    """Matroska packets carry no dts: the rewind after the packet scan seeks by pts instead of reopening the
+    file (and probing it again); the frames stay those of a plain decode, B-frames included."""
+    path = encode(tmp_path / "m.mkv", pictures(36), fmt="matroska", options={"g": str(gop), "bf": "2"})
+    ref_pts, ref_rgb = sequential(path)
+    opened = []
+    real_open = video_pyav.open_video
+    monkeypatch.setattr(video_pyav, "open_video", lambda *a, **k: opened.append(a) or real_open(*a, **k))
+    for n in (3, 36):
+        opened.clear()
+        v = decode(path, frames=n, max_side=None, timeout_s=None)
+        assert_exact(path, v, ref_pts, ref_rgb)
+        assert len(opened) == 1, f"{len(opened)} opens for {n} frames"
+
+
+def test_tail_frames_streamed_then_map_shrinks_is_exact(tmp_path):
+    """The tail pass hands the frames wanted before verification to the caller as they decode; when the
+    verified map is shorter (a cut file: the container claims 40 frames), the selection changes and the
+    result is still exactly the plain decode's frames at the new indices, in-process and through the worker."""
+    whole = tmp_path / "whole.mp4"
+    with av.open(str(whole), "w", options={"movflags": "faststart"}) as out:  # the index first, then the data
+        s = out.add_stream("libx264", rate=24)
+        s.width, s.height, s.pix_fmt, s.options = 96, 64, "yuv420p", {"threads": "1", "g": "40", "bf": "0"}
+        for i, img in enumerate(pictures(40)):
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts = i
+            out.mux(s.encode(frame))
+        out.mux(s.encode(None))
+    cut = tmp_path / "cut.mp4"
+    data = whole.read_bytes()
+    cut.write_bytes(data[: len(data) - len(data) // 6])  # moov first (faststart), the last frames' data gone
+    ref = _robust_sequential(cut)
+    assert 0 < len(ref) < 40
+    for timeout in (None, 30):
+        v = decode(cut, frames=8, max_side=None, timeout_s=timeout)
+        assert v.total_frames == len(ref) and v.indices == uniform_indices(len(ref), 8)
+        assert all(np.array_equal(f, ref[i]) for f, i in zip(v.frames, v.indices))
+
+
+def test_worker_frames_larger_than_the_pipe_are_exact(tmp_path):
+    """Frames of 1280x720 (2.7 MB, more than the 1 MiB pipe) read straight into their slots through the
+    worker: bit-equal to the in-process decode and to a plain decode; a second video reuses the worker."""
+    path = encode(tmp_path / "hd.mp4", pictures(6, (720, 1280)), options={"preset": "ultrafast"})
+    ref_pts, ref_rgb = sequential(path)
+    with DecodeWorker() as w:
+        for n in (6, 2):
+            v = w.decode(path, frames=n, max_side=None, timeout_s=60)
+            assert_exact(path, v, ref_pts, ref_rgb)
+            small = w.decode(path, frames=n, max_side=320, timeout_s=60)  # downscaled in the worker
+            assert np.array_equal(small.frames, decode(path, frames=n, max_side=320, timeout_s=None).frames)
+
+
+def test_rotate_moves_whole_pixels():
+    """`video_pyav.rotate` gives the same bytes as np.rot90 for every rotation, also on rows padded like
+    PyAV's frames (a row stride larger than width x 3)."""
+    rng = np.random.default_rng(0)
+    padded = rng.integers(0, 256, (7, 24, 3), dtype=np.uint8)[:, :21]  # stride 72 bytes for 63 used
+    for rgb in (rng.integers(0, 256, (5, 9, 3), dtype=np.uint8), padded, np.zeros((1, 1, 3), np.uint8)):
+        for rotation in (90, 180, 270):
+            out = video_pyav.rotate(rgb, rotation)
+            assert out.flags.c_contiguous and out.dtype == np.uint8
+            assert np.array_equal(out, np.rot90(rgb, rotation // 90))
+
+
 # ---------------------------------------------------------------- the long-lived worker
 
 
