@@ -56,6 +56,7 @@ class ArraySink:
     """Receives the frames of a decode into one preallocated array, each in its slot, as they are decoded."""
 
     def start(self, n: int, hw: tuple[int, int]) -> None:
+        """(Re)start the result: n slots of (H, W); a second call discards what was put (see `serve`)."""
         self.array = np.empty((n, *hw, 3), np.uint8)  # [T, H, W, 3]
 
     def put(self, slot: int, rgb: np.ndarray) -> None:
@@ -456,8 +457,12 @@ def _maybe_hang(req: Request, phase: str) -> None:
 
 
 def serve(req: Request, replies) -> None:
-    """Decode one request; send ("phase", p), ("frames", n, (H, W)), ("frame", slot) + bytes per frame as
-    decoded, then ("ok", meta, kept slots); or ("error", kind, msg)."""
+    """Decode one request; send ("frames", n, (H, W)), ("phase", p), ("frame", slot) + bytes per frame as
+    decoded, then ("ok", meta, kept slots); or ("error", kind, msg).
+
+    "frames" may come before or after "phase", and a second time (rarely: the verified frame map changed
+    the selection after the tail's frames were sent): it then starts the result over, with its own n.
+    """
     try:
         _reset_peak_rss()
         _maybe_hang(req, "start")
