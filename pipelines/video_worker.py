@@ -200,10 +200,11 @@ class _TailFrames:
 
     def slots(self, targets: list[int], out_hw: tuple[int, int], put: dict[int, int]) -> tuple[list[int], set[int]]:
         """The slot of each verified target (sorted pts) and the targets already in theirs (`put`: the tail
-        pass's {pts: slot}). The sink is reused when every target has a slot of the right size (the map only
-        lost frames, or nothing changed), else started again for `targets` (the caller's array is replaced)."""
-        if self.hw == out_hw and all(t in self.slot_of for t in targets):
-            return [self.slot_of[t] for t in targets], {t for t in targets if t in put}
+        pass's {pts: slot}). The sink is kept when verification changed nothing (the same targets at the same
+        size), else started again for `targets` (the caller's result is replaced; the count it was started with
+        must be the final one: a caller may size its frames by the count, e.g. Qwen3-VL's pixel budget)."""
+        if self.hw == out_hw and targets == list(self.slot_of):
+            return list(range(len(targets))), {t for t in targets if t in put}
         self.sink.start(len(targets), out_hw)
         return list(range(len(targets))), set()
 
