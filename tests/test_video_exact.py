@@ -305,6 +305,36 @@ def test_tail_frames_streamed_then_map_shrinks_is_exact(tmp_path):
         assert all(np.array_equal(f, ref[i]) for f, i in zip(v.frames, v.indices))
 
 
+def test_tail_frames_and_a_count_dependent_resize(tmp_path):
+    """All 40 frames asked of the cut file: the frames wanted before verification (40) are a superset of those
+    that decode (30). The result is started again with the final count, so a caller that sizes frames by the
+    count (Qwen3-VL's pixel budget) gets them resized for 30 frames, equal to resizing the exact frames, with
+    no second decode at the decoded size."""
+    import torch
+
+    from pipelines.preprocess import FrameResizer
+
+    whole = tmp_path / "whole.mp4"
+    with av.open(str(whole), "w", options={"movflags": "faststart"}) as out:
+        s = out.add_stream("libx264", rate=24)
+        s.width, s.height, s.pix_fmt, s.options = 96, 64, "yuv420p", {"threads": "1", "g": "40", "bf": "0"}
+        for i, img in enumerate(pictures(40)):
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts = i
+            out.mux(s.encode(frame))
+        out.mux(s.encode(None))
+    cut = tmp_path / "cut.mp4"
+    data = whole.read_bytes()
+    cut.write_bytes(data[: len(data) - len(data) // 6])
+    ref = _robust_sequential(cut)
+    by_count = FrameResizer(lambda n, h, w: (2 * n, 3 * n), 3, torch.device("cpu"))  # idempotent, count-dependent
+    for timeout in (None, 30):
+        v = decode(cut, frames=40, max_side=None, timeout_s=timeout, resize=by_count)
+        n = len(ref)
+        assert v.indices == list(range(n)) and v.stats["resized_to"] == (2 * n, 3 * n)
+        assert np.array_equal(v.frames, by_count(np.stack(ref), (2 * n, 3 * n)))
+
+
 def test_worker_frames_larger_than_the_pipe_are_exact(tmp_path):
     """Frames of 1280x720 (2.7 MB, more than the 1 MiB pipe) read straight into their slots through the
     worker: bit-equal to the in-process decode and to a plain decode; a second video reuses the worker."""
