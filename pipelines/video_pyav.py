@@ -575,27 +575,26 @@ class _Reader:
         when given its pts): this seeks to the keyframe's dts, reads (without decoding) up to the keyframe
         packet, and if it landed past it, seeks to earlier keyframes, finally re-reading from the start.
         """
-        self.counter.seeks += 1
-        if self.container is None:
-            self._reopen()
         self.fed_key = -1
         if k > 0:
-            for kk in (k, k - 1, k - 4):
-                if kk < 1:
-                    break
-                self.container.seek(self.fmap.key_dts[kk], stream=self.stream, backward=True, any_frame=False)
-                packets = self._to_keyframe(k)
-                if packets is not None:
-                    return iter_frames(self.container, self.stream, self.counter, packets, skip)
-        packets = self._rewind()
-        if k > 0:
-            packets = self._to_keyframe(k, packets)
+            packets = self._packets_at_key(k)
             if packets is None:  # the keyframe packet is not where the map saw it: nothing to decode
                 return iter(())
+        else:
+            self.counter.seeks += 1
+            if self.container is None:
+                self._reopen()
+            packets = self._rewind()
         return iter_frames(self.container, self.stream, self.counter, packets, skip)
 
     def key_packet(self, k: int):
         """The packet of keyframe k, read (not decoded) after a seek as in `start`; None if it is not found."""
+        packets = self._packets_at_key(k)
+        return next(packets) if packets is not None else None
+
+    def _packets_at_key(self, k: int):
+        """Packets from keyframe k's own packet on: a seek to its dts, then to earlier keyframes' where the
+        demuxer lands late, finally read from the start; None when its packet is not where the map saw it."""
         self.counter.seeks += 1
         if self.container is None:
             self._reopen()
@@ -605,9 +604,8 @@ class _Reader:
             self.container.seek(self.fmap.key_dts[kk], stream=self.stream, backward=True, any_frame=False)
             packets = self._to_keyframe(k)
             if packets is not None:
-                return next(packets)
-        packets = self._to_keyframe(k, self._rewind())
-        return next(packets) if packets is not None else None
+                return packets
+        return self._to_keyframe(k, self._rewind())
 
     def _rewind(self):
         """Packets from the very first one: a seek to it, checked against the map, else the file reopened."""

@@ -335,16 +335,23 @@ def _decode_pyav(req, fmap, indices, out_hw, tail, put, counter, notes, sink) ->
     got = video_pyav.sample(req.path, fmap, [targets[j] for j in todo], put_frame, counter)
     for jj, pts in enumerate(got):
         taken[todo[jj]] = pts
-    keep, last = [], None
-    for j, pts in enumerate(taken):
-        if pts is not None and (last is None or pts > last):
-            keep.append(j)
-            last = pts
+    keep = _in_order(taken)
     if not keep:
         raise VideoError(f"{req.path}: none of the sampled frames decode (corrupt video data)")
     if len(keep) < len(targets):
         notes.append(f"{len(targets) - len(keep)} sampled frames did not decode; returning {len(keep)}")
     return [slots[j] for j in keep], [min(bisect.bisect_left(fmap.pts, taken[j]), len(fmap.pts) - 1) for j in keep]
+
+
+def _in_order(taken: list[int | None]) -> list[int]:
+    """The slots whose frame decoded (pts not None), each later than the one kept before: a frame taken for two
+    slots (a target that did not decode took the next frame) is kept once."""
+    keep, last = [], None
+    for j, pts in enumerate(taken):
+        if pts is not None and (last is None or pts > last):
+            keep.append(j)
+            last = pts
+    return keep
 
 
 def snap_to_keyframes(fmap: video_pyav.FrameMap, indices: list[int]) -> list[int]:
@@ -404,11 +411,7 @@ def _decode_keyframes(req, fmap, indices, sampling, out_hw, cache, counter, note
         for jj, pts in enumerate(got):
             taken[exact[jj]] = pts
         notes.append(f"{len(exact)} keyframes did not decode from their own packet: decoded exactly from their group")
-    keep, last = [], None
-    for j, pts in enumerate(taken):
-        if pts is not None and (last is None or pts > last):
-            keep.append(j)
-            last = pts
+    keep = _in_order(taken)
     if not keep:
         raise VideoError(f"{req.path}: none of the keyframes decode (corrupt video data)")
     frame_of = {keys[j]: taken[j] for j in keep}

@@ -281,10 +281,9 @@ def test_matroska_without_dts_is_opened_once_and_exact(tmp_path, monkeypatch, go
         assert len(opened) == 1, f"{len(opened)} opens for {n} frames"
 
 
-def test_tail_frames_streamed_then_map_shrinks_is_exact(tmp_path):
-    """The tail pass hands the frames wanted before verification to the caller as they decode; when the
-    verified map is shorter (a cut file: the container claims 40 frames), the selection changes and the
-    result is still exactly the plain decode's frames at the new indices, in-process and through the worker."""
+def cut_file(tmp_path: Path) -> Path:
+    """A 40-frame H.264 mp4 (one GOP, no B-frames) with its index first (faststart) and the last sixth of the
+    file cut off: the container claims 40 frames, fewer decode."""
     whole = tmp_path / "whole.mp4"
     with av.open(str(whole), "w", options={"movflags": "faststart"}) as out:  # the index first, then the data
         s = out.add_stream("libx264", rate=24)
@@ -296,7 +295,15 @@ def test_tail_frames_streamed_then_map_shrinks_is_exact(tmp_path):
         out.mux(s.encode(None))
     cut = tmp_path / "cut.mp4"
     data = whole.read_bytes()
-    cut.write_bytes(data[: len(data) - len(data) // 6])  # moov first (faststart), the last frames' data gone
+    cut.write_bytes(data[: len(data) - len(data) // 6])
+    return cut
+
+
+def test_tail_frames_streamed_then_map_shrinks_is_exact(tmp_path):
+    """The tail pass hands the frames wanted before verification to the caller as they decode; when the
+    verified map is shorter (a cut file: the container claims 40 frames), the selection changes and the
+    result is still exactly the plain decode's frames at the new indices, in-process and through the worker."""
+    cut = cut_file(tmp_path)
     ref = _robust_sequential(cut)
     assert 0 < len(ref) < 40
     for timeout in (None, 30):
@@ -314,18 +321,7 @@ def test_tail_frames_and_a_count_dependent_resize(tmp_path):
 
     from pipelines.preprocess import FrameResizer
 
-    whole = tmp_path / "whole.mp4"
-    with av.open(str(whole), "w", options={"movflags": "faststart"}) as out:
-        s = out.add_stream("libx264", rate=24)
-        s.width, s.height, s.pix_fmt, s.options = 96, 64, "yuv420p", {"threads": "1", "g": "40", "bf": "0"}
-        for i, img in enumerate(pictures(40)):
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            frame.pts = i
-            out.mux(s.encode(frame))
-        out.mux(s.encode(None))
-    cut = tmp_path / "cut.mp4"
-    data = whole.read_bytes()
-    cut.write_bytes(data[: len(data) - len(data) // 6])
+    cut = cut_file(tmp_path)
     ref = _robust_sequential(cut)
     by_count = FrameResizer(lambda n, h, w: (2 * n, 3 * n), 3, torch.device("cpu"))  # idempotent, count-dependent
     for timeout in (None, 30):

@@ -16,10 +16,10 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from test_input_faults import no_model_load, one_error_line  # noqa: F401  (a fixture)
 from test_video_exact import GENERATED, encode, generated, pictures, sequential  # noqa: F401  (a fixture)
 from typer.testing import CliRunner
 
-from flashvid_cli import pipelines
 from flashvid_cli.cli import app
 from pipelines import video_pyav, video_worker
 from pipelines.errors import VideoError
@@ -153,25 +153,6 @@ def test_bad_seek_values_are_one_line(generated):
 
 
 # ---------------------------------------------------------------- CLI, cache
-
-
-def one_error_line(result) -> str:
-    assert result.exit_code == 1, (result.exit_code, result.stdout, result.stderr)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in result.stderr + result.stdout, result.stderr
-    return lines[0]
-
-
-@pytest.fixture()
-def no_model_load(monkeypatch) -> list[str]:
-    loads: list[str] = []
-
-    def refuse(model, *args, **kwargs):
-        loads.append(model)
-        raise AssertionError(f"the model {model} was loaded before the input was checked")
-
-    monkeypatch.setattr(pipelines, "load_pipeline", refuse)
-    return loads
 
 
 @pytest.mark.parametrize("command", ["ask", "chat", "annotate", "eval", "bench"])
