@@ -219,6 +219,29 @@ def test_cli_progress_summary_and_quiet(tiny_models, folder, tmp_path):
     assert "0 failed" in said and "failed: " not in said and again.stdout == ""
 
 
+def test_progress_rate_is_this_runs_lines_per_second_of_wall_time(monkeypatch):
+    """The bar's rate is lines written in this run over the wall time since it started (model load and slow first
+    video included; skipped pairs not counted), not rich's windowed speed, which read 20x too fast."""
+    from rich.console import Console
+
+    import flashvid_cli.commands.annotate as command
+
+    clock = [100.0]
+    console = Console(width=80, force_terminal=False, record=True, file=open(os.devnull, "w"))
+    monkeypatch.setattr(command, "err", console)
+    progress = command._Progress(get_time=lambda: clock[0])
+    progress.event("start", {"total": 10, "skipped": 4})  # 4 pairs already in --out: 6 left
+    clock[0] += 10.0  # loading the model and answering the first video
+    for _ in range(3):  # three lines in quick succession (one video's questions)
+        clock[0] += 0.01
+        progress.event("done", {"video": "/v.mp4", "error": None})
+    progress.stop()
+    shown = console.export_text()
+    assert "3/6" in shown and "0.30 questions/s ETA 0:00:10" in shown, shown  # 3 lines in 10.03 s, 3 left
+    assert all(len(line) <= 80 for line in shown.splitlines()), shown
+    assert command.rate_and_eta(0, 6, 5.0) == ("", "-:--:--")
+
+
 def test_retry_failed_asks_again_after_a_forced_decode_timeout(tiny_models, folder, tmp_path):
     out = tmp_path / "out.jsonl"
     model = str(tiny_models["llava_onevision"])
