@@ -459,14 +459,19 @@ def test_cli_info_and_clear(tmp_path, video, monkeypatch):
     for n in (1, 2):
         cache.put(make_key(cache, video, sampling=sampling_request(frames=n)), encoded_video())
     total = sum(p.stat().st_size for p in entry_files(cache))
+    (cache.root / ".left-by-a-killed-writer.tmp").write_bytes(b"x")
     runner = CliRunner()
     result = runner.invoke(app, ["cache", "info"])
     assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()  # piped: every line but the directory's (a path is never cut) fits 80
+    assert all(len(line) <= 80 for line in lines if not line.startswith("directory")), result.output
+    said = " ".join(result.output.split())
+    assert "1 temporary file(s)" in said and "`vidq cache clear` removes all" in said
     assert str(tmp_path / "cli-cache") in result.output and "entries    2" in result.output
     assert f"({total} bytes)" in result.output and "10.0 GiB" in result.output
     result = runner.invoke(app, ["cache", "info", "--json"])
     assert json.loads(result.output) == {"directory": str(tmp_path / "cli-cache"), "entries": 2, "bytes": total,
-                                         "max_bytes": DEFAULT_MAX_BYTES, "temporary_files": 0, "writable": True}
+                                         "max_bytes": DEFAULT_MAX_BYTES, "temporary_files": 1, "writable": True}
     result = runner.invoke(app, ["cache", "clear"])
     assert result.exit_code == 0 and result.output.startswith("removed 2 entries")
     assert entry_files(cache) == []

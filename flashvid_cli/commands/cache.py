@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from typing import Annotated
 
 import typer
@@ -39,10 +40,15 @@ def info(
         typer.echo(f"directory  {state.root}")
         typer.echo(f"entries    {state.entries}")
         typer.echo(f"size       {format_size(state.bytes)} ({state.bytes} bytes)")
-        typer.echo(f"cap        {cap}")
+        typer.echo(_fill(f"cap        {cap}"))
         if state.temporary_files:
-            typer.echo(f"partial    {state.temporary_files} temporary file(s) of unfinished writes (never read; the "
-                       "next write removes those whose writer died, `vidq cache clear` removes all)")
+            typer.echo(_fill(f"partial    {state.temporary_files} temporary file(s) of unfinished writes (never read; "
+                             "the next write removes those whose writer died, `vidq cache clear` removes all)"))
+
+
+def _fill(line: str) -> str:
+    """A value longer than 80 columns goes on under its own column (paths are left whole)."""
+    return textwrap.fill(line, width=80, subsequent_indent=" " * 11, break_long_words=False, break_on_hyphens=False)
 
 
 @cache_app.command("clear")
