@@ -25,7 +25,18 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True)
+
+
+def output_console(stderr: bool = False) -> Console:
+    """A rich console on stdout (or stderr) as wide as the terminal, or 80 columns when that stream is a pipe or a
+    file (rich would otherwise take the width of whatever terminal another stream is on); $COLUMNS, when set, wins."""
+    console = Console(stderr=stderr)
+    if console.is_terminal or os.environ.get("COLUMNS", "").isdigit():
+        return console
+    return Console(stderr=stderr, width=80)
+
+
+err = output_console(stderr=True)
 DEBUG_VARIABLE = "VIDQ_DEBUG"
 
 # Options shared by the commands that load a model.
@@ -309,7 +320,7 @@ def methods() -> None:
                 on = cls().llm_prune() is not None
                 needs.append("the question (in-LLM stage)" if on else "the question, with its in-LLM stage on")
             table.add_row(name, "\n".join(needs) or "-", options, cls.granularity)
-        Console().print(table)
+        output_console().print(table)
 
 
 # Commands that live in their own modules register themselves on `app` when imported.

@@ -54,6 +54,9 @@ def test_bench_prints_a_table_with_every_row(bench_run):
     assert result.stdout.count("failed ") + result.stdout.count("failed\n") >= 9
     said = " ".join(result.stdout.split())
     assert "failed: " in said and "broken.mp4" in said and "corrupt or truncated" in said
+    # Piped (not a terminal), every line fits 80 columns, the footer's too (it was laid out 120 wide).
+    assert max(len(line) for line in result.stdout.splitlines()) <= 80, result.stdout
+    assert "follow_up_ttft" in said and "are in --json" in said
 
 
 def test_bench_json_has_every_row_and_the_environment(bench_run):

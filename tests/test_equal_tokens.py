@@ -202,7 +202,9 @@ def test_eval_tokens_rows_and_plot_axis(tiny_models, sample_video, tmp_path):
     assert abs(rows[("vidcom2", 33)]["visual_tokens"] - 33) <= 4
     assert all(p["tokens"] in (17, 33, None) for p in doc["predictions"])
     assert (tmp_path / "e.png").read_bytes()[:4] == b"\x89PNG"
-    assert "tokens asked" in result.stdout and "keep search" in result.stdout
+    head = " ".join(" ".join(result.stdout.splitlines()[1:3]).split())  # the two lines of the column headers
+    assert "tokens keep" in head and "asked found" in head and "search" in head, result.stdout
+    assert "…" not in result.stdout and max(len(line) for line in result.stdout.splitlines()) <= 80, result.stdout
 
 
 # -- a method is one file ------------------------------------------------------------------------------------------

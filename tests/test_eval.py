@@ -261,6 +261,29 @@ def test_eval_prints_a_table_and_says_what_failed(eval_run):
     assert "1 of 3 questions failed" in result.stderr and "q2" in result.stderr
 
 
+def test_eval_table_fits_80_columns_without_cutting_a_cell():
+    """The widest rows --tokens makes (a long method name, 5-digit counts, 4-digit totals) in 80 columns."""
+    from rich.console import Console
+
+    from flashvid_cli.commands.evaluate import print_eval
+    from flashvid_cli.evaluate import EvalResult, EvalRow
+
+    env = {"questions": 2700, "scoring": "likelihood", "tokens": [12544, 1568], "chance": 0.25,
+           "model": "llava-hf/llava-onevision-qwen2-7b-ov-hf", "device": "cuda:0", "dtype": "bfloat16"}
+    rows = [EvalRow("none", 1.0, 0.6543, 1767, 2700, 0, 12544.0, 12544.0)]
+    rows += [EvalRow(m, 0.0123456, 0.5, 1350, 2700, 1234, 12543.7, 12544.0, tokens=t, token_search_s=1234.56)
+             for m in ["visionzip", "flashvid_x"] for t in [12544, 1568]]
+    for by_tokens in [True, False]:
+        console = Console(width=80, record=True, color_system=None)
+        print_eval(EvalResult({**env, "tokens": env["tokens"] if by_tokens else None}, rows, []), console)
+        text = console.export_text()
+        assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80, text
+        lines = text.splitlines()
+        assert any(line.startswith("flashvid_x") and "12,544" in line and "1350/2700" in line for line in lines), text
+        if by_tokens:
+            assert any("1,568" in line and "0.0123" in line and "1234.6 s" in line for line in lines), text
+
+
 def test_eval_json(eval_run):
     _, out = eval_run
     doc = json.loads((out / "eval.json").read_text())

@@ -15,7 +15,8 @@ from rich.table import Table
 from ..api import DEFAULT_MODEL
 from ..cli import (
     DEFAULT_CACHE_SIZE, CacheSize, Command, Decoder, Device, Dtype, Fps, Frames, MaxFrames, MaxNewTokens, Model, app,
-    Seek, budget_lists, err, open_cache, parse_list, parse_options, user_errors, warn_random,
+    Seek, budget_lists, err, open_cache, output_console, parse_list, parse_options, user_errors,
+    warn_random,
 )
 
 
@@ -91,8 +92,7 @@ def bench(
                     f"benchmarking: {done}/{total} rows done ({Path(video).name}, {method} {k:g})"
                 ),
             )
-        out = Console()
-        print_bench(result, out if out.is_terminal else Console(width=120))
+        print_bench(result, output_console())
         if json_file is not None:
             with writing(json_file, "--json"):
                 json_file.write_text(json.dumps(result.to_dict(), indent=2) + "\n")

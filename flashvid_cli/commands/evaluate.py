@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -14,7 +15,8 @@ from rich.table import Table
 from ..api import DEFAULT_MODEL
 from ..cli import (
     DEFAULT_CACHE_SIZE, CacheSize, Command, Decoder, Device, Dtype, Fps, Frames, MaxFrames, Model, NoCache, Opt, app,
-    Seek, budget_lists, err, open_cache, parse_list, parse_options, user_errors, warn_random,
+    Seek, budget_lists, err, open_cache, output_console, parse_list, parse_options, user_errors,
+    warn_random,
 )
 
 
@@ -83,8 +85,7 @@ def evaluate(
             task = progress.add_task("evaluating", total=len(questions), failed="")
             result = run_eval(qa, questions, config, progress=lambda done, total, failed: progress.update(
                 task, completed=done, failed=f"{failed} failed" if failed else ""))
-        out = Console()
-        print_eval(result, out if out.is_terminal else Console(width=200))
+        print_eval(result, output_console())
         if json_file is not None:
             with writing(json_file, "--json"):
                 json_file.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
@@ -114,23 +115,27 @@ def _progress():
 
 
 def print_eval(result, console: Console) -> None:
-    """One row per (method, keep): accuracy, correct of scored, failed, mean visual tokens; then the chance level."""
+    """One row per (method, keep) that fits 80 columns: accuracy, correct of scored, failed, mean visual tokens
+    (with --tokens: the count asked, the mean keep found and the search's seconds); then the chance level."""
     env = result.environment
     table = Table(title=f"vidq eval: {env['questions']} questions, {env['scoring']} scoring",
-                  title_justify="left", show_edge=False, pad_edge=False)
+                  title_justify="left", show_edge=False, pad_edge=False, box=box.SIMPLE_HEAD, collapse_padding=True)
     by_tokens = bool(env.get("tokens"))
-    names = ["method", "tokens asked" if by_tokens else "keep", "accuracy", "correct", "failed", "visual tokens"]
-    for name in names + (["keep search"] if by_tokens else []):
+    # --tokens adds three columns: two-line headers keep the table in 80 columns with 5-digit counts
+    names = (["method", "tokens\nasked", "keep\nfound", "accuracy", "correct", "failed", "visual\ntokens",
+              "keep\nsearch"] if by_tokens else ["method", "keep", "accuracy", "correct", "failed", "visual tokens"])
+    for name in names:
         table.add_column(name, justify="left" if name == "method" else "right", no_wrap=True)
     for r in result.rows:
-        budget = (f"{r.tokens} (keep {r.keep:.3g})" if r.tokens is not None else "-") if by_tokens else f"{r.keep:g}"
+        budget = [f"{r.tokens:,}" if r.tokens is not None else "-", f"{r.keep:.3g}"] if by_tokens else [f"{r.keep:g}"]
         search = [f"{r.token_search_s:.1f} s" if r.token_search_s is not None else "-"] if by_tokens else []
         table.add_row(
-            r.method, budget, f"[bold]{r.accuracy:.1%}[/]" if r.accuracy is not None else "-",
+            r.method, *budget, f"[bold]{r.accuracy:.1%}[/]" if r.accuracy is not None else "-",
             f"{r.correct}/{r.total}", f"[yellow]{r.failed}[/]" if r.failed else "0",
             f"{r.visual_tokens:,.0f}" if r.visual_tokens is not None else "-", *search,
         )
     console.print(table)
     console.print(f"chance: {env['chance']:.1%} (the mean of 1/options over the scored questions)", highlight=False)
-    console.print(f"[dim]{env['model']} on {env['device']} ({env['dtype']}); visual tokens: the mean the LLM sees[/]",
-                  highlight=False)
+    searched = "; keep found: the mean over the clips, keep search: the seconds it took" if by_tokens else ""
+    console.print(f"[dim]{env['model']} on {env['device']} ({env['dtype']}); visual tokens: the mean the LLM "
+                  f"sees{searched}[/]", highlight=False)
