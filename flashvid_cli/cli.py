@@ -296,23 +296,24 @@ def ask(
 
 @app.command(cls=Command)
 def methods() -> None:
-    """List the compression methods, their options and defaults."""
+    """List the compression methods, their options and the defaults a run uses (per model family where they differ)."""
     with user_errors():
-        import dataclasses
-
         from rich.table import Table
 
         from .kernels import methods as registered
+        from .kernels.registry import option_defaults
+        from .pipelines.registry import families
 
-        table = Table(show_edge=False)
-        # every cell wraps, none is cut: the options and their defaults are what this command is for
+        table = Table(show_edge=False, expand=True)
+        # every cell wraps, none is cut: the options and their defaults are what this command is for, so they get
+        # the largest share of the width
         table.add_column("method", no_wrap=True)
-        table.add_column("needs", overflow="fold", max_width=16)
-        table.add_column("options (default)", overflow="fold", min_width=22)
-        table.add_column("--tokens reaches", overflow="fold", min_width=12)
+        table.add_column("needs", overflow="fold", ratio=2)
+        table.add_column("options (default a run uses)", overflow="fold", ratio=5)
+        table.add_column("--tokens reaches", overflow="fold", ratio=3)
         for name, cls in registered().items():
-            fields = [f for f in dataclasses.fields(cls) if f.name != "keep"]
-            options = "\n".join(f"{f.name}={f.default!r}" for f in fields) or "-"  # one per line
+            defaults = option_defaults(name, families())  # resolved as a run resolves them, for every family
+            options = "\n".join(f"{key}={value}" for key, value in defaults.items()) or "-"  # one per line
             needs = sorted(cls.needs - {"question"})
             if "question" in cls.needs:
                 needs.append("the question")

@@ -139,6 +139,8 @@ class Method:
     ``--tokens``) and :meth:`tokens_for` (its count when that does not depend on the data). A method with
     "question" in ``needs`` depends on the question (its tokens cannot be shared between questions). A method
     that can prune inside the LLM sets ``prunes_in_llm`` and returns its stage from :meth:`llm_prune`.
+    ``option_notes`` says, per option, how its default is resolved when that is not plain (``vidq methods`` shows
+    it next to the default: what it follows, or for a None resolved only at run time, what it becomes).
     """
 
     name: ClassVar[str] = ""
@@ -148,6 +150,7 @@ class Method:
     baseline: ClassVar[bool] = False
     granularity: ClassVar[str] = "data dependent (searched per clip)"
     prunes_in_llm: ClassVar[bool] = False  # True: may have an in-LLM stage (see llm_prune); the stage needs the question
+    option_notes: ClassVar[dict[str, str]] = {}
 
     keep: float = 1.0
 

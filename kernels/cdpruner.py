@@ -86,6 +86,7 @@ class CDPruner(Method):
 
     name = "cdpruner"
     needs = frozenset({"question"})
+    option_notes = {"theta": "None: no re-weighting (the official path)"}
 
     theta: float | None = None
 

@@ -52,6 +52,11 @@ class FlashVID(Method):
     granularity = "data dependent, about ceil(keep*N) per frame (searched per clip)"
     needs = frozenset({"importance"})
     prunes_in_llm = True
+    option_notes = {
+        "expansion": "1.25 when llm_stage is on",
+        "llm_stage": "on when reference=true",
+        "pruning_layer": "per model: round(20/28 x its decoder layers), 20 on 28 layers",
+    }
     recipes = {
         "llava_onevision": {"token_selection_method": "attn_div_v2", "min_segment_num": 8},
         "qwen2_5_vl": {"token_selection_method": "attn_div", "min_segment_num": 4},

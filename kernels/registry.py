@@ -10,7 +10,7 @@ import dataclasses
 import importlib
 import pkgutil
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from functools import cache
 from typing import Any
 
@@ -60,6 +60,35 @@ def build(
         raise
     except (TypeError, ValueError) as exc:
         raise MethodError(f"bad options for method {name!r}: {exc}") from None
+
+
+def option_defaults(name: str, model_types: Iterable[str] = ()) -> dict[str, str]:
+    """Each option of method ``name`` -> the default a run uses, as text: the value once the method has resolved it
+    (its ``__post_init__``) over each model family's recipe, e.g. ``"1.0"``, or per family where they differ,
+    ``"attn_div_v2 (llava_onevision), attn_div (qwen2_5_vl, qwen3_vl)"``. ``model_types``: the families to
+    resolve for (default: those with a recipe, else none). The method's ``option_notes`` follow the value in
+    parentheses, or replace a None that is only resolved at run time (e.g. from the model's depth). Raises
+    MethodError for an unknown method."""
+    registry = methods()
+    if name not in registry:
+        raise MethodError(f"unknown method {name!r}; choose one of: {', '.join(registry)}")
+    cls = registry[name]
+    types: list[str | None] = list(model_types) or list(cls.recipes) or [None]
+    resolved = {t: build(name, cls.keep, model_type=t).options() for t in types}
+    out: dict[str, str] = {}
+    for f in dataclasses.fields(cls):
+        if f.name == "keep":
+            continue
+        by_value: dict[str, list[str]] = {}
+        for t, options in resolved.items():
+            by_value.setdefault(str(options[f.name]), []).append(t or "")
+        text = next(iter(by_value)) if len(by_value) == 1 else ", ".join(
+            f"{value} ({', '.join(which)})" for value, which in by_value.items())
+        note = cls.option_notes.get(f.name)
+        if note:
+            text = note if text == "None" else f"{text} ({note})"
+        out[f.name] = text
+    return out
 
 
 def parse_value(hint: Any, raw: Any, label: str) -> Any:

@@ -235,3 +235,27 @@ def test_methods_lists_every_option_in_80_columns():
         for f in dataclasses.fields(cls):
             if f.name != "keep":
                 assert f.name in result.stdout, f.name  # wrapped maybe, never cut
+        assert all(word in result.stdout for word in cls.granularity.split()), cls.granularity
+
+
+def test_methods_shows_the_defaults_a_run_uses():
+    """Not the dataclass's unresolved None: what the built method holds, per family where a recipe differs."""
+    from flashvid_cli.kernels import build
+    from flashvid_cli.kernels.registry import option_defaults
+    from flashvid_cli.pipelines.registry import families
+
+    defaults = option_defaults("flashvid", families())
+    built = build("flashvid", 0.25, model_type="llava_onevision")
+    assert (built.expansion, built.llm_stage) == (1.0, False)  # what `vidq ask`'s report shows
+    assert defaults["expansion"].startswith("1.0 ") and defaults["llm_stage"].startswith("False ")
+    assert defaults["alpha"] == "0.7" and defaults["knn"] == "7"
+    assert defaults["token_selection_method"] == (
+        "attn_div_v2 (llava_onevision), attn_div (qwen2_5_vl, qwen3_vl, qwen3_vl_moe)")
+    assert defaults["pruning_layer"].startswith("per model")  # resolved from the model's depth at run time
+    assert option_defaults("visionzip")["contextual"].startswith("per keep")
+    result = CliRunner().invoke(app, ["methods"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0
+    assert "expansion=None" not in result.stdout and "llm_stage=None" not in result.stdout
+    assert "pruning_layer=None" not in result.stdout and "contextual=None" not in result.stdout
+    for shown in ["expansion=1.0", "llm_stage=False", "pruning_layer=2", "min_segment_num=8"]:
+        assert shown in result.stdout, shown
