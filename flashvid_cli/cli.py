@@ -283,7 +283,7 @@ def ask(
         check_video_file(video)  # everything that needs no model, before loading it
         for question in asked:
             check_question(question)
-        check_ask(config, device=device, dtype=dtype)
+        check_ask(config, device=device, dtype=dtype, model=model)
         warn_random(model)
         cache = open_cache(no_cache, cache_size)
         qa, decoded = load_and_decode(video, config, model=model, device=device, dtype=dtype, cache=cache)

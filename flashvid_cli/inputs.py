@@ -196,12 +196,20 @@ def check_model_options(device: str, dtype: str) -> None:
     check_dtype(dtype)
 
 
-def check_ask(config: AskConfig, device: str = "auto", dtype: str = "auto") -> None:
-    """Everything about one ask that needs no model: device, dtype, decoder, seek, the method and its ``--opt`` values."""
+def check_ask(config: AskConfig, device: str = "auto", dtype: str = "auto", model: str | None = None) -> None:
+    """Everything about one ask that needs no loaded model: device, dtype, decoder, seek, the method and its ``--opt``
+    values, and with ``model`` an in-LLM pruning layer its decoder cannot hold (read from its config.json)."""
     from .kernels import build
 
     check_model_options(device, dtype)
     check_decoder(config.decoder)
     check_seek(config.seek, config.decoder)
     check_text_after_video(config.text_after_video)
-    build(config.method, config.keep, options=config.options)  # MethodError on a bad name or option value
+    method = build(config.method, config.keep, options=config.options)  # MethodError on a bad name or option value
+    stage = method.llm_prune()
+    if stage is not None and model is not None:
+        from .pipelines import llm_depth
+
+        depth = llm_depth(model)
+        if depth is not None:
+            stage.layer_for(depth)  # MethodError: "--opt pruning_layer=2 needs a model with more than 2 ..."

@@ -73,11 +73,17 @@ class LLMPrune:
     layer_fraction: float = FLASHVID_LAYER_FRACTION
 
     def layer_for(self, depth: int) -> int:
-        """K for a decoder of ``depth`` layers (1 <= K <= depth - 1); raises MethodError if it does not fit."""
-        K = self.layer if self.layer is not None else round(self.layer_fraction * depth)
+        """K for a decoder of ``depth`` layers (1 <= K <= depth - 1); raises MethodError if it does not fit, naming
+        the option that set K (the methods call it ``pruning_layer``) and the model's layer count."""
+        if self.layer is not None:
+            if not self.layer < depth:  # layer >= 1 is checked where the option is parsed
+                raise MethodError(f"--opt pruning_layer={self.layer} needs a model with more than {self.layer} "
+                                  f"decoder layers; this one has {depth}")
+            return self.layer
+        K = round(self.layer_fraction * depth)
         if not 1 <= K < depth:
-            raise MethodError(f"the in-LLM pruning layer must be in [1, {depth - 1}] for this {depth}-layer model, "
-                              f"got {K}")
+            raise MethodError(f"the in-LLM pruning stage needs a model with at least 2 decoder layers; this one has "
+                              f"{depth}")
         return K
 
     def budget(self, visual_len: int) -> int:

@@ -60,3 +60,45 @@ def frame_resizer(model: str, device: str = "auto") -> FrameResizer | None:
         return adapter.resizer(cfg, torch_device)
     except Exception:  # noqa: BLE001 - loading the model says what is wrong, in one line
         return None
+
+
+def llm_depth(model: str) -> int | None:
+    """The language model's decoder layer count, read from ``model``'s config.json without loading anything: a
+    local directory, a ``random:`` spec, or a hub repo whose config is already in the local cache. None when it
+    cannot be told that cheaply or the file is not what it should be (loading the model then says what is wrong).
+    """
+    import json
+    from pathlib import Path
+
+    from .random_init import PREFIX, is_random
+
+    if is_random(model):
+        from .errors import ModelError
+        from .random_init import _config_file
+
+        try:
+            raw = _config_file(model.removeprefix(PREFIX))[1]
+        except ModelError:
+            return None
+    else:
+        path = Path(model).expanduser() / "config.json"
+        if not path.is_file():
+            try:
+                from huggingface_hub import try_to_load_from_cache
+
+                cached = try_to_load_from_cache(model, "config.json")
+            except Exception:  # noqa: BLE001 - not a repo id: loading says so
+                return None
+            if not isinstance(cached, str):
+                return None
+            path = Path(cached)
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+    if not isinstance(raw, dict):
+        return None
+    text = raw.get("text_config")  # LLaVA-OV, Qwen3-VL; Qwen2.5-VL checkpoints keep the LLM's fields at the top
+    depth = (text.get("num_hidden_layers") if isinstance(text, dict) else None) or raw.get("num_hidden_layers")
+    return depth if isinstance(depth, int) and not isinstance(depth, bool) and depth > 0 else None
+

@@ -173,16 +173,52 @@ def test_vidq_ask_end_to_end(tiny_models, sample_video, family, method):
     assert text.exit_code == 0 and ("visual by layer" in text.stderr) == (method[0] != "cdpruner")
 
 
-def test_pruning_layer_past_the_model_is_one_line(tiny_models, sample_video):
+@pytest.mark.parametrize("family", FAMILIES)
+def test_pruning_layer_past_the_model_is_one_line_before_any_work(tiny_models, sample_video, monkeypatch, family):
+    """FastV's default K=2 on a 2-layer model: one line naming the option and the depth, read from config.json
+    before the model loads or the video decodes (each would fail the test here)."""
     from typer.testing import CliRunner
 
+    import flashvid_cli.pipelines
+    from flashvid_cli.api import VideoQA
     from flashvid_cli.cli import app
 
-    result = CliRunner().invoke(app, ["ask", str(sample_video), QUESTION, "--model", str(tiny_models["qwen2_5_vl"]),
-                                      "--frames", "4", "--max-new-tokens", "2", "--method", "fastv"])
-    assert result.exit_code == 1 and "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "pruning layer" in lines[0], result.stderr
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before the pruning layer was checked")
+
+    monkeypatch.setattr(flashvid_cli.pipelines, "load_pipeline", no_work)
+    monkeypatch.setattr(VideoQA, "decode", no_work)
+    for method, said in [(["fastv"], "--opt pruning_layer=2 needs a model with more than 2 decoder layers; "
+                                     "this one has 2"),
+                         (["flashvid", "--opt", "reference=true", "--opt", "pruning_layer=3"],
+                          "--opt pruning_layer=3 needs a model with more than 3 decoder layers; this one has 2")]:
+        result = CliRunner().invoke(app, ["ask", str(sample_video), QUESTION, "--model", str(tiny_models[family]),
+                                          "--frames", "4", "--max-new-tokens", "2", "--method", *method])
+        assert result.exit_code == 1 and "Traceback" not in result.stderr
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and said in " ".join(result.stderr.split()), result.stderr
+
+
+def test_pruning_layer_that_does_not_fit_names_the_option_in_the_library():
+    """The library's own check (when the depth is known only once the model is loaded) says the same."""
+    from flashvid_cli.kernels import MethodError
+
+    with pytest.raises(MethodError, match=r"^--opt pruning_layer=2 needs a model with more than 2 decoder layers; "
+                                          r"this one has 2$"):
+        build("fastv", 0.5).llm_prune().layer_for(2)
+    assert build("fastv", 0.5).llm_prune().layer_for(3) == 2
+    stage = build("flashvid", 0.5, options={"reference": "true"}).llm_prune()  # K = round(20/28 * depth)
+    assert (stage.layer_for(2), stage.layer_for(28)) == (1, 20)
+    with pytest.raises(MethodError, match="at least 2 decoder layers; this one has 1"):
+        stage.layer_for(1)
+
+
+def test_llm_depth_is_read_without_loading(tiny_models, tmp_path):
+    from flashvid_cli.pipelines import llm_depth
+
+    assert llm_depth(str(tiny_models["qwen2_5_vl"])) == 2
+    assert llm_depth("random:llava-onevision-0.5b") == 24 and llm_depth("random:qwen2.5-vl-7b") == 28
+    assert llm_depth(str(tmp_path)) is None and llm_depth("random:nosuch") is None
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -284,5 +284,6 @@ def test_in_llm_stages() -> None:
     assert on.expansion == 1.25 and on.llm_prune().layer_for(28) == 5 and on.llm_prune().budget(9) == 5
     assert build("cdpruner", 0.2).query_aware and build("cdpruner", 0.2).llm_prune() is None
     assert llm_budget(588, 0.3, "round") == 176 and llm_budget(0, 0.3, "ceil") == 0
-    with pytest.raises(MethodError, match="pruning layer"):
+    with pytest.raises(MethodError, match="pruning_layer=2 needs a model with more than 2 decoder layers; this one "
+                                          "has 2"):
         fastv.layer_for(2)

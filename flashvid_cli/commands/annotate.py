@@ -70,7 +70,7 @@ def annotate(
             ),
         )
         check_output_file(out, "--out", create_parents=True)  # everything that needs no model, before loading it
-        check_ask(config.ask, device=device, dtype=dtype)
+        check_ask(config.ask, device=device, dtype=dtype, model=model)
         open_cache(no_cache, cache_size)  # a bad size or an unwritable directory: said once, before any work
         found = find_videos(videos)
         if not quiet:

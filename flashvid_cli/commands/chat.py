@@ -62,7 +62,7 @@ def chat(
         from ..inputs import check_ask, check_video_file
 
         check_video_file(video)  # everything that needs no model, before loading it
-        check_ask(config, device=device, dtype=dtype)
+        check_ask(config, device=device, dtype=dtype, model=model)
         warn_random(model)
         cache = open_cache(no_cache, cache_size)
         qa, decoded = load_and_decode(video, config, model=model, device=device, dtype=dtype, cache=cache)
