@@ -14,7 +14,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
-from typer.core import TyperArgument, TyperCommand
+from typer.core import TyperArgument, TyperCommand, TyperOption
 
 from .api import DEFAULT_METHOD, DEFAULT_MODEL
 
@@ -145,7 +145,8 @@ def _internal_error(exc: BaseException) -> None:
 
 
 class Command(TyperCommand):
-    """A command whose usage line reads ``vidq ask [OPTIONS] VIDEO QUESTION``.
+    """A command whose usage line reads ``vidq ask [OPTIONS] VIDEO QUESTION`` and whose help shows no type for a
+    flag (``--json`` of ask takes nothing; bench's ``--json FILE`` takes a file).
 
     typer 0.29 writes required arguments as ``{video}`` in usage lines, which reads as a template left unfilled.
     Every command passes ``cls=Command``; a test checks every registered command's usage line.
@@ -158,6 +159,13 @@ class Command(TyperCommand):
                 name = (param.metavar or param.name or "").upper() + ("..." if param.nargs != 1 else "")
                 pieces.append(name if param.required else f"[{name}]")
         return pieces
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)
+        for param in params:  # typer 0.29 shows a flag's type as "<bool>", which reads as an option taking a value
+            if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
+                param.metavar = ""
+        return params
 
 
 def _quiet_transformers(debug: bool) -> None:
@@ -257,7 +265,8 @@ def ask(
     no_cache: NoCache = False,
     cache_size: CacheSize = DEFAULT_CACHE_SIZE,
     as_json: Annotated[bool, typer.Option(
-        "--json", help="Print one JSON object per question (answer and report), one per line, in order.")] = False,
+        "--json", help="A flag, no file: print one JSON object per question (answer and report) on stdout, one per "
+        "line, in order. (bench and eval take --json FILE.)")] = False,
 ) -> None:
     """Ask QUESTIONS about VIDEO: the answers on stdout, one per question, and a per-stage timing and token report
     on stderr. Several questions share the decode, the vision encoder, the compression and, where the chat template

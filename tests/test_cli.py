@@ -259,3 +259,17 @@ def test_methods_shows_the_defaults_a_run_uses():
     assert "pruning_layer=None" not in result.stdout and "contextual=None" not in result.stdout
     for shown in ["expansion=1.0", "llm_stage=False", "pruning_layer=2", "min_segment_num=8"]:
         assert shown in result.stdout, shown
+
+
+def test_help_says_which_json_is_a_flag_and_which_takes_a_file():
+    """ask/chat/cache info --json is a flag (no type shown, not typer's misleading "<bool>"); bench/eval --json FILE."""
+    runner = CliRunner()
+    for command in [["ask"], ["chat"], ["cache", "info"], ["bench"], ["eval"]]:
+        result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0 and "<bool>" not in result.stdout, command
+        line = next(line for line in result.stdout.splitlines() if "--json " in line)
+        said = " ".join(line.replace("│", " ").split())
+        if command[0] in {"bench", "eval"}:
+            assert said.startswith("--json FILE Takes a file: write"), said
+        else:
+            assert said.startswith("--json A flag, no file: print"), said

@@ -51,7 +51,8 @@ def bench(
     decoder: Decoder = "auto",
     seek: Seek = "exact",
     json_file: Annotated[
-        Optional[Path], typer.Option("--json", help="Write every row and the environment to this JSON file.")
+        Optional[Path], typer.Option("--json", metavar="FILE", help="Takes a file: write every row and the "
+                                     "environment to FILE as JSON (the table still goes to stdout).")
     ] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Draw time to first token and visual tokens to this PNG.")]
     = None,

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ..cli import app, err, user_errors
+from ..cli import Command, app, err, user_errors
 
 cache_app = typer.Typer(
     help="The cache of encoded videos (in $VIDQ_CACHE_DIR, else the platform cache directory, e.g. ~/.cache/vidq).",
@@ -17,9 +17,10 @@ cache_app = typer.Typer(
 app.add_typer(cache_app, name="cache")
 
 
-@cache_app.command("info")
+@cache_app.command("info", cls=Command)
 def info(
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the text lines.")] = False,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="A flag, no file: print one JSON object on stdout instead of the text lines.")] = False,
 ) -> None:
     """Show the cache directory, its entries, their size and the size cap."""
     with user_errors():
@@ -51,7 +52,7 @@ def _fill(line: str) -> str:
     return textwrap.fill(line, width=80, subsequent_indent=" " * 11, break_long_words=False, break_on_hyphens=False)
 
 
-@cache_app.command("clear")
+@cache_app.command("clear", cls=Command)
 def clear() -> None:
     """Delete every cached entry (and any partial write); say how many and how much."""
     with user_errors():

@@ -41,7 +41,8 @@ def chat(
     no_cache: NoCache = False,
     cache_size: CacheSize = DEFAULT_CACHE_SIZE,
     as_json: Annotated[bool, typer.Option(
-        "--json", help="Print one JSON object per turn (answer and report) instead of the streamed answer.")] = False,
+        "--json", help="A flag, no file: print one JSON object per turn (answer and report) on stdout instead of the "
+        "streamed answer.")] = False,
 ) -> None:
     """Talk about VIDEO: each question sees the conversation so far; answers are streamed token by token.
 

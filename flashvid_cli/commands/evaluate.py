@@ -46,7 +46,8 @@ def evaluate(
     decoder: Decoder = "auto",
     seek: Seek = "exact",
     json_file: Annotated[
-        Optional[Path], typer.Option("--json", help="Write the rows, every prediction and the environment here.")
+        Optional[Path], typer.Option("--json", metavar="FILE", help="Takes a file: write the rows, every "
+                                     "prediction and the environment to FILE as JSON (the table still goes to stdout).")
     ] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Draw accuracy against keep, a line per method, to this PNG.")]
     = None,
