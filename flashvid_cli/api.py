@@ -635,7 +635,7 @@ class VideoQA:
             dtype=info.dtype,
             method=method.name,
             keep=method.keep,
-            method_options={k: v for k, v in method.options().items() if k != "keep"},
+            method_options=_resolved_options(method, info.llm_layers),
             method_stats={k: v for k, v in compressed.compressed.stats.items() if k not in {"tokens_in", "tokens_out"}},
             video=copy.deepcopy(prepared.video),
             tokens=TokenCounts(before, after, after / before, generation.prompt_tokens, len(generation.token_ids),
@@ -696,6 +696,16 @@ class VideoQA:
         compressed = self.compress(prepared, method, tokens=config.tokens)
         prefix = self.video_prefix(compressed, reuse_prefix)
         return [self.answer(prepared, question, config, compressed, prefix) for question in questions]
+
+
+def _resolved_options(method: Method, llm_layers: int) -> dict[str, Any]:
+    """The method's options as this run used them: an in-LLM stage's pruning layer resolved for the model's depth
+    (the option's None means "scaled to the model")."""
+    options = {k: v for k, v in method.options().items() if k != "keep"}
+    stage = method.llm_prune()
+    if stage is not None and options.get("pruning_layer", 0) is None:
+        options["pruning_layer"] = stage.layer_for(llm_layers)
+    return options
 
 
 def ask(

@@ -165,6 +165,8 @@ def test_vidq_ask_end_to_end(tiny_models, sample_video, family, method):
     else:
         by_layer = tokens["visual_by_layer"]
         assert len(by_layer) == depth and by_layer[0] == tokens["visual_after"] and by_layer[1] < by_layer[0]
+    if method[0] == "flashvid":  # the stage's layer, scaled to the model (the option's None), is the one it used
+        assert report["method_options"]["pruning_layer"] == 1 and report["method_options"]["llm_stage"] is True
     if method[0] == "fastv":
         extra = 1 if family == "llava_onevision" else 0
         assert tokens["visual_after"] == tokens["visual_before"]
