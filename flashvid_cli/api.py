@@ -436,6 +436,9 @@ class VideoQA:
             marks.append(time.perf_counter())
             return marks[-1] - marks[-2]
 
+        if decoded is not None:
+            _check_decoded(decoded, video, config)
+        waited = decoded.stats.get("waited_after_load_s", 0.0) if decoded is not None else 0.0
         key = self._cache_key(video, config, need, decoded)
         if key is not None and (hit := self.cache.get(key, device=device)) is not None:
             # The lookup (fingerprint and load) is this run's decode time; nothing was preprocessed or encoded.
@@ -443,14 +446,14 @@ class VideoQA:
             info.notes = [*info.notes, "encoded video read from the on-disk cache: not decoded, not encoded"]
             encoded = hit.encoded
             return PreparedVideo(
-                info, encoded, PrepareTimings(lap(), 0.0, 0.0), hit.has, cache="hit",
+                info, encoded, PrepareTimings(lap() + waited, 0.0, 0.0), hit.has, cache="hit",
                 visual_tokens=encoded.grid.T * encoded.grid.N + pipe.extra_video_tokens,
                 started_at=decoded.stats.get("load_started_at") if decoded is not None else None,
             )
         ahead = decoded is not None
         if decoded is None:
             decoded = self.decode(video, config, resize=pipe.frame_resizer())
-        t_decode = lap()
+        t_decode = lap() + waited  # with load_and_decode: the wait for frames after the model loaded, too
         with torch.inference_mode():
             pixels = pipe.preprocess(decoded.frames, decoded.timestamps)
             t_pre = lap()
@@ -462,16 +465,16 @@ class VideoQA:
             timestamps_s=[round(t, 3) for t in decoded.timestamps], notes=list(decoded.notes),
         )
         own = decoded.stats.get("decode_s") if ahead else None
-        if own is not None and own > t_decode:
-            info.notes.append(f"decoded ahead (while the model loaded, or while the previous video was answered): "
-                              f"{own * 1e3:,.0f} ms of decoding, of which the decode stage and the time to first token "
-                              f"count only the {t_decode * 1e3:,.0f} ms waited for it")
         state, note = "off", "no on-disk cache of encoded videos (--no-cache, or VideoQA(cache=None))"
-        if key is not None:
+        if key is not None:  # the entry keeps what is true of the video, not of this run's timing
             written = self.cache.put(key.with_indices(decoded.indices), encoded, video=dataclasses.asdict(info))
             state, note = ("miss", None) if written else ("off", self.cache.warning or "the entry was not written")
         elif self.cache is not None:
             state, note = "off", self.cache.warning or "the cache is off (--cache-size 0)"
+        if own is not None and own > t_decode:
+            when = "while the model loaded" if "load_started_at" in decoded.stats else "before this call"
+            info.notes.append(f"decoded ahead ({when}): {own * 1e3:,.0f} ms of decoding, of which the decode stage "
+                              f"and the time to first token count only the {t_decode * 1e3:,.0f} ms waited for it")
         return PreparedVideo(
             info, encoded, PrepareTimings(t_decode, t_pre, t_enc, own), need,
             visual_tokens=encoded.grid.T * encoded.grid.N + pipe.extra_video_tokens, cache=state, cache_note=note,
@@ -752,4 +755,25 @@ def load_and_decode(video: str | Path, config: AskConfig | None = None, *, model
     with ThreadPoolExecutor(1) as pool:
         ahead = pool.submit(decode_ahead)
         qa = VideoQA(model, device=device, dtype=dtype, cache=cache)
-        return qa, ahead.result()
+        loaded = time.perf_counter()
+        decoded = ahead.result()
+        decoded.stats["waited_after_load_s"] = time.perf_counter() - loaded  # counted in the report's decode stage
+        return qa, decoded
+
+
+def _check_decoded(decoded: DecodedVideo, video: str | Path, config: AskConfig) -> None:
+    """ConfigError unless ``decoded`` is ``video`` decoded as ``config`` asks (a decoded video of another file or
+    sampling would be answered about, and cached, under this one's name)."""
+    import os
+
+    asked = decoded.request
+    if not asked:  # made by hand, not by decode(): nothing to compare
+        return
+    if asked.get("file") and os.path.abspath(os.fspath(video)) != asked["file"]:
+        raise ConfigError(f"the decoded video given is {asked['file']}, not {video}: decode this video with "
+                          "VideoQA.decode(video, config)")
+    mine = {"frames": config.frames, "fps": config.fps, "max_frames": config.max_frames, "decoder": config.decoder,
+            "seek": config.seek}
+    if diff := [k for k, v in mine.items() if asked.get(k, v) != v]:
+        raise ConfigError(f"the decoded video given was sampled with other {', '.join(diff)} than this config's: "
+                          "decode it with the same config")

@@ -71,6 +71,9 @@ class DecodedVideo:
     # None (kept at decoded size) and resize_s (seconds the caller spent resizing, overlapped with the decode)
     # seek keyframe adds seek_offset_mean_s, seek_offset_max_s: seconds from the asked frames' times
     stats: dict = field(default_factory=dict)
+    # What was asked: the file opened (absolute) and the sampling request (frames, fps, max_frames, decoder, seek),
+    # so a caller handed a decoded video can check it is the one it means.
+    request: dict = field(default_factory=dict)
 
 
 def decode(
@@ -122,7 +125,9 @@ def decode(
                       timeout_s=timeout_s, max_bytes=max_bytes, worker=worker, seek=seek)
     if resize is not None:
         meta["stats"].update(resized_to=sink.size if sink.size != sink.hw else None, resize_s=round(sink.seconds, 4))
-    return DecodedVideo(frames=array, **meta)
+    request = dict(file=req.file, frames=req.frames, fps=req.fps, max_frames=req.max_frames, decoder=req.decoder,
+                   seek=req.seek)
+    return DecodedVideo(frames=array, **meta, request=request)
 
 
 class ResizingSink:

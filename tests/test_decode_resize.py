@@ -117,3 +117,39 @@ def test_keyframe_seek_frames_are_resized_the_same_way(tiny_models, odd_video):
     assert small.indices == full.indices and small.sampling == full.sampling
     assert torch.equal(pipe.preprocess(full.frames, full.timestamps).values,
                        pipe.preprocess(small.frames, small.timestamps).values)
+
+
+def test_the_wait_for_frames_after_the_load_is_in_the_decode_stage(tiny_models, sample_video, monkeypatch):
+    """A decode slower than the model load: the time blocked on it after the load is the report's decode stage."""
+    import time as clock
+
+    slow = VideoQA.decode
+
+    def slower(*args, **kwargs):
+        clock.sleep(1.5)
+        return slow(*args, **kwargs)
+
+    monkeypatch.setattr(VideoQA, "decode", staticmethod(slower))
+    config = AskConfig(frames=4, max_new_tokens=1)
+    qa, decoded = load_and_decode(sample_video, config, model=str(tiny_models["llava_onevision"]), device="cpu")
+    waited = decoded.stats["waited_after_load_s"]
+    t = qa.ask(sample_video, "what?", config, decoded=decoded).report.timings
+    assert waited > 0.1 and t.decode >= waited and t.time_to_first_token >= waited
+
+
+def test_a_decoded_video_of_another_file_or_sampling_is_refused(tiny_models, sample_video, odd_video, tmp_path):
+    from flashvid_cli.api import ConfigError
+    from flashvid_cli.cache import EncodedCache
+
+    qa = VideoQA(str(tiny_models["llava_onevision"]), device="cpu", cache=EncodedCache(root=tmp_path / "cache"))
+    config = AskConfig(frames=4, max_new_tokens=1)
+    decoded = VideoQA.decode(odd_video, config, resize=qa.frame_resizer())
+    with pytest.raises(ConfigError, match="not .*sample.mp4"):
+        qa.ask(sample_video, "what?", config, decoded=decoded)
+    with pytest.raises(ConfigError, match="other frames"):
+        qa.ask(odd_video, "what?", AskConfig(frames=6), decoded=decoded)
+    assert list((tmp_path / "cache").glob("**/*.safetensors")) == []  # nothing cached under the wrong name
+    first = qa.prepare(odd_video, config, decoded=decoded)
+    again = qa.prepare(odd_video, config, decoded=VideoQA.decode(odd_video, config))
+    assert (first.cache, again.cache) == ("miss", "hit") and list((tmp_path / "cache").glob("**/*.safetensors"))
+    assert not any("decoded ahead" in n for n in again.video.notes)  # a hit was not decoded for this answer
