@@ -205,3 +205,21 @@ def test_cache_keys_exact_and_keyframe_apart(tiny_models, sample_video, tmp_path
     assert qa.prepare(sample_video, exact).cache == "hit"
     assert qa._cache_key(sample_video, exact, frozenset(), None).digest != \
         qa._cache_key(sample_video, keyframe, frozenset(), None).digest
+
+
+def test_bench_and_eval_say_the_sampling_was_keyframe_snapped(tiny_models, sample_video, tmp_path):
+    model = str(tiny_models["llava_onevision"])
+    fast = ["--frames", "4", "--max-new-tokens", "1", "--seek", "keyframe"]
+    bench = runner.invoke(app, ["bench", str(sample_video), "--model", model, "--methods", "none", "--repeat", "1",
+                                "--warmup", "0", "--json", str(tmp_path / "b.json"), *fast])
+    assert bench.exit_code == 0, bench.stderr
+    assert "keyframe-snapped (approximate)" in " ".join(bench.stdout.split())  # the title wraps at 80
+    assert json.loads((tmp_path / "b.json").read_text())["environment"]["frames"]["seek"] == "keyframe"
+    data = tmp_path / "q.jsonl"
+    data.write_text(json.dumps({"video": str(sample_video), "question": "Q?", "options": ["a", "b"],
+                                "answer": "A"}) + "\n")
+    ev = runner.invoke(app, ["eval", str(data), "--model", model, "--methods", "none", "--json", str(tmp_path / "e.json"),
+                             *fast[:2], "--seek", "keyframe"])
+    assert ev.exit_code == 0, ev.stderr
+    assert "snapped to its nearest keyframe (approximate sampling)" in " ".join(ev.stdout.split())
+    assert json.loads((tmp_path / "e.json").read_text())["environment"]["frames"]["seek"] == "keyframe"

@@ -123,7 +123,8 @@ def print_bench(result, console: Console) -> None:
     for video in dict.fromkeys(r.video for r in result.rows):
         rows = [r for r in result.rows if r.video == video]
         frames = next((r.frames for r in rows if r.error is None), None)
-        table = Table(title=f"{video}: " + (f"{frames} frames, " if frames else "") + "ms, medians",
+        approx = "keyframe-snapped (approximate), " if env.get("frames", {}).get("seek") == "keyframe" else ""
+        table = Table(title=f"{video}: " + (f"{frames} frames, {approx}" if frames else "") + "ms, medians",
                       title_justify="left", show_edge=False, pad_edge=False, box=box.SIMPLE_HEAD,
                       collapse_padding=True)
         for name in ["method", "tokens", "compress", "prefill", "TTFT", "spread", "MiB", "vs none"]:

@@ -137,6 +137,9 @@ def print_eval(result, console: Console) -> None:
         )
     console.print(table)
     console.print(f"chance: {env['chance']:.1%} (the mean of 1/options over the scored questions)", highlight=False)
+    if env.get("frames", {}).get("seek") == "keyframe":
+        console.print("frames: --seek keyframe, each snapped to its nearest keyframe (approximate sampling)",
+                      highlight=False)
     searched = "; keep found: the mean over the clips, keep search: the seconds it took" if by_tokens else ""
     console.print(f"[dim]{env['model']} on {env['device']} ({env['dtype']}); visual tokens: the mean the LLM "
                   f"sees{searched}[/]", highlight=False)
