@@ -289,7 +289,7 @@ def ask(
             max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, decoder=decoder,
             seek=seek, text_after_video=text_after_video,
         )
-        check_video_file(video)  # everything that needs no model, before loading it
+        check_video_file(video, probe=True)  # everything that needs no model, before loading it
         for question in asked:
             check_question(question)
         check_ask(config, device=device, dtype=dtype, model=model)

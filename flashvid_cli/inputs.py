@@ -87,16 +87,22 @@ def check_question(question: str, what: str = "the question") -> str:
 
 
 # -- files and paths ----------------------------------------------------------------------------------------------
-def check_video_file(path: str | os.PathLike, *, empty_ok: bool = False) -> None:
-    """``path`` exists, is a readable, non-empty file (whether it decodes is only known by decoding it).
+def check_video_file(path: str | os.PathLike, *, empty_ok: bool = False, probe: bool = False) -> None:
+    """``path`` exists, is a readable, non-empty regular file.
 
     ``empty_ok``: a 0-byte file passes (bench reports a broken video as its row; a missing one is a typo).
+    ``probe``: also open it with FFmpeg (PyAV; no frame decoded, no torch) and raise the decoder's own one-line
+    VideoError for a file that is no video at all (random bytes, text, an image, audio only), so that a command
+    about one video says so in a moment instead of after loading the model. Whether its frames decode is still
+    only known by decoding them.
     """
     path = os.fspath(Path(path).expanduser())
     if not os.path.exists(path):
         raise InputError(f"{path}: no such file")
     if os.path.isdir(path):
         raise InputError(f"{path}: is a directory, not a video file")
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: is not a regular file (a device, pipe or socket): give a video file")
     if os.path.getsize(path) == 0 and not empty_ok:
         raise InputError(f"{path}: empty file (0 bytes)")
     try:
@@ -104,6 +110,11 @@ def check_video_file(path: str | os.PathLike, *, empty_ok: bool = False) -> None
             pass
     except OSError as exc:
         raise InputError(f"cannot read {os_error_line(exc, path)}") from None
+    if probe:
+        from .pipelines.video_pyav import open_video
+
+        container, _ = open_video(path)
+        container.close()
 
 
 def check_output_file(path: str | os.PathLike, option: str, *, create_parents: bool = False) -> None:

@@ -395,3 +395,19 @@ def test_help_keeps_brackets_and_usage_lines_name_arguments():
         assert "{" not in usage, usage
     usage = runner.invoke(app, ["ask", "--help"], env={"COLUMNS": "300"}).stdout
     assert "vidq ask [OPTIONS] VIDEO [QUESTIONS...]" in usage
+
+
+@pytest.mark.parametrize("command", ["ask", "chat"])
+@pytest.mark.parametrize("content, what", [(b"hello, this is a shopping list\n" * 40, "a text file, not a video"),
+                                           (bytes(range(256))[::-1] * 64, "not a video")], ids=["text", "bytes"])
+def test_a_file_that_is_no_video_is_refused_before_the_model_loads(no_model_load, tmp_path, command, content, what):
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(content)
+    args = [command, str(path)] + (["Q?"] if command == "ask" else [])
+    line = one_error_line(vidq(*args, "--model", "unused"))
+    assert f"clip.mp4: {what}" in line and no_model_load == []
+
+
+def test_a_device_is_not_a_video_file(no_model_load):
+    line = one_error_line(vidq("ask", "/dev/zero", "Q?", "--model", "unused"))
+    assert "is not a regular file" in line and no_model_load == []

@@ -62,7 +62,7 @@ def chat(
         )
         from ..inputs import check_ask, check_video_file
 
-        check_video_file(video)  # everything that needs no model, before loading it
+        check_video_file(video, probe=True)  # everything that needs no model, before loading it
         check_ask(config, device=device, dtype=dtype, model=model)
         warn_random(model)
         cache = open_cache(no_cache, cache_size)
