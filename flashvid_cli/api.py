@@ -147,8 +147,8 @@ class Timings:
     # When the video was decoded ahead (while the model loaded, or while the previous video was answered): the
     # decode's own seconds; ``decode`` is then only the wait for it. None when decoded in this call.
     decode_ahead: float | None = None
-    # From the model load's start to this answer's last token, when the video was decoded while the model loaded
-    # (:func:`load_and_decode`, ``vidq ask`` and ``chat``): the wall time a user waits. None otherwise.
+    # When the video was decoded while the model loaded (:func:`load_and_decode`): from the command's start (``vidq
+    # ask``, ``chat``) or the model load's start (the library) to this answer's last token. None otherwise.
     wall: float | None = None
 
 
@@ -730,22 +730,24 @@ def ask(
 
 
 def load_and_decode(video: str | Path, config: AskConfig | None = None, *, model: str = DEFAULT_MODEL,
-                    device: str = "auto", dtype: str = "auto", cache: Any = None) -> tuple[VideoQA, DecodedVideo]:
+                    device: str = "auto", dtype: str = "auto", cache: Any = None,
+                    started: float | None = None) -> tuple[VideoQA, DecodedVideo]:
     """Load the model while the video decodes: ``(VideoQA, DecodedVideo)`` for ``qa.ask(..., decoded=...)``.
 
     The decode runs in its worker process, started before the model loads, and its frames are resized to the
     model's input size as they arrive (read from the checkpoint's preprocessor config, without the weights), so
     a long or high-resolution video holds only model-size frames. The reports of this video then give
     ``timings.decode`` (the wait for frames after the load), ``timings.decode_ahead`` (the decode's own time)
-    and ``timings.wall`` (from the load's start to each answer). Raises what :class:`VideoQA` and
-    :meth:`VideoQA.decode` raise (ModelError first when both fail).
+    and ``timings.wall`` (from ``started``, a ``time.perf_counter()`` value such as the command's start, by default
+    the load's start, to each answer). Raises what :class:`VideoQA` and :meth:`VideoQA.decode` raise (ModelError
+    first when both fail).
     """
     from concurrent.futures import ThreadPoolExecutor
 
     from .pipelines import frame_resizer
 
     config = config or AskConfig()
-    started = time.perf_counter()
+    started = time.perf_counter() if started is None else started
 
     def decode_ahead() -> DecodedVideo:
         decoded = VideoQA.decode(video, config, resize=frame_resizer(model, device))

@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -271,6 +272,7 @@ def ask(
     """Ask QUESTIONS about VIDEO: the answers on stdout, one per question, and a per-stage timing and token report
     on stderr. Several questions share the decode, the vision encoder, the compression and, where the chat template
     puts the video first, the video's prefill: each later question prefills only its own tokens."""
+    started = time.perf_counter()  # the report's wall time counts from here, imports and checks included
     with user_errors():
 
         from .annotate import read_questions
@@ -295,7 +297,8 @@ def ask(
         check_ask(config, device=device, dtype=dtype, model=model)
         warn_random(model)
         cache = open_cache(no_cache, cache_size)
-        qa, decoded = load_and_decode(video, config, model=model, device=device, dtype=dtype, cache=cache)
+        qa, decoded = load_and_decode(video, config, model=model, device=device, dtype=dtype, cache=cache,
+                                      started=started)
         results = qa.ask_many(video, asked, config, decoded=decoded)
         for result in results:
             typer.echo(json.dumps(result.to_dict()) if as_json else result.answer)

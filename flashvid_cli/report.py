@@ -50,7 +50,7 @@ def report_tables(report: Report, reused: str | None = None) -> Group:
     stages.add_row("[bold]time to first token[/]", f"[bold]{_ms(t.time_to_first_token)}[/]", "", end_section=False)
     stages.add_row("[bold]total[/]", f"[bold]{_ms(t.total)}[/]", "")
     if t.wall is not None:  # the video decoded while the model loaded: what the user waited, load included
-        stages.add_row("wall, from model load", _ms(t.wall), "")
+        stages.add_row("wall, from start", _ms(t.wall), "")
 
     facts = Table(show_header=False, show_edge=False, pad_edge=False, box=None)
     facts.add_column(style="dim")

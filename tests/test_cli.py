@@ -89,7 +89,7 @@ def test_ask_json_schema(tiny_models, sample_video, family):
     stages = ["decode", "preprocess", "encode", "compress", "prefill", "generate"]
     assert set(timings) == set(stages) | {"total", "time_to_first_token", "question_to_first_token", "wall",
                                           "decode_ahead"}
-    assert timings["wall"] >= timings["total"]  # from the model load's start: the video decoded meanwhile
+    assert timings["wall"] >= timings["total"]  # from the command's start: the video decoded while the model loaded
     assert timings["decode_ahead"] is None if report["cache"]["encoded"] == "hit" else timings["decode_ahead"] > 0
     timings.pop("decode_ahead")
     assert all(isinstance(timings[s], float) and timings[s] >= 0 for s in timings)

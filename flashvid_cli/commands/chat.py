@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -50,6 +51,7 @@ def chat(
     prefills only its own tokens. With stdin piped, each line is one question and each answer is printed on one
     line. /reset, /report and /exit (or Ctrl-D, Ctrl-C) at the prompt.
     """
+    started = time.perf_counter()  # the first report's wall time counts from here, imports and checks included
     interactive = sys.stdin.isatty()
     with user_errors():
         from ..api import AskConfig, load_and_decode
@@ -66,7 +68,8 @@ def chat(
         check_ask(config, device=device, dtype=dtype, model=model)
         warn_random(model)
         cache = open_cache(no_cache, cache_size)
-        qa, decoded = load_and_decode(video, config, model=model, device=device, dtype=dtype, cache=cache)
+        qa, decoded = load_and_decode(video, config, model=model, device=device, dtype=dtype, cache=cache,
+                                      started=started)
         talk = Chat(qa, video, config, decoded=decoded)  # a bad video fails here
     if interactive:
         err.print(f"[dim]chatting about {video} ({len(talk.prepared.video.frame_indices)} frames); {HELP}[/]",
