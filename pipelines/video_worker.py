@@ -280,16 +280,20 @@ def _select(req: Request, seconds: np.ndarray, duration: float, notes: list[str]
                 f"{len(idx)} frames {gap:.3g} s apart ({rate:.3g} fps effective)"
             )
             return idx, f"fps={req.fps:g} capped to {len(idx)} frames ({rate:.3g} fps effective)"
-        return idx, f"fps={req.fps:g} (max {req.max_frames}): {len(idx)} frames"
+        return idx, f"fps={req.fps:g} (max {req.max_frames}): {_frames(len(idx))}"
     if req.frames is not None:
         n = req.frames
         if n > total:
             notes.append(f"asked for {n} frames, the video has {total}: returning all of them")
-        return uniform_indices(total, n), f"{n} frames uniform" + (f" (all {total})" if n > total else "")
+        return uniform_indices(total, n), f"{_frames(n)} uniform" + (f" (all {total})" if n > total else "")
     n = req.max_frames  # no count asked: the default count
     if n > total:
         notes.append(f"the video has {total} frames, fewer than max frames {n}: returning all of them")
-    return uniform_indices(total, n), f"{min(n, total)} frames uniform" + (" (all)" if n > total else "")
+    return uniform_indices(total, n), f"{_frames(min(n, total))} uniform" + (" (all)" if n > total else "")
+
+
+def _frames(n: int) -> str:
+    return f"{n} frame" + ("" if n == 1 else "s")
 
 
 def fit_within(hw: tuple[int, int], max_side: int | None) -> tuple[int, int]:
