@@ -228,7 +228,9 @@ class PreparedVideo:
     cache: str = "off"  # "hit" | "miss" | "off": whether ``encoded`` came from the on-disk cache
     decode_worker_peak_rss_bytes: int | None = None  # the decode worker's own peak RSS; None if none decoded it
     cache_note: str | None = None  # why the cache was "off", or where a hit came from
-    started_at: float | None = None  # time.perf_counter() when the model began loading, for a video decoded meanwhile
+    # time.perf_counter() at the start the report's wall time counts from (the command's, or the model load's) for a
+    # video decoded while the model loaded; None otherwise
+    started_at: float | None = None
 
 
 @dataclass
@@ -448,7 +450,7 @@ class VideoQA:
             return PreparedVideo(
                 info, encoded, PrepareTimings(lap() + waited, 0.0, 0.0), hit.has, cache="hit",
                 visual_tokens=encoded.grid.T * encoded.grid.N + pipe.extra_video_tokens,
-                started_at=decoded.stats.get("load_started_at") if decoded is not None else None,
+                started_at=decoded.stats.get("started_at") if decoded is not None else None,
             )
         ahead = decoded is not None
         if decoded is None:
@@ -472,14 +474,14 @@ class VideoQA:
         elif self.cache is not None:
             state, note = "off", self.cache.warning or "the cache is off (--cache-size 0)"
         if own is not None and own > t_decode:
-            when = "while the model loaded" if "load_started_at" in decoded.stats else "before this call"
+            when = "while the model loaded" if "started_at" in decoded.stats else "before this call"
             info.notes.append(f"decoded ahead ({when}): {own * 1e3:,.0f} ms of decoding, of which the decode stage "
                               f"and the time to first token count only the {t_decode * 1e3:,.0f} ms waited for it")
         return PreparedVideo(
             info, encoded, PrepareTimings(t_decode, t_pre, t_enc, own), need,
             visual_tokens=encoded.grid.T * encoded.grid.N + pipe.extra_video_tokens, cache=state, cache_note=note,
             decode_worker_peak_rss_bytes=decoded.stats.get("peak_rss_bytes"),
-            started_at=decoded.stats.get("load_started_at") if ahead else None,
+            started_at=decoded.stats.get("started_at") if ahead else None,
         )
 
     def _cache_key(self, video: str | Path, config: AskConfig, need: frozenset[str],
@@ -739,8 +741,9 @@ def load_and_decode(video: str | Path, config: AskConfig | None = None, *, model
     a long or high-resolution video holds only model-size frames. The reports of this video then give
     ``timings.decode`` (the wait for frames after the load), ``timings.decode_ahead`` (the decode's own time)
     and ``timings.wall`` (from ``started``, a ``time.perf_counter()`` value such as the command's start, by default
-    the load's start, to each answer). Raises what :class:`VideoQA` and :meth:`VideoQA.decode` raise (ModelError
-    first when both fail).
+    the load's start, to each answer); for them it adds ``started_at`` and ``waited_after_load_s`` to
+    ``decoded.stats``. Raises what :class:`VideoQA` and :meth:`VideoQA.decode` raise (ModelError first when both
+    fail).
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -751,7 +754,7 @@ def load_and_decode(video: str | Path, config: AskConfig | None = None, *, model
 
     def decode_ahead() -> DecodedVideo:
         decoded = VideoQA.decode(video, config, resize=frame_resizer(model, device))
-        decoded.stats["load_started_at"] = started
+        decoded.stats["started_at"] = started
         return decoded
 
     with ThreadPoolExecutor(1) as pool:
