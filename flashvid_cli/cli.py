@@ -66,6 +66,9 @@ Decoder = Annotated[str, typer.Option(help="Video decoder: auto, decord or pyav.
 Seek = Annotated[str, typer.Option(help="exact (the sampled frames themselves) or keyframe: each sampled frame snapped "
                                    "to the nearest keyframe, only keyframes decoded (approximate, faster; the report "
                                    "gives the true timestamps and the offset). Not with --decoder decord.")]
+TextAfterVideo = Annotated[
+    Optional[str], typer.Option(help="Qwen2.5-VL: where text after the video resumes: hf (default) or qwen.")
+]
 NoCache = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the cache of encoded videos "
                                        "($VIDQ_CACHE_DIR, else ~/.cache/vidq; see `vidq cache info`).")]
 CacheSize = Annotated[str, typer.Option(help="Size cap of the encoded-video cache, least recently used entries "
@@ -260,9 +263,7 @@ def ask(
     seed: Seed = 0,
     decoder: Decoder = "auto",
     seek: Seek = "exact",
-    text_after_video: Annotated[
-        Optional[str], typer.Option(help="Qwen2.5-VL: where text after the video resumes: hf (default) or qwen.")
-    ] = None,
+    text_after_video: TextAfterVideo = None,
     no_cache: NoCache = False,
     cache_size: CacheSize = DEFAULT_CACHE_SIZE,
     as_json: Annotated[bool, typer.Option(

@@ -6,14 +6,15 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from ..api import DEFAULT_METHOD, DEFAULT_MODEL
 from ..cli import (
     DEFAULT_CACHE_SIZE, CacheSize, Command, Decoder, Device, Dtype, Fps, Frames, Keep, MaxFrames, MaxNewTokens,
-    Method, Model, NoCache, Opt, Seed, Seek, Temperature, app, err, open_cache, parse_options, user_errors, warn_random,
+    Method, Model, NoCache, Opt, Seed, Seek, Temperature, TextAfterVideo, app, err, open_cache, parse_options,
+    user_errors, warn_random,
 )
 
 HELP = "/reset starts over about the same video, /report shows the last turn's report, /exit (or Ctrl-D) ends"
@@ -36,9 +37,7 @@ def chat(
     seed: Seed = 0,
     decoder: Decoder = "auto",
     seek: Seek = "exact",
-    text_after_video: Annotated[
-        Optional[str], typer.Option(help="Qwen2.5-VL: where text after the video resumes: hf (default) or qwen.")
-    ] = None,
+    text_after_video: TextAfterVideo = None,
     no_cache: NoCache = False,
     cache_size: CacheSize = DEFAULT_CACHE_SIZE,
     as_json: Annotated[bool, typer.Option(
