@@ -53,6 +53,14 @@ def tiny_model(request, tiny_models) -> Path:
     return tiny_models[request.param]
 
 
+@pytest.fixture(scope="module")
+def qas(tiny_models) -> dict:
+    """{model_type: VideoQA} on CPU, one per family's tiny checkpoint (loaded once per test module)."""
+    from flashvid_cli.api import VideoQA
+
+    return {family: VideoQA(str(path), device="cpu") for family, path in tiny_models.items()}
+
+
 @pytest.fixture(scope="session")
 def sample_video() -> Path:
     """The committed sample clip (48 distinct frames, 8 fps)."""

@@ -9,7 +9,7 @@ from typing import ClassVar
 import pytest
 import torch
 
-from flashvid_cli.api import AskConfig, ConfigError, VideoQA
+from flashvid_cli.api import AskConfig, ConfigError
 from flashvid_cli.kernels import Method, build
 from flashvid_cli.pipelines.registry import families
 
@@ -17,11 +17,6 @@ FAMILIES = tuple(families())
 
 QUESTION = "What colour is the circle at the end?"
 FAST = AskConfig(method="flashvid", keep=0.5, frames=4, max_new_tokens=5)
-
-
-@pytest.fixture(scope="module")
-def qas(tiny_models) -> dict[str, VideoQA]:
-    return {family: VideoQA(str(path), device="cpu") for family, path in tiny_models.items()}
 
 
 @pytest.mark.parametrize("family", FAMILIES)

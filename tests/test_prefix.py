@@ -29,11 +29,6 @@ FAST = AskConfig(method="flashvid", keep=0.5, frames=4, max_new_tokens=6)
 FAMILIES = tuple(families())  # every model family (pipelines/registry.py)
 
 
-@pytest.fixture(scope="module")
-def qas(tiny_models) -> dict[str, VideoQA]:
-    return {family: VideoQA(str(path), device="cpu") for family, path in tiny_models.items()}
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_three_questions_in_one_call_equal_three_calls(qas, family, sample_video):
     qa = qas[family]

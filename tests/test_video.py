@@ -19,6 +19,7 @@ from pipelines.errors import VideoError
 from pipelines.video import DecodedVideo, Request, decode, run_in_worker
 from pipelines.video_sampling import fps_indices, uniform_indices
 from samples.make_sample_video import write_sample_video
+from test_video_exact import encode
 
 REPO = Path(__file__).resolve().parents[1]
 VIDEOS = Path(os.environ.get("VIDQ_VIDEOS_DIR", REPO.parent / "shared" / "videos"))
@@ -60,23 +61,8 @@ def reference_frames(path: Path, rgb: bool = True) -> list[np.ndarray]:
 
 
 def write_video(path: Path, images, pts=None, codec="libx264", rate=8, time_base=None, options=None) -> Path:
-    """Encode RGB images [H, W, 3] with PyAV; pts in `time_base` units (default one tick per frame)."""
-    images = list(images)
-    h, w = images[0].shape[:2]
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream(codec, rate=Fraction(rate))
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        if time_base is not None:
-            stream.codec_context.time_base = time_base
-        stream.options = {"threads": "1", **(options or {})}
-        for i, img in enumerate(images):
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            frame.pts = pts[i] if pts is not None else i
-            if time_base is not None:
-                frame.time_base = time_base
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode(None))
-    return path
+    """Encode RGB images [H, W, 3] with PyAV; pts in `time_base` units (default one tick per frame); 8 fps."""
+    return encode(path, list(images), codec=codec, rate=rate, options=options, pts=pts, time_base=time_base)
 
 
 def shapes(n: int, size=(64, 96)) -> list[np.ndarray]:
