@@ -3,7 +3,9 @@
 A method is a frozen dataclass: its fields are its options, validated once on construction. It takes the
 visual tokens of a clip ``feats [T, N, D]`` on a ``(T, H, W)`` grid (N = H * W, raster order), optional
 ``importance [T, N]`` (attention each token receives in one vision layer) and optional ``metric [T, N, Dk]``
-(that layer's keys averaged over heads, for VisionZip), and returns a :class:`Compressed`.
+(that layer's keys averaged over heads, for VisionZip), and returns a :class:`~.types.Compressed`. The plain data
+(:mod:`.types`), the user error (:mod:`.errors`) and the in-LLM stage a method may hand on (:mod:`.traits`) live
+below this module; it imports no method.
 """
 
 from __future__ import annotations
@@ -11,95 +13,17 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from flashvid_cli.errors import VidqError  # absolute: the leaf module every layer's user errors derive from
+from .errors import MethodError
+from .types import Compressed, Grid
 
 if TYPE_CHECKING:
-    from .fastv import LLMPrune
-
-
-class MethodError(VidqError, ValueError):
-    """A bad method name, option or input; the message is meant for the user (a :class:`VidqError`)."""
-
-
-@dataclass(frozen=True)
-class Grid:
-    """Token grid of a clip: T frames (temporal groups for Qwen2.5-VL) of H x W tokens."""
-
-    T: int
-    H: int
-    W: int
-
-    @property
-    def N(self) -> int:
-        return self.H * self.W
-
-    def positions(self, index: Tensor) -> Tensor:
-        """Global indices ``t*N + h*W + w`` [K] -> positions (t, h, w) [K, 3]."""
-        t, n = index // self.N, index % self.N
-        return torch.stack([t, n // self.W, n % self.W], dim=-1)
-
-
-@dataclass
-class Compressed:
-    """What a method returns.
-
-    ``tokens [K, D]`` in the input dtype, ordered by ``index`` (temporal-then-raster) unless a reference mode
-    says otherwise. ``index [K]`` is each token's representative global index ``t*N + n``; the token takes that
-    token's position. Token k was made from ``sources[offsets[k]:offsets[k+1]]`` (representative first): one
-    index for a kept token, a group for a merged one.
-
-    ``weights [M]`` (float32, optional) state the merge: ``tokens[k] = sum_j weights[j] * feats[sources[j]]`` over
-    token k's group, exactly the arithmetic the method did up to rounding. Methods that merge fill it; None means
-    every token stands for its representative (kept tokens, or a method that does not state its merge).
-    :meth:`carry` applies the same merge to other per-token features (Qwen3-VL's DeepStack features).
-    """
-
-    tokens: Tensor  # [K, D]
-    index: Tensor  # [K] long
-    sources: Tensor  # [M] long
-    offsets: Tensor  # [K+1] long
-    grid: Grid
-    stats: dict[str, Any] = field(default_factory=dict)
-    weights: Tensor | None = None  # [M] float32
-
-    def carry(self, x: Tensor) -> Tensor:
-        """Per-token features ``x [T, N, D']`` (or ``[T*N, D']``) -> ``[K, D']`` that follow this compression.
-
-        With ``weights``: each output row is the same weighted merge of its sources' rows as the method made of
-        the main features (accumulated in float32, returned in ``x.dtype``; a kept token, weight 1 alone in its
-        group, gets its own row exactly). Without: each output row is its representative's row.
-        """
-        flat = x.reshape(-1, x.shape[-1])
-        if self.weights is None:
-            return flat[self.index.to(flat.device)]
-        sizes = torch.diff(self.offsets).to(flat.device)
-        owner = torch.repeat_interleave(torch.arange(sizes.numel(), device=flat.device), sizes)  # [M]
-        rows = flat[self.sources.to(flat.device)].float() * self.weights.to(flat.device)[:, None]
-        out = torch.zeros(sizes.numel(), flat.shape[-1], dtype=torch.float32, device=flat.device)
-        return out.index_add_(0, owner, rows).to(x.dtype)
-
-    @property
-    def positions(self) -> Tensor:
-        """(t, h, w) of each output token's representative, [K, 3]."""
-        return self.grid.positions(self.index)
-
-    def groups(self) -> list[Tensor]:
-        """Source indices of each output token (a Python list; for tests and reports, not hot paths)."""
-        return list(torch.split(self.sources, torch.diff(self.offsets).tolist()))
-
-    @staticmethod
-    def kept(feats: Tensor, index: Tensor, grid: Grid, stats: dict[str, Any] | None = None) -> Compressed:
-        """Output made of tokens kept as they are: ``feats [T, N, D]`` gathered at global ``index [K]``."""
-        index = index.to(torch.long)
-        tokens = feats.reshape(-1, feats.shape[-1])[index]
-        offsets = torch.arange(index.numel() + 1, device=index.device)
-        return Compressed(tokens, index, index.clone(), offsets, grid, dict(stats or {}))
+    from .traits import LLMPrune
 
 
 def per_frame_counts(index: Tensor, grid: Grid) -> list[int]:

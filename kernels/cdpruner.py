@@ -14,7 +14,9 @@ import torch
 from torch import Tensor
 
 from . import ops
-from .base import Compressed, Grid, Method, MethodError
+from .base import Method
+from .errors import MethodError
+from .types import Compressed, Grid
 
 
 def cdpruner_budget(keep: float, N: int) -> int:

@@ -8,7 +8,8 @@ import torch
 from torch import Tensor
 
 from . import ops
-from .base import Compressed, Grid, Method
+from .base import Method
+from .types import Compressed, Grid
 
 
 def divprune_budget(keep: float, count: int) -> int:

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Compressed, Grid, Method
+from .base import Method
+from .types import Compressed, Grid
 
 FIRST_FRAME = 255.0  # vLLM's sentinel dissimilarity of frame 0: above any 1 - cos (at most 2), so it is always kept
 

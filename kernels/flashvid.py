@@ -10,8 +10,10 @@ import torch
 from torch import Tensor
 
 from . import ops
-from .base import Compressed, Grid, Method, MethodError
-from .fastv import LLMPrune
+from .base import Method
+from .errors import MethodError
+from .traits import LLMPrune
+from .types import Compressed, Grid
 
 
 def flashvid_budget(N: int, keep: float, expansion: float, alpha: float) -> tuple[int, int, int]:

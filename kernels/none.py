@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .base import Compressed, Grid, Method
+from .base import Method
+from .types import Compressed, Grid
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import dispatch
-from .base import Compressed, Grid
+from .types import Compressed, Grid
 
 
 def normalize(x: Tensor) -> Tensor:

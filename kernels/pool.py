@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .base import Compressed, Grid, Method
+from .base import Method
+from .types import Compressed, Grid
 
 
 def pooled_shape(H: int, W: int, keep: float) -> tuple[int, int]:

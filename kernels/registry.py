@@ -14,10 +14,11 @@ from collections.abc import Iterable, Mapping
 from functools import cache
 from typing import Any
 
-from .base import Method, MethodError
+from .base import Method
+from .errors import MethodError
 
 # Modules that hold building blocks, not methods (and GPU kernels, which import triton).
-_NOT_METHODS = {"base", "registry", "ops", "dispatch", "tokens"}
+_NOT_METHODS = {"base", "errors", "registry", "ops", "dispatch", "tokens", "traits", "types"}
 
 
 @cache

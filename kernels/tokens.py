@@ -18,7 +18,9 @@ from typing import Any
 
 from torch import Tensor
 
-from .base import Compressed, Grid, Method, MethodError
+from .base import Method
+from .errors import MethodError
+from .types import Compressed, Grid
 
 DATA_PROBES = 24  # compressions at most when the count depends on the data
 RULE_PROBES = 60  # evaluations of a count rule (keep resolved to the last bits of a double)

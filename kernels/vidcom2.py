@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Compressed, Grid, Method
+from .base import Method
+from .types import Compressed, Grid
 
 TEMPERATURE = 0.01  # softmax temperature of the frame budgets
 ALPHAS = (0.125, 0.25, 0.5, 1.0, 2.0)  # Gaussian scales: G(z) = sum_a exp(-z / (2a)), added in this order

@@ -8,7 +8,9 @@ import torch
 from torch import Tensor
 
 from . import ops
-from .base import Compressed, Grid, Method, MethodError
+from .base import Method
+from .errors import MethodError
+from .types import Compressed, Grid
 
 
 def visionzip_budget(keep: float, N: int, contextual: int | None = None) -> tuple[int, int]:

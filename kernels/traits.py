@@ -1,0 +1,59 @@
+"""What a compression method may hand on beyond its tokens: :class:`LLMPrune`, the description of an in-LLM pruning
+stage (FastV; FlashVID's inner stage) and its budget rule.
+
+Plain data and arithmetic, no torch: a method returns one from :meth:`~.base.Method.llm_prune`, and the stage itself
+runs on the stock transformers decoder in ``pipelines/llm_prune.py``. Sources: FastV (Chen et al., ECCV 2024) and
+FlashVID's ``utils.py::fastv_prune``; ALGORITHMS.md 2.9 and 6.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from .errors import MethodError
+
+# FlashVID prunes before layer 20 of the 28 of Qwen2-7B; vidq scales that with depth (ALGORITHMS.md 2.9).
+FLASHVID_LAYER_FRACTION = 20 / 28
+
+
+def llm_budget(visual_len: int, ratio: float, rounding: Literal["ceil", "round"]) -> int:
+    """Visual tokens kept out of ``visual_len``: FlashVID ``ceil(len*ratio)``, FastV ``round(len*ratio)`` (Python
+    round, half to even; FastV writes ``ratio = 1 - R``), at least 1 when there is any visual token."""
+    if visual_len <= 0:
+        return 0
+    count = math.ceil(visual_len * ratio) if rounding == "ceil" else round(visual_len * ratio)
+    return min(visual_len, max(1, count))
+
+
+@dataclass(frozen=True)
+class LLMPrune:
+    """An in-LLM pruning stage: before decoder layer ``K`` keep the ``budget`` visual tokens the last query attends
+    to most at layer ``K - 1`` (mean over heads), and all text. Survivors keep their positions.
+
+    ``layer``: K as an absolute index; None scales ``layer_fraction * depth`` (rounded) to the model.
+    ``ratio`` and ``rounding``: the share of the visual tokens kept (:func:`llm_budget`).
+    """
+
+    ratio: float
+    rounding: Literal["ceil", "round"] = "ceil"
+    layer: int | None = None
+    layer_fraction: float = FLASHVID_LAYER_FRACTION
+
+    def layer_for(self, depth: int) -> int:
+        """K for a decoder of ``depth`` layers (1 <= K <= depth - 1); raises MethodError if it does not fit, naming
+        the option that set K (the methods call it ``pruning_layer``) and the model's layer count."""
+        if self.layer is not None:
+            if not self.layer < depth:  # layer >= 1 is checked where the option is parsed
+                raise MethodError(f"--opt pruning_layer={self.layer} needs a model with more than {self.layer} "
+                                  f"decoder layers; this one has {depth}")
+            return self.layer
+        K = round(self.layer_fraction * depth)
+        if not 1 <= K < depth:
+            raise MethodError(f"the in-LLM pruning stage needs a model with at least 2 decoder layers; this one has "
+                              f"{depth}")
+        return K
+
+    def budget(self, visual_len: int) -> int:
+        return llm_budget(visual_len, self.ratio, self.rounding)
