@@ -14,7 +14,7 @@ def load_pipeline(model: str, device: str = "auto", dtype: str = "auto") -> Pipe
 
     Raises :class:`~.errors.ModelError` (one line) for a missing, unreadable or unsupported model.
     """
-    from .base import load_config, resolve_checkpoint, resolve_device, resolve_dtype
+    from .loading import load_config, resolve_checkpoint, resolve_device, resolve_dtype
     from .random_init import is_random, load_random
     from .registry import family
 
@@ -38,7 +38,7 @@ def frame_resizer(model: str, device: str = "auto") -> FrameResizer | None:
     """
     import json
 
-    from .base import checkpoint_preprocess, resolve_device
+    from .loading import checkpoint_preprocess, resolve_device
     from .random_init import is_random, random_preprocess
     from .registry import family
 

@@ -1,35 +1,35 @@
-"""What every model adapter shares: loading, the chat prompt, timed generation, and the data passed between stages.
+"""The contract every model adapter implements (:class:`Pipeline`) and the data passed between its stages.
 
 An adapter (one file per HF ``model_type``) writes only what its family does differently: preprocessing, how the
-vision tower is run and its importance read, and how compressed tokens enter the prompt.
+vision tower is run and its importance read, and how compressed tokens enter the prompt. The steps it shares live
+beside this module: reading a checkpoint (:mod:`.loading`), the chat prompt (:mod:`.prompt`) and timed generation
+(:mod:`.generation`).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import re
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import LogitsProcessorList
 
 from ..kernels import Compressed, Grid
-from .errors import ModelError, NonFiniteLogitsError, PromptTooLongError
+from .errors import ModelError, PromptTooLongError
+from .generation import Generation, GenerationOptions, _Clock, _FiniteLogits, raise_if_not_finite, synchronize
+from .loading import _one_line, check_weights, checkpoint_preprocess, load_tokenizer, read_json, read_text
 from .preprocess import FrameResizer, PreprocessConfig
+from .prompt import chat_prompt, prompt_ids
 
 if TYPE_CHECKING:
-    from ..kernels.fastv import LLMPrune
+    from ..kernels.traits import LLMPrune
     from .llm_prune import PruneRun
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -50,292 +50,6 @@ class EncodedVideo:
     importance: Tensor | None = None  # [T, N] float32, attention received in the hooked vision layer
     metric: Tensor | None = None  # [T, N, Dk] float32, that layer's keys averaged over heads
     meta: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class GenerationOptions:
-    max_new_tokens: int = 64
-    temperature: float = 0.0  # 0 = greedy
-    top_p: float = 1.0
-    return_logits: bool = False
-
-
-@dataclass
-class Generation:
-    text: str
-    token_ids: list[int]
-    prompt_tokens: int
-    prefill_s: float  # time to first token: the prefill forward and the first sampled token
-    decode_s: float  # every later token
-    logits: list[Tensor] | None = None  # per step [1, vocab], only with return_logits
-    visual_by_layer: list[int] | None = None  # with an in-LLM stage: visual tokens each decoder layer saw
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued device work, so a perf_counter reading after it is honest."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` -> a torch device that exists here; else a one-line ModelError."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, ValueError):  # torch's own message lists ~20 device types vidq does not run on
-        raise ModelError(f"--device {device!r} is not a device vidq runs on; choose one of: auto, cpu, cuda, "
-                         "cuda:N") from None
-    if resolved.type not in {"cpu", "cuda"}:
-        raise ModelError(f"--device {device!r} is not supported; choose one of: auto, cpu, cuda, cuda:N")
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError("--device cuda was asked for but no CUDA device is available; use --device cpu")
-    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
-        raise ModelError(f"--device {device} does not exist: this machine has {torch.cuda.device_count()} CUDA "
-                         f"device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
-    return resolved
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if dtype not in DTYPES:
-        raise ModelError(f"unknown dtype {dtype!r}; choose auto, {', '.join(DTYPES)}")
-    return DTYPES[dtype]
-
-
-def _looks_like_path(model: str) -> bool:
-    """A hub repo id is ``name`` or ``org/name``; anything else is meant as a local path."""
-    return model.startswith((".", "/", "~")) or model.count("/") > 1
-
-
-# Files a checkpoint needs; weights in other formats (.bin, .pt) are not fetched.
-_CHECKPOINT_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
-
-
-def resolve_checkpoint(model: str) -> Path:
-    """A local directory holding ``model``: the directory itself, the hub cache, or a fresh download.
-
-    The cache is tried first, so a cached model loads offline without waiting on the network; an uncached repo
-    id is downloaded only after a quick reachability check, so a machine without network gets one clear line
-    at once instead of minutes of retries.
-    """
-    path = Path(model).expanduser()
-    if path.exists() and not path.is_dir():
-        raise ModelError(f"--model {model!r} is a file; give a model directory or a Hugging Face repo id")
-    if path.is_dir():
-        return path
-    if _looks_like_path(model):
-        raise ModelError(f"model directory {model!r} does not exist")
-    from huggingface_hub import constants, snapshot_download
-
-    try:
-        return Path(snapshot_download(model, allow_patterns=_CHECKPOINT_FILES, local_files_only=True))
-    except Exception:  # noqa: BLE001 - not (fully) cached: fall through to the download
-        pass
-    if constants.HF_HUB_OFFLINE or not _hub_reachable(constants.ENDPOINT):
-        raise ModelError(
-            f"model {model!r} is not in the local Hugging Face cache and the hub cannot be reached: download it "
-            f"where there is network (`hf download {model}`), or point --model at a local directory holding its "
-            "config.json, weights, tokenizer and preprocessor config"
-        )
-    try:
-        return Path(snapshot_download(model, allow_patterns=_CHECKPOINT_FILES))
-    except Exception as exc:  # noqa: BLE001 - gated, missing or failed repos all end here
-        raise ModelError(f"cannot download {model!r} from the hub: {_first_line(exc)}") from None
-
-
-def _hub_reachable(endpoint: str, timeout: float = 3.0) -> bool:
-    import socket
-    from urllib.parse import urlparse
-
-    url = urlparse(endpoint)
-    try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def load_config(path: Path, model: str) -> Any:
-    """The checkpoint's config; a directory that is not a transformers model is a one-line error."""
-    from transformers import AutoConfig
-
-    if not (path / "config.json").is_file():
-        raise ModelError(f"{model!r} is not a model directory: it has no config.json")
-    try:
-        return AutoConfig.from_pretrained(path)
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelError(f"{model!r} is not a supported model directory: {_first_line(exc)}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
-def _one_line(exc: BaseException, limit: int = 400) -> str:
-    """The whole message on one line (a first line may stop mid-sentence, "...from one of: "), capped at ``limit``."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
-
-
-# Files one of which a checkpoint's tokenizer needs (fast tokenizer, BPE vocabulary, SentencePiece, tiktoken).
-_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "tokenizer.tiktoken", "vocab.txt")
-
-
-def load_tokenizer(path: Path, name: str) -> Any:
-    """The checkpoint's tokenizer; a directory without tokenizer files is one whole sentence saying so."""
-    from transformers import AutoTokenizer
-
-    if not any((path / f).is_file() for f in _TOKENIZER_FILES):
-        raise ModelError(f"{name!r} has no tokenizer (none of {', '.join(_TOKENIZER_FILES)}); copy the tokenizer "
-                         "files from the checkpoint it came from into the model directory")
-    try:
-        return AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError, TypeError) as exc:
-        raise ModelError(f"cannot load the tokenizer of {name!r}: {_one_line(exc)}") from None
-
-
-def check_weights(path: Path) -> None:
-    """Every ``*.safetensors`` file of ``path`` opens: its header parses and its tensors lie inside the file.
-
-    Cheap (the header only; the data is memory-mapped, not read). A truncated download or a garbled file is
-    one ModelError naming the file, instead of an internal error from deep inside loading.
-    """
-    from safetensors import safe_open
-
-    for file in sorted(path.glob("*.safetensors")):
-        try:
-            with safe_open(str(file), framework="pt"):
-                pass
-        except Exception as exc:  # noqa: BLE001 - SafetensorError and OSError alike: the file is unusable
-            raise ModelError(f"cannot read the weights {file}: {_one_line(exc, 160)}; the file is truncated or "
-                             "corrupt: download or copy it again") from None
-
-
-def read_json(path: Path, name: str) -> dict[str, Any] | None:
-    """A JSON file of the checkpoint directory, or None when it has none; a file that does not parse is a
-    ModelError naming it."""
-    text = read_text(path, name)
-    if text is None:
-        return None
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise ModelError(f"{path / name} is not valid JSON ({_first_line(exc)}); fix or replace the file") from None
-
-
-def checkpoint_preprocess(path: Path, name: str) -> PreprocessConfig:
-    """The checkpoint's video preprocessor config (or its image one); ModelError when it has neither."""
-    preprocess = read_json(path, "video_preprocessor_config.json") or read_json(path, "preprocessor_config.json")
-    if preprocess is None:
-        raise ModelError(f"{name!r} has no preprocessor_config.json; vidq needs it to prepare frames")
-    return PreprocessConfig.from_dict(preprocess)
-
-
-def read_text(path: Path, name: str) -> str | None:
-    return (path / name).read_text(encoding="utf-8") if (path / name).is_file() else None
-
-
-class _Clock:
-    """A generate() streamer that timestamps the first generated token (device-synchronised) and hands each
-    generated token id to ``on_token`` (for streaming) when given."""
-
-    def __init__(self, device: torch.device, on_token: Any = None):
-        self.device = device
-        self.calls = 0
-        self.first_token_at: float | None = None
-        self.on_token = on_token
-
-    def put(self, value: Tensor) -> None:
-        self.calls += 1
-        if self.calls == 2:  # the first call carries the prompt
-            synchronize(self.device)
-            self.first_token_at = time.perf_counter()
-        if self.calls >= 2 and self.on_token is not None:
-            for token in value.reshape(-1).tolist():
-                self.on_token(token)
-
-    def end(self) -> None:
-        pass
-
-
-def chat_prompt(tokenizer: Any, chat_template: str | None, question: str) -> str:
-    """The chat prompt of one user turn (a video, then the question) ready for the assistant's answer."""
-    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
-    return tokenizer.apply_chat_template(messages, chat_template=chat_template, tokenize=False,
-                                         add_generation_prompt=True)
-
-
-# Stands for the question while the chat template is rendered: plain letters no template or tokenizer treats specially.
-_QUESTION_SLOT = "VIDQQUESTIONSLOTf3a9c1"
-
-
-def prompt_ids(tokenizer: Any, chat_template: str | None, video_token: str, question: str, count: int,
-               name: str = "the model") -> list[int]:
-    """Token ids of :func:`chat_prompt` with its one ``video_token`` placeholder repeated ``count`` times.
-
-    The single place that builds a prompt's ids: inference and the demo model's training both call it.
-    The question is text, never control: the template is rendered around a stand-in, its own parts are tokenized
-    with special tokens parsed (``<|im_start|>``...), and the question with them split
-    (``split_special_tokens=True``), so ``<video>``, ``<|video_pad|>`` or ``<|im_end|>`` typed into a question are
-    ordinary characters and cannot change the prompt's structure. Each part starts and ends at a pre-tokenizer
-    boundary (after a template newline or special token, before a special token), so an ordinary question gets
-    the ids of the whole prompt tokenized in one piece (a test checks it on both families' tokenizers).
-    """
-    if chat_template is None and getattr(tokenizer, "chat_template", None) is None:
-        raise ModelError(f"{name!r} has no chat template; copy chat_template.jinja from the checkpoint it came from "
-                         "into the model directory")
-    try:
-        text = chat_prompt(tokenizer, chat_template, _QUESTION_SLOT)
-    except ValueError as exc:  # a template that raises on a video and a text part
-        raise ModelError(f"the chat template of {name!r} cannot make a prompt: {_one_line(exc, 200)}") from None
-    if text.count(video_token) != 1 or text.count(_QUESTION_SLOT) != 1:
-        raise ModelError(f"the chat template of {name!r} must hold one {video_token} placeholder and the question "
-                         "once")
-    ids: list[int] = []
-    for part in re.split(f"({re.escape(video_token)}|{_QUESTION_SLOT})", text):
-        if part == video_token:
-            ids += [tokenizer.convert_tokens_to_ids(video_token)] * count
-        elif part == _QUESTION_SLOT:
-            ids += tokenizer(question, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-        elif part:
-            ids += tokenizer(part, add_special_tokens=False)["input_ids"]
-    return ids
-
-
-class _FiniteLogits(LogitsProcessor):
-    """Checks the first generated position's logits: NaN or +inf (corrupt weights, an overflowing dtype) raise.
-
-    Without it a checkpoint with NaN weights "answers" token 0 max_new_tokens times, decoded as ''. One
-    reduction and one device sync per generate() call; -inf alone is allowed (processors mask tokens with it).
-    """
-
-    def __init__(self, name: str, dtype: torch.dtype):
-        self.name, self.dtype, self.checked = name, dtype, False
-
-    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
-        if not self.checked:
-            self.checked = True
-            raise_if_not_finite(scores, self.name, self.dtype, allow_masked=True)
-        return scores
-
-
-def raise_if_not_finite(logits: Tensor, name: str, dtype: torch.dtype, allow_masked: bool = False) -> None:
-    """NonFiniteLogitsError naming the checkpoint when ``logits`` [..., vocab] hold NaN or +inf (or -inf, unless
-    ``allow_masked``; all -inf is always an error)."""
-    if allow_masked:
-        bad = torch.isnan(logits).any() | torch.isposinf(logits).any() | torch.isneginf(logits).all()
-    else:
-        bad = ~torch.isfinite(logits).all()
-    if bool(bad):
-        if dtype == torch.float32:
-            cause, fix = "its weights are corrupt", "check its *.safetensors files (download them again)"
-        else:
-            dtype_name = str(dtype).removeprefix("torch.")
-            cause = f"its weights are corrupt or {dtype_name} overflows"
-            fix = "try --dtype float32, or check its *.safetensors files (download them again)"
-        raise NonFiniteLogitsError(f"{name!r} produced non-finite logits (NaN or infinity): {cause}; {fix}")
 
 
 class Pipeline:

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from ..kernels import ops
-from ..kernels.fastv import LLMPrune
+from ..kernels.traits import LLMPrune
 
 
 @dataclass

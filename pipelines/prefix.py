@@ -24,10 +24,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from .base import GenerationOptions, chat_prompt
+from .generation import GenerationOptions
+from .prompt import chat_prompt
 
 if TYPE_CHECKING:
-    from .base import Generation, Pipeline
+    from .base import Pipeline
+    from .generation import Generation
 
 # Stands in for an earlier answer while a conversation is rendered, then is replaced by the answer's token ids.
 _ANSWER = "VIDQANSWERSLOT{}"

@@ -38,9 +38,10 @@ from torch import Tensor
 
 from ..kernels import Compressed, Grid
 from .attention import capture_inputs, packed_vision_stats
-from .base import EncodedVideo, Pipeline, Pixels, chat_prompt
+from .base import EncodedVideo, Pipeline, Pixels
 from .errors import ModelError
 from .preprocess import PreprocessConfig, normalize, patchify, resize, to_tensor
+from .prompt import chat_prompt
 from .tiny import build_tokenizer, point_vision_token_ids, save_checkpoint, special_ids
 
 SPECIAL_TOKENS = (

@@ -1,15 +1,15 @@
-"""Decode a video into sampled RGB frames that really exist, with true timestamps, in a worker that can be killed.
+"""The public decode entry: sampled RGB frames that really exist, with true timestamps, in a worker that can be killed.
 
     decode(path, frames=N | fps=F) -> DecodedVideo(frames uint8 [T, H, W, 3], indices, timestamps, ...)
 
 Why a worker: decord's native loop can spin forever holding the GIL, so nothing in-process can interrupt it.
-The worker is a fresh interpreter (`python -c ... video_worker.main()`) rather than a multiprocessing child:
+The worker is a fresh interpreter (`python -c ... worker.main()`) rather than a multiprocessing child:
 multiprocessing's spawn and forkserver both re-import the caller's `__main__` (the CLI) in the child, which
 could pull in torch. It lives for the run (`DecodeWorker`; `decode` keeps a small pool of them), serves one
 video after another, is replaced after a kill at the deadline, and exits as soon as its parent is gone.
 The frames come back as one raw buffer over a pipe, straight into the result array.
-How frames are found and chosen: see `video_worker` (frame map, decoder choice), `video_pyav` (the exact
-GOP-at-a-time decode) and `video_sampling` (rules).
+How frames are found and chosen: see `job` (frame map, decoder choice), `exact` (the exact GOP-at-a-time
+decode) and `sampling` (rules).
 """
 
 from __future__ import annotations
@@ -23,57 +23,15 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import Protocol
 
 import numpy as np
 
-from . import video_worker
-from .errors import VideoError
-from .video_worker import ArraySink, Request, VideoTooLarge
-
-DECODERS = ("auto", "decord", "pyav")
-SEEKS = ("exact", "keyframe")  # how a sampled frame is reached: exactly, or snapped to the nearest keyframe
-RESIZE_CHUNK = 2  # full-size frames held at once when frames are resized as they arrive (2: ~30 MiB at 1080p)
-__all__ = ["DECODERS", "SEEKS", "DecodeWorker", "DecodedVideo", "FrameResize", "Request", "VideoTooLarge",
-           "decode", "run_in_worker"]
-
-
-class FrameResize(Protocol):
-    """How a caller wants frames resized as they arrive (e.g. `pipelines.preprocess.FrameResizer`, the model's
-    input size): only resized frames are kept, so memory does not grow with the video's resolution."""
-
-    max_pixels: int | None  # an upper bound on height * width of the resized frames (None: unknown)
-
-    def size(self, frames: int, height: int, width: int) -> tuple[int, int]:
-        """(height, width) to resize `frames` frames of (height, width) to."""
-
-    def __call__(self, frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-        """uint8 [k, H, W, 3] -> uint8 [k, *size, 3]."""
-
-
-@dataclass
-class DecodedVideo:
-    """Sampled frames of one video and what is known about it."""
-
-    frames: np.ndarray  # uint8 [T, H, W, 3] RGB, the sampled frames (at `resize`'s size when decode was given one)
-    indices: list[int]  # frame index of each sampled frame among the frames that decode
-    timestamps: list[float]  # presentation time of each sampled frame, seconds since the first frame
-    fps: float  # true average fps from the frame timestamps (the container's claim is only cross-checked)
-    total_frames: int  # frames that really decode (not the container's claim)
-    duration: float  # seconds, first frame to the end of the last
-    decoder: str  # "decord" or "pyav"
-    sampling: str  # e.g. "32 frames uniform", "fps=1 (max 32): 12 frames", "... snapped to keyframes (approximate...)"
-    notes: list[str]  # what was noticed and handled, e.g. "container claims 30 frames, 5 decodable"
-    source_size: tuple[int, int]  # (height, width) in display orientation, before any decode-time downscale
-    # pyav_frames_decoded, pyav_passes, decode_s; worker_pid, peak_rss_bytes; with `resize`: resized_to (h, w) or
-    # None (kept at decoded size) and resize_s (seconds the caller spent resizing, overlapped with the decode)
-    # seek keyframe adds seek_offset_mean_s, seek_offset_max_s: seconds from the asked frames' times
-    stats: dict = field(default_factory=dict)
-    # What was asked: the file opened (absolute) and the sampling request (frames, fps, max_frames, decoder, seek),
-    # so a caller handed a decoded video can check it is the one it means.
-    request: dict = field(default_factory=dict)
+from ..errors import VideoError
+from . import worker as worker_process
+from .job import run_into
+from .request import DECODERS, SEEKS, DecodedVideo, Request, VideoTooLarge
+from .sinks import RESIZE_CHUNK, ArraySink, FrameResize, ResizingSink
 
 
 def decode(
@@ -114,7 +72,7 @@ def decode(
     req = _request(path, frames, fps, max_frames, decoder, max_side, max_bytes, seek, resize)
     sink = ResizingSink(resize) if resize is not None else ArraySink()
     if timeout_s is None:
-        meta = video_worker.run_into(req, sink)
+        meta = run_into(req, sink)
         array = sink.result(meta.pop("kept"))
     elif worker is not None:
         meta, array = worker.run(req, timeout_s, sink)
@@ -128,62 +86,6 @@ def decode(
     request = dict(file=req.file, frames=req.frames, fps=req.fps, max_frames=req.max_frames, decoder=req.decoder,
                    seek=req.seek)
     return DecodedVideo(frames=array, **meta, request=request)
-
-
-class ResizingSink:
-    """Takes a decode's frames as they arrive and keeps them only resized (`FrameResize`), `chunk` at a time.
-
-    Sink protocol (also `video_worker.ArraySink`): `start(n, (H, W))`; per frame either `put(slot, rgb)` or
-    `buffer(slot)` (a [H, W, 3] uint8 array to receive the bytes into) then `filled(slot)`; `result(kept)`.
-    """
-
-    def __init__(self, resize: FrameResize, chunk: int | None = None) -> None:
-        self.resize, self.chunk = resize, chunk or RESIZE_CHUNK
-        self.seconds = 0.0  # spent resizing
-
-    def start(self, n: int, hw: tuple[int, int]) -> None:
-        self.n, self.hw = n, tuple(hw)
-        size = tuple(self.resize.size(n, *self.hw))
-        if tuple(self.resize.size(n, *size)) != size:  # preprocessing would resize these again: keep decoded size
-            size = self.hw
-        self.size = size
-        self.array = np.empty((n, *size, 3), np.uint8)  # [T, h, w, 3]
-        self.staging = np.empty((min(n, self.chunk), *self.hw, 3), np.uint8) if size != self.hw else None
-        self.pending: dict[int, int] = {}  # slot -> staging row, rows taken in order
-
-    def buffer(self, slot: int) -> np.ndarray:
-        if self.staging is None:
-            return self.array[slot]
-        if slot not in self.pending:
-            if len(self.pending) == len(self.staging):
-                self._flush()
-            self.pending[slot] = len(self.pending)
-        return self.staging[self.pending[slot]]
-
-    def filled(self, slot: int) -> None:
-        if self.staging is not None and len(self.pending) == len(self.staging):
-            self._flush()
-
-    def put(self, slot: int, rgb: np.ndarray) -> None:
-        self.buffer(slot)[...] = rgb
-        self.filled(slot)
-
-    def _flush(self) -> None:
-        if not self.pending:
-            return
-        started = time.perf_counter()
-        self.array[list(self.pending)] = self.resize(self.staging[: len(self.pending)], self.size)
-        self.pending.clear()
-        self.seconds += time.perf_counter() - started
-
-    def result(self, kept: list[int]) -> np.ndarray | None:
-        """The resized frames of the `kept` slots; None when fewer frames decoded and that count calls for
-        another size (only rules that depend on the frame count: Qwen3-VL's per-frame pixel budget)."""
-        self._flush()
-        if len(kept) != self.n and self.size != self.hw and tuple(self.resize.size(len(kept), *self.hw)) != self.size:
-            return None
-        self.staging = None
-        return self.array if len(kept) == len(self.array) else self.array[kept]
 
 
 def _request(path, frames, fps, max_frames, decoder, max_side, max_bytes=None, seek="exact", resize=None) -> Request:
@@ -346,7 +248,7 @@ class DecodeWorker:
         req_r, req_w = os.pipe()
         rep_r, rep_w = os.pipe()
         _widen_pipe(rep_w)
-        boot = f"import sys; sys.path[:0] = {sys.path!r}; from {video_worker.__name__} import main; main()"
+        boot = f"import sys; sys.path[:0] = {sys.path!r}; from {worker_process.__name__} import main; main()"
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-c", boot, str(req_r), str(rep_w), str(os.getpid())],

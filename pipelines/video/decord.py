@@ -13,7 +13,11 @@ import hashlib
 
 import numpy as np
 
-from .video_pyav import FrameMap, clean_cause
+from ..errors import VideoError
+from . import exact
+from .container import clean_cause
+from .frame_map import FrameMap
+from .rgb import to_rgb
 
 
 class DecordUnfit(Exception):
@@ -111,3 +115,23 @@ def repeated_pairs(frames: np.ndarray) -> list[tuple[int, int]]:
             seen[key] = i
     return pairs
 
+
+def _decode_decord(req, fmap, indices, out_hw, cache, counter, notes) -> np.ndarray:
+    """decord's get_batch, checked cheaply: timestamps against the map, the last frame against PyAV's
+    decode of it (from the tail pass), and repeated frames against PyAV's decode of those frames."""
+    try:
+        frames = sample(req.path, fmap, indices, out_hw, notes)
+        last = cache.get(fmap.pts[indices[-1]])
+        if last is not None and last.shape == frames.shape[1:]:
+            check_against(frames[-1], last, indices[-1])
+        repeats = repeated_pairs(frames)
+        if repeats:
+            a, b = repeats[0]
+            ref = {}
+            put = lambda j, f: ref.__setitem__(j, to_rgb(f, out_hw, fmap.rotation))  # noqa: E731
+            exact.sample(req.path, fmap, [fmap.pts[indices[a]], fmap.pts[indices[b]]], put, counter)
+            if len(ref) < 2 or not np.array_equal(ref[0], ref[1]):
+                raise DecordUnfit("decord returned repeated frames where the video's differ")
+    except DecordUnfit as e:
+        raise VideoError(f"{req.path}: decord cannot be trusted on this file: {e} (use --decoder auto)") from None
+    return frames

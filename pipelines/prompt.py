@@ -1,0 +1,53 @@
+"""The chat prompt of one question about one video, as text and as token ids with the video placeholder repeated."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from .errors import ModelError
+from .loading import _one_line
+
+
+def chat_prompt(tokenizer: Any, chat_template: str | None, question: str) -> str:
+    """The chat prompt of one user turn (a video, then the question) ready for the assistant's answer."""
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+    return tokenizer.apply_chat_template(messages, chat_template=chat_template, tokenize=False,
+                                         add_generation_prompt=True)
+
+
+# Stands for the question while the chat template is rendered: plain letters no template or tokenizer treats specially.
+_QUESTION_SLOT = "VIDQQUESTIONSLOTf3a9c1"
+
+
+def prompt_ids(tokenizer: Any, chat_template: str | None, video_token: str, question: str, count: int,
+               name: str = "the model") -> list[int]:
+    """Token ids of :func:`chat_prompt` with its one ``video_token`` placeholder repeated ``count`` times.
+
+    The single place that builds a prompt's ids: inference and the demo model's training both call it.
+    The question is text, never control: the template is rendered around a stand-in, its own parts are tokenized
+    with special tokens parsed (``<|im_start|>``...), and the question with them split
+    (``split_special_tokens=True``), so ``<video>``, ``<|video_pad|>`` or ``<|im_end|>`` typed into a question are
+    ordinary characters and cannot change the prompt's structure. Each part starts and ends at a pre-tokenizer
+    boundary (after a template newline or special token, before a special token), so an ordinary question gets
+    the ids of the whole prompt tokenized in one piece (a test checks it on both families' tokenizers).
+    """
+    if chat_template is None and getattr(tokenizer, "chat_template", None) is None:
+        raise ModelError(f"{name!r} has no chat template; copy chat_template.jinja from the checkpoint it came from "
+                         "into the model directory")
+    try:
+        text = chat_prompt(tokenizer, chat_template, _QUESTION_SLOT)
+    except ValueError as exc:  # a template that raises on a video and a text part
+        raise ModelError(f"the chat template of {name!r} cannot make a prompt: {_one_line(exc, 200)}") from None
+    if text.count(video_token) != 1 or text.count(_QUESTION_SLOT) != 1:
+        raise ModelError(f"the chat template of {name!r} must hold one {video_token} placeholder and the question "
+                         "once")
+    ids: list[int] = []
+    for part in re.split(f"({re.escape(video_token)}|{_QUESTION_SLOT})", text):
+        if part == video_token:
+            ids += [tokenizer.convert_tokens_to_ids(video_token)] * count
+        elif part == _QUESTION_SLOT:
+            ids += tokenizer(question, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        elif part:
+            ids += tokenizer(part, add_special_tokens=False)["input_ids"]
+    return ids
