@@ -1,5 +1,8 @@
 """The ``ray`` engine of ``vidq annotate``: the same per-video work on Ray Data, for more than one machine.
 
+A plug-in of the runner (:class:`RayEngine`, an :class:`~.engine.Engine`): it imports the config and the
+per-video work (:mod:`.answer`), never the runner, which imports it only for ``--engine ray``.
+
 Two stages streamed by Ray Data: decoding runs as plain CPU tasks (each in vidq's killable worker, with the time
 limit), and answering runs in an actor pool whose actors load the model once (``num_gpus`` each). The driver
 gets one row per line back and writes them through the same fsynced JSON-lines sink as the local engine, so the
@@ -25,8 +28,10 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
-from .annotate import AnnotateConfig, answer_video, timed_decode
-from .api import AskConfig, ConfigError, VideoQA
+from ..api import AskConfig, ConfigError, VideoQA
+from .answer import answer_video, timed_decode
+from .config import AnnotateConfig
+from .engine import Todo
 
 DECODE_CPUS = 0.5  # each decode task's CPU request; the check asks for at least one whole CPU besides the actors
 ACTOR_CPUS = 1.0
@@ -70,7 +75,7 @@ class _Answerer:
 
     def __init__(self, model: str, device: str, dtype: str, ask: dict[str, Any], options: dict[str, Any],
                  cache_size: str | None = None):
-        from .cache import EncodedCache
+        from ..cache import EncodedCache
 
         cache = EncodedCache(max_bytes=cache_size) if cache_size is not None else None
         self.qa = VideoQA(model, device=device, dtype=dtype, cache=cache)
@@ -163,6 +168,18 @@ def run_ray(todo: list[tuple[str, list[str]]], config: AnnotateConfig) -> Iterat
             signal.signal(signal.SIGTERM, previous)
         if started_here:
             ray.shutdown()  # ends this job's actors and the local Ray's processes
+
+
+class RayEngine:
+    """``--engine ray`` as the runner calls it: :func:`preflight`, then :func:`run_ray`."""
+
+    def preflight(self, config: AnnotateConfig) -> None:
+        """Fail in a second, before Ray or the model is loaded, on a request a local Ray cannot hold."""
+        preflight(config)
+
+    def run(self, todo: Todo, config: AnnotateConfig) -> Iterator[dict[str, Any]]:
+        """Run ``todo`` on Ray Data, yielding each line as it arrives; closing it shuts down the Ray it started."""
+        return run_ray(todo, config)
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:

@@ -1,0 +1,70 @@
+"""What an engine does for one video: decode it, then prepare and compress it once and answer each question,
+giving one line (answer and report, or the error) per question. Both engines run exactly this."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from ..api import AskConfig, VideoQA
+
+
+def error_text(exc: BaseException) -> str:
+    """One line for the error field: the message of a known error, the type and first line of anything else."""
+    from ..kernels import MethodError
+    from ..pipelines.errors import VidqError
+
+    message = (str(exc).strip().splitlines() or [""])[0]
+    return message if isinstance(exc, (VidqError, MethodError)) and message else f"{type(exc).__name__}: {message}"
+
+
+def make_record(video: str, question: str, options: dict[str, Any], result: Any = None,
+                error: str | None = None, decode_s: float | None = None) -> dict[str, Any]:
+    """The line written for one (video, question): answer and report, or the error."""
+    return {
+        "video": video,
+        "question": question,
+        "answer": result.answer if result is not None else None,
+        "error": error,
+        "decode_s": decode_s,  # the decode itself, in a background worker (the report's decode is the wait for it)
+        "report": dataclasses.asdict(result.report) if result is not None else None,
+        "options": options,
+    }
+
+
+def timed_decode(video: str, config: AskConfig, resize: Any = None) -> tuple[Any, float]:
+    """``(DecodedVideo, seconds)``; ``resize``: the answering model's ``frame_resizer()`` (frames kept at its size)."""
+    started = time.perf_counter()
+    decoded = VideoQA.decode(video, config, resize=resize)
+    return decoded, time.perf_counter() - started
+
+
+def answer_video(qa: VideoQA, video: str, questions: list[str], config: AskConfig, options: dict[str, Any],
+                 decoded: Any = None, decode_error: BaseException | None = None,
+                 decode_s: float | None = None) -> Iterator[dict[str, Any]]:
+    """The per-video work both engines run: prepared once and compressed once (per question when the method
+    reads the question), then a line per question; an error line each when anything fails."""
+    prepared = compressed = prefix = None
+    error = decode_error
+    if error is None:
+        try:
+            method = qa.build_method(config)
+            prepared = qa.prepare(video, config, decoded=decoded, need=method.needs)
+            if "question" not in method.needs:
+                compressed = qa.compress(prepared, method)
+                prefix = qa.video_prefix(compressed)  # the video's prefill, kept for the next question
+        except Exception as exc:  # noqa: BLE001 - one bad video costs its lines, never the run
+            error = exc
+    for question in questions:
+        if error is not None:
+            yield make_record(video, question, options, error=error_text(error), decode_s=decode_s)
+            continue
+        try:
+            own = compressed or qa.compress(prepared, method, question)
+            result = qa.answer(prepared, question, config, own, prefix or qa.video_prefix(own))
+        except Exception as exc:  # noqa: BLE001 - one bad question costs its line, never the run
+            yield make_record(video, question, options, error=error_text(exc), decode_s=decode_s)
+        else:
+            yield make_record(video, question, options, result=result, decode_s=decode_s)
