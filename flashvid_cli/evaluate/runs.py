@@ -1,0 +1,36 @@
+"""Which runs an eval makes: methods x keeps (or x token counts), the scoring and the question limit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..bench.runs import Run, check_runs, default_methods, method_runs
+from ..config import AskConfig, ConfigError
+
+DEFAULT_KEEPS = (1.0, 0.5, 0.25, 0.1)
+SCORINGS = ("likelihood", "letter")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Methods x keeps (or x token counts), how options are scored, how many questions; ``ask`` holds frame sampling
+    and decoding. ``methods=None`` means every registered method."""
+
+    methods: tuple[str, ...] | None = None
+    keeps: tuple[float, ...] = DEFAULT_KEEPS
+    scoring: str = "likelihood"
+    limit: int | None = None  # the first N questions
+    ask: AskConfig = field(default_factory=AskConfig)
+    tokens: tuple[int, ...] = ()  # visual-token counts; when given, they replace keeps
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "methods", default_methods(self.methods, self.tokens))
+        check_runs(self.methods, self.keeps, self.tokens)
+        if self.scoring not in SCORINGS:
+            raise ConfigError(f"--scoring must be one of {', '.join(SCORINGS)}, got {self.scoring!r}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"--limit must be at least 1, got {self.limit}")
+
+    def runs(self) -> list[Run]:
+        """(method, keep, tokens) in the order given; a method that ignores keep once, at keep 1."""
+        return method_runs(self.methods, self.keeps, self.tokens)
