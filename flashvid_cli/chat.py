@@ -22,10 +22,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .api import AskConfig, AskResult, CompressedVideo, ConfigError, VideoQA, _needs_question
+from .config import AskConfig, ConfigError
+from .results import AskResult, CompressedVideo
+from .video_stages import _needs_question
+from .videoqa import VideoQA
 
 if TYPE_CHECKING:
-    from .pipelines.base import Generation
+    from .pipelines.generation import Generation
     from .pipelines.video import DecodedVideo
 
 
@@ -40,7 +43,7 @@ class Chat:
 
     def __init__(self, qa: VideoQA, video: str | Path, config: AskConfig | None = None,
                  decoded: DecodedVideo | None = None, logits: bool = False):
-        from .pipelines.base import GenerationOptions
+        from .pipelines.generation import GenerationOptions
         from .pipelines.prefix import PromptCache
 
         self.qa = qa
@@ -92,7 +95,7 @@ class Chat:
         Raises ConfigError for an empty question."""
         import torch
 
-        from .pipelines.base import synchronize
+        from .pipelines.generation import synchronize
         from .pipelines.prefix import video_end
 
         if not question.strip():

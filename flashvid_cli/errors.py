@@ -1,7 +1,7 @@
 """The root of every error meant for the user: what their files, options or machine caused.
 
 A leaf module with no imports, so every layer can derive from it (``kernels.MethodError``,
-``pipelines.errors.VidqError`` and its kin, ``api.ConfigError``) and the CLI catches one class. Anything else
+``pipelines.errors.VidqError`` and its kin, ``config.ConfigError``) and the CLI catches one class. Anything else
 that escapes is a bug, and the CLI says so.
 """
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from .errors import InputError
 
 if TYPE_CHECKING:
-    from .api import AskConfig
+    from .config import AskConfig
 
 DEVICES = "auto, cpu, cuda, cuda:N"
 DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")  # pipelines.base.DTYPES plus auto (a test keeps them equal)
@@ -111,7 +111,7 @@ def check_video_file(path: str | os.PathLike, *, empty_ok: bool = False, probe: 
     except OSError as exc:
         raise InputError(f"cannot read {os_error_line(exc, path)}") from None
     if probe:
-        from .pipelines.video_pyav import open_video
+        from .pipelines.video import open_video
 
         container, _ = open_video(path)
         container.close()
@@ -162,7 +162,7 @@ def writing(path: str | os.PathLike, option: str) -> Iterator[None]:
 # -- options ------------------------------------------------------------------------------------------------------
 def _option_error(message: str) -> Exception:
     """A bad option value is a ConfigError, as AskConfig's own checks raise (files and paths are InputErrors)."""
-    from .api import ConfigError
+    from .config import ConfigError
 
     return ConfigError(message)
 

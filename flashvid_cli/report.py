@@ -1,4 +1,4 @@
-"""Render an :class:`~flashvid_cli.api.AskResult` report as rich tables (the CLI's only presentation code)."""
+"""Render an :class:`~flashvid_cli.results.AskResult` report as rich tables (the CLI's only presentation code)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import dataclasses
 from rich.console import Console, Group
 from rich.table import Table
 
-from .api import Report
+from .results import Report
 
 
 def _ms(seconds: float) -> str:

@@ -1,0 +1,255 @@
+"""The video side of :class:`~flashvid_cli.videoqa.VideoQA`: the loaded model and the stages up to the compressed video.
+
+:class:`VideoStages` loads the model family's pipeline and holds the stages every question starts from: ``decode``
+(in a killable worker), ``prepare`` (preprocess and the vision tower, through the on-disk cache of encoded videos)
+and ``compress`` (one method at one keep, or at the keep that gives ``tokens``). ``VideoQA`` adds the answering side
+(prompt, generation, the report); see :mod:`flashvid_cli.videoqa` for the stages together.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .config import DEFAULT_MODEL, AskConfig, ConfigError
+from .results import CompressedVideo, ModelInfo, PreparedVideo, PrepareTimings, VideoInfo
+
+if TYPE_CHECKING:
+    from .kernels import Method
+    from .pipelines.preprocess import FrameResizer
+    from .pipelines.video import DecodedVideo
+
+
+def _needs_question(method: Method) -> bool:
+    return "question" in method.needs
+
+
+class VideoStages:
+    """The loaded model and its video stages (decode, prepare, compress); :class:`~flashvid_cli.videoqa.VideoQA` is
+    what callers make, adding the answering stages."""
+
+    def __init__(self, model: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto", cache: Any = None):
+        """``cache``: a :class:`~flashvid_cli.cache.EncodedCache` that :meth:`prepare` reads and writes (the CLI
+        opens one unless ``--no-cache``), or None for no cache (the library default)."""
+        from .pipelines import load_pipeline
+
+        started = time.perf_counter()
+        self.pipeline = load_pipeline(model, device=device, dtype=dtype)
+        self.load_s = time.perf_counter() - started
+        self._info: ModelInfo | None = None
+        self.cache = cache
+        self._model_fingerprint: dict[str, Any] | None = None
+
+    @property
+    def model_type(self) -> str:
+        return self.pipeline.model_type
+
+    # -- accessors ---------------------------------------------------------------------------------------------
+    @property
+    def info(self) -> ModelInfo:
+        """Name, family, device, dtype and the language model's size (computed once)."""
+        if self._info is None:
+            pipe = self.pipeline
+            model = pipe.model
+            embed = model.get_input_embeddings().weight
+            text = model.config.text_config
+            # A mixture-of-experts LLM runs only its top-k experts per token: expert weights count k / experts.
+            experts, active = getattr(text, "num_experts", None), getattr(text, "num_experts_per_tok", None)
+            params = 0
+            for name, p in pipe.language_model.named_parameters():
+                if p is not embed:
+                    moe = experts and active and ".experts." in f".{name}"
+                    params += p.numel() * active // experts if moe else p.numel()
+            self._info = ModelInfo(
+                name=pipe.name, model_type=pipe.model_type, device=str(pipe.device),
+                dtype=str(pipe.dtype).removeprefix("torch."), extra_video_tokens=pipe.extra_video_tokens,
+                llm_params=params, llm_layers=text.num_hidden_layers, llm_hidden=text.hidden_size,
+            )
+        return self._info
+
+    def build_method(self, config: AskConfig) -> Method:
+        """``config``'s method at its keep with its options, the model family's recipe first; raises MethodError."""
+        from .kernels import build
+
+        return build(config.method, config.keep, model_type=self.model_type, options=config.options)
+
+    # -- stages ------------------------------------------------------------------------------------------------
+    @staticmethod
+    def decode(video: str | Path, config: AskConfig | None = None, resize: FrameResizer | None = None) -> DecodedVideo:
+        """Decode the frames ``config`` asks for (in a killable worker); safe to run ahead in another thread.
+
+        ``resize``: resize frames to the model's input size as they are decoded (``qa.frame_resizer()``, or
+        ``pipelines.frame_resizer(model)`` before the model is loaded), so that only model-size frames are held;
+        preprocessing them then gives the same pixel values as preprocessing full-size frames. None: uint8
+        frames [T, H, W, 3] at the decoded size (the longer side at most 1920 px)."""
+        from .pipelines.video import decode
+
+        config = config or AskConfig()
+        return decode(
+            video, frames=config.frames, fps=config.fps, max_frames=config.max_frames,
+            decoder=config.decoder, timeout_s=config.decode_timeout_s, seek=config.seek, resize=resize,
+        )
+
+    def frame_resizer(self) -> FrameResizer:
+        """The model's input size rule, for :meth:`decode` (``resize=``) of videos this model will answer about."""
+        return self.pipeline.frame_resizer()
+
+    def prepare(self, video: str | Path, config: AskConfig | None = None, decoded: DecodedVideo | None = None,
+                need: frozenset[str] | None = None) -> PreparedVideo:
+        """Decode (unless ``decoded`` is given, from :meth:`decode` with the same config), preprocess and encode.
+
+        ``need`` names the vision-tower inputs to compute besides the features ("importance", "metric"); None takes
+        the needs of ``config``'s method (building it, so a bad method raises MethodError here). The CUDA peak
+        memory statistic starts over here. Raises VideoError when the video does not decode.
+        """
+        import torch
+
+        from .pipelines.generation import synchronize
+
+        config = config or AskConfig()
+        if need is None:
+            need = self.build_method(config).needs
+        need = frozenset(need) & {"importance", "metric"}
+        pipe = self.pipeline
+        device = pipe.device
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        marks = [time.perf_counter()]
+
+        def lap() -> float:
+            synchronize(device)
+            marks.append(time.perf_counter())
+            return marks[-1] - marks[-2]
+
+        if decoded is not None:
+            _check_decoded(decoded, video, config)
+        waited = decoded.stats.get("waited_after_load_s", 0.0) if decoded is not None else 0.0
+        key = self._cache_key(video, config, need, decoded)
+        if key is not None and (hit := self.cache.get(key, device=device)) is not None:
+            # The lookup (fingerprint and load) is this run's decode time; nothing was preprocessed or encoded.
+            info = VideoInfo(**{**hit.video, "path": str(video)})
+            info.notes = [*info.notes, "encoded video read from the on-disk cache: not decoded, not encoded"]
+            encoded = hit.encoded
+            return PreparedVideo(
+                info, encoded, PrepareTimings(lap() + waited, 0.0, 0.0), hit.has, cache="hit",
+                visual_tokens=encoded.grid.T * encoded.grid.N + pipe.extra_video_tokens,
+                started_at=decoded.stats.get("started_at") if decoded is not None else None,
+            )
+        ahead = decoded is not None
+        if decoded is None:
+            decoded = self.decode(video, config, resize=pipe.frame_resizer())
+        t_decode = lap() + waited  # with load_and_decode: the wait for frames after the model loaded, too
+        with torch.inference_mode():
+            pixels = pipe.preprocess(decoded.frames, decoded.timestamps)
+            t_pre = lap()
+            encoded = pipe.encode(pixels, need=need)
+            t_enc = lap()
+        info = VideoInfo(
+            path=str(video), decoder=decoded.decoder, fps=decoded.fps, duration_s=decoded.duration,
+            total_frames=decoded.total_frames, sampling=decoded.sampling, frame_indices=list(decoded.indices),
+            timestamps_s=[round(t, 3) for t in decoded.timestamps], notes=list(decoded.notes),
+        )
+        own = decoded.stats.get("decode_s") if ahead else None
+        state, note = "off", "no on-disk cache of encoded videos (--no-cache, or VideoQA(cache=None))"
+        if key is not None:  # the entry keeps what is true of the video, not of this run's timing
+            written = self.cache.put(key.with_indices(decoded.indices), encoded, video=dataclasses.asdict(info))
+            state, note = ("miss", None) if written else ("off", self.cache.warning or "the entry was not written")
+        elif self.cache is not None:
+            state, note = "off", self.cache.warning or "the cache is off (--cache-size 0)"
+        if own is not None and own > t_decode:
+            when = "while the model loaded" if "started_at" in decoded.stats else "before this call"
+            info.notes.append(f"decoded ahead ({when}): {own * 1e3:,.0f} ms of decoding, of which the decode stage "
+                              f"and the time to first token count only the {t_decode * 1e3:,.0f} ms waited for it")
+        return PreparedVideo(
+            info, encoded, PrepareTimings(t_decode, t_pre, t_enc, own), need,
+            visual_tokens=encoded.grid.T * encoded.grid.N + pipe.extra_video_tokens, cache=state, cache_note=note,
+            decode_worker_peak_rss_bytes=decoded.stats.get("peak_rss_bytes"),
+            started_at=decoded.stats.get("started_at") if ahead else None,
+        )
+
+    def _cache_key(self, video: str | Path, config: AskConfig, need: frozenset[str],
+                   decoded: DecodedVideo | None) -> Any:
+        """The encoded-video cache key of this prepare, or None when there is no usable cache."""
+        from .cache import model_fingerprint, sampling_request
+
+        if self.cache is None or not self.cache.enabled:
+            return None
+        pipe = self.pipeline
+        if self._model_fingerprint is None:
+            self._model_fingerprint = model_fingerprint(pipe.name)
+        return self.cache.key(
+            video, sampling=sampling_request(config.frames, config.fps, config.max_frames, seek=config.seek,
+                                             decoder=config.decoder),
+            model=self._model_fingerprint, dtype=pipe.dtype, device=pipe.device, preprocess=pipe.preprocess_config,
+            frame_indices=decoded.indices if decoded is not None else None, need=need,
+        )
+
+    def compress(self, prepared: PreparedVideo, method: Method | AskConfig, question: str | None = None,
+                 tokens: int | None = None) -> CompressedVideo:
+        """Compress ``prepared`` with ``method`` (a built Method, or an AskConfig's method, keep, options and tokens).
+
+        With ``tokens`` (or an AskConfig's ``tokens``) the method runs at the keep that makes the LLM see as close
+        to ``tokens`` visual tokens as it can, found by :func:`kernels.tokens.fit_tokens` (its count rule, or a
+        search compressing this clip; the result's ``search`` says what that cost, and its ``seconds`` include it).
+
+        A method whose ``needs`` hold "question" reads ``question``: it gets the LLM's input embeddings of the
+        question's tokens, ``method(..., question=[M, D])``; other methods ignore it. Raises ConfigError when such a method gets no question or when the method needs an
+        input ``prepare`` did not compute, MethodError for a bad method or input.
+        """
+        import torch
+
+        from .pipelines.generation import synchronize
+
+        if isinstance(method, AskConfig):
+            tokens = method.tokens if tokens is None else tokens
+            method = self.build_method(method)
+        extra = self.pipeline.extra_video_tokens
+        if tokens is not None and tokens <= extra:
+            raise ConfigError(f"--tokens {tokens} leaves no visual token: this model adds {extra} after the video")
+        missing = (method.needs & {"importance", "metric"}) - prepared.need
+        if missing:
+            raise ConfigError(f"method {method.name!r} needs {', '.join(sorted(missing))}, which this prepared video "
+                              f"lacks; prepare it with need={sorted(method.needs)!r}")
+        kwargs: dict[str, Any] = {}
+        if _needs_question(method):
+            if question is None or not question.strip():
+                raise ConfigError(f"method {method.name!r} reads the question: give compress() the question")
+            kwargs["question"] = self.pipeline.question_embeddings(question)  # [M, D]
+        encoded = prepared.encoded
+        device = encoded.feats.device
+        synchronize(device)
+        started = time.perf_counter()
+        search = None
+        with torch.inference_mode():
+            if tokens is None:
+                out = method(encoded.feats, encoded.grid, encoded.importance, encoded.metric, **kwargs)
+            else:
+                from .kernels.tokens import fit_tokens
+
+                fit = fit_tokens(method, tokens - extra, encoded.feats, encoded.grid, encoded.importance,
+                                 encoded.metric, **kwargs)
+                method, out, search = fit.method, fit.compressed, {"probes": fit.probes, "seconds": fit.search_s}
+        synchronize(device)
+        seconds = time.perf_counter() - started
+        visual = int(out.tokens.shape[0]) + extra
+        return CompressedVideo(method, out, seconds, visual, question if kwargs else None, tokens, search)
+
+
+def _check_decoded(decoded: DecodedVideo, video: str | Path, config: AskConfig) -> None:
+    """ConfigError unless ``decoded`` is ``video`` decoded as ``config`` asks (a decoded video of another file or
+    sampling would be answered about, and cached, under this one's name)."""
+    import os
+
+    asked = decoded.request
+    if not asked:  # made by hand, not by decode(): nothing to compare
+        return
+    if asked.get("file") and os.path.abspath(os.fspath(video)) != asked["file"]:
+        raise ConfigError(f"the decoded video given is {asked['file']}, not {video}: decode this video with "
+                          "VideoQA.decode(video, config)")
+    mine = {"frames": config.frames, "fps": config.fps, "max_frames": config.max_frames, "decoder": config.decoder,
+            "seek": config.seek}
+    if diff := [k for k, v in mine.items() if asked.get(k, v) != v]:
+        raise ConfigError(f"the decoded video given was sampled with other {', '.join(diff)} than this config's: "
+                          "decode it with the same config")
