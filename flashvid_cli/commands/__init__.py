@@ -1,1 +1,1 @@
-"""One module per ``vidq`` command that outgrew ``cli.py``; each registers itself on ``cli.app``."""
+"""One module per ``vidq`` command, each registering itself on ``shell.app``; shared ``options`` and ``shell``."""

@@ -8,10 +8,11 @@ from typing import Annotated, Callable, Optional
 import typer
 
 from ..api import DEFAULT_METHOD, DEFAULT_MODEL
-from ..cli import (
-    DEFAULT_CACHE_SIZE, CacheSize, Command, Decoder, Device, Dtype, Fps, Frames, Keep, MaxFrames, MaxNewTokens, Method,
-    Model, NoCache, Opt, Seed, Seek, Temperature, app, err, open_cache, parse_options, user_errors, warn_random,
+from .options import (
+    DEFAULT_CACHE_SIZE, CacheSize, Decoder, Device, Dtype, Fps, Frames, Keep, MaxFrames, MaxNewTokens, Method, Model,
+    NoCache, Opt, Seed, Seek, Temperature, parse_options,
 )
+from .shell import Command, app, err, open_cache, user_errors, warn_random
 
 
 @app.command(cls=Command)

@@ -1,4 +1,4 @@
-"""``vidq cache info`` / ``vidq cache clear``: the on-disk cache of encoded videos (flashvid_cli/cache.py)."""
+"""``vidq cache info`` / ``vidq cache clear``: the on-disk cache of encoded videos (flashvid_cli/cache/)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ..cli import Command, app, err, user_errors
+from .shell import Command, app, err, user_errors
 
 cache_app = typer.Typer(
     help="The cache of encoded videos (in $VIDQ_CACHE_DIR, else the platform cache directory, e.g. ~/.cache/vidq).",

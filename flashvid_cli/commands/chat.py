@@ -11,11 +11,11 @@ from typing import Annotated
 import typer
 
 from ..api import DEFAULT_METHOD, DEFAULT_MODEL
-from ..cli import (
-    DEFAULT_CACHE_SIZE, CacheSize, Command, Decoder, Device, Dtype, Fps, Frames, Keep, MaxFrames, MaxNewTokens,
-    Method, Model, NoCache, Opt, Seed, Seek, Temperature, TextAfterVideo, app, err, open_cache, parse_options,
-    user_errors, warn_random,
+from .options import (
+    DEFAULT_CACHE_SIZE, CacheSize, Decoder, Device, Dtype, Fps, Frames, Keep, MaxFrames, MaxNewTokens, Method, Model,
+    NoCache, Opt, Seed, Seek, Temperature, TextAfterVideo, parse_options,
 )
+from .shell import Command, app, err, open_cache, user_errors, warn_random
 
 HELP = "/reset starts over about the same video, /report shows the last turn's report, /exit (or Ctrl-D) ends"
 

@@ -13,11 +13,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..api import DEFAULT_MODEL
-from ..cli import (
-    DEFAULT_CACHE_SIZE, CacheSize, Command, Decoder, Device, Dtype, Fps, Frames, MaxFrames, Model, NoCache, Opt, app,
-    Seek, budget_lists, err, open_cache, output_console, parse_list, parse_options, user_errors,
-    warn_random,
+from .options import (
+    DEFAULT_CACHE_SIZE, CacheSize, Decoder, Device, Dtype, Fps, Frames, MaxFrames, Model, NoCache, Opt, Seek,
+    budget_lists, parse_list, parse_options,
 )
+from .shell import Command, app, err, open_cache, output_console, user_errors, warn_random
 
 
 @app.command("eval", cls=Command)

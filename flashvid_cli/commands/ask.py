@@ -1,0 +1,83 @@
+"""``vidq ask VIDEO QUESTION...``: answers on stdout, a per-stage timing and token report on stderr."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..api import DEFAULT_METHOD, DEFAULT_MODEL
+from .options import (
+    DEFAULT_CACHE_SIZE, CacheSize, Decoder, Device, Dtype, Fps, Frames, Keep, MaxFrames, MaxNewTokens, Method, Model,
+    NoCache, Opt, Seed, Seek, Temperature, TextAfterVideo, Tokens, keep_or_tokens, parse_options,
+)
+from .shell import Command, app, err, open_cache, user_errors, warn_random
+
+
+@app.command(cls=Command)
+def ask(
+    video: Annotated[Path, typer.Argument(help="The video file.")],
+    questions: Annotated[Optional[list[str]], typer.Argument(
+        help="One or more questions, answered in order about one decoded, encoded and compressed video.")] = None,
+    questions_file: Annotated[Optional[Path], typer.Option(
+        "--questions", help="A file of questions, one per line, asked after any given as arguments.")] = None,
+    model: Model = DEFAULT_MODEL,
+    method: Method = DEFAULT_METHOD,
+    keep: Keep = None,
+    tokens: Tokens = None,
+    opt: Opt = None,
+    frames: Frames = None,
+    fps: Fps = None,
+    max_frames: MaxFrames = 32,
+    max_new_tokens: MaxNewTokens = 64,
+    temperature: Temperature = 0.0,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    seed: Seed = 0,
+    decoder: Decoder = "auto",
+    seek: Seek = "exact",
+    text_after_video: TextAfterVideo = None,
+    no_cache: NoCache = False,
+    cache_size: CacheSize = DEFAULT_CACHE_SIZE,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="A flag, no file: print one JSON object per question (answer and report) on stdout, one per "
+        "line, in order. (bench and eval take --json FILE.)")] = False,
+) -> None:
+    """Ask QUESTIONS about VIDEO: the answers on stdout, one per question, and a per-stage timing and token report
+    on stderr. Several questions share the decode, the vision encoder, the compression and, where the chat template
+    puts the video first, the video's prefill: each later question prefills only its own tokens."""
+    started = time.perf_counter()  # the report's wall time counts from here, imports and checks included
+    with user_errors():
+
+        from ..annotate import read_questions
+        from ..api import AskConfig, ConfigError, load_and_decode
+        from ..report import print_reports
+
+        asked = list(questions or []) + (read_questions(questions_file) if questions_file is not None else [])
+        if not asked:
+            raise ConfigError("give a question after the video, or --questions FILE")
+
+        from ..inputs import check_ask, check_question, check_video_file
+
+        config = AskConfig(
+            method=method, keep=keep_or_tokens(keep, tokens), tokens=tokens, options=parse_options(opt),
+            frames=frames, fps=fps, max_frames=max_frames,
+            max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, decoder=decoder,
+            seek=seek, text_after_video=text_after_video,
+        )
+        check_video_file(video, probe=True)  # everything that needs no model, before loading it
+        for question in asked:
+            check_question(question)
+        check_ask(config, device=device, dtype=dtype, model=model)
+        warn_random(model)
+        cache = open_cache(no_cache, cache_size)
+        qa, decoded = load_and_decode(video, config, model=model, device=device, dtype=dtype, cache=cache,
+                                      started=started)
+        results = qa.ask_many(video, asked, config, decoded=decoded)
+        for result in results:
+            typer.echo(json.dumps(result.to_dict()) if as_json else result.answer)
+        if not as_json:
+            print_reports([r.report for r in results], asked, err)

@@ -1,0 +1,35 @@
+"""``vidq methods``: the registered compression methods, their options and the defaults a run uses."""
+
+from __future__ import annotations
+
+from .shell import Command, app, output_console, user_errors
+
+
+@app.command(cls=Command)
+def methods() -> None:
+    """List the compression methods, their options and the defaults a run uses (per model family where they differ)."""
+    with user_errors():
+        from rich.table import Table
+
+        from ..kernels import methods as registered
+        from ..kernels.registry import option_defaults
+        from ..pipelines.registry import families
+
+        table = Table(show_edge=False, expand=True)
+        # every cell wraps, none is cut: the options and their defaults are what this command is for, so they get
+        # the largest share of the width
+        table.add_column("method", no_wrap=True)
+        table.add_column("needs", overflow="fold", ratio=2)
+        table.add_column("options (default a run uses)", overflow="fold", ratio=5)
+        table.add_column("--tokens reaches", overflow="fold", ratio=3)
+        for name, cls in registered().items():
+            defaults = option_defaults(name, families())  # resolved as a run resolves them, for every family
+            options = "\n".join(f"{key}={value}" for key, value in defaults.items()) or "-"  # one per line
+            needs = sorted(cls.needs - {"question"})
+            if "question" in cls.needs:
+                needs.append("the question")
+            elif cls.prunes_in_llm:  # the in-LLM stage reads the question through the last token's attention
+                on = cls().llm_prune() is not None
+                needs.append("the question (in-LLM stage)" if on else "the question, with its in-LLM stage on")
+            table.add_row(name, "\n".join(needs) or "-", options, cls.granularity)
+        output_console().print(table)

@@ -1,0 +1,93 @@
+"""The options the ``vidq`` commands share (``Annotated`` typer aliases) and the parsing of their values."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+# Options shared by the commands that load a model.
+Model = Annotated[
+    str, typer.Option("--model", "-m", help="Hugging Face repo id, local model directory, or random:NAME "
+                      "(llava-onevision-0.5b, llava-onevision-7b, qwen2.5-vl-7b, qwen3-vl-8b, qwen3-vl-30b-a3b, or a "
+                      "config.json path): the real "
+                      "architecture with random weights, for timing.")
+]
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+Dtype = Annotated[str, typer.Option(help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16.")]
+Method = Annotated[str, typer.Option(help="Compression method; `vidq methods` lists them and their options.")]
+Keep = Annotated[Optional[float], typer.Option(help="Share of visual tokens to keep, 0 < keep <= 1 [default: 0.25].")]
+Tokens = Annotated[Optional[int], typer.Option(
+    help="Visual tokens the LLM should see (instead of --keep): each method gets the keep that comes closest.")]
+Opt = Annotated[
+    Optional[list[str]], typer.Option("--opt", help="A method option as key=value; repeat for several.")
+]
+Frames = Annotated[Optional[int], typer.Option(help="Sample N frames uniformly over the video.")]
+Fps = Annotated[Optional[float], typer.Option(help="Sample F frames per second (capped by --max-frames).")]
+MaxFrames = Annotated[int, typer.Option(help="Most frames to sample; the default count without --frames/--fps.")]
+MaxNewTokens = Annotated[int, typer.Option(help="Most tokens to generate.")]
+Temperature = Annotated[float, typer.Option(help="Sampling temperature; 0 is greedy.")]
+Seed = Annotated[int, typer.Option(help="Seed for sampling (and anything random).")]
+Decoder = Annotated[str, typer.Option(help="Video decoder: auto, decord or pyav.")]
+Seek = Annotated[str, typer.Option(help="exact (the sampled frames themselves) or keyframe: each sampled frame snapped "
+                                   "to the nearest keyframe, only keyframes decoded (approximate, faster; the report "
+                                   "gives the true timestamps and the offset). Not with --decoder decord.")]
+TextAfterVideo = Annotated[
+    Optional[str], typer.Option(help="Qwen2.5-VL: where text after the video resumes: hf (default) or qwen.")
+]
+NoCache = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the cache of encoded videos "
+                                       "($VIDQ_CACHE_DIR, else ~/.cache/vidq; see `vidq cache info`).")]
+CacheSize = Annotated[str, typer.Option(help="Size cap of the encoded-video cache, least recently used entries "
+                                        "evicted first: e.g. 500MiB, 2GB, 10GiB; 0 turns it off.")]
+DEFAULT_CACHE_SIZE = "10GiB"
+
+
+def parse_options(pairs: list[str] | None) -> dict[str, str]:
+    """``["k=v", ...]`` -> ``{"k": "v"}``; a pair without ``=`` is a user error."""
+    from ..api import ConfigError
+
+    options: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--opt expects key=value, got {pair!r}")
+        options[key.strip()] = value.strip()
+    return options
+
+
+def parse_list(text: str, kind: type, option: str) -> list:
+    """``"a,b"`` -> ``[kind(a), kind(b)]``; a value that does not parse is a user error naming the option."""
+    from ..api import ConfigError
+
+    values = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        try:
+            values.append(kind(item))
+        except ValueError:
+            raise ConfigError(f"{option}: cannot read {item!r} as {kind.__name__}") from None
+    return values
+
+
+def keep_or_tokens(keep: float | None, tokens: int | None, default: float = 0.25) -> float:
+    """The keep to use: ``--keep`` and ``--tokens`` exclude each other (with --tokens keep is searched)."""
+    from ..api import ConfigError
+
+    if keep is not None and tokens is not None:
+        raise ConfigError("give --keep or --tokens, not both")
+    return default if keep is None else keep
+
+
+def budget_lists(keep: str | None, tokens: str | None, default_keeps: tuple[float, ...]
+                 ) -> tuple[tuple[float, ...], tuple[int, ...]]:
+    """``(keeps, tokens)`` of bench and eval: ``--keep`` and ``--tokens`` exclude each other."""
+    from ..api import ConfigError
+
+    if keep is not None and tokens is not None:
+        raise ConfigError("give --keep or --tokens, not both")
+    keeps = tuple(parse_list(keep, float, "--keep")) if keep is not None else default_keeps
+    counts = tuple(parse_list(tokens, int, "--tokens")) if tokens is not None else ()
+    if tokens is not None and not counts:
+        raise ConfigError("--tokens is empty")
+    return keeps, counts
