@@ -18,14 +18,17 @@ import torch
 
 from flashvid_cli.kernels import Grid, build, evs, ops, vidcom2
 from flashvid_cli.kernels.cdpruner import cdpruner_budget, conditional_dpp, relevance
-from flashvid_cli.kernels.fastv import llm_budget, select_visual
+from flashvid_cli.kernels.fastv import select_visual
+from flashvid_cli.kernels.traits import llm_budget
 from flashvid_cli.kernels.flashvid import flashvid_budget
 from flashvid_cli.kernels.visionzip import visionzip_budget
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = Path(os.environ.get("VIDQ_GOLDEN_DIR", REPO.parent / "shared" / "golden"))
 TOL = {"atol": 1e-5, "rtol": 1e-5}  # README: merged features and tokens within 1e-5
-NOT_IMPLEMENTED: dict[str, str] = {}  # key prefix -> why it is skipped; every method in the golden set is built
+NOT_IMPLEMENTED: dict[str, str] = {  # key prefix -> why it is skipped
+    "nuwa_": "Nüwa (shared/ALGORITHMS.md §12) is not built yet: issue 26",
+}
 FLASHVID_OPTIONS = (
     "do_segment",
     "segment_threshold",
