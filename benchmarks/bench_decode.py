@@ -40,7 +40,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from flashvid_cli.pipelines.video import decode  # noqa: E402
-from flashvid_cli.pipelines.video_sampling import uniform_indices  # noqa: E402
+from flashvid_cli.pipelines.video.sampling import uniform_indices  # noqa: E402
 
 # name: (codec, (height, width) at scale 1, seconds (None: --minutes), fps, encoder options)
 GENERATED = {

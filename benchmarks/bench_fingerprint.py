@@ -10,7 +10,7 @@ times both fingerprints with the file in the page cache ("warm") and evicted fro
 sampled, full...), and removes the file. Also shows how many bytes each reads. Then ``put`` and ``get`` of an entry
 of 32 frames x 196 tokens x 3584 bf16 features with importance and metric [32, 196, 1152] float32 (73 MiB), get
 with its per-tensor CRC check, in a temporary cache directory. Prints tables, then one JSON document on the last
-line. The choice and its reasoning are in flashvid_cli/cache.py's docstring.
+line. The choice and its reasoning are in flashvid_cli/cache/key.py's docstring.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flashvid_cli.kernels import Grid, build  # noqa: E402
-from flashvid_cli.kernels.fastv import LLMPrune  # noqa: E402
+from flashvid_cli.kernels.traits import LLMPrune  # noqa: E402
 from flashvid_cli.pipelines import load_pipeline  # noqa: E402
 from flashvid_cli.pipelines.base import EncodedVideo  # noqa: E402
 

@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from bench_decode import generate  # noqa: E402
 
 from flashvid_cli.pipelines import frame_resizer  # noqa: E402
-from flashvid_cli.pipelines.video_sampling import uniform_indices  # noqa: E402
+from flashvid_cli.pipelines.video.sampling import uniform_indices  # noqa: E402
 
 QUESTION = "What happens in the video?"
 # What answering costs before any video: python, torch, transformers, the model's code and weights.

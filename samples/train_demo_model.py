@@ -54,7 +54,7 @@ import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from flashvid_cli import synthetic
-from flashvid_cli.pipelines.base import prompt_ids
+from flashvid_cli.pipelines.prompt import prompt_ids
 from flashvid_cli.pipelines.llava_onevision import SPECIAL_TOKENS as LLAVA_SPECIAL
 from flashvid_cli.pipelines.llava_onevision import preprocessors as llava_preprocessors
 from flashvid_cli.pipelines.preprocess import PreprocessConfig, normalize, resize, to_tensor

@@ -341,7 +341,7 @@ def test_ray_engine_gives_the_same_lines_as_the_local_one(tiny_models, folder, t
 
 
 def test_ray_engine_fails_at_once_on_a_request_no_cluster_here_can_hold(tiny_models, folder, tmp_path):
-    from flashvid_cli.annotate_ray import RayResourceError, local_resources
+    from flashvid_cli.annotate.ray_engine import RayResourceError, local_resources
 
     have = local_resources()  # what a local Ray would get: the request below is one more than that
     model = str(tiny_models["llava_onevision"])
@@ -359,7 +359,7 @@ def test_ray_engine_fails_at_once_on_a_request_no_cluster_here_can_hold(tiny_mod
 
 
 def test_check_resources_names_what_is_missing():
-    from flashvid_cli.annotate_ray import RayResourceError, check_resources
+    from flashvid_cli.annotate.ray_engine import RayResourceError, check_resources
 
     cluster = {"CPU": 8.0, "GPU": 2.0}
     check_resources(AnnotateConfig(engine="ray", ray_actors=2, ray_gpus_per_actor=1), cluster, "the Ray cluster")

@@ -1,4 +1,4 @@
-"""The on-disk cache of encoded videos (flashvid_cli/cache.py) and ``vidq cache info|clear``.
+"""The on-disk cache of encoded videos (flashvid_cli/cache/) and ``vidq cache info|clear``.
 
 Round trips are compared bit for bit (NaN, -0.0 and subnormals included), faults are made for real: a writer
 killed with SIGKILL mid-write, two processes writing one entry at once, a directory that cannot be created.
@@ -21,6 +21,7 @@ import torch
 from typer.testing import CliRunner
 
 from flashvid_cli import cache as cache_mod
+from flashvid_cli.cache import entry as entry_mod
 from flashvid_cli.cache import (
     DEFAULT_MAX_BYTES, CacheError, CacheKey, EncodedCache, fingerprint, model_fingerprint, parse_size,
     sampling_request,
@@ -129,7 +130,7 @@ def test_real_encodings_of_both_families_round_trip(tiny_model, sample_video, tm
     bit for bit, and the adapter builds the same prompt inputs and the same greedy tokens from the hit."""
     from flashvid_cli.api import VideoQA
     from flashvid_cli.kernels import build
-    from flashvid_cli.pipelines.base import GenerationOptions
+    from flashvid_cli.pipelines.generation import GenerationOptions
     from flashvid_cli.pipelines.video import decode
 
     pipe = VideoQA(str(tiny_model), device="cpu").pipeline
@@ -279,7 +280,7 @@ def test_bad_entry_is_ignored_deleted_and_rewritten(cache, video, damage):
     elif damage == "bad_header":  # vidq's metadata, but not a whole header
         from safetensors.torch import save_file
         save_file({"feats": encoded.feats}, path, metadata={"vidq": json.dumps({"format": 1, "checksums": {
-            "feats": cache_mod._checksum(encoded.feats)}})})
+            "feats": entry_mod._checksum(encoded.feats)}})})
     else:
         path.write_bytes(b"")
     assert cache.get(key) is None
@@ -299,12 +300,11 @@ def test_entry_under_another_keys_name_is_not_trusted(cache, video):
 
 KILL_WRITER = textwrap.dedent("""
     import json, os, sys, time, torch
-    from flashvid_cli import cache as cache_mod
-    from flashvid_cli.cache import CacheKey, EncodedCache
+    from flashvid_cli.cache import CacheKey, EncodedCache, files
     from flashvid_cli.kernels import Grid
     from flashvid_cli.pipelines.base import EncodedVideo
 
-    cache_mod._READ_CHUNK = 2**20
+    files._WRITE_CHUNK = 2**20
     real_write = os.write
     def slow_write(fd, data):  # a slow disk: 1 MiB per 50 ms, so the kill lands mid-write
         time.sleep(0.05)

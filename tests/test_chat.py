@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from flashvid_cli.api import AskConfig, VideoQA
 from flashvid_cli.chat import Chat
 from flashvid_cli.cli import app
-from flashvid_cli.pipelines.base import GenerationOptions
+from flashvid_cli.pipelines.generation import GenerationOptions
 from flashvid_cli.pipelines.registry import families
 from flashvid_cli.pipelines.prefix import video_end
 

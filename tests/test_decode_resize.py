@@ -15,9 +15,8 @@ import torch
 
 from flashvid_cli.api import AskConfig, VideoQA, load_and_decode
 from flashvid_cli.pipelines import frame_resizer, load_pipeline
-from flashvid_cli.pipelines import video as video_mod
 from flashvid_cli.pipelines.preprocess import FrameResizer
-from flashvid_cli.pipelines.video import ResizingSink, VideoTooLarge, decode
+from flashvid_cli.pipelines.video import ResizingSink, VideoTooLarge, api, decode, sinks
 from tests.test_video_exact import encode, pictures
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,7 +33,8 @@ def odd_video(tmp_path_factory):
 def test_pixel_values_equal_preprocessing_full_size_frames(tiny_model, odd_video, sample_video, monkeypatch,
                                                            chunk, in_worker):
     pipe = load_pipeline(str(tiny_model), device="cpu", dtype="float32")
-    monkeypatch.setattr(video_mod, "RESIZE_CHUNK", chunk)  # 16 and 13 frames: a short last chunk too
+    for where in (sinks, api):  # the sink's chunk, and the request's (its memory estimate)
+        monkeypatch.setattr(where, "RESIZE_CHUNK", chunk)  # 16 and 13 frames: a short last chunk too
     timeout = 60.0 if in_worker else None
     for path, n in ((sample_video, 16), (odd_video, 13)):
         full = decode(path, frames=n, timeout_s=timeout)

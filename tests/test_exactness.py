@@ -8,7 +8,7 @@ import torch
 
 from flashvid_cli.kernels import build
 from flashvid_cli.pipelines import load_pipeline
-from flashvid_cli.pipelines.base import GenerationOptions
+from flashvid_cli.pipelines.generation import GenerationOptions
 from flashvid_cli.pipelines.registry import families
 
 FAMILIES = tuple(families())

@@ -19,7 +19,8 @@ import typer
 from typer.testing import CliRunner
 
 from flashvid_cli import pipelines
-from flashvid_cli.cli import app, user_errors
+from flashvid_cli.cli import app
+from flashvid_cli.commands.shell import user_errors
 from flashvid_cli.errors import VidqError
 
 runner = CliRunner()
@@ -231,7 +232,7 @@ def test_broken_safetensors_is_one_line_naming_the_file(tiny_models, sample_vide
 
 
 def test_device_that_torch_rejects_is_one_line(tiny_models):
-    from flashvid_cli.pipelines.base import resolve_device
+    from flashvid_cli.pipelines.loading import resolve_device
     from flashvid_cli.pipelines.errors import ModelError
 
     for bad in ["tpu", "cuda:x", "meta"]:
@@ -245,14 +246,14 @@ def test_a_missing_cuda_device_fails_before_the_model_is_looked_up(sample_video,
     def no_lookup(model):
         raise AssertionError("the checkpoint was looked up (maybe downloaded) before the device was checked")
 
-    monkeypatch.setattr("flashvid_cli.pipelines.base.resolve_checkpoint", no_lookup)
+    monkeypatch.setattr("flashvid_cli.pipelines.loading.resolve_checkpoint", no_lookup)
     line = one_error_line(vidq("ask", str(sample_video), QUESTION, "--model", "nobody/uncached", "--device", "cuda"))
     assert "no CUDA device is available; use --device cpu" in line, line
 
 
 def test_the_torch_free_lists_match_the_library():
     from flashvid_cli.inputs import DTYPE_NAMES
-    from flashvid_cli.pipelines.base import DTYPES
+    from flashvid_cli.pipelines.loading import DTYPES
     from flashvid_cli.pipelines.registry import families
 
     assert set(DTYPE_NAMES) == {"auto", *DTYPES}
@@ -353,7 +354,7 @@ def test_text_inputs_utf8_bom_crlf_and_their_faults(tmp_path):
 def test_special_tokens_in_a_question_are_text(tiny_models, family):
     from transformers import AutoTokenizer
 
-    from flashvid_cli.pipelines.base import chat_prompt, prompt_ids
+    from flashvid_cli.pipelines.prompt import chat_prompt, prompt_ids
 
     path = tiny_models[family]
     tok = AutoTokenizer.from_pretrained(path)

@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from flashvid_cli.kernels import build, ops
-from flashvid_cli.kernels.fastv import LLMPrune
+from flashvid_cli.kernels.traits import LLMPrune
 from flashvid_cli.pipelines import load_pipeline
-from flashvid_cli.pipelines.base import GenerationOptions
+from flashvid_cli.pipelines.generation import GenerationOptions
 from flashvid_cli.pipelines.registry import families
 
 QUESTION = "What happens last in the video?"

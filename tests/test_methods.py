@@ -271,7 +271,7 @@ def test_bad_inputs_are_method_errors() -> None:
 
 def test_in_llm_stages() -> None:
     """Which methods prune inside the LLM, at which layer and share; FlashVID's stage only when asked for."""
-    from flashvid_cli.kernels.fastv import llm_budget
+    from flashvid_cli.kernels.traits import llm_budget
 
     fastv = build("fastv", 0.5).llm_prune()
     assert (fastv.layer_for(24), fastv.budget(588)) == (2, 294) and build("fastv", 0.5).query_aware

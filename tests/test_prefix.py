@@ -19,7 +19,7 @@ import torch
 
 from flashvid_cli.api import AskConfig, ConfigError, VideoQA
 from flashvid_cli.kernels import Method
-from flashvid_cli.pipelines.base import GenerationOptions
+from flashvid_cli.pipelines.generation import GenerationOptions
 from flashvid_cli.pipelines.registry import families
 from flashvid_cli.pipelines.prefix import PromptCache, template_order_reason, video_end
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from flashvid_cli.pipelines.base import read_json
+from flashvid_cli.pipelines.loading import read_json
 from flashvid_cli.pipelines.preprocess import PreprocessConfig, patchify, smart_resize
 
 try:
@@ -68,7 +68,7 @@ def test_qwen3_vl_pixels_and_prompt_equal_hf(tiny_models, shape, cap):
     from transformers.video_utils import VideoMetadata
 
     from flashvid_cli.pipelines import load_pipeline
-    from flashvid_cli.pipelines.base import chat_prompt
+    from flashvid_cli.pipelines.prompt import chat_prompt
 
     path = tiny_models["qwen3_vl"]
     pipe = load_pipeline(str(path), device="cpu", dtype="float32")

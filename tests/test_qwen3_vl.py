@@ -13,7 +13,7 @@ import torch
 from flashvid_cli import AskConfig, VideoQA
 from flashvid_cli.kernels import Compressed, Grid, build, methods
 from flashvid_cli.pipelines import load_pipeline
-from flashvid_cli.pipelines.base import GenerationOptions
+from flashvid_cli.pipelines.generation import GenerationOptions
 from flashvid_cli.pipelines.preprocess import PreprocessConfig
 from flashvid_cli.pipelines.qwen3_vl import group_timestamps, pixel_budget
 

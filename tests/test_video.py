@@ -17,7 +17,7 @@ import pytest
 
 from pipelines.errors import VideoError
 from pipelines.video import DecodedVideo, Request, decode, run_in_worker
-from pipelines.video_sampling import fps_indices, uniform_indices
+from pipelines.video.sampling import fps_indices, uniform_indices
 from samples.make_sample_video import write_sample_video
 from test_video_exact import encode
 

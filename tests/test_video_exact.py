@@ -22,10 +22,11 @@ import numpy as np
 import psutil
 import pytest
 
-from pipelines import video_pyav
 from pipelines.errors import VideoError
 from pipelines.video import DecodeWorker, Request, VideoTooLarge, decode
-from pipelines.video_sampling import uniform_indices
+from pipelines.video import container, exact, frame_map, job, reader
+from pipelines.video import rgb as rgb_mod
+from pipelines.video.sampling import uniform_indices
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -235,8 +236,8 @@ def test_over_large_request_is_refused_before_decoding(tmp_path, monkeypatch):
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded before refusing")
 
-    monkeypatch.setattr(video_pyav, "verify_tail", no_decoding)
-    monkeypatch.setattr(video_pyav, "sample", no_decoding)
+    monkeypatch.setattr(job, "verify_tail", no_decoding)  # where the decode job looks them up
+    monkeypatch.setattr(exact, "sample", no_decoding)
     with pytest.raises(VideoTooLarge) as e:
         decode(path, frames=12, max_bytes=100_000, timeout_s=None)  # 12 x 64 x 96 x 3 = 216 KiB
     msg = str(e.value)
@@ -272,8 +273,10 @@ def test_matroska_without_dts_is_opened_once_and_exact(tmp_path, monkeypatch, go
     path = encode(tmp_path / "m.mkv", pictures(36), fmt="matroska", options={"g": str(gop), "bf": "2"})
     ref_pts, ref_rgb = sequential(path)
     opened = []
-    real_open = video_pyav.open_video
-    monkeypatch.setattr(video_pyav, "open_video", lambda *a, **k: opened.append(a) or real_open(*a, **k))
+    real_open = container.open_video
+    counting = lambda *a, **k: opened.append(a) or real_open(*a, **k)  # noqa: E731
+    for where in (frame_map, reader):  # the packet scan opens the file; a reader opens it again (`_reopen`)
+        monkeypatch.setattr(where, "open_video", counting)
     for n in (3, 36):
         opened.clear()
         v = decode(path, frames=n, max_side=None, timeout_s=None)
@@ -345,13 +348,13 @@ def test_worker_frames_larger_than_the_pipe_are_exact(tmp_path):
 
 
 def test_rotate_moves_whole_pixels():
-    """`video_pyav.rotate` gives the same bytes as np.rot90 for every rotation, also on rows padded like
+    """`rgb.rotate` gives the same bytes as np.rot90 for every rotation, also on rows padded like
     PyAV's frames (a row stride larger than width x 3)."""
     rng = np.random.default_rng(0)
     padded = rng.integers(0, 256, (7, 24, 3), dtype=np.uint8)[:, :21]  # stride 72 bytes for 63 used
     for rgb in (rng.integers(0, 256, (5, 9, 3), dtype=np.uint8), padded, np.zeros((1, 1, 3), np.uint8)):
         for rotation in (90, 180, 270):
-            out = video_pyav.rotate(rgb, rotation)
+            out = rgb_mod.rotate(rgb, rotation)
             assert out.flags.c_contiguous and out.dtype == np.uint8
             assert np.array_equal(out, np.rot90(rgb, rotation // 90))
 

@@ -21,9 +21,8 @@ from test_video_exact import GENERATED, encode, generated, pictures, sequential 
 from typer.testing import CliRunner
 
 from flashvid_cli.cli import app
-from pipelines import video_pyav, video_worker
 from pipelines.errors import VideoError
-from pipelines.video import decode
+from pipelines.video import decode, frame_map, keyframe
 
 runner = CliRunner()
 QUESTION = "What happens last?"
@@ -84,11 +83,11 @@ def test_only_keyframe_packets_are_decoded(generated, name):
     pictures are the sequential decode's."""
     path = generated(name)
     ref_pts, ref_rgb = sequential(path)
-    fmap = video_pyav.scan_packets(str(path))
-    counter = video_pyav.DecodeCounter()
+    fmap = frame_map.scan_packets(str(path))
+    counter = frame_map.DecodeCounter()
     got = {}
     ks = list(range(len(fmap.keyframes)))
-    taken = video_pyav.decode_keyframes(str(path), fmap, ks, lambda j, f: got.__setitem__(j, f.to_ndarray(
+    taken = keyframe.decode_keyframes(str(path), fmap, ks, lambda j, f: got.__setitem__(j, f.to_ndarray(
         format="rgb24")), counter)
     assert taken == fmap.keyframes and len(fmap.keyframes) >= 3
     assert counter.frames == len(ks) and counter.seeks == len(ks)  # nothing decoded but the keyframes
@@ -97,9 +96,9 @@ def test_only_keyframe_packets_are_decoded(generated, name):
 
 
 def test_nearest_keyframe_ties_go_to_the_earlier():
-    fmap = video_pyav.FrameMap(pts=list(range(11)), keyframes=[0, 4, 8], time_base=Fraction(1, 10), claimed=11,
-                               avg_rate=None, coded_hw=(2, 2), rotation=0)
-    assert video_worker.snap_to_keyframes(fmap, [0, 1, 2, 3, 5, 6, 7, 9, 10]) == [0, 0, 0, 4, 4, 4, 8, 8, 8]
+    fmap = frame_map.FrameMap(pts=list(range(11)), keyframes=[0, 4, 8], time_base=Fraction(1, 10), claimed=11,
+                              avg_rate=None, coded_hw=(2, 2), rotation=0)
+    assert keyframe.snap_to_keyframes(fmap, [0, 1, 2, 3, 5, 6, 7, 9, 10]) == [0, 0, 0, 4, 4, 4, 8, 8, 8]
 
 
 def test_all_intra_gives_the_exact_frames(tmp_path):
@@ -130,7 +129,7 @@ def test_keyframe_without_its_own_picture_is_decoded_exactly(generated, monkeypa
     same frames, and a note."""
     path = generated("h264_bframes_long_gop")
     want = decode(path, frames=5, max_side=None, timeout_s=None, seek="keyframe")
-    monkeypatch.setattr(video_pyav, "decode_keyframes", lambda path, fmap, keys, put, counter: [None] * len(keys))
+    monkeypatch.setattr(keyframe, "decode_keyframes", lambda path, fmap, keys, put, counter: [None] * len(keys))
     v = decode(path, frames=5, max_side=None, timeout_s=None, seek="keyframe")
     assert v.indices == want.indices and np.array_equal(v.frames, want.frames)
     assert any("did not decode from their own packet: decoded exactly" in n for n in v.notes)
