@@ -122,7 +122,7 @@ class PreparedVideo:
     video: VideoInfo
     encoded: EncodedVideo
     timings: PrepareTimings
-    need: frozenset[str]  # the vision-tower inputs computed ("importance", "metric")
+    need: frozenset[str]  # the vision-tower inputs computed ("importance", "metric", "similarity")
     visual_tokens: int  # what the LLM would see uncompressed: T * N plus the family's extra tokens
     cache: str = "off"  # "hit" | "miss" | "off": whether ``encoded`` came from the on-disk cache
     decode_worker_peak_rss_bytes: int | None = None  # the decode worker's own peak RSS; None if none decoded it

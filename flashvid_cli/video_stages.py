@@ -22,6 +22,10 @@ if TYPE_CHECKING:
     from .pipelines.video import DecodedVideo
 
 
+# What ``prepare`` can compute besides the features (EncodedVideo fields, held by the cache when computed).
+VISION_NEEDS = frozenset({"importance", "metric", "similarity"})
+
+
 def _needs_question(method: Method) -> bool:
     return "question" in method.needs
 
@@ -100,7 +104,8 @@ class VideoStages:
                 need: frozenset[str] | None = None) -> PreparedVideo:
         """Decode (unless ``decoded`` is given, from :meth:`decode` with the same config), preprocess and encode.
 
-        ``need`` names the vision-tower inputs to compute besides the features ("importance", "metric"); None takes
+        ``need`` names the vision-tower inputs to compute besides the features ("importance", "metric",
+        "similarity"); None takes
         the needs of ``config``'s method (building it, so a bad method raises MethodError here). The CUDA peak
         memory statistic starts over here. Raises VideoError when the video does not decode.
         """
@@ -111,7 +116,7 @@ class VideoStages:
         config = config or AskConfig()
         if need is None:
             need = self.build_method(config).needs
-        need = frozenset(need) & {"importance", "metric"}
+        need = frozenset(need) & VISION_NEEDS
         pipe = self.pipeline
         device = pipe.device
         if device.type == "cuda":
@@ -208,7 +213,7 @@ class VideoStages:
         extra = self.pipeline.extra_video_tokens
         if tokens is not None and tokens <= extra:
             raise ConfigError(f"--tokens {tokens} leaves no visual token: this model adds {extra} after the video")
-        missing = (method.needs & {"importance", "metric"}) - prepared.need
+        missing = (method.needs & VISION_NEEDS) - prepared.need
         if missing:
             raise ConfigError(f"method {method.name!r} needs {', '.join(sorted(missing))}, which this prepared video "
                               f"lacks; prepare it with need={sorted(method.needs)!r}")
@@ -217,6 +222,8 @@ class VideoStages:
             if question is None or not question.strip():
                 raise ConfigError(f"method {method.name!r} reads the question: give compress() the question")
             kwargs["question"] = self.pipeline.question_embeddings(question)  # [M, D]
+        if "similarity" in method.needs:
+            kwargs["similarity"] = prepared.encoded.similarity  # [T, N, Ds]
         encoded = prepared.encoded
         device = encoded.feats.device
         synchronize(device)

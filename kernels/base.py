@@ -3,7 +3,8 @@
 A method is a frozen dataclass: its fields are its options, validated once on construction. It takes the
 visual tokens of a clip ``feats [T, N, D]`` on a ``(T, H, W)`` grid (N = H * W, raster order), optional
 ``importance [T, N]`` (attention each token receives in one vision layer) and optional ``metric [T, N, Dk]``
-(that layer's keys averaged over heads, for VisionZip), and returns a :class:`~.types.Compressed`. The plain data
+(that layer's keys averaged over heads, for VisionZip) and optional ``similarity [T, N, Ds]`` (mean vision hidden
+state over a band of layers, for Nüwa), and returns a :class:`~.types.Compressed`. The plain data
 (:mod:`.types`), the user error (:mod:`.errors`) and the in-LLM stage a method may hand on (:mod:`.traits`) live
 below this module; it imports no method.
 """
@@ -56,8 +57,8 @@ class Method:
     """Base of every compression method: validates the ratio and the inputs once, runs ``compress`` in float32.
 
     Subclasses set ``name`` (the registry key), ``needs`` (which optional inputs they read: "importance", "metric",
-    "question"), ``recipes`` (per-``model_type`` option defaults) and implement :meth:`compress`. What a method is,
-    callers read from these class attributes and never from its name: ``ignores_keep`` (its output does not depend
+    "similarity", "question"), ``recipes`` (per-``model_type`` option defaults) and implement :meth:`compress`.
+    What a method is, callers read from these class attributes and never from its name: ``ignores_keep`` (its output does not depend
     on ``keep``, so bench and eval run it once, at keep 1), ``baseline`` (it sends every token unchanged: the
     reference that answers are compared with), ``granularity`` (which visual-token counts it can hit, for
     ``--tokens``) and :meth:`tokens_for` (its count when that does not depend on the data). A method with
@@ -89,11 +90,15 @@ class Method:
         importance: Tensor | None = None,
         metric: Tensor | None = None,
         question: Tensor | None = None,
+        similarity: Tensor | None = None,
     ) -> Compressed:
         """Compress ``feats [T, N, D]``; see the module docstring for the optional inputs.
 
         ``question [M, D]``: the question's token embeddings (the LLM's own input embeddings, any float dtype), read
         only by methods with "question" in ``needs`` (passed to :meth:`compress` as the ``question`` keyword).
+        ``similarity [T, N, Ds]``: features whose cosine similarity a method weighs merges by (Nüwa: the mean vision
+        hidden state over a band of layers, pooled/merged as ``feats``), read only by methods with "similarity" in
+        ``needs`` (passed as the ``similarity`` keyword, float32).
         """
         if feats.ndim != 3 or feats.shape[:2] != (grid.T, grid.N):
             raise MethodError(f"feats must be [T, N, D] = [{grid.T}, {grid.N}, D], got {tuple(feats.shape)}")
@@ -110,6 +115,11 @@ class Method:
             if question is None or question.ndim != 2 or question.shape[0] < 1:
                 raise MethodError(f"method {self.name!r} needs the question's token embeddings [M, D]")
             extra["question"] = question.float()
+        if "similarity" in self.needs:
+            if similarity is None or similarity.ndim != 3 or similarity.shape[:2] != (grid.T, grid.N):
+                raise MethodError(f"method {self.name!r} needs similarity features [T, N, Ds] = "
+                                  f"[{grid.T}, {grid.N}, Ds]")
+            extra["similarity"] = similarity.float()
         if self.keep >= 1.0 and not getattr(self, "reference", False):
             index = torch.arange(grid.T * grid.N, device=feats.device)
             out = Compressed.kept(feats, index, grid)

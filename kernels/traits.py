@@ -34,12 +34,20 @@ class LLMPrune:
 
     ``layer``: K as an absolute index; None scales ``layer_fraction * depth`` (rounded) to the model.
     ``ratio`` and ``rounding``: the share of the visual tokens kept (:func:`llm_budget`).
+    ``queries`` and ``heads``: the score is the attention of the last ``queries`` prompt positions (each row causal),
+    averaged over those rows, then reduced over heads by ``heads`` (FastV/FlashVID: 1 and "mean"; Nüwa's Qwen code:
+    3 and "max", ALGORITHMS.md §12.3). ``score="question"`` ranks the visual tokens instead by the cosine of their
+    input embeddings with the mean input embedding of the question's tokens (Nüwa's paper rule, §12.3); the
+    survivors still leave before layer ``K``.
     """
 
     ratio: float
     rounding: Literal["ceil", "round"] = "ceil"
     layer: int | None = None
     layer_fraction: float = FLASHVID_LAYER_FRACTION
+    queries: int = 1
+    heads: Literal["mean", "max"] = "mean"
+    score: Literal["attention", "question"] = "attention"
 
     def layer_for(self, depth: int) -> int:
         """K for a decoder of ``depth`` layers (1 <= K <= depth - 1); raises MethodError if it does not fit, naming

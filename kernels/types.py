@@ -45,6 +45,9 @@ class Compressed:
     token k's group, exactly the arithmetic the method did up to rounding. Methods that merge fill it; None means
     every token stands for its representative (kept tokens, or a method that does not state its merge).
     :meth:`carry` applies the same merge to other per-token features (Qwen3-VL's DeepStack features).
+
+    ``placed [K]`` (optional) is the global index whose position each token takes when that is not its
+    representative's (Nüwa's ``positions=rpme``); None: each token sits at ``index`` (see :attr:`placement`).
     """
 
     tokens: Tensor  # [K, D]
@@ -54,6 +57,12 @@ class Compressed:
     grid: Grid
     stats: dict[str, Any] = field(default_factory=dict)
     weights: Tensor | None = None  # [M] float32
+    placed: Tensor | None = None  # [K] long
+
+    @property
+    def placement(self) -> Tensor:
+        """Global index ``t*N + h*W + w`` [K] whose position (LLM position ids) each token takes, ascending."""
+        return self.index if self.placed is None else self.placed
 
     def carry(self, x: Tensor) -> Tensor:
         """Per-token features ``x [T, N, D']`` (or ``[T*N, D']``) -> ``[K, D']`` that follow this compression.

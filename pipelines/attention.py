@@ -72,3 +72,38 @@ def packed_vision_stats(need: frozenset[str], rotary: Callable[..., tuple[Tensor
         return importance, metric
 
     return stats
+
+
+def similarity_band(depth: int) -> range:
+    """0-based indices of the vision layers whose outputs Nüwa's similarity features average: the tower's last
+    third, the LLaVA-1.5 code's hidden states 16..24 of 24 scaled to ``depth`` (ALGORITHMS.md §12.4)."""
+    first = min(depth, max(1, round(16 * depth / 24)))  # 1-based
+    return range(first - 1, depth)
+
+
+@contextmanager
+def mean_outputs(layers: list[nn.Module]) -> Iterator[list[Tensor]]:
+    """While active, the outputs of ``layers`` (a tensor, or a tuple whose first item is one) are summed in float32;
+    on exit the yielded list holds their mean over the calls (one tensor, the layers' output shape; each layer is
+    expected to run once), or stays empty if none ran."""
+    total: list[Tensor] = []
+    calls = [0]
+
+    def hook(mod: nn.Module, args: tuple, output: Any) -> None:
+        out = output[0] if isinstance(output, (tuple, list)) else output
+        calls[0] += 1
+        with torch.no_grad():
+            if total:
+                total[0] += out.float()
+            else:
+                total.append(out.float().clone())
+
+    handles = [layer.register_forward_hook(hook) for layer in layers]
+    result: list[Tensor] = []
+    try:
+        yield result
+    finally:
+        for handle in handles:
+            handle.remove()
+        if total:
+            result.append(total[0] / calls[0])

@@ -25,7 +25,7 @@ from .errors import ModelError, PromptTooLongError
 from .generation import Generation, GenerationOptions, _Clock, _FiniteLogits, raise_if_not_finite, synchronize
 from .loading import _one_line, check_weights, checkpoint_preprocess, load_tokenizer, read_json, read_text
 from .preprocess import FrameResizer, PreprocessConfig
-from .prompt import chat_prompt, prompt_ids
+from .prompt import chat_prompt, prompt_ids, question_margins
 
 if TYPE_CHECKING:
     from ..kernels.traits import LLMPrune
@@ -49,6 +49,9 @@ class EncodedVideo:
     grid: Grid
     importance: Tensor | None = None  # [T, N] float32, attention received in the hooked vision layer
     metric: Tensor | None = None  # [T, N, Dk] float32, that layer's keys averaged over heads
+    # [T, N, Ds] float32: the mean vision hidden state over the tower's last third of layers, pooled (LLaVA) or
+    # merged (Qwen) as the features are (Nüwa's similarity features, ALGORITHMS.md §12.4)
+    similarity: Tensor | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -140,17 +143,32 @@ class Pipeline:
         where = (input_ids[0] == self.tokenizer.convert_tokens_to_ids(self.video_token)).nonzero()[:, 0]
         return where[: max(0, where.numel() - self.extra_video_tokens)]
 
+    def question_span(self, input_ids: Tensor, end: int | None = None) -> tuple[int, int]:
+        """[start, stop) of the question's tokens in a prompt ``input_ids [1, L]`` whose prompt ends before ``end``
+        (None: L): after the last video placeholder and the template's text before the question, before the
+        template's text after it. All text after the video when the template does not fit that layout."""
+        ids = input_ids[0]
+        end = int(ids.numel()) if end is None else end
+        video = (ids[:end] == self.tokenizer.convert_tokens_to_ids(self.video_token)).nonzero()[:, 0]
+        after = int(video[-1]) + 1 if video.numel() else 0
+        middle, tail = question_margins(self.tokenizer, self.chat_template, self.video_token)
+        start, stop = after + middle, end - tail
+        return (start, stop) if start < stop else (after, end)
+
     def llm_pruning(self, inputs: dict[str, Any], stage: LLMPrune | None, scored_at: int | None = None) -> Any:
         """Context in which the model's prefill of ``inputs`` runs ``stage`` (a null context when None); it yields
         the :class:`~.llm_prune.PruneRun` (or None). ``scored_at``: the position whose attention selects (None:
-        the last; see :func:`~.llm_prune.prune_in_llm`)."""
+        the last; see :func:`~.llm_prune.prune_in_llm`), also the prompt's end for a stage scored by the question."""
         if stage is None:
             return nullcontext(None)
         from .llm_prune import prune_in_llm
 
         visual = self.visual_positions(inputs["input_ids"])
+        question = None
+        if stage.score == "question":
+            question = self.question_span(inputs["input_ids"], None if scored_at is None else scored_at + 1)
         return prune_in_llm(self.language_model, stage, int(inputs["input_ids"].shape[1]), visual,
-                            self.extra_video_tokens, scored_at)
+                            self.extra_video_tokens, scored_at, question)
 
     @property
     def device(self) -> torch.device:
@@ -187,7 +205,8 @@ class Pipeline:
         raise NotImplementedError
 
     def encode(self, pixels: Pixels, need: frozenset[str] = frozenset()) -> EncodedVideo:
-        """Vision tower (+ projector/pooling or merger); ``need`` may ask for "importance" and "metric"."""
+        """Vision tower (+ projector/pooling or merger); ``need`` may ask for "importance", "metric" and
+        "similarity"."""
         raise NotImplementedError
 
     def inputs(self, encoded: EncodedVideo, compressed: Compressed, question: str,

@@ -16,7 +16,7 @@ from torch import Tensor
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..kernels import Compressed, Grid
-from .attention import capture_inputs, received_attention
+from .attention import capture_inputs, mean_outputs, received_attention, similarity_band
 from .base import EncodedVideo, Pipeline, Pixels
 from .errors import ModelError
 from .preprocess import PreprocessConfig, normalize, resize, to_tensor
@@ -129,7 +129,9 @@ class LlavaOnevisionPipeline(Pipeline):
             return importance, metric
 
         values = pixels.values.to(self.dtype)[None]  # [1, T, 3, H, W]
-        with torch.no_grad(), capture_inputs(attn, layer_stats) as stats:
+        used = _encoder_layers(inner.vision_tower)[: self._feature_layer() + 1]
+        band = [used[i] for i in similarity_band(len(used))] if "similarity" in need else []
+        with torch.no_grad(), capture_inputs(attn, layer_stats) as stats, mean_outputs(band) as banded:
             out = inner.get_video_features(
                 values,
                 vision_feature_layer=config.vision_feature_layer,
@@ -145,6 +147,7 @@ class LlavaOnevisionPipeline(Pipeline):
             grid=Grid(T, side, side),
             importance=self._pool(importance, drop_cls),
             metric=self._pool(metric, drop_cls),
+            similarity=self._pool(banded[0], drop_cls) if banded else None,
         )
 
     def _pool(self, per_patch: Tensor | None, drop_cls: bool) -> Tensor | None:

@@ -57,7 +57,7 @@ class PruneRun:
     kept_visual: int
     extra_visual: int = 0  # visual tokens outside the pruned span that every layer sees (LLaVA's newline)
     keep: Tensor | None = None  # [L'] long: the prompt positions layers >= K see, ascending
-    scores: Tensor | None = None  # [L] float32: the last query's head-averaged attention at layer K - 1
+    scores: Tensor | None = None  # [L] float32: the selection score (the last query's attention at layer K - 1)
 
     @property
     def visual_by_layer(self) -> list[int]:
@@ -68,9 +68,13 @@ class PruneRun:
 
 
 def last_query_attention(
-    attn: nn.Module, hidden: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None = None, at: int | None = None
+    attn: nn.Module, hidden: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None = None, at: int | None = None,
+    queries: int = 1, heads: str = "mean",
 ) -> Tensor:
     """Head-averaged attention of one query (the last, or position ``at``) over the keys it sees, float32.
+
+    ``queries > 1``: the mean over the last ``queries`` rows up to that query (each causal), and ``heads="max"``
+    reduces over heads by the maximum instead of the mean (Nüwa's Qwen rule).
 
     ``hidden [1, L, C]`` (the module's input, already normed), ``cos, sin [1, L, d]`` -> ``[L]`` (zero after
     ``at``: causal). Uses the module's own projections (and q/k norms where it has them), ``scaling`` and its
@@ -82,19 +86,25 @@ def last_query_attention(
     B, L, _ = hidden.shape
     end = L if at is None else at + 1  # the query and the keys it sees: [0, end)
     d = attn.head_dim
-    q = attn.q_proj(hidden[:, end - 1 : end]).view(B, 1, -1, d)  # [B, 1, H, d]
+    Q = max(1, min(queries, end))
+    q = attn.q_proj(hidden[:, end - Q : end]).view(B, Q, -1, d)  # [B, Q, H, d]
     k = attn.k_proj(hidden[:, :end]).view(B, end, -1, d)  # [B, end, Hkv, d]
     if hasattr(attn, "q_norm"):  # Qwen3: per-head RMSNorm of q and k before the rotary embedding
         q, k = attn.q_norm(q), attn.k_norm(k)
-    q, k = q.transpose(1, 2), k.transpose(1, 2)  # [B, H, 1, d], [B, Hkv, end, d]
-    q, _ = rotate(q, q, cos[:, end - 1 : end], sin[:, end - 1 : end])
+    q, k = q.transpose(1, 2), k.transpose(1, 2)  # [B, H, Q, d], [B, Hkv, end, d]
+    q, _ = rotate(q, q, cos[:, end - Q : end], sin[:, end - Q : end])
     k, _ = rotate(k, k, cos[:, :end], sin[:, :end])
     k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # GQA: each key head serves a group of query heads
-    logits = torch.matmul(q.float(), k.float().transpose(-1, -2)) * attn.scaling  # [B, H, 1, end]
+    logits = torch.matmul(q.float(), k.float().transpose(-1, -2)) * attn.scaling  # [B, H, Q, end]
     if mask is not None:
-        row = mask[:, :, end - 1 : end, :end]  # [B, 1, 1, end]
+        row = mask[:, :, end - Q : end, :end]  # [B, 1, Q, end]
         logits = logits.masked_fill(~row, float("-inf")) if row.dtype == torch.bool else logits + row.float()
-    score = torch.softmax(logits, dim=-1)[0, :, 0].mean(0)  # [end]
+    elif Q > 1:  # causal: row i is position end - Q + i
+        ahead = torch.arange(end, device=logits.device) > torch.arange(end - Q, end, device=logits.device)[:, None]
+        logits = logits.masked_fill(ahead, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)[0]  # [H, Q, end]
+    per_head = probs[:, 0] if Q == 1 else probs.mean(1)  # [H, end]
+    score = per_head.max(0).values if heads == "max" else per_head.mean(0)  # [end]
     return torch.cat([score, score.new_zeros(L - end)])
 
 
@@ -106,7 +116,7 @@ def _cache_empty(kwargs: dict[str, Any], layer: int) -> bool:
 @contextmanager
 def prune_in_llm(
     body: nn.Module, stage: LLMPrune, prompt_len: int, visual: Tensor, extra_visual: int = 0,
-    scored_at: int | None = None,
+    scored_at: int | None = None, question: tuple[int, int] | None = None,
 ) -> Iterator[PruneRun]:
     """While active, prefills of the ``prompt_len``-token prompt through decoder ``body`` prune at ``stage``'s layer.
 
@@ -115,7 +125,9 @@ def prune_in_llm(
     the query's attention (ties to the lower position) and every other position are kept. ``scored_at``: the query whose attention selects
     (None: the last token). Scoring a prompt with answer tokens appended in one forward pass passes the prompt's
     last position, so the selection is the one ``generate()`` makes from the prompt alone, and the appended
-    tokens, as text, are all kept. Yields a :class:`PruneRun` that is filled in by the prefill. Raises
+    tokens, as text, are all kept. A stage with ``score="question"`` ranks instead by the cosine of each position's
+    input embedding (the body's ``inputs_embeds``) with the mean input embedding over ``question`` ([start, stop)
+    prompt positions), computed before layer 0. Yields a :class:`PruneRun` that is filled in by the prefill. Raises
     :class:`~flashvid_cli.kernels.MethodError` if the layer does not fit the model.
     """
     layers = body.layers
@@ -123,6 +135,15 @@ def prune_in_llm(
     K = stage.layer_for(depth)
     visual = visual.long()
     run = PruneRun(K, depth, int(visual.numel()), stage.budget(int(visual.numel())), extra_visual)
+
+    def select(scores: Tensor) -> None:
+        where = visual.to(scores.device)
+        top = where[ops.top_indices(scores[where], run.kept_visual)]
+        dropped = torch.zeros(prompt_len, dtype=torch.bool, device=scores.device)
+        dropped[where] = True
+        dropped[top] = False
+        keep = (~dropped).nonzero()[:, 0]  # [L'] ascending: text, extra tokens and survivors in prompt order
+        run.scores, run.keep = scores, keep
 
     def score(attn: nn.Module, args: tuple, kwargs: dict) -> None:
         hidden = kwargs.get("hidden_states", args[0] if args else None)
@@ -133,15 +154,19 @@ def prune_in_llm(
         cos, sin = kwargs["position_embeddings"]
         mask = kwargs.get("attention_mask")
         with torch.no_grad():
-            scores = last_query_attention(attn, hidden, cos, sin, mask if isinstance(mask, Tensor) else None,
-                                          scored_at)
-        where = visual.to(scores.device)
-        top = where[ops.top_indices(scores[where], run.kept_visual)]
-        dropped = torch.zeros(prompt_len, dtype=torch.bool, device=scores.device)
-        dropped[where] = True
-        dropped[top] = False
-        keep = (~dropped).nonzero()[:, 0]  # [L'] ascending: text, extra tokens and survivors in prompt order
-        run.scores, run.keep = scores, keep
+            select(last_query_attention(attn, hidden, cos, sin, mask if isinstance(mask, Tensor) else None,
+                                        scored_at, stage.queries, stage.heads))
+
+    def by_question(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        embeds = kwargs.get("inputs_embeds")
+        if embeds is None or embeds.shape[1] != prompt_len or not _cache_empty(kwargs, 0):
+            return
+        if embeds.shape[0] != 1:
+            raise ValueError("in-LLM pruning runs on one sequence at a time")
+        start, stop = question
+        with torch.no_grad():
+            rows = embeds[0].float()  # [L, C]
+            select(torch.nn.functional.cosine_similarity(rows, rows[start:stop].mean(0, keepdim=True), dim=-1))
 
     def cut(index: int):
         def hook(layer: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -173,7 +198,12 @@ def prune_in_llm(
 
         return hook
 
-    handles = [layers[K - 1].self_attn.register_forward_pre_hook(score, with_kwargs=True)]
+    if stage.score == "question":
+        if question is None:
+            raise ValueError("a stage scored by the question needs the question's span in the prompt")
+        handles = [body.register_forward_pre_hook(by_question, with_kwargs=True)]
+    else:
+        handles = [layers[K - 1].self_attn.register_forward_pre_hook(score, with_kwargs=True)]
     handles += [layers[i].register_forward_pre_hook(cut(i), with_kwargs=True) for i in range(K, depth)]
     deepstack = getattr(body, "_deepstack_process", None)  # Qwen3-VL adds visual features after its first layers
     if deepstack is not None:

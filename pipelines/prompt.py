@@ -51,3 +51,13 @@ def prompt_ids(tokenizer: Any, chat_template: str | None, video_token: str, ques
         elif part:
             ids += tokenizer(part, add_special_tokens=False)["input_ids"]
     return ids
+
+
+def question_margins(tokenizer: Any, chat_template: str | None, video_token: str) -> tuple[int, int]:
+    """(template tokens between the video placeholder and the question, template tokens after the question) in
+    :func:`prompt_ids`, which tokenizes those parts on their own: where the question sits in a prompt's ids."""
+    text = chat_prompt(tokenizer, chat_template, _QUESTION_SLOT)
+    after_video = text.split(video_token, 1)[1]
+    middle, tail = after_video.split(_QUESTION_SLOT, 1) if _QUESTION_SLOT in after_video else ("", "")
+    count = [len(tokenizer(part, add_special_tokens=False)["input_ids"]) if part else 0 for part in (middle, tail)]
+    return count[0], count[1]

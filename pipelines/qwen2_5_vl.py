@@ -25,7 +25,7 @@ from torch import Tensor
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..kernels import Compressed, Grid
-from .attention import capture_inputs, packed_vision_stats
+from .attention import capture_inputs, mean_outputs, packed_vision_stats, similarity_band
 from .base import EncodedVideo, Pipeline, Pixels
 from .errors import ModelError
 from .preprocess import PreprocessConfig, normalize, patchify, resize, smart_resize, to_tensor
@@ -138,13 +138,19 @@ class Qwen2_5_VLPipeline(Pipeline):
 
         layer_stats = packed_vision_stats(need, apply_rotary_pos_emb_vision)  # tokens in window order
 
-        with torch.no_grad(), capture_inputs(visual.blocks[-1].attn, layer_stats) as stats:
+        band = [visual.blocks[i] for i in similarity_band(len(visual.blocks))] if "similarity" in need else []
+        with torch.no_grad(), capture_inputs(visual.blocks[-1].attn, layer_stats) as stats, \
+                mean_outputs(band) as banded:
             out = self.model.model.get_video_features(pixels.values.to(self.dtype), grid_thw)
         t, h, w = (int(v) for v in grid_thw[0])
         grid = Grid(t, h // merge, w // merge)
         feats = torch.cat(out.pooler_output, dim=0).view(grid.T, grid.N, -1)
         importance, metric = stats[0] if stats else (None, None)
-        if importance is not None or metric is not None:
+        similarity = None
+        if banded:  # the merger on the band's mean, in window order like the tower's own output
+            with torch.no_grad():
+                similarity = visual.merger(banded[0].to(self.dtype)).float()  # [T*N, Ds] window order
+        if importance is not None or metric is not None or similarity is not None:
             window_index, _ = get_vision_window_index(
                 grid_thw, spatial_merge_size=merge, window_size=visual.window_size, patch_size=visual.patch_size
             )
@@ -154,7 +160,9 @@ class Qwen2_5_VLPipeline(Pipeline):
                 importance = importance.view(-1, unit).mean(1)[raster].view(grid.T, grid.N)
             if metric is not None:
                 metric = metric.view(-1, unit, metric.shape[-1]).mean(1)[raster].view(grid.T, grid.N, -1)
-        return EncodedVideo(feats, grid, importance, metric, meta=dict(pixels.meta))
+            if similarity is not None:
+                similarity = similarity[raster].view(grid.T, grid.N, -1)
+        return EncodedVideo(feats, grid, importance, metric, similarity, meta=dict(pixels.meta))
 
     def stock_inputs(self, pixels: Pixels, input_ids: Tensor) -> dict[str, Any]:
         return {
@@ -189,7 +197,7 @@ class Qwen2_5_VLPipeline(Pipeline):
         first, last = int(video[0]), int(video[-1])
         columns = torch.cat([
             torch.arange(first, device=full_ids.device),
-            first + compressed.index.to(full_ids.device),
+            first + compressed.placement.to(full_ids.device),
             torch.arange(last + 1, full_ids.shape[1], device=full_ids.device),
         ])
         input_ids = full_ids[:, columns]

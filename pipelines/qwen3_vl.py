@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from ..kernels import Compressed, Grid
-from .attention import capture_inputs, packed_vision_stats
+from .attention import capture_inputs, mean_outputs, packed_vision_stats, similarity_band
 from .base import EncodedVideo, Pipeline, Pixels
 from .errors import ModelError
 from .preprocess import PreprocessConfig, normalize, patchify, resize, to_tensor
@@ -205,7 +205,9 @@ class Qwen3VLPipeline(Pipeline):
         # the last block's tokens: merge units in raster order, one attention segment per temporal group
         layer_stats = packed_vision_stats(need, apply_rotary_pos_emb_vision)
 
-        with torch.no_grad(), capture_inputs(visual.blocks[-1].attn, layer_stats) as stats:
+        band = [visual.blocks[i] for i in similarity_band(len(visual.blocks))] if "similarity" in need else []
+        with torch.no_grad(), capture_inputs(visual.blocks[-1].attn, layer_stats) as stats, \
+                mean_outputs(band) as banded:
             out = self.model.model.get_video_features(pixels.values.to(self.dtype), grid_thw)
         t, h, w = (int(v) for v in grid_thw[0])
         grid = Grid(t, h // merge, w // merge)
@@ -217,7 +219,12 @@ class Qwen3VLPipeline(Pipeline):
             importance = importance.view(-1, unit).mean(1).view(grid.T, grid.N)
         if metric is not None:
             metric = metric.view(-1, unit, metric.shape[-1]).mean(1).view(grid.T, grid.N, -1)
-        return EncodedVideo(feats, grid, importance, metric, meta={**pixels.meta, "deepstack": deepstack})
+        similarity = None
+        if banded:  # the merger on the band's mean (merge units already in raster order)
+            with torch.no_grad():
+                similarity = visual.merger(banded[0].to(self.dtype)).float().view(grid.T, grid.N, -1)
+        return EncodedVideo(feats, grid, importance, metric, similarity,
+                            meta={**pixels.meta, "deepstack": deepstack})
 
     # -- prompt and positions -----------------------------------------------------------------------------------
     def prompt_ids(self, question: str, counts: list[int], timestamps: list[float]) -> list[int]:
@@ -250,14 +257,15 @@ class Qwen3VLPipeline(Pipeline):
     def columns(self, full_ids: Tensor, compressed: Compressed) -> Tensor:
         """Columns [L'] of the full prompt that the compressed prompt is made of, in prompt order.
 
-        Every text column stays; video token k takes the column of its representative, and the tokens of one
+        Every text column stays; video token k takes the column of its placement (its representative unless the
+        method places it elsewhere, ``Compressed.placement``), and the tokens of one
         temporal group sit in their group's block in the method's order. Raises ValueError when the method's
         order is not by group (no method here does that).
         """
         N = compressed.grid.N
         video = (full_ids[0] == self.model.config.video_token_id).nonzero()[:, 0]  # [T*N] raster order
         text = (full_ids[0] != self.model.config.video_token_id).nonzero()[:, 0]
-        index = compressed.index.to(full_ids.device)
+        index = compressed.placement.to(full_ids.device)
         group = index // N
         if group.numel() > 1 and bool((group[1:] < group[:-1]).any()):
             raise ValueError("Qwen3-VL needs the compressed tokens ordered by temporal group")

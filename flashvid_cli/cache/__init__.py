@@ -8,8 +8,8 @@
     cache.put(key.with_indices(decoded.indices), encoded, video=info)
 
 One entry serves every method and keep: it holds the features [T, N, D] in the model dtype and, whenever they
-were computed, the importance [T, N] and metric [T, N, Dk] (float32). A lookup that needs one the entry lacks is a
-miss; the new entry written after it holds the union (``put`` carries over what the old entry had).
+were computed, the importance [T, N], metric [T, N, Dk] and similarity [T, N, Ds] (float32). A lookup that
+needs one the entry lacks is a miss; the new entry written after it holds the union (``put`` carries over what the old entry had).
 
 The package, one concern per module: :mod:`.key` (what identifies an encoded video: the content, model and code
 fingerprints, the sampling request, :class:`CacheKey`), :mod:`.entry` (one entry file: safetensors plus a checked

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 FORMAT_VERSION = 1
-OPTIONAL = ("importance", "metric")  # EncodedVideo fields an entry holds when they were computed
+OPTIONAL = ("importance", "metric", "similarity")  # EncodedVideo fields an entry holds when they were computed
 
 # Fingerprint sampling: files up to FULL_HASH_BELOW bytes are hashed whole; larger ones by their head and tail
 # (container headers and indexes live there) and SAMPLES ranges spread evenly between.
@@ -189,7 +189,7 @@ class CacheKey:
     """What an entry is the encoding of. ``fields`` (JSON data) name the file; the rest is checked on load.
 
     ``frame_indices``: the sampling's result, None when looking up before decoding (then the entry's are used).
-    ``need``: the optional tensors (a subset of ``{"importance", "metric"}``) a hit must hold.
+    ``need``: the optional tensors (a subset of :data:`OPTIONAL`) a hit must hold.
     """
 
     fields: dict[str, Any]

@@ -1,10 +1,10 @@
 """The EncodedCache: look an encoded video up by its key, store one, and the directory's housekeeping calls.
 
 One entry serves every method and keep: it holds the features [T, N, D] in the model dtype and, whenever they
-were computed, the importance [T, N] and metric [T, N, Dk] (float32). A lookup that needs one the entry lacks is a
-miss; the new entry written after it holds the union (``put`` carries over what the old entry had). A bad entry is
-ignored, deleted and rewritten, never trusted (:mod:`.entry`); writes are atomic (:mod:`.files`); the total size
-is capped by LRU eviction (:mod:`.directory`). A directory that cannot be written gives one warning line
+were computed, the importance [T, N], metric [T, N, Dk] and similarity [T, N, Ds] (float32). A lookup that
+needs one the entry lacks is a miss; the new entry written after it holds the union (``put`` carries over what
+the old entry had). A bad entry is ignored, deleted and rewritten, never trusted (:mod:`.entry`); writes are
+atomic (:mod:`.files`); the total size is capped by LRU eviction (:mod:`.directory`). A directory that cannot be written gives one warning line
 (:attr:`EncodedCache.warning`, also logged once) and no cache, never a crash.
 """
 
@@ -155,6 +155,7 @@ class EncodedCache:
                 grid=Grid(*header["grid"]),
                 importance=tensors.get("importance"),  # [T, N] float32
                 metric=tensors.get("metric"),  # [T, N, Dk] float32
+                similarity=tensors.get("similarity"),  # [T, N, Ds] float32
                 meta=meta,
             )
             hit = CachedVideo(encoded, list(header["frame_indices"]), dict(header.get("video") or {}), path,
