@@ -112,6 +112,8 @@ def test_fit_tokens_comes_as_close_as_the_method_can(name, shape):
     method = build(name, 0.5)
     # a method that reads the question gets stand-in question embeddings [M, D]
     inputs = {"question": torch.randn(5, feats.shape[-1])} if "question" in method.needs else {}
+    if "similarity" in method.needs:  # Nüwa's similarity features [T, N, Ds]
+        inputs["similarity"] = torch.randn(grid.T, grid.N, 12, generator=torch.Generator().manual_seed(1))
     if method.llm_prune() is not None:  # each decoder layer sees another count: no K to hold it to
         with pytest.raises(MethodError, match="in-LLM stage"):
             fit_tokens(method, 24, feats, grid, importance, metric, **inputs)

@@ -19,6 +19,7 @@ import torch
 from flashvid_cli.kernels import Grid, build, evs, ops, vidcom2
 from flashvid_cli.kernels.cdpruner import cdpruner_budget, conditional_dpp, relevance
 from flashvid_cli.kernels.fastv import select_visual
+from flashvid_cli.kernels.nuwa import region_count, spatial_cohesion
 from flashvid_cli.kernels.traits import llm_budget
 from flashvid_cli.kernels.flashvid import flashvid_budget
 from flashvid_cli.kernels.visionzip import visionzip_budget
@@ -26,9 +27,7 @@ from flashvid_cli.kernels.visionzip import visionzip_budget
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = Path(os.environ.get("VIDQ_GOLDEN_DIR", REPO.parent / "shared" / "golden"))
 TOL = {"atol": 1e-5, "rtol": 1e-5}  # README: merged features and tokens within 1e-5
-NOT_IMPLEMENTED: dict[str, str] = {  # key prefix -> why it is skipped
-    "nuwa_": "Nüwa (shared/ALGORITHMS.md §12) is not built yet: issue 26",
-}
+NOT_IMPLEMENTED: dict[str, str] = {}  # key prefix -> why it is skipped
 FLASHVID_OPTIONS = (
     "do_segment",
     "segment_threshold",
@@ -74,6 +73,7 @@ def test_golden(path: Path, key: str) -> None:
         "vidcom2_": check_vidcom2,
         "fastv_": check_fastv,
         "cdpruner_": check_cdpruner,
+        "nuwa_stage1_": check_nuwa,
     }
     for prefix, check in checks.items():
         if key.startswith(prefix):
@@ -405,3 +405,27 @@ def check_attnpool(case: dict, key: str) -> None:
     side = math.isqrt(maps.shape[-1])
     assert side * side == maps.shape[-1]
     torch.testing.assert_close(ops.pool_attention(maps, side, side, mode), res, **TOL)
+
+
+def check_nuwa(case: dict, res: dict) -> None:
+    """Nüwa stage 1 (LLaVA-1.5 path, reset on): the kernel on the file's inputs, then the method at the same K."""
+    p = res["params"]
+    H, W = p["grid"]
+    inputs = case["inputs"]
+    x, y, s = inputs["features"].float(), inputs["sim_features"].float(), inputs["cls_attention"].float()
+    T, N, _ = x.shape
+    K, n, d, q = p["num_tokens_to_keep"], p["top_n_per_region"], p["distance_threshold"], p["penalty_threshold_percentile"]
+    assert region_count(K, n, H, W)[1] == res["tokens_out"]
+    keep, tokens, pillar, weights = spatial_cohesion(x, y, s, H, W, K, d, n, q)
+    assert torch.equal(keep, res["keep_indices"])
+    assert torch.equal(pillar, res["pillar_mask"])
+    torch.testing.assert_close(tokens, res["tokens"].float(), **TOL)
+    frame = torch.arange(T)[:, None]
+    assert torch.equal(tokens[pillar], x[frame, keep][pillar])  # pillars pass through exactly
+    method = build("nuwa", K / N, options={"region_tokens": n, "distance": d / math.hypot(H, W), "quantile": q,
+                                          "llm_stage": False})
+    out = method(inputs["features"], Grid(T, H, W), s, similarity=inputs["sim_features"])
+    assert torch.equal(out.index, (res["keep_indices"] + frame * N).flatten())
+    torch.testing.assert_close(out.tokens.float(), res["tokens"].reshape(-1, x.shape[-1]), atol=2e-3, rtol=2e-3)
+    # The stated merge reproduces the float32 tokens (carry in float32).
+    torch.testing.assert_close(out.carry(x), res["tokens"].reshape(-1, x.shape[-1]).float(), **TOL)

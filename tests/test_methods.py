@@ -36,6 +36,10 @@ KEEPS = [0.1, 0.3, 0.75]
 METHODS = sorted(methods())
 QUESTION = torch.randn(5, 16, generator=torch.Generator().manual_seed(7))  # [M, D] question token embeddings
 
+def similarity_for(grid: Grid, seed: int = 3) -> Tensor:
+    """Similarity features [T, N, 12] (Nüwa's mean vision hidden states), deterministic per grid."""
+    return torch.randn(grid.T, grid.N, 12, generator=torch.Generator().manual_seed(seed))
+
 
 def make_clip(T: int, H: int, W: int, D: int = 16, seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Grid]:
     """Features with temporal redundancy and a scene cut (so trees and segments form), attention, key metric."""
@@ -51,10 +55,13 @@ def make_clip(T: int, H: int, W: int, D: int = 16, seed: int = 0) -> tuple[Tenso
 
 def run(name: str, keep: float, shape: tuple[int, int, int], **options):
     feats, importance, metric, grid = make_clip(*shape)
-    return build(name, keep, options=options)(feats, grid, importance, metric, question=QUESTION), feats, grid
+    out = build(name, keep, options=options)(feats, grid, importance, metric, question=QUESTION,
+                                             similarity=similarity_for(grid))
+    return out, feats, grid
 
 
-OVERLAPPING_GROUPS = {"pool"}
+# pool: adaptive-pooling bins overlap; nuwa: every collector absorbs the tokens around it, neighbours' too.
+OVERLAPPING_GROUPS = {"pool", "nuwa"}
 
 
 def check_groups(out, grid: Grid, disjoint: bool = True) -> torch.Tensor:
@@ -144,6 +151,10 @@ def check_budget(name: str, out, union: torch.Tensor, keep: float, grid: Grid) -
         assert per_frame == [cdpruner_budget(keep, N)] * T and torch.equal(union, out.index)
     elif name == "fastv":
         assert K == T * N and torch.equal(union, everything)
+    elif name == "nuwa":
+        method = build(name, keep)
+        assert per_frame == [method.tokens_for(grid) // T] * T and K == method.tokens_for(grid)
+        assert out.stats["pillars"] + out.stats["collectors"] == K
     else:
         pytest.skip(f"no budget rule known to this test for {name!r}")
     if name in {"none", "pool", "divprune", "visionzip", "evs"}:  # data-independent counts have a rule
@@ -153,7 +164,7 @@ def check_budget(name: str, out, union: torch.Tensor, keep: float, grid: Grid) -
 @pytest.mark.parametrize("name", METHODS)
 def test_keep_one_is_identity(name: str) -> None:
     feats, importance, metric, grid = make_clip(3, 5, 7)
-    out = build(name, 1.0)(feats.half(), grid, importance, metric, question=QUESTION)
+    out = build(name, 1.0)(feats.half(), grid, importance, metric, question=QUESTION, similarity=similarity_for(grid))
     assert torch.equal(out.tokens, feats.half().reshape(-1, feats.shape[-1]))
     assert torch.equal(out.index, torch.arange(grid.T * grid.N))
     assert torch.equal(out.sources, out.index)
@@ -162,7 +173,8 @@ def test_keep_one_is_identity(name: str) -> None:
 @pytest.mark.parametrize("name", METHODS)
 def test_model_dtype_round_trip(name: str) -> None:
     feats, importance, metric, grid = make_clip(4, 6, 5)
-    out = build(name, 0.3)(feats.to(torch.bfloat16), grid, importance, metric, question=QUESTION)
+    out = build(name, 0.3)(feats.to(torch.bfloat16), grid, importance, metric, question=QUESTION,
+                           similarity=similarity_for(grid))
     assert out.tokens.dtype == torch.bfloat16
 
 

@@ -187,8 +187,8 @@ def test_every_method_answers_end_to_end(tiny_models, sample_video, name):
     assert result.report.model_type == "qwen3_vl" and tokens.generated >= 1
     if cls.baseline:
         assert tokens.visual_after == tokens.visual_before
-    elif cls(keep=KEEP).llm_prune() is not None:  # every token enters the LLM; the stage cuts them at layer 1
-        assert tokens.visual_after == tokens.visual_before > tokens.visual_by_layer[-1]
+    elif cls(keep=KEEP).llm_prune() is not None:  # the stage cuts the tokens entering the LLM at layer 1
+        assert tokens.visual_before >= tokens.visual_after == tokens.visual_by_layer[0] > tokens.visual_by_layer[-1]
     else:
         assert tokens.visual_after < tokens.visual_before
 
@@ -243,13 +243,14 @@ def test_every_method_states_its_merge(name):
     mode is the one documented exception: it merges, and its merged tokens carry their representative's DeepStack
     features)."""
     cls = methods()[name]
-    if not cls.needs <= {"importance", "metric"}:
+    if not cls.needs <= {"importance", "metric", "similarity"}:
         pytest.skip(f"{name} needs {sorted(cls.needs)}, beyond the vision tower's outputs")
     gen = torch.Generator().manual_seed(0)
     feats = torch.randn(4, 36, 16, generator=gen)
     importance = torch.rand(4, 36, generator=gen).softmax(-1)
     metric = torch.randn(4, 36, 8, generator=gen)
-    compressed = build(name, 0.3)(feats, Grid(4, 6, 6), importance, metric)
+    similarity = torch.randn(4, 36, 12, generator=gen)
+    compressed = build(name, 0.3)(feats, Grid(4, 6, 6), importance, metric, similarity=similarity)
     if compressed.weights is None:
         assert torch.equal(compressed.tokens, feats.reshape(-1, 16)[compressed.index])
     else:
