@@ -11,6 +11,7 @@ from .commands import ask as _ask, methods as _methods  # noqa: F401
 from .commands import annotate as _annotate, bench as _bench, evaluate as _evaluate  # noqa: F401
 from .commands import cache as _cache  # noqa: F401
 from .commands import chat as _chat  # noqa: F401
+from .commands import serve as _serve  # noqa: F401
 from .commands.shell import app
 
 

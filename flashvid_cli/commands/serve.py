@@ -1,0 +1,87 @@
+"""``vidq serve``: an OpenAI-compatible HTTP server for one model (docs/SERVING.md)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..api import DEFAULT_METHOD, DEFAULT_MODEL
+from .options import (
+    DEFAULT_CACHE_SIZE, CacheSize, Decoder, Device, Dtype, Fps, Frames, Keep, MaxFrames, MaxNewTokens, Method, Model,
+    NoCache, Opt, Seed, Seek, Temperature, TextAfterVideo, Tokens, keep_or_tokens, parse_options,
+)
+from .shell import Command, app, err, open_cache, user_errors, warn_random
+
+
+@app.command(cls=Command)
+def serve(
+    model: Model = DEFAULT_MODEL,
+    host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 for every interface.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    served_model_name: Annotated[Optional[str], typer.Option(
+        help="The model id clients send and /v1/models lists (default: the --model value).")] = None,
+    api_key: Annotated[Optional[str], typer.Option(
+        envvar="VIDQ_API_KEY", help="Every route but /health needs 'Authorization: Bearer KEY' (or set VIDQ_API_KEY).",
+        show_envvar=False)] = None,
+    allowed_local_media_path: Annotated[Optional[Path], typer.Option(
+        help="file:// video URLs are served only from under this folder (symlinks and ../ resolved first); "
+        "without it file:// URLs are refused.")] = None,
+    allow_url_download: Annotated[bool, typer.Option(
+        "--allow-url-download", help="Accept http(s):// video URLs (downloading is not implemented yet: they are "
+        "refused with a 400 either way).")] = False,
+    max_data_bytes: Annotated[int, typer.Option(help="Largest data: video URL, in decoded bytes; larger is 413.")]
+    = 64 * 1024 * 1024,
+    kv_cache_size: Annotated[int, typer.Option(
+        help="Conversations whose KV cache is kept across requests (least recently used dropped first); 0 "
+        "prefills every request in full.")] = 16,
+    video_cache_size: Annotated[int, typer.Option(help="Compressed videos kept in memory (least recently used "
+                                                  "dropped first), over the on-disk encoded-video cache.")] = 8,
+    max_queue: Annotated[int, typer.Option(help="Requests that may wait behind the one being answered; more get "
+                                           "429 with Retry-After.")] = 16,
+    method: Method = DEFAULT_METHOD,
+    keep: Keep = None,
+    tokens: Tokens = None,
+    opt: Opt = None,
+    frames: Frames = None,
+    fps: Fps = None,
+    max_frames: MaxFrames = 32,
+    max_new_tokens: MaxNewTokens = 64,
+    temperature: Temperature = 0.0,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    seed: Seed = 0,
+    decoder: Decoder = "auto",
+    seek: Seek = "exact",
+    text_after_video: TextAfterVideo = None,
+    no_cache: NoCache = False,
+    cache_size: CacheSize = DEFAULT_CACHE_SIZE,
+) -> None:
+    """Serve MODEL over an OpenAI-compatible HTTP API: POST /v1/chat/completions (a video as a video_url part;
+    stream or not), GET /v1/models, GET /health, GET /metrics. The method, keep, sampling and generation options
+    are the defaults of every request, which may override them (its "vidq" object, media_io_kwargs, max_tokens,
+    temperature, seed). Encoded videos and conversations' KV caches are kept across requests. See docs/SERVING.md."""
+    with user_errors():
+        from ..api import AskConfig
+        from ..inputs import check_ask
+        from ..serve import ServeConfig, run_server
+
+        defaults = AskConfig(
+            method=method, keep=keep_or_tokens(keep, tokens), tokens=tokens, options=parse_options(opt),
+            frames=frames, fps=fps, max_frames=max_frames, max_new_tokens=max_new_tokens, temperature=temperature,
+            seed=seed, decoder=decoder, seek=seek, text_after_video=text_after_video,
+        )
+        check_ask(defaults, device=device, dtype=dtype, model=model)
+        config = ServeConfig(
+            model=model, served_model_name=served_model_name, device=device, dtype=dtype, host=host, port=port,
+            defaults=defaults, allowed_local_media_path=allowed_local_media_path,
+            allow_url_download=allow_url_download, max_data_bytes=max_data_bytes, kv_cache_size=kv_cache_size,
+            video_cache_size=video_cache_size, max_queue=max_queue, api_key=api_key or os.environ.get("VIDQ_API_KEY"),
+            encoded_cache=open_cache(no_cache, cache_size),
+        )
+        warn_random(model)
+        err.print(f"vidq serve: {config.name} on http://{host}:{port} (loading; GET /health says when ready)",
+                  highlight=False)
+        run_server(config)

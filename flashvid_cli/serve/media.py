@@ -1,0 +1,85 @@
+"""Where a request's video comes from: a ``file://`` path under the allowed folder, a ``data:`` URL, or (refused
+for now) an ``http(s)://`` URL. Every check runs before a byte of video is decoded."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from .config import ServeConfig
+from .errors import APIError, bad_request
+
+
+class MediaStore:
+    """Resolves video URLs to local files; ``data:`` videos are written once per content (by SHA-256) to a
+    temporary folder removed by :meth:`close`, so a conversation that resends the same video reuses its file."""
+
+    def __init__(self, config: ServeConfig):
+        self.config = config
+        self._tmp = tempfile.TemporaryDirectory(prefix="vidq-serve-")
+
+    def close(self) -> None:
+        self._tmp.cleanup()
+
+    def resolve(self, url: str) -> Path:
+        """The local file of ``url``; APIError 400 (refused or malformed), 413 (a data URL over the cap)."""
+        if not isinstance(url, str) or not url:
+            raise bad_request("video_url.url must be a non-empty string")
+        scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+        if scheme == "file":
+            return self._local(url)
+        if scheme == "data":
+            return self._data(url)
+        if scheme in {"http", "https"}:
+            if not self.config.allow_url_download:
+                raise bad_request("http(s) video URLs are off: start the server with --allow-url-download, or send "
+                                  "the video as a data: URL or a file:// path", "url_download_disabled")
+            raise bad_request("downloading http(s) video URLs is not implemented yet: send the video as a data: URL "
+                              "or a file:// path", "url_download_unsupported")
+        raise bad_request(f"unsupported video URL scheme {scheme or url[:20]!r}: use file://, data: or http(s)://",
+                          "unsupported_url")
+
+    def _local(self, url: str) -> Path:
+        root = self.config.allowed_local_media_path
+        if root is None:
+            raise bad_request("file:// video URLs are off: start the server with --allowed-local-media-path DIR",
+                              "local_media_disabled")
+        parsed = urlparse(url)
+        if parsed.netloc not in {"", "localhost"}:
+            raise bad_request(f"file:// URL with host {parsed.netloc!r}: only local paths", "invalid_url")
+        raw = unquote(parsed.path)
+        if not raw.startswith("/"):
+            raise bad_request("file:// URLs need an absolute path", "invalid_url")
+        # Resolve first (symlinks and ../ followed), then check: a link or a traversal out of the folder is refused.
+        path = Path(os.path.realpath(raw))
+        if not path.is_relative_to(root):
+            raise APIError(400, f"{raw} is outside the allowed media folder (--allowed-local-media-path)",
+                           "path_not_allowed")
+        if not path.is_file():
+            raise bad_request(f"no video file at {raw}", "video_not_found")
+        return path
+
+    def _data(self, url: str) -> Path:
+        head, sep, payload = url.partition(",")
+        if not sep or not head.lower().endswith(";base64"):
+            raise bad_request("a data: video URL must be base64: data:video/mp4;base64,...", "invalid_url")
+        # The cap is checked on the encoded length, before decoding: 4 characters carry 3 bytes.
+        size = len(payload) * 3 // 4
+        if size > self.config.max_data_bytes:
+            raise APIError(413, f"the data: video is about {size:,} bytes, over the server's cap of "
+                           f"{self.config.max_data_bytes:,} (--max-data-bytes)", "payload_too_large")
+        try:
+            data = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            raise bad_request("the data: video URL is not valid base64", "invalid_url") from None
+        path = Path(self._tmp.name) / f"{hashlib.sha256(data).hexdigest()}.video"
+        if not path.exists():
+            part = path.with_suffix(".part")
+            part.write_bytes(data)
+            part.replace(path)
+        return path

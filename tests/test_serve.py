@@ -1,0 +1,283 @@
+"""``vidq serve`` through the real ``openai`` client: a server on 127.0.0.1 per configuration, one tiny LLaVA-OV
+model loaded once and shared by them (each has its own engine: caches, queue, key)."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+openai = pytest.importorskip("openai")
+httpx = pytest.importorskip("httpx")
+
+from flashvid_cli.config import AskConfig  # noqa: E402
+from flashvid_cli.serve import ServeConfig, create_app  # noqa: E402
+from flashvid_cli.serve.engine import Engine  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CLIPS = REPO / "samples" / "demo" / "clips"
+DEMO = REPO / "samples" / "vidq-demo-llava-ov"
+DEFAULTS = AskConfig(method="divprune", keep=0.5, max_new_tokens=6)
+COUNT, LAST = "How many shapes appear in the video?", "Which shape appears last?"
+
+
+class Server:
+    """One app served by uvicorn in a thread, on a free port."""
+
+    def __init__(self, config: ServeConfig, qa=None):
+        import uvicorn
+
+        self.engine = Engine(config)
+        self.engine.qa = qa
+        self.app = create_app(config, self.engine)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="error"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            assert time.time() < deadline, "the server did not start"
+            time.sleep(0.02)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def client(self, key: str = "none") -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, timeout=120)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("serve-media")
+    allowed = root / "allowed"
+    allowed.mkdir()
+    shutil.copy(CLIPS / "00000.mp4", allowed / "a.mp4")
+    shutil.copy(CLIPS / "00001.mp4", allowed / "b.mp4")
+    (allowed / "broken.mp4").write_bytes(b"not a video at all" * 100)
+    outside = root / "outside.mp4"
+    shutil.copy(CLIPS / "00002.mp4", outside)
+    (allowed / "link.mp4").symlink_to(outside)
+    return {"allowed": allowed, "a": allowed / "a.mp4", "b": allowed / "b.mp4", "broken": allowed / "broken.mp4",
+            "outside": outside, "link": allowed / "link.mp4"}
+
+
+@pytest.fixture(scope="module")
+def qa():
+    """The trained demo model (1.5M parameters): its answers mean something, so equal answers are a real check."""
+    from flashvid_cli.api import VideoQA
+
+    return VideoQA(str(DEMO), device="cpu")
+
+
+def _config(media, **kw) -> ServeConfig:
+    base = dict(model="tiny", defaults=DEFAULTS, allowed_local_media_path=media["allowed"], max_data_bytes=4000,
+                max_queue=0)
+    return ServeConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def servers(qa, media):
+    made = {"main": Server(_config(media), qa), "nocache": Server(_config(media, kv_cache_size=0,
+                                                                              video_cache_size=0), qa),
+            "key": Server(_config(media, api_key="s3cret"), qa)}
+    yield made
+    for server in made.values():
+        server.stop()
+
+
+def video(path: Path | str) -> dict:
+    url = path if isinstance(path, str) else f"file://{path}"
+    return {"type": "video_url", "video_url": {"url": url}}
+
+
+def first(path, question: str) -> list[dict]:
+    return [{"role": "user", "content": [video(path), {"type": "text", "text": question}]}]
+
+
+def chat(server: Server, messages: list[dict], **kw):
+    return server.client().chat.completions.create(model="tiny", messages=messages, **kw)
+
+
+def vidq(completion) -> dict:
+    return completion.model_extra["vidq"]
+
+
+def test_models_health_and_metrics(servers):
+    main = servers["main"]
+    assert [m.id for m in main.client().models.list()] == ["tiny"]
+    assert httpx.get(f"{main.url}/health").json() == {"status": "ok", "model": "tiny"}
+    chat(main, first(main.engine.config.allowed_local_media_path / "a.mp4", COUNT))
+    text = httpx.get(f"{main.url}/metrics").text
+    for name in ("vidq_time_to_first_token_seconds_count", "vidq_time_per_output_token_seconds_bucket",
+                 "vidq_queue_time_seconds_count", 'vidq_stage_seconds_count{stage="encode"}',
+                 'vidq_cache_total{layer="prefix"', 'vidq_requests_total{status="200"}'):
+        assert name in text, name
+
+
+def test_health_is_503_until_the_model_loads(media):
+    gate = threading.Event()
+
+    class Slow(Engine):
+        def load(self):
+            gate.wait(30)
+            self.qa = object()
+
+    config = _config(media)
+    app = create_app(config, Slow(config))
+    from fastapi.testclient import TestClient
+
+    with TestClient(app) as client:
+        assert client.get("/health").status_code == 503
+        response = client.post("/v1/chat/completions", json={"model": "tiny", "messages": first(media["a"], "q")})
+        assert response.status_code == 503 and response.json()["error"]["code"] == "model_not_ready"
+        gate.set()
+        for _ in range(100):
+            if client.get("/health").status_code == 200:
+                break
+            time.sleep(0.02)
+        assert client.get("/health").json()["status"] == "ok"
+
+
+def test_non_stream_and_stream_agree_with_usage_and_report(servers, media):
+    main = servers["main"]
+    plain = chat(main, first(media["a"], COUNT))
+    answer = plain.choices[0].message.content
+    assert plain.usage.prompt_tokens > 0 and 0 < plain.usage.completion_tokens <= 6
+    assert plain.usage.total_tokens == plain.usage.prompt_tokens + plain.usage.completion_tokens
+    report = vidq(plain)["report"]
+    assert report["method"] == "divprune" and report["tokens"]["visual_after"] < report["tokens"]["visual_before"]
+    assert report["tokens"]["prompt"] == plain.usage.prompt_tokens
+    assert set(report["cache"]) >= {"encoded", "prefix", "video_memory", "reused_tokens"}
+    assert vidq(plain)["answer"] == answer
+    chunks = list(chat(main, first(media["a"], COUNT), stream=True,
+                       stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == answer
+    assert chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
+    assert any(c.choices and c.choices[0].finish_reason in {"stop", "length"} for c in chunks)
+
+
+def _follow_up(server: Server, path: Path, questions: list[str]) -> list:
+    messages, out = [], []
+    for i, q in enumerate(questions):
+        messages += first(path, q) if i == 0 else [{"role": "user", "content": q}]
+        done = chat(server, messages)
+        out.append(done)
+        messages.append({"role": "assistant", "content": done.choices[0].message.content})
+    return out
+
+
+def test_follow_up_hits_the_prompt_cache_and_answers_as_a_fresh_prefill(servers, media):
+    questions = [COUNT, LAST, COUNT]
+    warm = _follow_up(servers["main"], media["b"], questions)
+    cold = _follow_up(servers["nocache"], media["b"], questions)
+    follow = vidq(warm[1])["report"]["cache"]
+    assert follow["prefix"] == "hit" and follow["video_memory"] == "hit"
+    assert warm[1].usage.prompt_tokens_details.cached_tokens == follow["reused_tokens"]
+    # The first turn came from the cache, up to where the template renders it differently inside a conversation.
+    assert follow["reused_tokens"] >= warm[0].usage.prompt_tokens - 2
+    assert vidq(warm[2])["report"]["cache"]["reused_tokens"] >= warm[1].usage.prompt_tokens - 2
+    assert vidq(cold[1])["report"]["cache"]["prefix"] == "off"
+    assert [c.choices[0].message.content for c in warm] == [c.choices[0].message.content for c in cold]
+    assert [vidq(c)["token_ids"] for c in warm] == [vidq(c)["token_ids"] for c in cold]
+
+
+def test_two_conversations_interleaved_stay_independent(servers, media):
+    main, cold = servers["main"], servers["nocache"]
+    conversations = {k: [{"role": "user", "content": [video(media[k]), {"type": "text", "text": LAST}]}]
+                     for k in ("a", "b")}
+    answers = {"a": [], "b": []}
+    for turn in range(2):
+        for k in ("a", "b"):
+            done = chat(main, conversations[k])
+            answers[k].append(done)
+            conversations[k] += [{"role": "assistant", "content": done.choices[0].message.content},
+                                 {"role": "user", "content": COUNT}]
+    for k in ("a", "b"):
+        assert vidq(answers[k][1])["report"]["cache"]["prefix"] == "hit"
+        fresh = chat(cold, conversations[k][:-1][:3])  # the second turn again, prefilled in full
+        assert vidq(fresh)["token_ids"] == vidq(answers[k][1])["token_ids"]
+
+
+def _refused(server: Server, messages, status: int, code: str, **kw):
+    with pytest.raises(openai.APIStatusError) as caught:
+        chat(server, messages, **kw)
+    assert caught.value.status_code == status, caught.value.body
+    assert caught.value.body["code"] == code, caught.value.body
+    assert "Traceback" not in caught.value.message
+    return caught.value
+
+
+@pytest.mark.parametrize("which", ["outside", "traversal", "link"])
+def test_paths_out_of_the_allowed_folder_are_refused(servers, media, which):
+    path = {"outside": f"file://{media['outside']}", "link": f"file://{media['link']}",
+            "traversal": f"file://{media['allowed']}/../outside.mp4"}[which]
+    _refused(servers["main"], first(path, "what?"), 400, "path_not_allowed")
+
+
+def test_data_urls_within_and_over_the_cap(servers, media):
+    small = "data:video/mp4;base64," + base64.b64encode(media["a"].read_bytes()).decode()
+    done = chat(servers["main"], first(small, COUNT))
+    assert done.choices[0].message.content is not None
+    big = "data:video/mp4;base64," + "A" * 8000  # not even valid video: refused on its size, before decoding
+    _refused(servers["main"], first(big, "what?"), 413, "payload_too_large")
+
+
+def test_other_refusals(servers, media):
+    main = servers["main"]
+    _refused(main, first("https://example.com/v.mp4", "what?"), 400, "url_download_disabled")
+    _refused(main, first(media["broken"], "what?"), 422, "video_decode_error")
+    _refused(main, first(media["a"], "what?"), 400, "n_not_supported", n=2)
+    _refused(main, first(media["a"], "what?"), 400, "invalid_option", extra_body={"vidq": {"keep": 2}})
+    _refused(main, first(media["a"], "what?"), 400, "invalid_option", extra_body={"vidq": {"method": "nope"}})
+    _refused(main, [{"role": "user", "content": "no video"}], 400, "video_required")
+    with pytest.raises(openai.NotFoundError) as caught:
+        main.client().chat.completions.create(model="other", messages=first(media["a"], "what?"))
+    assert caught.value.body["code"] == "model_not_found"
+
+
+def test_vidq_and_media_options_reach_the_report(servers, media):
+    done = chat(servers["main"], first(media["a"], COUNT), max_tokens=3, seed=1,
+                extra_body={"vidq": {"method": "visionzip", "keep": 0.25},
+                            "media_io_kwargs": {"video": {"num_frames": 2}}})
+    report = vidq(done)["report"]
+    assert report["method"] == "visionzip" and report["keep"] == 0.25
+    assert len(report["video"]["frame_indices"]) == 2 and done.usage.completion_tokens <= 3
+
+
+def test_api_key(servers, media):
+    server = servers["key"]
+    assert httpx.get(f"{server.url}/health").status_code == 200  # /health needs no key
+    assert httpx.get(f"{server.url}/v1/models").status_code == 401
+    with pytest.raises(openai.AuthenticationError):
+        server.client("wrong").models.list()
+    done = server.client("s3cret").chat.completions.create(model="tiny", messages=first(media["a"], "what?"))
+    assert done.choices[0].message.content is not None
+
+
+def test_queue_limit_gives_429(servers, media):
+    main = servers["main"]
+    results = {}
+    with main.engine.lock:  # the model is busy: the next request waits, the one after it is refused
+        waiting = threading.Thread(target=lambda: results.setdefault("first", chat(main, first(media["a"], "q?"))))
+        waiting.start()
+        for _ in range(500):
+            if main.app.state.serve["active"] == 1:
+                break
+            time.sleep(0.01)
+        response = httpx.post(f"{main.url}/v1/chat/completions",
+                              json={"model": "tiny", "messages": first(media["a"], "q?")})
+        assert response.status_code == 429 and response.headers["retry-after"] == "1"
+        assert response.json()["error"]["code"] == "queue_full"
+    waiting.join(60)
+    assert results["first"].choices[0].message.content is not None
