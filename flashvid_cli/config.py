@@ -44,8 +44,17 @@ class AskConfig:
             raise ConfigError("give --frames or --fps, not both")
         if self.frames is not None and self.frames < 1:
             raise ConfigError(f"--frames must be at least 1, got {self.frames}")
-        if self.fps is not None and self.fps <= 0:
-            raise ConfigError(f"--fps must be positive, got {self.fps}")
+        if self.fps is not None and not 0 < self.fps < float("inf"):  # nan and inf are no rate
+            raise ConfigError(f"--fps must be positive and finite, got {self.fps}")
+        if self.decoder != "auto" or self.seek != "exact":  # the defaults need no check (nor the import)
+            from .pipelines.video import DECODERS, SEEKS
+
+            if self.decoder not in DECODERS:
+                raise ConfigError(f"--decoder {self.decoder!r} is unknown; choose one of: {', '.join(DECODERS)}")
+            if self.seek not in SEEKS:
+                raise ConfigError(f"--seek {self.seek!r} is unknown; choose one of: {', '.join(SEEKS)}")
+            if self.seek == "keyframe" and self.decoder == "decord":
+                raise ConfigError("--seek keyframe decodes keyframes with PyAV: use --decoder auto or pyav, not decord")
         if self.max_frames < 1:
             raise ConfigError(f"--max-frames must be at least 1, got {self.max_frames}")
         if self.max_new_tokens < 1:

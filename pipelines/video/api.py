@@ -94,8 +94,8 @@ def _request(path, frames, fps, max_frames, decoder, max_side, max_bytes=None, s
         raise VideoError("give either frames or fps, not both")
     if frames is not None and frames < 1:
         raise VideoError(f"frames must be at least 1 (got {frames})")
-    if fps is not None and not fps > 0:
-        raise VideoError(f"fps must be positive (got {fps})")
+    if fps is not None and not 0 < fps < float("inf"):
+        raise VideoError(f"fps must be positive and finite (got {fps})")
     if max_frames < 1:
         raise VideoError(f"max_frames must be at least 1 (got {max_frames})")
     if decoder not in DECODERS:

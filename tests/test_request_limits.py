@@ -1,0 +1,92 @@
+"""Requests bounded before any work (issue 28): a sampling rate far above the frames that exist, a bad `seek`
+through the library, an output in a folder that does not exist, a prompt or geometry the model cannot take."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_input_faults import QUESTION, no_model_load, one_error_line, vidq  # noqa: F401  (a fixture)
+
+from flashvid_cli.pipelines.video import decode, fps_indices, sampling
+
+
+@pytest.fixture()
+def no_huge_arange(monkeypatch):
+    """np.arange refuses to build more than a million values: a sampling plan must not be sized by duration x fps."""
+    real = np.arange
+
+    def bounded(*args, **kwargs):
+        start, stop, step = (0.0, args[0], 1.0) if len(args) == 1 else (args[0], args[1], args[2] if len(args) > 2
+                                                                        else 1.0)
+        assert (stop - start) / step < 1e6, f"np.arange of {(stop - start) / step:.3g} values"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(np, "arange", bounded)
+
+
+def test_fps_far_above_the_frames_is_capped_by_the_frames(sample_video, no_huge_arange):
+    """`--fps 1e9` on the 48-frame sample: the plan holds every frame once (then max_frames of them), built per
+    frame; before, it built 6e9 sample times and the decode worker died of memory."""
+    seconds = np.arange(48) / 8.0
+    assert fps_indices(seconds, 1e9, 1000, 6.0) == list(range(48))
+    assert len(fps_indices(seconds, 1e9, 32, 6.0)) == 32
+    decoded = decode(sample_video, fps=1e9, max_frames=32, timeout_s=None)
+    assert len(decoded.indices) == 32 and decoded.frames.shape[0] == 32
+    assert decoded.sampling.startswith("fps=1e+09 capped to 32 frames"), decoded.sampling
+
+
+def test_per_frame_rule_equals_the_sample_time_rule():
+    """The per-frame answer (used above _TICKS_PER_FRAME sample times a frame) picks exactly the frames the
+    sample-time rule picks: constant, variable and duplicated timestamps, rates below and above the frames'."""
+    rng = np.random.default_rng(0)
+    for trial in range(600):
+        n = int(rng.integers(1, 60))
+        seconds = [np.arange(n) / 30.0, np.sort(rng.uniform(0, 5, n)), np.round(np.sort(rng.uniform(0, 3, n)), 1)][
+            trial % 3]
+        seconds = seconds - seconds[0]
+        fps = float(rng.choice([0.5, 1, 7.3, 29.97, 60, 1000]))
+        end = float(seconds[-1]) + float(rng.uniform(1e-9, 0.1))
+        times = np.arange(0.0, end, 1.0 / fps)
+        expected = np.unique(np.clip(np.searchsorted(seconds, times + 1e-6, side="right") - 1, 0, n - 1))
+        assert sampling._frames_with_a_tick(seconds, fps, end).tolist() == expected.tolist(), (seconds, fps, end)
+
+
+@pytest.mark.parametrize("fps", ["inf", "nan"])
+def test_fps_that_is_no_rate_is_one_line(no_model_load, sample_video, fps):
+    line = one_error_line(vidq("ask", str(sample_video), QUESTION, "--model", "some/model", "--fps", fps))
+    assert "--fps must be positive and finite" in line, line
+    assert no_model_load == []
+
+
+def test_library_bad_seek_is_a_config_error(no_model_load, sample_video):
+    """Before: the library's AskConfig took any seek and the decoder raised VideoError("seek must be one of...")."""
+    from flashvid_cli import ask
+    from flashvid_cli.api import AskConfig, ConfigError
+
+    with pytest.raises(ConfigError, match="--seek 'nearest' is unknown; choose one of: exact, keyframe"):
+        ask(sample_video, QUESTION, model="some/model", seek="nearest")
+    with pytest.raises(ConfigError, match="--decoder 'ffmpeg' is unknown"):
+        AskConfig(decoder="ffmpeg")
+    with pytest.raises(ConfigError, match="not decord"):
+        AskConfig(seek="keyframe", decoder="decord")
+    assert AskConfig(seek="keyframe").seek == "keyframe"
+    assert no_model_load == []
+
+
+def test_annotate_out_in_a_missing_folder_is_refused(no_model_load, sample_video, tmp_path):
+    """Before: annotate created the missing folder (and the file) silently; now one line, nothing created, like
+    bench's and eval's --json and --plot (tested in test_input_faults)."""
+    out = tmp_path / "typo" / "a.jsonl"
+    line = one_error_line(vidq("annotate", str(sample_video), "-q", QUESTION, "--model", "some/model",
+                               "--out", str(out)))
+    assert f"--out {out}: the folder {out.parent} does not exist; create it or write elsewhere" in line, line
+    assert not out.parent.exists() and no_model_load == []
+
+
+def test_annotate_library_output_does_not_create_folders(tmp_path):
+    from flashvid_cli.annotate.output import JsonLines, OutputError
+
+    out = tmp_path / "typo" / "a.jsonl"
+    with pytest.raises(OutputError, match="does not exist"):
+        JsonLines(out)
+    assert not out.parent.exists()
