@@ -117,24 +117,21 @@ def check_video_file(path: str | os.PathLike, *, empty_ok: bool = False, probe: 
         container.close()
 
 
-def check_output_file(path: str | os.PathLike, option: str, *, create_parents: bool = False) -> None:
+def check_output_file(path: str | os.PathLike, option: str) -> None:
     """Fail now, not after the run: ``path`` must be a file this process can create or append to.
 
-    The folder must exist (or, with ``create_parents``, its nearest existing ancestor must be a writable
-    folder); a path that is a directory, a folder that is a file, a read-only file system or a lack of
-    permission is one InputError naming ``option`` and the path. Writability is tried, not guessed from
-    mode bits (root ignores them): an existing file is opened for appending (not changed), a new one is
-    probed with a temporary file that is removed at once.
+    The folder must exist (vidq never creates one: a typo in it would hide the output); a path that is a
+    directory, a folder that is a file, a read-only file system or a lack of permission is one InputError
+    naming ``option`` and the path. Writability is tried, not guessed from mode bits (root ignores them): an
+    existing file is opened for appending (not changed), a new one is probed with a temporary file that is
+    removed at once.
     """
     target = Path(path).expanduser()
     if target.is_dir():
         raise InputError(f"{option} {path} is a directory; give a file path")
     folder = target.parent
     if not folder.exists():
-        if not create_parents:
-            raise InputError(f"{option} {path}: the folder {folder} does not exist; create it or write elsewhere")
-        while not folder.exists():
-            folder = folder.parent
+        raise InputError(f"{option} {path}: the folder {folder} does not exist; create it or write elsewhere")
     if not folder.is_dir():
         raise InputError(f"{option} {path}: {folder} is a file, not a folder")
     try:

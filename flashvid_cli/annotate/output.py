@@ -131,10 +131,9 @@ class JsonLines:
         if self.path.is_dir():
             raise OutputError(f"--out {self.path} is a directory; give a file name such as annotations.jsonl")
         self._refuse_binary()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"cannot create the folder of --out {self.path}: {exc.strerror or exc}") from None
+        if not self.path.parent.is_dir():  # never created silently: a typo in the folder would hide the output
+            raise OutputError(f"--out {self.path}: the folder {self.path.parent} does not exist; create it or write "
+                              "elsewhere")
         self._lock = OutputLock(self.path)
         try:
             self._lock.acquire()

@@ -70,7 +70,7 @@ def annotate(
                 seek=seek, decode_timeout_s=decode_timeout,
             ),
         )
-        check_output_file(out, "--out", create_parents=True)  # everything that needs no model, before loading it
+        check_output_file(out, "--out")  # a missing folder is refused, as bench and eval do; everything that needs no model, before loading it
         check_ask(config.ask, device=device, dtype=dtype, model=model)
         open_cache(no_cache, cache_size)  # a bad size or an unwritable directory: said once, before any work
         found = find_videos(videos)
