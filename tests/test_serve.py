@@ -4,8 +4,12 @@ model loaded once and shared by them (each has its own engine: caches, queue, ke
 from __future__ import annotations
 
 import base64
+import json
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -30,10 +34,10 @@ COUNT, LAST = "How many shapes appear in the video?", "Which shape appears last?
 class Server:
     """One app served by uvicorn in a thread, on a free port."""
 
-    def __init__(self, config: ServeConfig, qa=None):
+    def __init__(self, config: ServeConfig, qa=None, engine: Engine | None = None):
         import uvicorn
 
-        self.engine = Engine(config)
+        self.engine = engine or Engine(config)
         self.engine.qa = qa
         self.app = create_app(config, self.engine)
         with socket.socket() as s:
@@ -281,3 +285,79 @@ def test_queue_limit_gives_429(servers, media):
         assert response.json()["error"]["code"] == "queue_full"
     waiting.join(60)
     assert results["first"].choices[0].message.content is not None
+
+
+def _wait_idle(server: Server) -> None:
+    deadline = time.time() + 60
+    while server.app.state.serve["active"]:
+        assert time.time() < deadline, "the request never freed its slot"
+        time.sleep(0.02)
+
+
+def test_a_client_disconnect_mid_stream_cancels_at_the_next_token_and_frees_the_slot(qa, media):
+    pieces = []
+
+    class Held(Engine):
+        """Holds the generation after its first streamed piece until the server has seen the client leave."""
+
+        def answer(self, req, video, on_text=None, cancel=None):
+            def hold(piece):
+                on_text(piece)
+                pieces.append(piece)
+                cancel.wait(60)
+
+            return super().answer(req, video, hold if on_text else None, cancel)
+
+    config = _config(media)  # --max-queue 0: while the slot is held, another request is 429
+    server = Server(config, qa, Held(config))
+    try:
+        body = {"model": "tiny", "stream": True, "max_tokens": 6, "messages": first(media["a"], COUNT)}
+        with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=60) as response:
+            for line in response.iter_lines():
+                if '"content": "' in line and '"content": ""' not in line:
+                    break  # the first piece of the answer: leave, closing the connection mid-stream
+        _wait_idle(server)
+        assert server.app.state.serve.get("cancelled") == 1 and len(pieces) == 1
+        assert chat(server, first(media["a"], COUNT)).choices[0].message.content  # the slot is free again
+    finally:
+        server.stop()
+
+
+def test_sigterm_drains_the_request_in_flight_and_exits_0(media):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "flashvid_cli", "serve", "--model", str(DEMO), "--device", "cpu", "--port",
+               str(port), "--allowed-local-media-path", str(media["allowed"]), "--no-cache", "--method", "divprune",
+               "--keep", "0.5", "--max-new-tokens", "6"]
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 240
+        while True:
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.time() < deadline, "vidq serve never became ready"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        body = json.dumps({"model": str(DEMO), "messages": first(media["a"], COUNT)}).encode()
+        with socket.create_connection(("127.0.0.1", port), timeout=120) as conn:
+            conn.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
+                         f"\r\nContent-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n".encode())
+            # 100 Continue comes when the app starts reading the body: the request is in flight for certain.
+            assert conn.recv(4096).startswith(b"HTTP/1.1 100"), "no 100 Continue"
+            proc.send_signal(signal.SIGTERM)
+            conn.sendall(body)
+            raw = b""
+            while chunk := conn.recv(65536):
+                raw += chunk
+        head, _, payload = raw.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), raw[:300]
+        assert json.loads(payload)["choices"][0]["message"]["content"]
+        assert proc.wait(60) == 0, proc.communicate()[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()

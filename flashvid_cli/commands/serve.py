@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -82,6 +83,12 @@ def serve(
             encoded_cache=open_cache(no_cache, cache_size),
         )
         warn_random(model)
+        # uvicorn drains on SIGTERM, then re-raises it to the handler it found: make that an exit with status 0.
+        signal.signal(signal.SIGTERM, _exit_zero)
         err.print(f"vidq serve: {config.name} on http://{host}:{port} (loading; GET /health says when ready)",
                   highlight=False)
         run_server(config)
+
+
+def _exit_zero(signum: int, frame: object) -> None:
+    raise SystemExit(0)

@@ -23,7 +23,7 @@ from ..inputs import check_ask
 from ..pipelines.errors import ModelError, VideoError
 from .config import ServeConfig
 from .engine import Engine, Outcome
-from .errors import APIError, bad_request, error_body
+from .errors import APIError, Cancelled, bad_request, error_body
 from .media import MediaStore
 from .metrics import Metrics
 from .request import ChatRequest, parse_request
@@ -133,16 +133,24 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
         arrived = time.perf_counter()
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
+        cancel = threading.Event()  # set when the client disconnects: the engine stops at its next token
+        watcher = asyncio.ensure_future(_watch_disconnect(request, cancel))
 
         def work() -> tuple[Outcome, float]:
             try:
                 with engine.lock:
+                    if cancel.is_set():
+                        raise Cancelled("the client disconnected while its request waited")
                     queued = time.perf_counter() - arrived
                     on_text = (lambda piece: loop.call_soon_threadsafe(events.put_nowait, ("text", piece))) \
                         if req.stream else None
-                    outcome = engine.answer(req, video, on_text)
+                    outcome = engine.answer(req, video, on_text, cancel)
                 metrics.observe(outcome, queued, queued + outcome.result.report.timings.time_to_first_token)
                 return outcome, queued
+            except Cancelled:
+                with guard:
+                    state["cancelled"] = state.get("cancelled", 0) + 1
+                raise
             finally:
                 with guard:
                     state["active"] -= 1
@@ -154,6 +162,8 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
                 outcome, _ = await future
             except Exception as exc:  # noqa: BLE001
                 raise as_api_error(exc) from None
+            finally:
+                watcher.cancel()
             return JSONResponse(_completion(req, config.name, outcome))
         future.add_done_callback(lambda f: events.put_nowait(("done", f)))
         first = await events.get()  # an error before the first token is still a status code, not a stream
@@ -164,10 +174,19 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
     return app
 
 
+async def _watch_disconnect(request: Request, cancel: threading.Event) -> None:
+    """Set ``cancel`` when the connection closes (the client went away, or the response is complete)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    cancel.set()
+
+
 def as_api_error(exc: BaseException) -> APIError:
     """The HTTP error of an exception: a user's error by its kind, anything else a 500 without a traceback."""
     if isinstance(exc, APIError):
         return exc
+    if isinstance(exc, Cancelled):  # nobody reads it; 499 (nginx's "client closed request") counts it in /metrics
+        return APIError(499, str(exc), "client_disconnected")
     if isinstance(exc, VideoError):
         return APIError(422, str(exc), "video_decode_error")
     if isinstance(exc, ModelError):

@@ -25,6 +25,7 @@ from ..results import AskResult, CompressedVideo, PreparedVideo, PrepareTimings
 from ..video_stages import _needs_question
 from ..videoqa import VideoQA
 from .config import ServeConfig
+from .errors import Cancelled
 from .request import ChatRequest
 
 _ANSWERS_KEPT = 1024  # answers whose generated ids are remembered, to re-enter them exactly in a follow-up
@@ -66,9 +67,11 @@ class Engine:
     def ready(self) -> bool:
         return self.qa is not None
 
-    def answer(self, req: ChatRequest, video: Path, on_text: Callable[[str], None] | None = None) -> Outcome:
+    def answer(self, req: ChatRequest, video: Path, on_text: Callable[[str], None] | None = None,
+               cancel: threading.Event | None = None) -> Outcome:
         """Answer ``req`` about the local file ``video``; call with :attr:`lock` held. Raises what the library
-        raises for a bad option (ConfigError, MethodError) or a video that does not decode (VideoError)."""
+        raises for a bad option (ConfigError, MethodError) or a video that does not decode (VideoError), and
+        :class:`Cancelled` at the first generated token after ``cancel`` is set (the client went away)."""
         import torch
 
         from ..pipelines.generation import GenerationOptions, synchronize
@@ -98,10 +101,15 @@ class Engine:
             synchronize(pipe.device)
             prompt_s = time.perf_counter() - started
             options = GenerationOptions(config.max_new_tokens, config.temperature, top_p=req.top_p)
-            stream = _Stream(pipe.tokenizer, req.stop, on_text)
+            stream = _Stream(pipe.tokenizer, req.stop, on_text, cancel)
             torch.manual_seed(config.seed)
             if reason is None:
-                gen, reused = self._store(key, inputs, end).generate(inputs, options, end, on_token=stream.put)
+                store = self._store(key, inputs, end)
+                try:
+                    gen, reused = store.generate(inputs, options, end, on_token=stream.put)
+                except BaseException:  # a cancelled or failed generation leaves a cache of unknown contents
+                    self.prompts = [e for e in self.prompts if e.store is not store]
+                    raise
             else:
                 gen, reused = pipe.generate(inputs, options, prune=compressed.method.llm_prune(),
                                             on_token=stream.put), 0
@@ -203,13 +211,16 @@ class _Stream:
     """Generated token ids in, text pieces out (``on_text``), stopping at a stop string: what might be the start of
     one is held back until it is not, and an incomplete multi-byte character until it is whole."""
 
-    def __init__(self, tokenizer: Any, stops: list[str], on_text: Callable[[str], None] | None):
-        self.tokenizer, self.stops, self.on_text = tokenizer, stops, on_text
+    def __init__(self, tokenizer: Any, stops: list[str], on_text: Callable[[str], None] | None,
+                 cancel: threading.Event | None = None):
+        self.tokenizer, self.stops, self.on_text, self.cancel = tokenizer, stops, on_text, cancel
         self.hold = max((len(s) for s in stops), default=1) - 1
         self.ids: list[int] = []
         self.sent, self.stopped = 0, False
 
     def put(self, token: int) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled("the client disconnected: generation stopped")  # out of generate(), at this token
         if self.on_text is None or self.stopped:
             return
         self.ids.append(token)

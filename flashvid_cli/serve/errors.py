@@ -24,3 +24,7 @@ def error_body(message: str, type: str, code: str) -> dict[str, Any]:
 
 def bad_request(message: str, code: str = "invalid_request") -> APIError:
     return APIError(400, message, code)
+
+
+class Cancelled(Exception):
+    """A generation stopped because its client disconnected; nobody is left to answer, so it has no status."""
