@@ -361,3 +361,64 @@ def test_sigterm_drains_the_request_in_flight_and_exits_0(media):
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+@pytest.fixture(scope="module")
+def web(media, tmp_path_factory):
+    """A plain http.server on 127.0.0.1 with the clip, a file over the cap and redirects."""
+    from functools import partial
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    root = tmp_path_factory.mktemp("web")
+    shutil.copy(media["a"], root / "a.mp4")
+    (root / "big.mp4").write_bytes(b"x" * 8000)  # over _config's 4000-byte cap
+
+    class Handler(SimpleHTTPRequestHandler):
+        def do_GET(self):
+            target = {"/to-clip": "/a.mp4", "/to-file": f"file://{media['a']}", "/loop": "/loop"}.get(self.path)
+            if target is None:
+                return super().do_GET()
+            self.send_response(302)
+            self.send_header("Location", target)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def downloaders(qa, media):
+    made = {"public": Server(_config(media, allow_url_download=True), qa),
+            "private": Server(_config(media, allow_url_download=True, allow_private_urls=True), qa)}
+    yield made
+    for server in made.values():
+        server.stop()
+
+
+def test_a_url_to_a_loopback_address_is_refused_without_allow_private_urls(downloaders, web):
+    for url in (f"{web}/a.mp4", web.replace("127.0.0.1", "localhost") + "/a.mp4"):
+        error = _refused(downloaders["public"], first(url, "what?"), 400, "private_address")
+        assert "--allow-private-urls" in error.message
+
+
+def test_a_downloaded_video_is_answered_as_the_same_file_is(downloaders, servers, web, media):
+    got = chat(downloaders["private"], first(f"{web}/a.mp4", COUNT))
+    local = chat(servers["nocache"], first(media["a"], COUNT))
+    assert vidq(got)["token_ids"] == vidq(local)["token_ids"]
+    again = chat(downloaders["private"], first(f"{web}/to-clip", COUNT))  # a redirect, to the same bytes
+    assert vidq(again)["report"]["cache"]["video_memory"] == "hit"
+
+
+def test_download_refusals(downloaders, web):
+    private = downloaders["private"]
+    _refused(private, first(f"{web}/big.mp4", "what?"), 413, "payload_too_large")
+    _refused(private, first(f"{web}/missing.mp4", "what?"), 400, "download_failed")
+    _refused(private, first(f"{web}/to-file", "what?"), 400, "unsupported_url")  # each hop is checked again
+    _refused(private, first(f"{web}/loop", "what?"), 400, "too_many_redirects")

@@ -31,10 +31,15 @@ def serve(
         help="file:// video URLs are served only from under this folder (symlinks and ../ resolved first); "
         "without it file:// URLs are refused.")] = None,
     allow_url_download: Annotated[bool, typer.Option(
-        "--allow-url-download", help="Accept http(s):// video URLs (downloading is not implemented yet: they are "
-        "refused with a 400 either way).")] = False,
-    max_data_bytes: Annotated[int, typer.Option(help="Largest data: video URL, in decoded bytes; larger is 413.")]
-    = 64 * 1024 * 1024,
+        "--allow-url-download", help="Download http(s):// video URLs (at most --max-data-bytes, within "
+        "--download-timeout; redirects followed and each hop checked again).")] = False,
+    allow_private_urls: Annotated[bool, typer.Option(
+        "--allow-private-urls", help="With --allow-url-download, also download from hosts that resolve to private, "
+        "loopback or link-local addresses (refused with a 400 otherwise).")] = False,
+    download_timeout: Annotated[float, typer.Option(help="Seconds one video download may take; longer is a 400.")]
+    = 30.0,
+    max_data_bytes: Annotated[int, typer.Option(help="Largest data: video URL (in decoded bytes) or downloaded "
+                                                "video; larger is 413.")] = 64 * 1024 * 1024,
     kv_cache_size: Annotated[int, typer.Option(
         help="Conversations whose KV cache is kept across requests (least recently used dropped first); 0 "
         "prefills every request in full.")] = 16,
@@ -78,7 +83,8 @@ def serve(
         config = ServeConfig(
             model=model, served_model_name=served_model_name, device=device, dtype=dtype, host=host, port=port,
             defaults=defaults, allowed_local_media_path=allowed_local_media_path,
-            allow_url_download=allow_url_download, max_data_bytes=max_data_bytes, kv_cache_size=kv_cache_size,
+            allow_url_download=allow_url_download, allow_private_urls=allow_private_urls,
+            download_timeout=download_timeout, max_data_bytes=max_data_bytes, kv_cache_size=kv_cache_size,
             video_cache_size=video_cache_size, max_queue=max_queue, api_key=api_key or os.environ.get("VIDQ_API_KEY"),
             encoded_cache=open_cache(no_cache, cache_size),
         )

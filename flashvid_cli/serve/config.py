@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..config import DEFAULT_MODEL, AskConfig, ConfigError
 
-DEFAULT_MAX_DATA_BYTES = 64 * 1024 * 1024  # a data: URL's decoded size cap
+DEFAULT_MAX_DATA_BYTES = 64 * 1024 * 1024  # a data: URL's decoded size cap, and a downloaded video's
 
 
 @dataclass
@@ -22,7 +22,9 @@ class ServeConfig:
     port: int = 8000
     defaults: AskConfig = field(default_factory=AskConfig)
     allowed_local_media_path: Path | None = None  # file:// URLs only under it; none allowed when None
-    allow_url_download: bool = False
+    allow_url_download: bool = False  # http(s):// video URLs are downloaded
+    allow_private_urls: bool = False  # ... even from hosts resolving to private, loopback or link-local addresses
+    download_timeout: float = 30.0  # seconds for one whole download
     max_data_bytes: int = DEFAULT_MAX_DATA_BYTES
     kv_cache_size: int = 16  # conversations whose KV cache is kept (LRU); 0: every request prefills in full
     video_cache_size: int = 8  # compressed videos kept in memory (LRU)
@@ -39,6 +41,8 @@ class ServeConfig:
             raise ConfigError(f"--max-queue must be >= 0, got {self.max_queue}")
         if self.max_data_bytes < 1:
             raise ConfigError(f"--max-data-bytes must be >= 1, got {self.max_data_bytes}")
+        if not self.download_timeout > 0:
+            raise ConfigError(f"--download-timeout must be > 0 seconds, got {self.download_timeout}")
         if not (0 <= self.port <= 65535):
             raise ConfigError(f"--port must be in 0..65535, got {self.port}")
         if self.allowed_local_media_path is not None:

@@ -1,5 +1,6 @@
-"""Where a request's video comes from: a ``file://`` path under the allowed folder, a ``data:`` URL, or (refused
-for now) an ``http(s)://`` URL. Every check runs before a byte of video is decoded."""
+"""Where a request's video comes from: a ``file://`` path under the allowed folder, a ``data:`` URL, or an
+``http(s)://`` URL under ``--allow-url-download`` (:mod:`.download`). Every check runs before a byte of video is
+decoded."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ class MediaStore:
         self._tmp.cleanup()
 
     def resolve(self, url: str) -> Path:
-        """The local file of ``url``; APIError 400 (refused or malformed), 413 (a data URL over the cap)."""
+        """The local file of ``url``; APIError 400 (refused, malformed or not downloaded), 413 (over the size cap).
+        Blocks for as long as a download takes (at most ``download_timeout`` seconds): call it off the event loop."""
         if not isinstance(url, str) or not url:
             raise bad_request("video_url.url must be a non-empty string")
         scheme = url.split(":", 1)[0].lower() if ":" in url else ""
@@ -39,8 +41,10 @@ class MediaStore:
             if not self.config.allow_url_download:
                 raise bad_request("http(s) video URLs are off: start the server with --allow-url-download, or send "
                                   "the video as a data: URL or a file:// path", "url_download_disabled")
-            raise bad_request("downloading http(s) video URLs is not implemented yet: send the video as a data: URL "
-                              "or a file:// path", "url_download_unsupported")
+            from .download import download
+
+            c = self.config
+            return download(url, Path(self._tmp.name), c.max_data_bytes, c.download_timeout, c.allow_private_urls)
         raise bad_request(f"unsupported video URL scheme {scheme or url[:20]!r}: use file://, data: or http(s)://",
                           "unsupported_url")
 
