@@ -144,8 +144,9 @@ class VideoQA(VideoStages):
         elif compressed.question is not None:
             reason = (f"method {compressed.method.name!r} reads the question, so the video's tokens differ per "
                       "question and its prefill is not reused")
-        elif compressed.method.llm_prune() is not None:
-            reason = (f"method {compressed.method.name!r} prunes inside the LLM by the last token's attention, which "
+        elif (prune := compressed.method.llm_prune()) is not None:
+            by = "the last token's attention" if prune.score == "attention" else "similarity to the question"
+            reason = (f"method {compressed.method.name!r} prunes inside the LLM by {by}, which "
                       "depends on the question, so the video's prefill is not reused")
         else:
             reason = template_order_reason(pipe) or PromptCache.unsupported_reason(pipe)

@@ -124,7 +124,7 @@ class Nuwa(Method):
     name = "nuwa"
     needs = frozenset({"importance", "similarity"})
     prunes_in_llm = True
-    granularity = "a multiple of the frame count"
+    granularity = "a multiple of the frame count, with llm_stage=false (not with its in-LLM stage on, the default)"
     option_notes = {
         "pruning_layer": "per model: round(16/32 x its decoder layers), 16 on 32 layers",
         "quantile": "0.10 on Qwen families with reference=true",

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -35,7 +35,7 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "methods", default_methods(self.methods, self.tokens))
-        check_runs(self.methods, self.keeps, self.tokens)
+        check_runs(self.methods, self.keeps, self.tokens, self.options)
         check_options(self.methods, self.options)
         if self.repeat < 1:
             raise ConfigError(f"--repeat must be at least 1, got {self.repeat}")
@@ -95,11 +95,12 @@ def default_methods(methods: Sequence[str] | None, tokens: Sequence[int] = ()) -
     return tuple(name for name in registered() if not (tokens and prunes_in_llm(name)))
 
 
-def prunes_in_llm(method: str) -> bool:
-    """Whether a registered method, with its default options, runs an in-LLM pruning stage."""
-    from ..kernels import methods as registered
+def prunes_in_llm(method: str, options: Mapping[str, str] | None = None) -> bool:
+    """Whether a registered method, with its default options updated by the --opt values it takes (``key`` or
+    ``method.key``, as :func:`method_options` resolves them), runs an in-LLM pruning stage."""
+    from ..kernels import build
 
-    return registered()[method]().llm_prune() is not None
+    return build(method, 0.5, options=method_options(method, dict(options or {}))).llm_prune() is not None
 
 
 def is_trait(method: str, trait: str) -> bool:
@@ -114,8 +115,11 @@ def baseline_method(methods: Sequence[str]) -> str | None:
     return next((m for m in methods if is_trait(m, "baseline")), None)
 
 
-def check_runs(methods: Sequence[str], keeps: Sequence[float], tokens: Sequence[int] = ()) -> None:
-    """Methods that exist, keeps in (0, 1], token counts >= 1, or a one-line ConfigError (shared by bench and eval)."""
+def check_runs(methods: Sequence[str], keeps: Sequence[float], tokens: Sequence[int] = (),
+               options: Mapping[str, str] | None = None) -> None:
+    """Methods that exist, keeps in (0, 1], token counts >= 1, or a one-line ConfigError (shared by bench and eval).
+    With ``tokens``, a method whose in-LLM stage ``options`` (--opt) leave on is refused (e.g. ``nuwa`` unless
+    ``llm_stage=false``)."""
     from ..kernels import methods as registered
 
     if not methods:
@@ -131,10 +135,11 @@ def check_runs(methods: Sequence[str], keeps: Sequence[float], tokens: Sequence[
     for count in tokens:
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ConfigError(f"--tokens values must be integers >= 1, got {count!r}")
-    staged = [m for m in methods if tokens and prunes_in_llm(m)]
+    staged = [m for m in methods if tokens and prunes_in_llm(m, options)]
     if staged:
         raise ConfigError(f"--tokens does not apply to {staged[0]!r}: it prunes inside the LLM, so each decoder layer "
-                          "sees a different number of visual tokens; give it --keep in a run of its own")
+                          "sees a different number of visual tokens; give it --keep in a run of its own, or turn "
+                          "its in-LLM stage off where it has one (`vidq methods`)")
 
 
 def method_runs(methods: Sequence[str], keeps: Sequence[float], tokens: Sequence[int] = ()) -> list[Run]:

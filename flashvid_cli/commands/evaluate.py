@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Annotated, Optional
@@ -72,7 +73,8 @@ def evaluate(
         )
         if plot is not None:
             require_matplotlib()
-        check_ask(config.ask, device=device, dtype=dtype)  # everything that needs no model, before loading it
+        for name in config.methods:  # everything that needs no model, before loading it; --opt against each method
+            check_ask(dataclasses.replace(config.ask, method=name), device=device, dtype=dtype)
         for path, option in ((json_file, "--json"), (plot, "--plot")):
             if path is not None:
                 check_output_file(path, option)

@@ -25,7 +25,7 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "methods", default_methods(self.methods, self.tokens))
-        check_runs(self.methods, self.keeps, self.tokens)
+        check_runs(self.methods, self.keeps, self.tokens, self.ask.options)
         if self.scoring not in SCORINGS:
             raise ConfigError(f"--scoring must be one of {', '.join(SCORINGS)}, got {self.scoring!r}")
         if self.limit is not None and self.limit < 1:
