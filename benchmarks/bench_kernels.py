@@ -8,6 +8,13 @@ calibration, max-min greedy), TSTM links + roots + tree merge of one segment of 
 (llava_onevision recipe) at each shape. Then FlashVID at LLaVA-OneVision-7B shapes (32 x 196 x 3584, keep 0.1,
 bf16 in) against the targets: at most 3 ms and at least 10x faster than the torch path. Prints a table, then one
 JSON document on the last line. On CPU the Triton column is empty (the interpreter's speed means nothing).
+
+    python benchmarks/bench_kernels.py --nuwa     # only Nüwa stage 1 against VisionZip, per frame
+
+Nüwa against VisionZip: both methods on the same clip (LLaVA-OneVision shapes: 32 frames of 14 x 14 pooled tokens,
+D 896 and 3584; the similarity features and VisionZip's key metric are the same [T, N, 1152] tensor, SigLIP's width),
+at keep 0.1 and 0.25, repeats interleaved (A B, B A, ...) so that load on a shared machine falls on both alike;
+milliseconds per frame (a call's time / T). Nüwa's stage 2 runs inside the LLM and is not part of this time.
 """
 
 from __future__ import annotations
@@ -17,7 +24,9 @@ import itertools
 import json
 import os
 import platform
+import statistics
 import sys
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,7 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from timing import measure, ms, warn_if_cpu  # noqa: E402
+from timing import measure, ms, sync, warn_if_cpu  # noqa: E402
 
 from flashvid_cli.kernels import Grid, build, dispatch, ops  # noqa: E402
 from flashvid_cli.kernels.base import cpu_threads  # noqa: E402
@@ -42,6 +51,7 @@ class Options:
     repeat: int
     warmup: int
     device: str
+    nuwa: bool = False  # only the Nüwa-vs-VisionZip section
 
 
 def clip(F: int, N: int, D: int, device: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, Grid]:
@@ -108,6 +118,9 @@ def speedup(entry: dict) -> float | None:
 def main(opts: Options) -> dict:
     cuda = torch.device(opts.device).type == "cuda"
     warn_if_cpu(opts.device)
+    if opts.nuwa:
+        return {"benchmark": "bench_kernels", "meaningful": cuda, "environment": environment(opts.device),
+                "nuwa_vs_visionzip": nuwa_vs_visionzip(opts)}
     triton_ok = cuda and dispatch.triton_importable()
     grid = FULL if (cuda or opts.full) else CPU_REDUCED
     rows = []
@@ -137,7 +150,57 @@ def main(opts: Options) -> dict:
         "environment": environment(opts.device),
         "rows": rows,
         "target": {**TARGET, "dtype": str(feats.dtype), **target, "speedup": x, "met": met if cuda else None},
+        "nuwa_vs_visionzip": nuwa_vs_visionzip(opts),
     }
+
+
+NUWA_SHAPES = ((32, 14, 14, 896), (32, 14, 14, 3584))  # T, H, W, D: LLaVA-OneVision 0.5B and 7B after pooling
+NUWA_KEEPS = (0.1, 0.25)
+SIGLIP_WIDTH = 1152
+
+
+def nuwa_vs_visionzip(opts: Options) -> list[dict]:
+    """Per-frame compression time of Nüwa (stage 1) and VisionZip on the same inputs, repeats interleaved."""
+    rows = []
+    print(f"\n{'T':>3} {'HxW':>5} {'D':>5} {'keep':>5}  {'nuwa ms/frame median [min-max]':>32} {'tokens':>6}  "
+          f"{'visionzip ms/frame':>24} {'tokens':>6} {'ratio':>6}")
+    for (T, H, W, D), keep in itertools.product(NUWA_SHAPES, NUWA_KEEPS):
+        feats, attn, grid = clip(T, H * W, D, opts.device)
+        side = torch.randn(T, H * W, SIGLIP_WIDTH, generator=torch.Generator().manual_seed(1)).to(opts.device)
+        methods = {"nuwa": build("nuwa", keep, model_type="llava_onevision", options={"llm_stage": "false"}),
+                   "visionzip": build("visionzip", keep, model_type="llava_onevision")}
+        calls = {"nuwa": lambda: methods["nuwa"](feats, grid, attn, similarity=side),
+                 "visionzip": lambda: methods["visionzip"](feats, grid, attn, side)}
+        tokens = {name: call().tokens.shape[0] for name, call in calls.items()}
+        times = interleaved(calls, opts)
+        stats = {name: per_frame(t, T) for name, t in times.items()}
+        ratio = stats["nuwa"]["median"] / stats["visionzip"]["median"]
+        print(f"{T:>3} {f'{H}x{W}':>5} {D:>5} {keep:>5}  {ms(stats['nuwa']):>32} {tokens['nuwa']:>6}  "
+              f"{ms(stats['visionzip']):>24} {tokens['visionzip']:>6} {ratio:>5.2f}x")
+        rows.append({"T": T, "H": H, "W": W, "D": D, "keep": keep, "tokens": tokens, "per_frame_s": stats,
+                     "nuwa_over_visionzip": ratio})
+    return rows
+
+
+def interleaved(calls: dict[str, callable], opts: Options) -> dict[str, list[float]]:
+    """Seconds per call of each of two calls, alternating which runs first in each repeat."""
+    names = list(calls)
+    for _ in range(opts.warmup):
+        for name in names:
+            calls[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(opts.repeat):
+        for name in names if i % 2 == 0 else names[::-1]:
+            sync(opts.device)
+            started = time.perf_counter()
+            calls[name]()
+            sync(opts.device)
+            times[name].append(time.perf_counter() - started)
+    return times
+
+
+def per_frame(times: list[float], T: int) -> dict[str, float]:
+    return {"median": statistics.median(times) / T, "min": min(times) / T, "max": max(times) / T, "n": len(times)}
 
 
 def environment(device: str) -> dict:
@@ -166,9 +229,11 @@ def parse() -> Options:
     parser.add_argument("--repeat", type=int, default=None, help="timed calls per entry (default 50 CUDA, 3 CPU)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 5 CUDA, 1 CPU)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--nuwa", action="store_true", help="only Nüwa stage 1 against VisionZip, per frame")
     args = parser.parse_args()
     cuda = torch.device(args.device).type == "cuda"
-    return Options(args.full, args.repeat or (50 if cuda else 3), args.warmup or (5 if cuda else 1), args.device)
+    return Options(args.full, args.repeat or (50 if cuda else 3), args.warmup or (5 if cuda else 1), args.device,
+                   args.nuwa)
 
 
 if __name__ == "__main__":
