@@ -68,6 +68,8 @@ def load_and_decode(video: str | Path, config: AskConfig | None = None, *, model
     from concurrent.futures import ThreadPoolExecutor
 
     from .pipelines import frame_resizer
+    from .pipelines.preflight import input_rules
+    from .preflight import check_video_fits
 
     config = config or AskConfig()
     started = time.perf_counter() if started is None else started
@@ -77,6 +79,7 @@ def load_and_decode(video: str | Path, config: AskConfig | None = None, *, model
         decoded.stats["started_at"] = started
         return decoded
 
+    check_video_fits(video, config, input_rules(model))  # before anything decodes or loads: a moment, from the map
     with ThreadPoolExecutor(1) as pool:
         ahead = pool.submit(decode_ahead)
         qa = VideoQA(model, device=device, dtype=dtype, cache=cache)

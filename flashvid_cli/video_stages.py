@@ -144,6 +144,10 @@ class VideoStages:
             )
         ahead = decoded is not None
         if decoded is None:
+            from .pipelines.preflight import rules_of
+            from .preflight import check_video_fits
+
+            check_video_fits(video, config, rules_of(pipe))  # a video the model cannot take: refused undecoded
             decoded = self.decode(video, config, resize=pipe.frame_resizer())
         t_decode = lap() + waited  # with load_and_decode: the wait for frames after the model loaded, too
         with torch.inference_mode():

@@ -190,6 +190,14 @@ class Pipeline:
         return None
 
     @classmethod
+    def visual_tokens(cls, cfg: PreprocessConfig, frames: int, height: int, width: int) -> int:
+        """Visual tokens T x N the encoder makes of ``frames`` frames at the input size (height, width), before
+        compression and without ``extra_video_tokens``: here Qwen's, frames padded to whole temporal patches and
+        patch x merge squares merged into one token."""
+        side = cfg.patch_size * cfg.merge_size
+        return -(-max(frames, 1) // cfg.temporal_patch_size) * (height // side) * (width // side)
+
+    @classmethod
     def resizer(cls, cfg: PreprocessConfig, device: torch.device) -> FrameResizer:
         """The input size rule of ``cfg`` as a frame resizer for ``video.decode(..., resize=...)``."""
         return FrameResizer(lambda n, h, w: cls.input_size(cfg, n, h, w), cfg.resample, device,

@@ -100,6 +100,11 @@ class LlavaOnevisionPipeline(Pipeline):
         h, w = cls.input_size(cfg, 1, 1, 1)
         return h * w
 
+    @classmethod
+    def visual_tokens(cls, cfg: PreprocessConfig, frames: int, height: int, width: int) -> int:
+        """Each frame's patch grid pooled 2x2 (bilinear, sides rounded up), as ``apply_pooling`` does."""
+        return frames * -(-(height // cfg.patch_size) // 2) * -(-(width // cfg.patch_size) // 2)
+
     def preprocess(self, frames: np.ndarray, timestamps: list[float]) -> Pixels:
         cfg = self.preprocess_config
         height, width = self.input_size(cfg, len(frames), frames.shape[1], frames.shape[2])

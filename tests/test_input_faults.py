@@ -263,10 +263,11 @@ def test_the_torch_free_lists_match_the_library():
 # -- silent or wrong results ---------------------------------------------------------------------------------------
 def test_prompt_past_the_context_is_refused_before_prefill(short_context, sample_video):
     line = one_error_line(vidq("ask", str(sample_video), QUESTION, "--model", str(short_context), "--method", "none",
-                               "--frames", "8", "--max-new-tokens", "4"))
-    # 8 frames x 16 tokens + the newline = 129 visual tokens, past 64 positions: lower the visual tokens.
-    assert "the prompt is 1" in line and "(129 of them video)" in line, line
+                               "--frames", "3", "--max-new-tokens", "4"))
+    # 3 frames x 16 tokens + the newline = 49 visual tokens, past 64 positions with the text: lower the visual tokens.
+    assert "the prompt is " in line and "(49 of them video)" in line, line
     assert "past the 64-token context" in line and "lower --keep or --frames" in line, line
+    # 8 frames x 16 tokens: the video alone is past the context, refused before decoding (tests/test_request_limits).
     long_question = "word " * 100
     line = one_error_line(vidq("ask", str(sample_video), long_question, "--model", str(short_context),
                                "--method", "pool", "--keep", "0.1", "--frames", "1", "--max-new-tokens", "4"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_input_faults import QUESTION, no_model_load, one_error_line, vidq  # noqa: F401  (a fixture)
+from test_input_faults import QUESTION, no_model_load, one_error_line, short_context, vidq  # noqa: F401  (fixtures)
 
 from flashvid_cli.pipelines.video import decode, fps_indices, sampling
 
@@ -90,3 +90,68 @@ def test_annotate_library_output_does_not_create_folders(tmp_path):
     with pytest.raises(OutputError, match="does not exist"):
         JsonLines(out)
     assert not out.parent.exists()
+
+
+# -- a video the model cannot take, refused before decoding or loading ---------------------------------------------
+@pytest.fixture()
+def no_decode(monkeypatch) -> None:
+    """Any decode fails the test: the refusal must come from the frame map alone."""
+    from flashvid_cli import pipelines
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the video was decoded before the request was checked")
+
+    monkeypatch.setattr(pipelines.video, "decode", refuse)
+
+
+def test_video_alone_past_the_context_is_refused_before_decode(no_model_load, no_decode, short_context,
+                                                               sample_video):
+    """Before: `--frames 1500 --method none` decoded and encoded (~30 s) and was refused at prefill. Here 8 frames
+    x 16 tokens of the tiny LLaVA-OneVision pass its 64 positions: one line, nothing decoded, no model loaded."""
+    line = one_error_line(vidq("ask", str(sample_video), QUESTION, "--model", str(short_context), "--method", "none",
+                               "--frames", "8", "--max-new-tokens", "4"))
+    assert "the video alone is 128 tokens (8 frames of 320x224" in line, line
+    assert "past the 64-token context" in line and "lower --frames or --max-frames" in line, line
+    assert "compress the video (--method, --keep)" in line, line
+    line = one_error_line(vidq("ask", str(sample_video), QUESTION, "--model", str(short_context), "--method", "pool",
+                               "--keep", "0.9", "--frames", "8"))
+    assert "the video alone is 115 tokens" in line and "or --keep" in line, line  # floor(0.9 x 128)
+    assert no_model_load == []
+
+
+def test_library_prepare_refuses_before_decode(short_context, sample_video, monkeypatch):
+    from flashvid_cli.api import AskConfig, VideoQA
+    from flashvid_cli.pipelines.errors import PromptTooLongError
+
+    qa = VideoQA(str(short_context), device="cpu")
+    monkeypatch.setattr(VideoQA, "decode", staticmethod(lambda *a, **k: pytest.fail("decoded")))
+    with pytest.raises(PromptTooLongError, match="the video alone is 128 tokens"):
+        qa.ask(sample_video, QUESTION, AskConfig(method="none", frames=8, max_new_tokens=4))
+
+
+@pytest.mark.parametrize("frames", [1, 3])
+def test_visual_token_count_before_decode_is_the_encoders(tiny_model, sample_video, frames):
+    """The count the check uses equals what each family's encoder makes (odd counts: Qwen pads a temporal pair)."""
+    from flashvid_cli.api import AskConfig, VideoQA
+    from flashvid_cli.pipelines.preflight import rules_of
+
+    qa = VideoQA(str(tiny_model), device="cpu")
+    prepared = qa.prepare(sample_video, AskConfig(method="none", frames=frames))
+    pipe = qa.pipeline
+    size = pipe.frame_resizer().size(frames, 224, 320)
+    rules = rules_of(pipe)
+    assert rules.adapter.visual_tokens(rules.cfg, frames, *size) == prepared.visual_tokens - pipe.extra_video_tokens
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_geometry_the_family_refuses_is_one_line_before_load(no_model_load, no_decode, tiny_models, tmp_path,
+                                                            family):
+    """Before: an 8x2048 video (aspect 240 as decoded at 1920 wide) ended in "internal error: ValueError: aspect
+    ratio must be below 200" after the model loaded. Now one line naming the file and its size, nothing loaded."""
+    from test_video_exact import encode
+
+    video = encode(tmp_path / "thin.mp4", [np.full((8, 2048, 3), 40 * i, np.uint8) for i in range(4)])
+    line = one_error_line(vidq("ask", str(video), QUESTION, "--model", str(tiny_models[family]), "--frames", "2"))
+    assert f"{video} (2048x8, downscaled at decode): its 1920x8 frames cannot be given to" in line, line
+    assert "aspect ratio must be below 200, got 240.0" in line, line
+    assert no_model_load == []

@@ -21,11 +21,11 @@ entry down:
     container  opening a file, choosing the stream, a one-line reason for a file that is not a video
 """
 
-from .api import DecodeWorker, decode, run_in_worker
+from .api import DecodeWorker, decode, plan, run_in_worker
 from .container import open_video
 from .request import DECODERS, SEEKS, DecodedVideo, Request, VideoTooLarge
 from .sampling import fps_indices, uniform_indices
 from .sinks import FrameResize, ResizingSink
 
 __all__ = ["DECODERS", "SEEKS", "DecodeWorker", "DecodedVideo", "FrameResize", "Request", "ResizingSink",
-           "VideoTooLarge", "decode", "fps_indices", "open_video", "run_in_worker", "uniform_indices"]
+           "VideoTooLarge", "decode", "fps_indices", "open_video", "plan", "run_in_worker", "uniform_indices"]

@@ -88,6 +88,17 @@ def decode(
     return DecodedVideo(frames=array, **meta, request=request)
 
 
+def plan(path: str | os.PathLike, *, frames: int | None = None, fps: float | None = None, max_frames: int = 32,
+         max_side: int | None = 1920, seek: str = "exact") -> tuple[int, tuple[int, int], tuple[int, int]]:
+    """What `decode` with these arguments would return, from the packets alone (nothing decoded, in this process):
+    (frame count T, (height, width) of the frames as decoded, the source's (height, width)). T is an upper bound
+    (frames of the tail that do not decode, and keyframe snapping, give fewer). Raises VideoError as `decode` does
+    for the request or the file."""
+    from .job import sample_plan
+
+    return sample_plan(_request(path, frames, fps, max_frames, "auto", max_side, seek=seek))
+
+
 def _request(path, frames, fps, max_frames, decoder, max_side, max_bytes=None, seek="exact", resize=None) -> Request:
     """Validate the arguments and the path; raise VideoError with a one-line reason."""
     if frames is not None and fps is not None:

@@ -54,6 +54,22 @@ def _run(req: Request, sink, on_phase) -> dict:
         fmap.close()
 
 
+def sample_plan(req: Request) -> tuple[int, tuple[int, int], tuple[int, int]]:
+    """(frames `req` samples, their (height, width) as decoded, the source's (height, width)), from the packets
+    alone: nothing is decoded.
+
+    The count is the one the memory check uses; frames of the map's tail that do not decode can make the decode
+    return fewer (never more), and `seek="keyframe"` fewer where samples meet on one keyframe.
+    """
+    fmap = scan_packets(req.path)  # demux only: cheap
+    try:
+        seconds = fmap.seconds
+        indices, _ = _select(req, seconds, _rate_and_duration(fmap, seconds)[1], [])
+        return len(indices), fit_within(fmap.display_hw, req.max_side), tuple(fmap.display_hw)
+    finally:
+        fmap.close()
+
+
 def _decode_map(req: Request, fmap, counter, started: float, sink, on_phase) -> dict:
     """Verify the tail, choose frames and decoder, decode: the body of `run` once the packets are mapped."""
     seconds = fmap.seconds
