@@ -422,3 +422,63 @@ def test_download_refusals(downloaders, web):
     _refused(private, first(f"{web}/missing.mp4", "what?"), 400, "download_failed")
     _refused(private, first(f"{web}/to-file", "what?"), 400, "unsupported_url")  # each hop is checked again
     _refused(private, first(f"{web}/loop", "what?"), 400, "too_many_redirects")
+
+
+def _png_frames(path: Path, indices: list[int]) -> list[str]:
+    """Frames ``indices`` of the video at ``path`` as PNG data URLs (lossless: the pixels the decoder gave)."""
+    import io
+
+    import av
+
+    Image = pytest.importorskip("PIL.Image")
+    with av.open(str(path)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    urls = []
+    for i in indices:
+        buffer = io.BytesIO()
+        Image.fromarray(frames[i]).save(buffer, format="PNG")
+        urls.append("data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode())
+    return urls
+
+
+def images(urls: list[str]) -> list[dict]:
+    return [{"type": "image_url", "image_url": {"url": u}} for u in urls]
+
+
+def test_a_run_of_image_url_parts_is_one_video_at_1_fps(servers, media):
+    main = servers["nocache"]
+    clip = chat(main, first(media["a"], LAST), extra_body={"media_io_kwargs": {"video": {"num_frames": 3}}})
+    indices = vidq(clip)["report"]["video"]["frame_indices"]
+    urls = _png_frames(media["a"], indices)
+    content = [{"type": "text", "text": "Look:"}, *images(urls), {"type": "text", "text": LAST}]
+    done = chat(main, [{"role": "user", "content": content}])
+    video_report = vidq(done)["report"]["video"]
+    assert video_report["frame_indices"] == [0, 1, 2] and video_report["fps"] == 1.0
+    # The same pixels in the same order: the answer the clip's own frames gave, token for token.
+    again = chat(main, [{"role": "user", "content": [*images(urls), {"type": "text", "text": LAST}]}])
+    assert vidq(again)["token_ids"] == vidq(clip)["token_ids"]
+
+
+def test_image_url_refusals(servers, media):
+    main = servers["main"]
+    a, b, c = _png_frames(media["a"], [0, 1, 2])
+    split = [*images([a]), {"type": "text", "text": "and"}, *images([b]), {"type": "text", "text": LAST}]
+    _refused(main, [{"role": "user", "content": split}], 400, "video_position")
+    both = [video(media["a"]), *images([a]), {"type": "text", "text": LAST}]
+    _refused(main, [{"role": "user", "content": both}], 400, "video_required")
+    later = [*first(media["a"], LAST), {"role": "assistant", "content": "x"},
+             {"role": "user", "content": [*images([a]), {"type": "text", "text": LAST}]}]
+    _refused(main, later, 400, "video_position")
+    import io
+
+    Image = pytest.importorskip("PIL.Image")
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 6)).save(buffer, format="PNG")
+    odd = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    _refused(main, [{"role": "user", "content": [*images([a, odd]), {"type": "text", "text": LAST}]}], 400,
+             "frame_size_mismatch")
+    junk = "data:image/png;base64," + base64.b64encode(b"not an image").decode()
+    _refused(main, [{"role": "user", "content": [*images([junk]), {"type": "text", "text": LAST}]}], 400,
+             "invalid_image")
+    _refused(main, [{"role": "user", "content": [*images([a, "data:image/png;base64," + "A" * 8000]),
+                                                 {"type": "text", "text": LAST}]}], 413, "payload_too_large")

@@ -65,8 +65,8 @@ def serve(
     no_cache: NoCache = False,
     cache_size: CacheSize = DEFAULT_CACHE_SIZE,
 ) -> None:
-    """Serve MODEL over an OpenAI-compatible HTTP API: POST /v1/chat/completions (a video as a video_url part;
-    stream or not), GET /v1/models, GET /health, GET /metrics. The method, keep, sampling and generation options
+    """Serve MODEL over an OpenAI-compatible HTTP API: POST /v1/chat/completions (a video as a video_url part, or
+    its frames as image_url parts; stream or not), GET /v1/models, GET /health, GET /metrics. The method, keep, sampling and generation options
     are the defaults of every request, which may override them (its "vidq" object, media_io_kwargs, max_tokens,
     temperature, seed). Encoded videos and conversations' KV caches are kept across requests. See docs/SERVING.md."""
     with user_errors():

@@ -122,7 +122,8 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
         if req.model != config.name:
             raise APIError(404, f"model {req.model!r} is not served here; GET /v1/models lists {config.name!r}",
                            "model_not_found")
-        video = await asyncio.to_thread(media.resolve, req.video_url)  # a download must not stall other requests
+        video = await asyncio.to_thread(media.frames, req.image_urls) if req.image_urls else \
+            await asyncio.to_thread(media.resolve, req.video_url)  # a download must not stall other requests
         with guard:
             if state["active"] >= 1 + config.max_queue:
                 raise APIError(429, f"the server is busy: {state['active']} requests running or queued "

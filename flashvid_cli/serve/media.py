@@ -68,19 +68,47 @@ class MediaStore:
             raise bad_request(f"no video file at {raw}", "video_not_found")
         return path
 
-    def _data(self, url: str) -> Path:
+    def frames(self, urls: list[str]) -> Path:
+        """One video file of the images at ``urls`` (``data:`` or ``file://``), in order, at 1 frame per second
+        (:mod:`.frames`). APIError 400 for a refused URL or an image that does not open, 413 when the images
+        together are over ``--max-data-bytes``."""
+        from .frames import frames_video
+
+        images, total = [], 0
+        for url in urls:
+            if not isinstance(url, str) or not url:
+                raise bad_request("image_url.url must be a non-empty string")
+            scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+            if scheme == "data":
+                data = self._decode(url, "image", self.config.max_data_bytes - total)
+            elif scheme == "file":
+                data = self._local(url).read_bytes()
+            else:
+                raise bad_request(f"image_url parts must be data: or file:// URLs, not {scheme or url[:20]!r}",
+                                  "unsupported_url")
+            total += len(data)
+            if total > self.config.max_data_bytes:
+                raise APIError(413, f"the images are over {self.config.max_data_bytes:,} bytes together "
+                               "(--max-data-bytes)", "payload_too_large")
+            images.append(data)
+        return frames_video(images, Path(self._tmp.name))
+
+    def _decode(self, url: str, what: str, cap: int) -> bytes:
         head, sep, payload = url.partition(",")
         if not sep or not head.lower().endswith(";base64"):
-            raise bad_request("a data: video URL must be base64: data:video/mp4;base64,...", "invalid_url")
+            raise bad_request(f"a data: {what} URL must be base64: data:{what}/...;base64,...", "invalid_url")
         # The cap is checked on the encoded length, before decoding: 4 characters carry 3 bytes.
         size = len(payload) * 3 // 4
-        if size > self.config.max_data_bytes:
-            raise APIError(413, f"the data: video is about {size:,} bytes, over the server's cap of "
+        if size > cap:
+            raise APIError(413, f"the data: {what} is about {size:,} bytes, over the server's cap of "
                            f"{self.config.max_data_bytes:,} (--max-data-bytes)", "payload_too_large")
         try:
-            data = base64.b64decode(payload, validate=True)
+            return base64.b64decode(payload, validate=True)
         except (binascii.Error, ValueError):
-            raise bad_request("the data: video URL is not valid base64", "invalid_url") from None
+            raise bad_request(f"the data: {what} URL is not valid base64", "invalid_url") from None
+
+    def _data(self, url: str) -> Path:
+        data = self._decode(url, "video", self.config.max_data_bytes)
         path = Path(self._tmp.name) / f"{hashlib.sha256(data).hexdigest()}.video"
         if not path.exists():
             part = path.with_suffix(".part")

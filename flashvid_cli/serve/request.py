@@ -29,6 +29,7 @@ class ChatRequest:
     stop: list[str] = field(default_factory=list)
     stream: bool = False
     include_usage: bool = False
+    image_urls: list[str] = field(default_factory=list)  # the frames of the video when video_url is ""
 
     @property
     def first_question(self) -> str:
@@ -54,7 +55,7 @@ def parse_request(body: Any, defaults: AskConfig) -> ChatRequest:
     unknown = set(body) - known - _IGNORED
     if unknown:
         raise bad_request(f"unknown field(s): {', '.join(sorted(unknown))}", "unknown_parameter")
-    url, turns, question = _conversation(body.get("messages"))
+    url, images, turns, question = _conversation(body.get("messages"))
     changes: dict[str, Any] = {}
     limit = body.get("max_completion_tokens", body.get("max_tokens"))
     if limit is not None:
@@ -79,7 +80,7 @@ def parse_request(body: Any, defaults: AskConfig) -> ChatRequest:
     if not isinstance(options, dict):
         raise bad_request("'stream_options' must be an object")
     return ChatRequest(model, url, turns, question, config, top_p, stop, bool(body.get("stream", False)),
-                       bool(options.get("include_usage", False)))
+                       bool(options.get("include_usage", False)), images)
 
 
 def _number(value: Any, name: str, kind: type) -> Any:
@@ -133,13 +134,14 @@ def _vidq(ext: Any) -> dict[str, Any]:
     return out
 
 
-def _text(content: Any, role: str, allow_video: bool) -> tuple[str, list[str]]:
-    """The text of one message's content and the video URLs in it."""
+def _text(content: Any, role: str, allow_video: bool) -> tuple[str, list[str], list[str]]:
+    """The text of one message's content, the video URLs in it, and the URLs of its one run of image_url parts."""
     if isinstance(content, str):
-        return content, []
+        return content, [], []
     if not isinstance(content, list):
         raise bad_request(f"a {role} message's content must be a string or a list of parts")
-    texts, videos = [], []
+    texts, videos, images = [], [], []
+    previous = None
     for part in content:
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "text" and isinstance(part.get("text"), str):
@@ -149,15 +151,22 @@ def _text(content: Any, role: str, allow_video: bool) -> tuple[str, list[str]]:
             videos.append(url)
         elif kind == "video_url":
             raise bad_request("only the first user message may hold the video", "video_position")
+        elif kind == "image_url" and allow_video:
+            if images and previous != "image_url":
+                raise bad_request("the image_url parts (a video's frames) must be consecutive: one run of them",
+                                  "video_position")
+            url = part.get("image_url")
+            images.append(url.get("url") if isinstance(url, dict) else url)
         elif kind == "image_url":
-            raise bad_request("image_url parts are not supported yet: send the video as one video_url part",
-                              "unsupported_content")
+            raise bad_request("only the first user message may hold the video (or its frames as image_url parts)",
+                              "video_position")
         else:
             raise bad_request(f"unsupported content part {kind!r} in a {role} message", "unsupported_content")
-    return "\n".join(texts), videos
+        previous = kind
+    return "\n".join(texts), videos, images
 
 
-def _conversation(messages: Any) -> tuple[str, list[tuple[str, str]], str]:
+def _conversation(messages: Any) -> tuple[str, list[str], list[tuple[str, str]], str]:
     if not isinstance(messages, list) or not messages:
         raise bad_request("'messages' must be a non-empty list")
     if not all(isinstance(m, dict) for m in messages):
@@ -170,12 +179,13 @@ def _conversation(messages: Any) -> tuple[str, list[tuple[str, str]], str]:
     if roles != expected or roles[-1] != "user":
         raise bad_request("messages must alternate user, assistant, ..., user (the video in the first user message)",
                           "invalid_messages")
-    first, videos = _text(messages[0].get("content"), "user", allow_video=True)
-    if len(videos) != 1:
-        raise APIError(400, f"the first user message must hold exactly one video_url part, got {len(videos)}",
+    first, videos, images = _text(messages[0].get("content"), "user", allow_video=True)
+    if len(videos) + bool(images) != 1:
+        raise APIError(400, "the first user message must hold exactly one video: one video_url part or one run "
+                       f"of image_url parts (its frames), got {len(videos)} video_url and {len(images)} image_url",
                        "video_required")
     texts = [first] + [_text(m.get("content"), m["role"], allow_video=False)[0] for m in messages[1:]]
     if any(not texts[i].strip() for i in range(0, len(texts), 2)):
         raise bad_request("a user message has no text: ask a question about the video", "empty_question")
     turns = [(texts[i], texts[i + 1]) for i in range(0, len(texts) - 1, 2)]
-    return videos[0], turns, texts[-1]
+    return (videos[0] if videos else ""), images, turns, texts[-1]
