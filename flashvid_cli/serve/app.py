@@ -26,6 +26,7 @@ from .engine import Engine, Outcome
 from .errors import APIError, Cancelled, bad_request, error_body
 from .media import MediaStore
 from .metrics import Metrics
+from .page import OPEN_PATHS, register_page
 from .request import ChatRequest, parse_request
 
 log = logging.getLogger("vidq.serve")
@@ -57,10 +58,11 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
 
     app = FastAPI(title="vidq serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine, app.state.metrics, app.state.serve = engine, metrics, state
+    register_page(app, config)  # GET / (the browser page) and GET /v1/vidq/media
 
     @app.middleware("http")
     async def guard_and_count(request: Request, call_next: Any) -> Response:
-        if config.api_key is not None and request.url.path != "/health":
+        if config.api_key is not None and request.url.path not in OPEN_PATHS:
             given = request.headers.get("authorization", "")
             expected = f"Bearer {config.api_key}"
             if not hmac.compare_digest(given.encode(), expected.encode()):
