@@ -18,6 +18,7 @@ from .results import CompressedVideo, ModelInfo, PreparedVideo, PrepareTimings, 
 
 if TYPE_CHECKING:
     from .kernels import Method
+    from .pipelines.preflight import InputRules
     from .pipelines.preprocess import FrameResizer
     from .pipelines.video import DecodedVideo
 
@@ -81,16 +82,21 @@ class VideoStages:
 
     # -- stages ------------------------------------------------------------------------------------------------
     @staticmethod
-    def decode(video: str | Path, config: AskConfig | None = None, resize: FrameResizer | None = None) -> DecodedVideo:
+    def decode(video: str | Path, config: AskConfig | None = None, resize: FrameResizer | None = None,
+               rules: InputRules | None = None) -> DecodedVideo:
         """Decode the frames ``config`` asks for (in a killable worker); safe to run ahead in another thread.
 
         ``resize``: resize frames to the model's input size as they are decoded (``qa.frame_resizer()``, or
         ``pipelines.frame_resizer(model)`` before the model is loaded), so that only model-size frames are held;
         preprocessing them then gives the same pixel values as preprocessing full-size frames. None: uint8
-        frames [T, H, W, 3] at the decoded size (the longer side at most 1920 px)."""
+        frames [T, H, W, 3] at the decoded size (the longer side at most 1920 px). ``rules`` (the answering
+        model's, ``pipelines.preflight.rules_of(pipeline)``): a video it cannot take is refused first, undecoded
+        (:func:`~flashvid_cli.preflight.check_video_fits`)."""
         from .pipelines.video import decode
+        from .preflight import check_video_fits
 
         config = config or AskConfig()
+        check_video_fits(video, config, rules)
         return decode(
             video, frames=config.frames, fps=config.fps, max_frames=config.max_frames,
             decoder=config.decoder, timeout_s=config.decode_timeout_s, seek=config.seek, resize=resize,
@@ -145,10 +151,9 @@ class VideoStages:
         ahead = decoded is not None
         if decoded is None:
             from .pipelines.preflight import rules_of
-            from .preflight import check_video_fits
 
-            check_video_fits(video, config, rules_of(pipe))  # a video the model cannot take: refused undecoded
-            decoded = self.decode(video, config, resize=pipe.frame_resizer())
+            # a video the model cannot take is refused undecoded
+            decoded = self.decode(video, config, resize=pipe.frame_resizer(), rules=rules_of(pipe))
         t_decode = lap() + waited  # with load_and_decode: the wait for frames after the model loaded, too
         with torch.inference_mode():
             pixels = pipe.preprocess(decoded.frames, decoded.timestamps)

@@ -119,12 +119,11 @@ def test_video_alone_past_the_context_is_refused_before_decode(no_model_load, no
     assert no_model_load == []
 
 
-def test_library_prepare_refuses_before_decode(short_context, sample_video, monkeypatch):
+def test_library_prepare_refuses_before_decode(short_context, sample_video, no_decode):
     from flashvid_cli.api import AskConfig, VideoQA
     from flashvid_cli.pipelines.errors import PromptTooLongError
 
     qa = VideoQA(str(short_context), device="cpu")
-    monkeypatch.setattr(VideoQA, "decode", staticmethod(lambda *a, **k: pytest.fail("decoded")))
     with pytest.raises(PromptTooLongError, match="the video alone is 128 tokens"):
         qa.ask(sample_video, QUESTION, AskConfig(method="none", frames=8, max_new_tokens=4))
 
@@ -155,3 +154,18 @@ def test_geometry_the_family_refuses_is_one_line_before_load(no_model_load, no_d
     assert f"{video} (2048x8, downscaled at decode): its 1920x8 frames cannot be given to" in line, line
     assert "aspect ratio must be below 200, got 240.0" in line, line
     assert no_model_load == []
+
+
+def test_annotate_writes_the_geometry_line_without_decoding(no_decode, tiny_models, tmp_path):
+    """annotate decodes ahead itself: the video it cannot take is its error line, naming file and size."""
+    import json
+
+    from test_video_exact import encode
+
+    video = encode(tmp_path / "thin.mp4", [np.full((8, 2048, 3), 40 * i, np.uint8) for i in range(4)])
+    out = tmp_path / "a.jsonl"
+    result = vidq("annotate", str(video), "-q", QUESTION, "--out", str(out), "--model", str(tiny_models["qwen2_5_vl"]),
+                  "--frames", "2", "--quiet")
+    assert "Traceback" not in result.stderr
+    [record] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert record["answer"] is None and "(2048x8, downscaled at decode)" in record["error"], record["error"]

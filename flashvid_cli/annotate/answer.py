@@ -34,10 +34,11 @@ def make_record(video: str, question: str, options: dict[str, Any], result: Any 
     }
 
 
-def timed_decode(video: str, config: AskConfig, resize: Any = None) -> tuple[Any, float]:
-    """``(DecodedVideo, seconds)``; ``resize``: the answering model's ``frame_resizer()`` (frames kept at its size)."""
+def timed_decode(video: str, config: AskConfig, resize: Any = None, rules: Any = None) -> tuple[Any, float]:
+    """``(DecodedVideo, seconds)``; ``resize``: the answering model's ``frame_resizer()`` (frames kept at its size);
+    ``rules``: its input rules (``pipelines.preflight.rules_of``), so a video it cannot take is refused undecoded."""
     started = time.perf_counter()
-    decoded = VideoQA.decode(video, config, resize=resize)
+    decoded = VideoQA.decode(video, config, resize=resize, rules=rules)
     return decoded, time.perf_counter() - started
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..api import ConfigError, VideoQA
+from ..pipelines.preflight import rules_of
 from .answer import answer_video, timed_decode
 from .config import AnnotateConfig
 from .engine import Engine, Todo
@@ -79,7 +80,8 @@ class LocalEngine:
                 for i, (video, questions) in enumerate(todo):
                     for j in range(i, min(len(todo), i + 1 + config.prefetch)):
                         if j not in pending:
-                            pending[j] = pool.submit(timed_decode, todo[j][0], config.ask, qa.frame_resizer())
+                            pending[j] = pool.submit(timed_decode, todo[j][0], config.ask, qa.frame_resizer(),
+                                                     rules_of(qa.pipeline))
                     decoded = decode_s = error = None
                     try:
                         decoded, decode_s = pending.pop(i).result()
