@@ -3,21 +3,50 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from .errors import ModelError
 from .loading import _one_line
 
+# The system prompt of the prompts built in this thread (None: the template's own default, if it has one). A context
+# variable rather than an argument so that every family's ``inputs`` builds it without a parameter of its own.
+_SYSTEM: ContextVar[str | None] = ContextVar("vidq_system_prompt", default=None)
 
-def chat_prompt(tokenizer: Any, chat_template: str | None, question: str) -> str:
-    """The chat prompt of one user turn (a video, then the question) ready for the assistant's answer."""
+
+@contextmanager
+def system_prompt(text: str | None) -> Iterator[None]:
+    """Within the block, :func:`chat_prompt` and :func:`prompt_ids` (so every pipeline's ``inputs``) put ``text`` as
+    the system message, where the family's chat template puts one: before the user turn and its video, so the
+    video-first prefix of a conversation still starts the same. None keeps the template's default."""
+    token = _SYSTEM.set(text)
+    try:
+        yield
+    finally:
+        _SYSTEM.reset(token)
+
+
+def chat_prompt(tokenizer: Any, chat_template: str | None, question: str, system: str | None = None) -> str:
+    """The chat prompt of one user turn (a video, then the question) ready for the assistant's answer, after the
+    system message ``system`` (default: the one :func:`system_prompt` set, if any)."""
+    system = _SYSTEM.get() if system is None else system
     messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+    if system is not None:
+        messages.insert(0, {"role": "system", "content": [{"type": "text", "text": system}]})
     return tokenizer.apply_chat_template(messages, chat_template=chat_template, tokenize=False,
                                          add_generation_prompt=True)
 
 
-# Stands for the question while the chat template is rendered: plain letters no template or tokenizer treats specially.
+class NoSystemPrompt(ModelError):
+    """The chat template drops (or repeats) a system message: the model cannot take one."""
+
+
+# Stand for the question and the system prompt while the chat template is rendered: plain letters no template or
+# tokenizer treats specially.
 _QUESTION_SLOT = "VIDQQUESTIONSLOTf3a9c1"
+_SYSTEM_SLOT = "VIDQSYSTEMSLOTb7e2d4"
 
 
 def prompt_ids(tokenizer: Any, chat_template: str | None, video_token: str, question: str, count: int,
@@ -35,19 +64,23 @@ def prompt_ids(tokenizer: Any, chat_template: str | None, video_token: str, ques
     if chat_template is None and getattr(tokenizer, "chat_template", None) is None:
         raise ModelError(f"{name!r} has no chat template; copy chat_template.jinja from the checkpoint it came from "
                          "into the model directory")
+    system = _SYSTEM.get()
     try:
-        text = chat_prompt(tokenizer, chat_template, _QUESTION_SLOT)
-    except ValueError as exc:  # a template that raises on a video and a text part
+        text = chat_prompt(tokenizer, chat_template, _QUESTION_SLOT, None if system is None else _SYSTEM_SLOT)
+    except ValueError as exc:  # a template that raises on a video and a text part (or on a system message)
         raise ModelError(f"the chat template of {name!r} cannot make a prompt: {_one_line(exc, 200)}") from None
     if text.count(video_token) != 1 or text.count(_QUESTION_SLOT) != 1:
         raise ModelError(f"the chat template of {name!r} must hold one {video_token} placeholder and the question "
                          "once")
+    if system is not None and text.count(_SYSTEM_SLOT) != 1:
+        raise NoSystemPrompt(f"the chat template of {name!r} does not render a system message")
     ids: list[int] = []
-    for part in re.split(f"({re.escape(video_token)}|{_QUESTION_SLOT})", text):
+    for part in re.split(f"({re.escape(video_token)}|{_QUESTION_SLOT}|{_SYSTEM_SLOT})", text):
         if part == video_token:
             ids += [tokenizer.convert_tokens_to_ids(video_token)] * count
-        elif part == _QUESTION_SLOT:
-            ids += tokenizer(question, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        elif part in (_QUESTION_SLOT, _SYSTEM_SLOT):  # text, never control (see above)
+            said = question if part == _QUESTION_SLOT else system
+            ids += tokenizer(said, add_special_tokens=False, split_special_tokens=True)["input_ids"]
         elif part:
             ids += tokenizer(part, add_special_tokens=False)["input_ids"]
     return ids

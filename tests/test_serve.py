@@ -23,41 +23,13 @@ httpx = pytest.importorskip("httpx")
 from flashvid_cli.config import AskConfig  # noqa: E402
 from flashvid_cli.serve import ServeConfig, create_app  # noqa: E402
 from flashvid_cli.serve.engine import Engine  # noqa: E402
+from serve_server import Server  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CLIPS = REPO / "samples" / "demo" / "clips"
 DEMO = REPO / "samples" / "vidq-demo-llava-ov"
 DEFAULTS = AskConfig(method="divprune", keep=0.5, max_new_tokens=6)
 COUNT, LAST = "How many shapes appear in the video?", "Which shape appears last?"
-
-
-class Server:
-    """One app served by uvicorn in a thread, on a free port."""
-
-    def __init__(self, config: ServeConfig, qa=None, engine: Engine | None = None):
-        import uvicorn
-
-        self.engine = engine or Engine(config)
-        self.engine.qa = qa
-        self.app = create_app(config, self.engine)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="error"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started:
-            assert time.time() < deadline, "the server did not start"
-            time.sleep(0.02)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def client(self, key: str = "none") -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, timeout=120)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
 
 
 @pytest.fixture(scope="module")
@@ -300,13 +272,13 @@ def test_a_client_disconnect_mid_stream_cancels_at_the_next_token_and_frees_the_
     class Held(Engine):
         """Holds the generation after its first streamed piece until the server has seen the client leave."""
 
-        def answer(self, req, video, on_text=None, cancel=None):
+        def answer(self, req, video, on_text=None, cancel=None, deadline=None):
             def hold(piece):
                 on_text(piece)
                 pieces.append(piece)
                 cancel.wait(60)
 
-            return super().answer(req, video, hold if on_text else None, cancel)
+            return super().answer(req, video, hold if on_text else None, cancel, deadline)
 
     config = _config(media)  # --max-queue 0: while the slot is held, another request is 429
     server = Server(config, qa, Held(config))
@@ -318,6 +290,8 @@ def test_a_client_disconnect_mid_stream_cancels_at_the_next_token_and_frees_the_
                     break  # the first piece of the answer: leave, closing the connection mid-stream
         _wait_idle(server)
         assert server.app.state.serve.get("cancelled") == 1 and len(pieces) == 1
+        counted = httpx.get(f"{server.url}/metrics").text
+        assert 'vidq_requests_total{status="499"} 1.0' in counted and 'status="200"' not in counted
         assert chat(server, first(media["a"], COUNT)).choices[0].message.content  # the slot is free again
     finally:
         server.stop()

@@ -47,6 +47,9 @@ def serve(
                                                   "dropped first), over the on-disk encoded-video cache.")] = 8,
     max_queue: Annotated[int, typer.Option(help="Requests that may wait behind the one being answered; more get "
                                            "429 with Retry-After.")] = 16,
+    request_timeout: Annotated[Optional[float], typer.Option(
+        help="Seconds a request may take from arrival (queue included) unless it sends its own vidq.timeout; past "
+        "it the request ends with 504 request_timeout and its generation stops at the next token.")] = None,
     method: Method = DEFAULT_METHOD,
     keep: Keep = None,
     tokens: Tokens = None,
@@ -85,7 +88,8 @@ def serve(
             defaults=defaults, allowed_local_media_path=allowed_local_media_path,
             allow_url_download=allow_url_download, allow_private_urls=allow_private_urls,
             download_timeout=download_timeout, max_data_bytes=max_data_bytes, kv_cache_size=kv_cache_size,
-            video_cache_size=video_cache_size, max_queue=max_queue, api_key=api_key or os.environ.get("VIDQ_API_KEY"),
+            video_cache_size=video_cache_size, max_queue=max_queue, request_timeout=request_timeout,
+            api_key=api_key or os.environ.get("VIDQ_API_KEY"),
             encoded_cache=open_cache(no_cache, cache_size),
         )
         warn_random(model)

@@ -23,7 +23,7 @@ from ..inputs import check_ask
 from ..pipelines.errors import ModelError, VideoError
 from .config import ServeConfig
 from .engine import Engine, Outcome
-from .errors import APIError, Cancelled, bad_request, error_body
+from .errors import APIError, Cancelled, Deadline, TimedOut, bad_request, error_body
 from .media import MediaStore
 from .metrics import Metrics
 from .page import OPEN_PATHS, register_page
@@ -72,7 +72,7 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
                 response = await call_next(request)
         else:
             response = await call_next(request)
-        if request.url.path == CHAT:
+        if request.url.path == CHAT and not getattr(request.state, "counted_when_done", False):
             metrics.requests.labels(str(response.status_code)).inc()
         return response
 
@@ -109,6 +109,7 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
 
     @app.post(CHAT)
     async def chat(request: Request) -> Response:
+        arrived = time.perf_counter()  # the deadline counts from here: reading, download, queue and generation
         if not engine.ready:
             message = state["load_error"] or "the model is still loading: retry when GET /health is ok"
             raise APIError(503, message, "model_not_ready", "server_error", {"Retry-After": "5"})
@@ -124,6 +125,8 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
         if req.model != config.name:
             raise APIError(404, f"model {req.model!r} is not served here; GET /v1/models lists {config.name!r}",
                            "model_not_found")
+        timeout = req.timeout if req.timeout is not None else config.request_timeout
+        deadline = Deadline(None if timeout is None else arrived + timeout)
         video = await asyncio.to_thread(media.frames, req.image_urls) if req.image_urls else \
             await asyncio.to_thread(media.resolve, req.video_url)  # a download must not stall other requests
         with guard:
@@ -133,7 +136,7 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
                                {"Retry-After": "1"})
             state["active"] += 1
             metrics.in_flight.inc()
-        arrived = time.perf_counter()
+        waiting = time.perf_counter()
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         cancel = threading.Event()  # set when the client disconnects: the engine stops at its next token
@@ -141,13 +144,20 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
 
         def work() -> tuple[Outcome, float]:
             try:
-                with engine.lock:
+                deadline.check("before it was queued")
+                left = deadline.left()
+                if not engine.lock.acquire(timeout=-1 if left is None else left):
+                    raise TimedOut("the request passed its deadline while it waited in the queue "
+                                   "(--request-timeout, or vidq.timeout)")
+                try:
                     if cancel.is_set():
                         raise Cancelled("the client disconnected while its request waited")
-                    queued = time.perf_counter() - arrived
+                    queued = time.perf_counter() - waiting
                     on_text = (lambda piece: loop.call_soon_threadsafe(events.put_nowait, ("text", piece))) \
                         if req.stream else None
-                    outcome = engine.answer(req, video, on_text, cancel)
+                    outcome = engine.answer(req, video, on_text, cancel, deadline)
+                finally:
+                    engine.lock.release()
                 metrics.observe(outcome, queued, queued + outcome.result.report.timings.time_to_first_token)
                 return outcome, queued
             except Cancelled:
@@ -172,6 +182,9 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
         first = await events.get()  # an error before the first token is still a status code, not a stream
         if first[0] == "done" and first[1].exception() is not None:
             raise as_api_error(first[1].exception())
+        # Its status is the generation's outcome (a client gone mid-stream is 499), not the 200 already sent.
+        request.state.counted_when_done = True
+        future.add_done_callback(lambda f: metrics.requests.labels(str(status_of(f.exception()))).inc())
         return StreamingResponse(_sse(req, config.name, first, events), media_type="text/event-stream")
 
     return app
@@ -184,12 +197,22 @@ async def _watch_disconnect(request: Request, cancel: threading.Event) -> None:
     cancel.set()
 
 
+def status_of(exc: BaseException | None) -> int:
+    """The HTTP status ``exc`` is answered with (200 for None), as :func:`as_api_error` gives it, without logging."""
+    if exc is None:
+        return 200
+    known = (APIError, Cancelled, TimedOut, VideoError, ModelError, VidqError, InputError)
+    return as_api_error(exc).status if isinstance(exc, known) else 500
+
+
 def as_api_error(exc: BaseException) -> APIError:
     """The HTTP error of an exception: a user's error by its kind, anything else a 500 without a traceback."""
     if isinstance(exc, APIError):
         return exc
     if isinstance(exc, Cancelled):  # nobody reads it; 499 (nginx's "client closed request") counts it in /metrics
         return APIError(499, str(exc), "client_disconnected")
+    if isinstance(exc, TimedOut):  # 504: the server, not the client, took too long (408 is a slow request body)
+        return APIError(504, str(exc), "request_timeout", "timeout_error")
     if isinstance(exc, VideoError):
         return APIError(422, str(exc), "video_decode_error")
     if isinstance(exc, ModelError):

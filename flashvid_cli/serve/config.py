@@ -29,6 +29,7 @@ class ServeConfig:
     kv_cache_size: int = 16  # conversations whose KV cache is kept (LRU); 0: every request prefills in full
     video_cache_size: int = 8  # compressed videos kept in memory (LRU)
     max_queue: int = 16  # requests waiting behind the one being generated; more get 429
+    request_timeout: float | None = None  # seconds from arrival to the last token, queue included; None: no limit
     api_key: str | None = None
     encoded_cache: object = None  # an EncodedCache (the on-disk layer) or None
 
@@ -43,6 +44,8 @@ class ServeConfig:
             raise ConfigError(f"--max-data-bytes must be >= 1, got {self.max_data_bytes}")
         if not self.download_timeout > 0:
             raise ConfigError(f"--download-timeout must be > 0 seconds, got {self.download_timeout}")
+        if self.request_timeout is not None and not self.request_timeout > 0:
+            raise ConfigError(f"--request-timeout must be > 0 seconds, got {self.request_timeout}")
         if not (0 <= self.port <= 65535):
             raise ConfigError(f"--port must be in 0..65535, got {self.port}")
         if self.allowed_local_media_path is not None:

@@ -25,7 +25,7 @@ from ..results import AskResult, CompressedVideo, PreparedVideo, PrepareTimings
 from ..video_stages import _needs_question
 from ..videoqa import VideoQA
 from .config import ServeConfig
-from .errors import Cancelled
+from .errors import Cancelled, Deadline
 from .request import ChatRequest
 
 _ANSWERS_KEPT = 1024  # answers whose generated ids are remembered, to re-enter them exactly in a follow-up
@@ -68,10 +68,23 @@ class Engine:
         return self.qa is not None
 
     def answer(self, req: ChatRequest, video: Path, on_text: Callable[[str], None] | None = None,
-               cancel: threading.Event | None = None) -> Outcome:
+               cancel: threading.Event | None = None, deadline: Deadline | None = None) -> Outcome:
         """Answer ``req`` about the local file ``video``; call with :attr:`lock` held. Raises what the library
-        raises for a bad option (ConfigError, MethodError) or a video that does not decode (VideoError), and
-        :class:`Cancelled` at the first generated token after ``cancel`` is set (the client went away)."""
+        raises for a bad option (ConfigError, MethodError) or a video that does not decode (VideoError), a
+        ConfigError when the model's template takes no system message and ``req`` has one, :class:`Cancelled` at
+        the first generated token after ``cancel`` is set (the client went away), and :class:`TimedOut` before
+        prefill or at the first generated token once ``deadline`` has passed."""
+        from ..config import ConfigError
+        from ..pipelines.prompt import NoSystemPrompt, system_prompt
+
+        try:
+            with system_prompt(req.system):  # every prompt this request builds opens with its system message
+                return self._answer(req, video, on_text, cancel, deadline or Deadline(None))
+        except NoSystemPrompt as exc:
+            raise ConfigError(f"{exc}: send the instructions in the user message") from None
+
+    def _answer(self, req: ChatRequest, video: Path, on_text: Callable[[str], None] | None,
+                cancel: threading.Event | None, deadline: Deadline) -> Outcome:
         import torch
 
         from ..pipelines.generation import GenerationOptions, synchronize
@@ -83,6 +96,7 @@ class Engine:
         rule = qa.text_after_video_rule(config.text_after_video)
         pipe.check_question_length(req.question, config.max_new_tokens)
         prepared, compressed, reason, memory, key = self._video(video, req, method)
+        deadline.check("before prefill, after the video was prepared")  # decode and encode run to their end
         synchronize(pipe.device)
         started = time.perf_counter()
         with torch.inference_mode():
@@ -101,7 +115,7 @@ class Engine:
             synchronize(pipe.device)
             prompt_s = time.perf_counter() - started
             options = GenerationOptions(config.max_new_tokens, config.temperature, top_p=req.top_p)
-            stream = _Stream(pipe.tokenizer, req.stop, on_text, cancel)
+            stream = _Stream(pipe.tokenizer, req.stop, on_text, cancel, deadline)
             torch.manual_seed(config.seed)
             if reason is None:
                 store = self._store(key, inputs, end)
@@ -212,8 +226,9 @@ class _Stream:
     one is held back until it is not, and an incomplete multi-byte character until it is whole."""
 
     def __init__(self, tokenizer: Any, stops: list[str], on_text: Callable[[str], None] | None,
-                 cancel: threading.Event | None = None):
+                 cancel: threading.Event | None = None, deadline: Deadline | None = None):
         self.tokenizer, self.stops, self.on_text, self.cancel = tokenizer, stops, on_text, cancel
+        self.deadline = deadline or Deadline(None)
         self.hold = max((len(s) for s in stops), default=1) - 1
         self.ids: list[int] = []
         self.sent, self.stopped = 0, False
@@ -221,6 +236,7 @@ class _Stream:
     def put(self, token: int) -> None:
         if self.cancel is not None and self.cancel.is_set():
             raise Cancelled("the client disconnected: generation stopped")  # out of generate(), at this token
+        self.deadline.check("while generating: generation stopped")
         if self.on_text is None or self.stopped:
             return
         self.ids.append(token)

@@ -30,6 +30,8 @@ class ChatRequest:
     stream: bool = False
     include_usage: bool = False
     image_urls: list[str] = field(default_factory=list)  # the frames of the video when video_url is ""
+    system: str | None = None  # the system (or developer) messages' text, joined by newlines; None without any
+    timeout: float | None = None  # seconds from arrival this request may take (vidq.timeout); None: the server's
 
     @property
     def first_question(self) -> str:
@@ -55,7 +57,8 @@ def parse_request(body: Any, defaults: AskConfig) -> ChatRequest:
     unknown = set(body) - known - _IGNORED
     if unknown:
         raise bad_request(f"unknown field(s): {', '.join(sorted(unknown))}", "unknown_parameter")
-    url, images, turns, question = _conversation(body.get("messages"))
+    system, messages = _system(body.get("messages"))
+    url, images, turns, question = _conversation(messages)
     changes: dict[str, Any] = {}
     limit = body.get("max_completion_tokens", body.get("max_tokens"))
     if limit is not None:
@@ -65,7 +68,14 @@ def parse_request(body: Any, defaults: AskConfig) -> ChatRequest:
     if body.get("seed") is not None:
         changes["seed"] = _number(body["seed"], "seed", int)
     changes.update(_media(body.get("media_io_kwargs")))
-    changes.update(_vidq(body.get("vidq")))
+    ext = body.get("vidq")
+    timeout = ext.get("timeout") if isinstance(ext, dict) else None  # the server's, not an AskConfig field
+    ext = {k: v for k, v in ext.items() if k != "timeout"} if isinstance(ext, dict) else ext
+    if timeout is not None:
+        timeout = _number(timeout, "vidq.timeout", float)
+        if not timeout > 0:
+            raise bad_request(f"vidq.timeout must be > 0 seconds, got {timeout}")
+    changes.update(_vidq(ext))
     if "tokens" in changes and "keep" not in changes:
         changes["keep"] = defaults.keep
     config = dataclasses.replace(defaults, **changes)
@@ -80,7 +90,7 @@ def parse_request(body: Any, defaults: AskConfig) -> ChatRequest:
     if not isinstance(options, dict):
         raise bad_request("'stream_options' must be an object")
     return ChatRequest(model, url, turns, question, config, top_p, stop, bool(body.get("stream", False)),
-                       bool(options.get("include_usage", False)), images)
+                       bool(options.get("include_usage", False)), images, system, timeout)
 
 
 def _number(value: Any, name: str, kind: type) -> Any:
@@ -112,7 +122,8 @@ def _vidq(ext: Any) -> dict[str, Any]:
     if not isinstance(ext, dict):
         raise bad_request("'vidq' must be an object")
     if unknown := set(ext) - set(VIDQ_FIELDS):
-        raise bad_request(f"unknown vidq field(s): {', '.join(sorted(unknown))}; known: {', '.join(VIDQ_FIELDS)}")
+        known = ", ".join([*VIDQ_FIELDS, "timeout"])
+        raise bad_request(f"unknown vidq field(s): {', '.join(sorted(unknown))}; known: {known}")
     out = {VIDQ_FIELDS[k]: v for k, v in ext.items() if v is not None}
     if "options" in out:
         opt = out["options"]
@@ -166,14 +177,22 @@ def _text(content: Any, role: str, allow_video: bool) -> tuple[str, list[str], l
     return "\n".join(texts), videos, images
 
 
-def _conversation(messages: Any) -> tuple[str, list[str], list[tuple[str, str]], str]:
+def _system(messages: Any) -> tuple[str | None, list[dict]]:
+    """The text of the system (or developer) messages that open ``messages``, and the messages after them."""
     if not isinstance(messages, list) or not messages:
         raise bad_request("'messages' must be a non-empty list")
     if not all(isinstance(m, dict) for m in messages):
         raise bad_request("every message must be an object")
-    if any(m.get("role") in {"system", "developer"} for m in messages):
-        raise bad_request("system messages are not supported: put instructions in the user message",
-                          "unsupported_role")
+    lead = next((i for i, m in enumerate(messages) if m.get("role") not in {"system", "developer"}), len(messages))
+    if any(m.get("role") in {"system", "developer"} for m in messages[lead:]):
+        raise bad_request("system messages must come first, before the first user message", "invalid_messages")
+    texts = [_text(m.get("content"), "system", allow_video=False)[0] for m in messages[:lead]]
+    return ("\n".join(texts) if lead else None), messages[lead:]
+
+
+def _conversation(messages: Any) -> tuple[str, list[str], list[tuple[str, str]], str]:
+    if not messages:
+        raise bad_request("'messages' holds no user message", "invalid_messages")
     roles = [m.get("role") for m in messages]
     expected = ["user" if i % 2 == 0 else "assistant" for i in range(len(messages))]
     if roles != expected or roles[-1] != "user":
