@@ -22,11 +22,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -36,7 +33,8 @@ pytest.importorskip("lmms_eval")
 openai = pytest.importorskip("openai")
 
 from flashvid_cli.config import AskConfig  # noqa: E402
-from flashvid_cli.serve import ServeConfig, create_app  # noqa: E402
+from flashvid_cli.serve import ServeConfig  # noqa: E402
+from serve_server import Server  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CLIPS = REPO / "samples" / "demo" / "clips"
@@ -81,30 +79,6 @@ def process_results(doc, results):
 '''
 
 
-class Server:
-    """The app served by uvicorn in a thread on 127.0.0.1, on a free port."""
-
-    def __init__(self, config: ServeConfig):
-        import uvicorn
-
-        self.app = create_app(config)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="error"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 120
-        while not (self.server.started and self.app.state.engine.ready):  # the model loads in the app's startup
-            assert time.time() < deadline, "the server did not start"
-            time.sleep(0.05)
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
-
-
 @pytest.fixture()
 def server(tmp_path):
     media = tmp_path / "media"
@@ -113,7 +87,7 @@ def server(tmp_path):
         shutil.copy(CLIPS / clip, media / clip)
     config = ServeConfig(model=str(DEMO), served_model_name=NAME, device="cpu", allowed_local_media_path=media,
                          defaults=AskConfig(method="divprune", keep=0.5, max_new_tokens=8))
-    made = Server(config)
+    made = Server(config, wait_ready=True, timeout=120)  # the model loads in the app's startup
     yield made, media
     made.stop()
 
@@ -131,7 +105,7 @@ def _task(root: Path, media: Path, answers: list[str]) -> Path:
 
 def test_lmms_eval_openai_compatible_evaluates_a_local_video_task(server, tmp_path):
     srv, media = server
-    client = openai.OpenAI(base_url=srv.url, api_key="none", max_retries=0, timeout=120)
+    client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="none", max_retries=0, timeout=120)
     greedy, prompt_tokens = [], []
     for clip, question in QUESTIONS:  # what the server answers itself, greedy, as lmms-eval will ask it
         done = client.chat.completions.create(
@@ -147,7 +121,8 @@ def test_lmms_eval_openai_compatible_evaluates_a_local_video_task(server, tmp_pa
     out = tmp_path / "results"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "hf"),
            "OPENAI_API_KEY": "none", "WANDB_MODE": "disabled"}
-    model_args = f"model={NAME},base_url={srv.url},pass_video_url=True,max_frames_num=8,num_concurrent=1,timeout=120"
+    model_args = (f"model={NAME},base_url={srv.url}/v1,pass_video_url=True,max_frames_num=8,num_concurrent=1,"
+                  "timeout=120")
     run = subprocess.run([sys.executable, "-m", "lmms_eval", "--model", "openai_compatible", "--model_args",
                           model_args, "--tasks", "vidq_tiny_video", "--include_path", str(tasks), "--batch_size", "1",
                           "--output_path", str(out), "--log_samples"],

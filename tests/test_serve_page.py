@@ -18,7 +18,8 @@ from flashvid_cli.config import AskConfig  # noqa: E402
 from flashvid_cli.serve import ServeConfig  # noqa: E402
 from flashvid_cli.serve.page import list_media  # noqa: E402
 
-from test_serve import DEMO, Server  # noqa: E402
+from serve_server import Server  # noqa: E402
+from test_serve import DEMO  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
