@@ -76,6 +76,9 @@ class Method:
     granularity: ClassVar[str] = "data dependent (searched per clip)"
     prunes_in_llm: ClassVar[bool] = False  # True: may have an in-LLM stage (see llm_prune); the stage needs the question
     option_notes: ClassVar[dict[str, str]] = {}
+    # "frame": the output on a frame depends on that frame alone, so a clip can be compressed a chunk of frames at a
+    # time with the same result (flashvid_cli/streaming.py); None: it reads the whole clip and cannot stream.
+    stream_unit: ClassVar[str | None] = None
 
     keep: float = 1.0
 

@@ -16,6 +16,7 @@ class NoCompression(Method):
     """Keeps all T*N tokens in order; ``keep`` is accepted and ignored (always 1.0 in effect)."""
 
     name = "none"
+    stream_unit = "frame"
     ignores_keep = True
     baseline = True
     granularity = "every token, always"

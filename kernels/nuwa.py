@@ -122,6 +122,7 @@ class Nuwa(Method):
     """
 
     name = "nuwa"
+    stream_unit = "frame"
     needs = frozenset({"importance", "similarity"})
     prunes_in_llm = True
     granularity = "a multiple of the frame count, with llm_stage=false (not with its in-LLM stage on, the default)"

@@ -35,6 +35,7 @@ class Pool(Method):
     """
 
     name = "pool"
+    stream_unit = "frame"
     granularity = "the frame count times h' x w' (each side of the grid scaled by sqrt(keep))"
 
     def compress(self, feats: Tensor, grid: Grid, importance: Tensor | None, metric: Tensor | None) -> Compressed:

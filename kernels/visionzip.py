@@ -35,6 +35,7 @@ class VisionZip(Method):
     """
 
     name = "visionzip"
+    stream_unit = "frame"
     needs = frozenset({"importance", "metric"})
     granularity = "a multiple of the frame count"
     option_notes = {"contextual": "per keep: k // 7 of the k = round(keep x N) tokens kept per frame"}

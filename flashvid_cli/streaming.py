@@ -1,0 +1,183 @@
+"""Streaming: a long video through preprocessing, the vision tower and the method a chunk of frames at a time.
+
+The whole-clip path (:meth:`~flashvid_cli.video_stages.VideoStages.prepare` then ``compress``) holds the pixel
+values ``[T, 3, S, S]`` float and the features ``[T, N, D]`` of every sampled frame at once. :func:`stream_video`
+holds them for ``chunk_frames`` frames only: each chunk is preprocessed, encoded and compressed, and only its
+compressed tokens are kept. That is exact (the same tokens, index, groups and weights as the whole-clip path)
+for methods whose output on a frame depends on that frame alone: their ``stream_unit`` is "frame" (see
+:class:`kernels.base.Method`). Methods that select over the whole clip are refused with the reason, in one
+line (:func:`refusal`). docs/STREAMING.md gives the formulation and what it does not cover yet.
+
+The decoded frames themselves still come from one decode job (uint8 at the model's input size, e.g.
+384x384x3 = 432 KiB a frame on LLaVA-OneVision): the worker's frames are not yet handed over incrementally.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .config import AskConfig, ConfigError
+from .results import CompressedVideo, PreparedVideo, PrepareTimings, VideoInfo
+
+if TYPE_CHECKING:
+    from .kernels import Compressed, Method
+    from .video_stages import VideoStages
+
+# progress(stage, done, total): stage is "decoded", "encoded" or "compressed"; done and total count frames.
+Progress = Callable[[str, int, int], None]
+
+DEFAULT_CHUNK_FRAMES = 16
+
+# Why a method that is not per frame cannot stream yet, by what it reads of the clip (not by its name).
+_WHOLE_CLIP = ("it selects over the whole clip (its choice on a frame depends on the other frames), so a chunk "
+               "at a time would change its tokens")
+
+
+def refusal(method: Method, config: AskConfig | None = None) -> str | None:
+    """Why ``method`` (with ``config``'s ``tokens``) cannot stream, in one line; None when it can."""
+    if config is not None and config.tokens is not None:
+        return (f"--tokens {config.tokens} fits the keep to the whole clip's token count (a search over the clip "
+                "for most methods): give --keep instead to stream")
+    if getattr(method, "stream_unit", None) != "frame":
+        return f"method {method.name!r} cannot stream: {_WHOLE_CLIP}; use a per-frame method or drop --stream"
+    return None
+
+
+def merge(parts: list[tuple[int, Compressed]], grid: Any) -> Compressed:
+    """Per-chunk outputs ``[(first frame, Compressed on that chunk's grid)]`` -> one Compressed on ``grid``.
+
+    Indices (``index``, ``sources``, ``placed``) move by the chunk's first frame times ``grid.N``; ``offsets``
+    by the sources before it. ``weights`` must be all None or all set. Stats are recomputed for the whole grid."""
+    import torch
+
+    from .kernels import Compressed as Out
+    from .kernels.base import per_frame_counts
+
+    N = grid.N
+    tokens, index, sources, offsets, weights, placed = [], [], [], [], [], []
+    shift = 0
+    for first, out in parts:
+        base = first * N
+        tokens.append(out.tokens)
+        index.append(out.index + base)
+        sources.append(out.sources + base)
+        offsets.append(out.offsets[:-1] + shift)
+        shift += int(out.sources.numel())
+        weights.append(out.weights)
+        placed.append(None if out.placed is None else out.placed + base)
+    last = torch.tensor([shift], dtype=parts[-1][1].offsets.dtype, device=parts[-1][1].offsets.device)
+    has_w = [w is not None for w in weights]
+    if any(has_w) and not all(has_w):
+        raise ConfigError("the chunks of this method stated their merges differently; it cannot stream")
+    has_p = [p is not None for p in placed]
+    merged = Out(
+        torch.cat(tokens), torch.cat(index), torch.cat(sources), torch.cat([*offsets, last]), grid,
+        weights=torch.cat(weights) if all(has_w) else None,
+        placed=torch.cat([p if p is not None else i for p, i in zip(placed, index)]) if any(has_p) else None,
+    )
+    merged.stats = {"tokens_in": grid.T * N, "tokens_out": int(merged.tokens.shape[0]),
+                    "per_frame": per_frame_counts(merged.index, grid), "streamed_chunks": len(parts)}
+    return merged
+
+
+def stream_video(stages: VideoStages, video: str | Path, config: AskConfig | None = None,
+                 question: str | None = None, chunk_frames: int = DEFAULT_CHUNK_FRAMES,
+                 progress: Progress | None = None) -> tuple[PreparedVideo, CompressedVideo]:
+    """Decode ``video`` as ``config`` asks, then preprocess, encode and compress it ``chunk_frames`` frames at a
+    time, keeping only the compressed tokens.
+
+    Returns (PreparedVideo, CompressedVideo) as ``prepare`` then ``compress`` would, except that
+    ``prepared.encoded.feats`` is empty (``[0, N, D]``: the features were not kept) and ``encoded.meta`` says
+    ``streamed``; ``compressed.compressed`` equals the whole-clip result for a per-frame method (tests/
+    test_streaming.py). ``progress(stage, done, total)`` is called as frames are decoded, encoded and compressed.
+    Raises ConfigError when the method cannot stream (:func:`refusal`), when the model family's encoding spans
+    frames (its features carry per-clip metadata), or for ``chunk_frames < 1``; VideoError when the video does
+    not decode; MethodError for a bad method.
+    """
+    import torch
+
+    from .pipelines.generation import synchronize
+    from .pipelines.preflight import rules_of
+    from .video_stages import VISION_NEEDS, _needs_question
+
+    config = config or AskConfig()
+    if not isinstance(chunk_frames, int) or chunk_frames < 1:
+        raise ConfigError(f"the stream chunk must be at least 1 frame, got {chunk_frames!r}")
+    method = stages.build_method(config)
+    if (why := refusal(method, config)) is not None:
+        raise ConfigError(why)
+    pipe = stages.pipeline
+    need = frozenset(method.needs) & VISION_NEEDS
+    kwargs: dict[str, Any] = {}
+    if _needs_question(method):
+        if question is None or not question.strip():
+            raise ConfigError(f"method {method.name!r} reads the question: give stream_video() the question")
+        kwargs["question"] = pipe.question_embeddings(question)  # [M, D]
+    device = pipe.device
+    marks = [time.perf_counter()]
+
+    def lap() -> float:
+        synchronize(device)
+        marks.append(time.perf_counter())
+        return marks[-1] - marks[-2]
+
+    decoded = stages.decode(video, config, resize=pipe.frame_resizer(), rules=rules_of(pipe))
+    total = len(decoded.frames)
+    t_decode = lap()
+    if progress is not None:
+        progress("decoded", total, total)
+    t_pre = t_enc = t_comp = 0.0
+    parts: list[tuple[int, Compressed]] = []
+    shape: tuple[int, int, int] | None = None
+    with torch.inference_mode():
+        for first in range(0, total, chunk_frames):
+            stop = min(first + chunk_frames, total)
+            lap()
+            pixels = pipe.preprocess(decoded.frames[first:stop], list(decoded.timestamps[first:stop]))
+            t_pre += lap()
+            encoded = pipe.encode(pixels, need=need)
+            t_enc += lap()
+            if encoded.meta or encoded.grid.T != stop - first:
+                raise ConfigError(f"model family {pipe.model_type!r} encodes frames together (per-clip metadata "
+                                  "or temporal groups), so it cannot stream yet; drop --stream")
+            if progress is not None:
+                progress("encoded", stop, total)
+            extra = dict(kwargs)
+            if "similarity" in method.needs:
+                extra["similarity"] = encoded.similarity  # [t, N, Ds]
+            out = method(encoded.feats, encoded.grid, encoded.importance, encoded.metric, **extra)
+            t_comp += lap()
+            parts.append((first, out))
+            shape = (encoded.grid.H, encoded.grid.W, int(encoded.feats.shape[-1]))
+            del pixels, encoded
+            if progress is not None:
+                progress("compressed", stop, total)
+    if not parts or shape is None:
+        raise ConfigError(f"no frame of {video} was decoded to stream")
+    from .kernels import Grid
+    from .pipelines.base import EncodedVideo
+
+    grid = Grid(total, shape[0], shape[1])
+    merged = merge(parts, grid)
+    lap()
+    feats = torch.empty(0, grid.N, shape[2], dtype=pipe.dtype, device=device)  # not kept: [0, N, D]
+    info = VideoInfo(
+        path=str(video), decoder=decoded.decoder, fps=decoded.fps, duration_s=decoded.duration,
+        total_frames=decoded.total_frames, sampling=decoded.sampling, frame_indices=list(decoded.indices),
+        timestamps_s=[round(t, 3) for t in decoded.timestamps],
+        notes=[*decoded.notes, f"streamed {len(parts)} chunks of up to {chunk_frames} frames: only compressed "
+                               "tokens were kept (not cached)"],
+    )
+    extra_tokens = pipe.extra_video_tokens
+    prepared = PreparedVideo(
+        info, EncodedVideo(feats, grid, meta={"streamed": True}), PrepareTimings(t_decode, t_pre, t_enc), need,
+        visual_tokens=grid.T * grid.N + extra_tokens, cache="off",
+        cache_note="a streamed video is not cached yet (docs/STREAMING.md)",
+        decode_worker_peak_rss_bytes=decoded.stats.get("peak_rss_bytes"),
+    )
+    visual = int(merged.tokens.shape[0]) + extra_tokens
+    compressed = CompressedVideo(method, merged, t_comp, visual, question if kwargs else None, None, None)
+    return prepared, compressed

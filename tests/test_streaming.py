@@ -1,0 +1,83 @@
+"""Streaming (flashvid_cli/streaming.py): a chunk of frames at a time gives the whole-clip path's tokens exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from flashvid_cli.config import AskConfig, ConfigError
+from flashvid_cli.kernels import methods
+from flashvid_cli.streaming import refusal, stream_video
+
+FAMILY = "llava_onevision"
+PER_FRAME = [
+    ("none", 1.0, {}), ("pool", 0.25, {}), ("visionzip", 0.3, {}), ("visionzip", 0.3, {"reference": True}),
+    ("nuwa", 0.3, {"llm_stage": False}), ("nuwa", 0.3, {}),
+]
+
+
+@pytest.fixture(scope="module")
+def qa(tiny_models):
+    from flashvid_cli.api import VideoQA
+
+    return VideoQA(str(tiny_models[FAMILY]), device="cpu")
+
+
+def _same(a, b) -> None:
+    assert torch.equal(a.tokens, b.tokens)
+    assert torch.equal(a.index, b.index)
+    assert torch.equal(a.sources, b.sources)
+    assert torch.equal(a.offsets, b.offsets)
+    assert (a.weights is None) == (b.weights is None)
+    if a.weights is not None:
+        assert torch.equal(a.weights, b.weights)
+    assert torch.equal(a.placement, b.placement)
+    assert a.stats["per_frame"] == b.stats["per_frame"]
+
+
+@pytest.mark.parametrize(("method", "keep", "options"), PER_FRAME)
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_streaming_equals_whole_clip(qa, sample_video, method, keep, options, chunk):
+    config = AskConfig(method=method, keep=keep, options=options, frames=7)
+    whole = qa.compress(qa.prepare(sample_video, config), config, question="what moves?")
+    seen: list[tuple[str, int, int]] = []
+    prepared, streamed = stream_video(qa, sample_video, config, question="what moves?", chunk_frames=chunk,
+                                      progress=lambda *a: seen.append(a))
+    _same(streamed.compressed, whole.compressed)
+    assert streamed.visual_tokens == whole.visual_tokens
+    assert prepared.encoded.feats.shape[0] == 0  # the features were not kept
+    assert prepared.visual_tokens == 7 * whole.compressed.grid.N + qa.pipeline.extra_video_tokens
+    assert ("compressed", 7, 7) == seen[-1] and ("decoded", 7, 7) == seen[0]
+    assert sum(1 for s in seen if s[0] == "encoded") == -(-7 // chunk)
+
+
+def test_streamed_answer_equals_whole_clip(qa, sample_video):
+    config = AskConfig(method="pool", keep=0.25, frames=5, max_new_tokens=4)
+    whole = qa.ask(sample_video, "what is it?", config)
+    prepared, compressed = stream_video(qa, sample_video, config, chunk_frames=2)
+    streamed = qa.answer(prepared, "what is it?", config, compressed)
+    assert streamed.answer == whole.answer
+
+
+@pytest.mark.parametrize("name", sorted(m for m, cls in methods().items() if cls.stream_unit is None))
+def test_whole_clip_methods_are_refused_in_one_line(qa, sample_video, name):
+    config = AskConfig(method=name, keep=0.5, frames=4)
+    why = refusal(qa.build_method(config), config)
+    assert why is not None and "\n" not in why and name in why
+    with pytest.raises(ConfigError, match="cannot stream"):
+        stream_video(qa, sample_video, config)
+
+
+def test_tokens_and_bad_chunk_are_refused(qa, sample_video):
+    with pytest.raises(ConfigError, match="--tokens 50"):
+        stream_video(qa, sample_video, AskConfig(method="pool", tokens=50, frames=4))
+    with pytest.raises(ConfigError, match="at least 1 frame"):
+        stream_video(qa, sample_video, AskConfig(method="pool", frames=4), chunk_frames=0)
+
+
+def test_family_that_encodes_frames_together_is_refused(tiny_models, sample_video):
+    from flashvid_cli.api import VideoQA
+
+    qwen = VideoQA(str(tiny_models["qwen2_5_vl"]), device="cpu")
+    with pytest.raises(ConfigError, match="cannot stream yet"):
+        stream_video(qwen, sample_video, AskConfig(method="pool", keep=0.25, frames=4))
