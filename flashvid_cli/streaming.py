@@ -24,6 +24,7 @@ from .results import CompressedVideo, PreparedVideo, PrepareTimings, VideoInfo
 
 if TYPE_CHECKING:
     from .kernels import Compressed, Method
+    from .pipelines.video import DecodedVideo
     from .video_stages import VideoStages
 
 # progress(stage, done, total): stage is "decoded", "encoded" or "compressed"; done and total count frames.
@@ -85,7 +86,8 @@ def merge(parts: list[tuple[int, Compressed]], grid: Any) -> Compressed:
 
 def stream_video(stages: VideoStages, video: str | Path, config: AskConfig | None = None,
                  question: str | None = None, chunk_frames: int = DEFAULT_CHUNK_FRAMES,
-                 progress: Progress | None = None) -> tuple[PreparedVideo, CompressedVideo]:
+                 progress: Progress | None = None, decoded: DecodedVideo | None = None
+                 ) -> tuple[PreparedVideo, CompressedVideo]:
     """Decode ``video`` as ``config`` asks, then preprocess, encode and compress it ``chunk_frames`` frames at a
     time, keeping only the compressed tokens.
 
@@ -93,6 +95,7 @@ def stream_video(stages: VideoStages, video: str | Path, config: AskConfig | Non
     ``prepared.encoded.feats`` is empty (``[0, N, D]``: the features were not kept) and ``encoded.meta`` says
     ``streamed``; ``compressed.compressed`` equals the whole-clip result for a per-frame method (tests/
     test_streaming.py). ``progress(stage, done, total)`` is called as frames are decoded, encoded and compressed.
+    ``decoded``: the frames already decoded with this config (``load_and_decode``), else decoded here.
     Raises ConfigError when the method cannot stream (:func:`refusal`), when the model family's encoding spans
     frames (its features carry per-clip metadata), or for ``chunk_frames < 1``; VideoError when the video does
     not decode; MethodError for a bad method.
@@ -101,7 +104,7 @@ def stream_video(stages: VideoStages, video: str | Path, config: AskConfig | Non
 
     from .pipelines.generation import synchronize
     from .pipelines.preflight import rules_of
-    from .video_stages import VISION_NEEDS, _needs_question
+    from .video_stages import VISION_NEEDS, _check_decoded, _needs_question
 
     config = config or AskConfig()
     if not isinstance(chunk_frames, int) or chunk_frames < 1:
@@ -124,9 +127,12 @@ def stream_video(stages: VideoStages, video: str | Path, config: AskConfig | Non
         marks.append(time.perf_counter())
         return marks[-1] - marks[-2]
 
-    decoded = stages.decode(video, config, resize=pipe.frame_resizer(), rules=rules_of(pipe))
+    if decoded is None:
+        decoded = stages.decode(video, config, resize=pipe.frame_resizer(), rules=rules_of(pipe))
+    else:
+        _check_decoded(decoded, video, config)
     total = len(decoded.frames)
-    t_decode = lap()
+    t_decode = lap() + decoded.stats.get("waited_after_load_s", 0.0)
     if progress is not None:
         progress("decoded", total, total)
     t_pre = t_enc = t_comp = 0.0
@@ -168,7 +174,7 @@ def stream_video(stages: VideoStages, video: str | Path, config: AskConfig | Non
         path=str(video), decoder=decoded.decoder, fps=decoded.fps, duration_s=decoded.duration,
         total_frames=decoded.total_frames, sampling=decoded.sampling, frame_indices=list(decoded.indices),
         timestamps_s=[round(t, 3) for t in decoded.timestamps],
-        notes=[*decoded.notes, f"streamed {len(parts)} chunks of up to {chunk_frames} frames: only compressed "
+        notes=[*decoded.notes, f"streamed in {len(parts)} chunk(s) of up to {chunk_frames} frames: only compressed "
                                "tokens were kept (not cached)"],
     )
     extra_tokens = pipe.extra_video_tokens

@@ -46,6 +46,9 @@ class VideoStages:
         self._info: ModelInfo | None = None
         self.cache = cache
         self._model_fingerprint: dict[str, Any] | None = None
+        # progress(stage, done, total) of a streamed video (flashvid_cli/streaming.py): frames decoded, encoded,
+        # compressed; the CLI sets a progress bar here on a terminal
+        self.progress: Any = None
 
     @property
     def model_type(self) -> str:

@@ -271,6 +271,19 @@ class VideoQA(VideoStages):
             self.pipeline.check_question_length(question, config.max_new_tokens)
         method = self.build_method(config)
         self.text_after_video_rule(config.text_after_video)
+        if config.stream:  # a chunk of frames at a time, only compressed tokens kept (docs/STREAMING.md)
+            from .streaming import stream_video
+
+            made: dict[str | None, Any] = {}  # one stream per question for a method that reads it, else one
+            results = []
+            for question in questions:
+                key = question if _needs_question(method) else None
+                if key not in made:
+                    streamed = stream_video(self, video, config, key, decoded=decoded, progress=self.progress)
+                    made[key] = (*streamed, self.video_prefix(streamed[1], reuse_prefix))
+                prepared, compressed, prefix = made[key]
+                results.append(self.answer(prepared, question, config, compressed, prefix))
+            return results
         prepared = self.prepare(video, config, decoded=decoded, need=method.needs)
         if _needs_question(method):
             results = []

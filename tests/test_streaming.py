@@ -81,3 +81,66 @@ def test_family_that_encodes_frames_together_is_refused(tiny_models, sample_vide
     qwen = VideoQA(str(tiny_models["qwen2_5_vl"]), device="cpu")
     with pytest.raises(ConfigError, match="cannot stream yet"):
         stream_video(qwen, sample_video, AskConfig(method="pool", keep=0.25, frames=4))
+
+
+def test_ask_many_streams_when_config_says_so(qa, sample_video):
+    base = dict(method="visionzip", keep=0.3, frames=6, max_new_tokens=4)
+    whole = qa.ask_many(sample_video, ["what is it?", "what moves?"], AskConfig(**base))
+    seen: list[tuple[str, int, int]] = []
+    qa.progress = lambda *a: seen.append(a)
+    try:
+        streamed = qa.ask_many(sample_video, ["what is it?", "what moves?"], AskConfig(**base, stream=True))
+    finally:
+        qa.progress = None
+    assert [r.answer for r in streamed] == [r.answer for r in whole]
+    assert [r.report.tokens for r in streamed] == [r.report.tokens for r in whole]
+    assert any("streamed" in note for note in streamed[0].report.video.notes)
+    assert seen and seen[-1] == ("compressed", 6, 6)
+
+
+def _vidq_ask(model, video, stderr) -> int:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TERM": "xterm", "COLUMNS": "100"}
+    env.pop("NO_COLOR", None)
+    argv = [sys.executable, "-m", "flashvid_cli", "ask", str(video), "what is it?", "--model", str(model),
+            "--device", "cpu", "--method", "pool", "--frames", "6", "--max-new-tokens", "2", "--no-cache", "--stream"]
+    return subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=stderr, env=env, timeout=300).returncode
+
+
+def test_stream_bar_on_a_terminal_and_not_when_piped(tiny_models, sample_video, tmp_path):
+    import os
+    import pty
+    import threading
+
+    model = tiny_models[FAMILY]
+    leader, follower = pty.openpty()
+    chunks: list[bytes] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                data = os.read(leader, 4096)
+            except OSError:
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        assert _vidq_ask(model, sample_video, follower) == 0
+    finally:
+        os.close(follower)
+        reader.join(10)
+        os.close(leader)
+    on_terminal = b"".join(chunks).decode(errors="replace")
+    assert "compressed" in on_terminal and "6/6" in on_terminal and "ETA" in on_terminal
+    piped = tmp_path / "stderr.txt"
+    with piped.open("w") as f:
+        assert _vidq_ask(model, sample_video, f) == 0
+    text = piped.read_text()
+    assert "vidq report" in text and "6/6" not in text and "ETA" not in text

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -12,7 +14,7 @@ import typer
 from ..api import DEFAULT_METHOD, DEFAULT_MODEL
 from .options import (
     DEFAULT_CACHE_SIZE, CacheSize, Decoder, Device, Dtype, Fps, Frames, Keep, MaxFrames, MaxNewTokens, Method, Model,
-    NoCache, Opt, Seed, Seek, Temperature, TextAfterVideo, Tokens, keep_or_tokens, parse_options,
+    NoCache, Opt, Seed, Seek, Stream, Temperature, TextAfterVideo, Tokens, keep_or_tokens, parse_options,
 )
 from .shell import Command, app, err, open_cache, user_errors, warn_random
 
@@ -42,6 +44,7 @@ def ask(
     text_after_video: TextAfterVideo = None,
     no_cache: NoCache = False,
     cache_size: CacheSize = DEFAULT_CACHE_SIZE,
+    stream: Stream = False,
     as_json: Annotated[bool, typer.Option(
         "--json", help="A flag, no file: print one JSON object per question (answer and report) on stdout, one per "
         "line, in order. (bench and eval take --json FILE.)")] = False,
@@ -66,7 +69,7 @@ def ask(
             method=method, keep=keep_or_tokens(keep, tokens), tokens=tokens, options=parse_options(opt),
             frames=frames, fps=fps, max_frames=max_frames,
             max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, decoder=decoder,
-            seek=seek, text_after_video=text_after_video,
+            seek=seek, text_after_video=text_after_video, stream=stream,
         )
         check_video_file(video, probe=True)  # everything that needs no model, before loading it
         for question in asked:
@@ -76,8 +79,31 @@ def ask(
         cache = open_cache(no_cache, cache_size)
         qa, decoded = load_and_decode(video, config, model=model, device=device, dtype=dtype, cache=cache,
                                       started=started)
-        results = qa.ask_many(video, asked, config, decoded=decoded)
+        with stream_progress(err.is_terminal and stream) as qa.progress:
+            results = qa.ask_many(video, asked, config, decoded=decoded)
         for result in results:
             typer.echo(json.dumps(result.to_dict()) if as_json else result.answer)
         if not as_json:
             print_reports([r.report for r in results], asked, err)
+
+
+@contextmanager
+def stream_progress(show: bool) -> Iterator[Callable[[str, int, int], None] | None]:
+    """A rich bar on stderr per stage of a streamed video (frames decoded, encoded, compressed; ETA), or None
+    (not streaming, or stderr is not a terminal: piped output gets no bar)."""
+    if not show:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bars = Progress(TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn(), TextColumn("ETA"),
+                    TimeRemainingColumn(), console=err, transient=True)
+    tasks: dict[str, int] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = bars.add_task(stage, total=total)
+        bars.update(tasks[stage], completed=done, total=total)
+
+    with bars:
+        yield update
