@@ -56,6 +56,7 @@ class FastV(Method):
     """
 
     name = "fastv"
+    stream_unit = "frame"  # the vision side keeps every token; the in-LLM stage runs after
     prunes_in_llm = True
     granularity = "not with --tokens: every visual token enters the LLM, which prunes them inside"
 

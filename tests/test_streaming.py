@@ -12,7 +12,7 @@ from flashvid_cli.streaming import refusal, stream_video
 FAMILY = "llava_onevision"
 PER_FRAME = [
     ("none", 1.0, {}), ("pool", 0.25, {}), ("visionzip", 0.3, {}), ("visionzip", 0.3, {"reference": True}),
-    ("nuwa", 0.3, {"llm_stage": False}), ("nuwa", 0.3, {}),
+    ("nuwa", 0.3, {"llm_stage": False}), ("nuwa", 0.3, {}), ("fastv", 0.5, {}),
 ]
 
 
