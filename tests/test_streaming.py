@@ -144,3 +144,18 @@ def test_stream_bar_on_a_terminal_and_not_when_piped(tiny_models, sample_video, 
         assert _vidq_ask(model, sample_video, f) == 0
     text = piped.read_text()
     assert "vidq report" in text and "6/6" not in text and "ETA" not in text
+
+
+def test_a_streamed_run_writes_no_cache_entry_and_says_so(tiny_models, sample_video, tmp_path):
+    from flashvid_cli.api import VideoQA
+    from flashvid_cli.cache import EncodedCache
+
+    cache = EncodedCache(tmp_path / "cache")
+    qa = VideoQA(str(tiny_models[FAMILY]), device="cpu", cache=cache)
+    config = AskConfig(method="pool", keep=0.25, frames=4, max_new_tokens=2)
+    streamed = qa.ask(sample_video, "what is it?", AskConfig(**{**config.__dict__, "stream": True}))
+    assert cache.info().entries == 0 and cache.info().temporary_files == 0
+    assert streamed.report.cache["encoded"] == "off"
+    assert any("not cached" in note for note in streamed.report.notes)
+    qa.ask(sample_video, "what is it?", config)  # the whole-clip path on the same cache does write one
+    assert cache.info().entries == 1
