@@ -127,6 +127,7 @@ def stream_video(stages: VideoStages, video: str | Path, config: AskConfig | Non
         marks.append(time.perf_counter())
         return marks[-1] - marks[-2]
 
+    ahead = decoded is not None
     if decoded is None:
         decoded = stages.decode(video, config, resize=pipe.frame_resizer(), rules=rules_of(pipe))
     else:
@@ -179,10 +180,12 @@ def stream_video(stages: VideoStages, video: str | Path, config: AskConfig | Non
     )
     extra_tokens = pipe.extra_video_tokens
     prepared = PreparedVideo(
-        info, EncodedVideo(feats, grid, meta={"streamed": True}), PrepareTimings(t_decode, t_pre, t_enc), need,
+        info, EncodedVideo(feats, grid, meta={"streamed": True}),
+        PrepareTimings(t_decode, t_pre, t_enc, decoded.stats.get("decode_s") if ahead else None), need,
         visual_tokens=grid.T * grid.N + extra_tokens, cache="off",
         cache_note="a streamed video is not cached yet (docs/STREAMING.md)",
         decode_worker_peak_rss_bytes=decoded.stats.get("peak_rss_bytes"),
+        started_at=decoded.stats.get("started_at") if ahead else None,
     )
     visual = int(merged.tokens.shape[0]) + extra_tokens
     compressed = CompressedVideo(method, merged, t_comp, visual, question if kwargs else None, None, None)
