@@ -62,6 +62,12 @@ class Chat:
         self._compressed: CompressedVideo | None = None
         self._first: dict[str, Any] | None = None  # the first turn's model inputs (video and its positions)
 
+    def waited(self, seconds: float) -> None:
+        """``seconds`` spent waiting for the user's next question: left out of the reports' wall time (which
+        counts from the command's start) so ``/report`` shows the work, not the typing."""
+        if self.prepared.started_at is not None:
+            self.prepared.started_at += seconds
+
     def reset(self) -> None:
         """Start a new conversation about the same video (the video's prefill stays cached where it can)."""
         self.turns, self._compressed, self._first = [], None, None

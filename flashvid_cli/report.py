@@ -35,15 +35,21 @@ def _by_layer(counts: list[int]) -> str:
     return ", then ".join(parts) + f" ({len(counts)} layers)"
 
 
-def report_tables(report: Report, reused: str | None = None) -> Group:
-    """Two tables: stage timings with token counts, then the run's settings and the sampled frames."""
+def _decode_label(report: Report) -> str:
+    """An encoded-video cache hit decodes nothing: its "decode" time is the cache read."""
+    return "cache read" if report.cache.get("encoded") == "hit" else "decode"
+
+
+def report_tables(report: Report, reused: str | None = None, prompt: str | None = None) -> Group:
+    """Two tables: stage timings with token counts, then the run's settings and the sampled frames. ``reused`` and
+    ``prompt`` replace the one-question lines of what was reused and of the prompt's tokens."""
     t, k, v = report.timings, report.tokens, report.video
     stages = Table(title="vidq report", title_justify="left", show_edge=False, pad_edge=False)
     stages.add_column("stage")
     stages.add_column("time", justify="right")
     stages.add_column("share", justify="right")
     for name, value in [
-        ("decode", t.decode), ("preprocess", t.preprocess), ("vision encode", t.encode),
+        (_decode_label(report), t.decode), ("preprocess", t.preprocess), ("vision encode", t.encode),
         ("compress", t.compress), ("prefill", t.prefill), ("generation", t.generate),
     ]:
         stages.add_row(name, _ms(value), f"{100 * value / t.total:.0f}%" if t.total else "-")
@@ -68,7 +74,7 @@ def report_tables(report: Report, reused: str | None = None) -> Group:
         facts.add_row("--tokens", f"{k.asked:,} asked, {k.visual_after:,} sent (keep {report.keep:.4g} found: {cost})")
     if k.visual_by_layer:
         facts.add_row("visual by layer", _by_layer(k.visual_by_layer))
-    facts.add_row("prompt tokens", f"{k.prompt:,} in, {k.generated:,} generated")
+    facts.add_row("prompt tokens", prompt or f"{k.prompt:,} in, {k.generated:,} generated")
     facts.add_row("frames", f"{len(v.frame_indices)} of {v.total_frames} ({v.sampling}; decoder {v.decoder})")
     facts.add_row("timestamps (s)", _timestamps(v.timestamps_s))
     worker = report.decode_worker_peak_rss_bytes
@@ -93,18 +99,19 @@ def questions_table(reports: list[Report], questions: list[str]) -> Table:
                    min_width=30)
     shared.add_column("stage")
     shared.add_column("time", justify="right")
-    rows = [("decode", first.decode), ("preprocess", first.preprocess), ("vision encode", first.encode)]
+    rows = [(_decode_label(reports[0]), first.decode), ("preprocess", first.preprocess), ("vision encode", first.encode)]
     if first.question_to_first_token == first.prefill:  # compressed once for every question
         rows.append(("compress", first.compress))
     for name, value in rows:
         shared.add_row(name, _ms(value))
-    own = Table(title="per question (ms)", title_justify="left", show_edge=False, pad_edge=False)
-    # prefill, generation and time to first token of each question's own work; prompt tokens in, tokens out.
-    for name in ("#", "question", "prefill", "gen", "TTFT", "in", "out", "reused"):
+    own = Table(title="per question (ms; own: this question's work to its first token; TTFT: from the decode's "
+                "start, earlier questions included)", title_justify="left", show_edge=False, pad_edge=False)
+    for name in ("#", "question", "prefill", "gen", "own", "TTFT", "in", "out", "reused"):
         own.add_column(name, justify="left" if name in {"#", "question", "reused"} else "right", no_wrap=True)
     for i, (r, q) in enumerate(zip(reports, questions), 1):
         t = r.timings
-        ms = (f"{x * 1000:,.1f}" for x in (t.prefill, t.generate, t.question_to_first_token))
+        ms = (f"{x * 1000:,.1f}" for x in (t.prefill, t.generate, t.question_to_first_token,
+                                            t.time_to_first_token))
         own.add_row(str(i), q if len(q) <= 30 else q[:29] + "…", *ms, f"{r.tokens.prompt:,}",
                     f"{r.tokens.generated:,}", r.cache.get("prefix", "off"))
     return Group(shared, "", own)
@@ -119,7 +126,10 @@ def print_reports(reports: list[Report], questions: list[str], console: Console)
     console.print(questions_table(reports, questions))
     console.print()
     first = dataclasses.replace(reports[0], notes=[n for r in reports for n in r.notes])
-    console.print(report_tables(first, reused=cache_line(reports)).renderables[-1])
+    prompts = [r.tokens.prompt for r in reports]
+    span = f"{min(prompts):,}" if min(prompts) == max(prompts) else f"{min(prompts):,} to {max(prompts):,}"
+    prompt = f"{span} in per question, {sum(r.tokens.generated for r in reports):,} generated in all"
+    console.print(report_tables(first, reused=cache_line(reports), prompt=prompt).renderables[-1])
 
 
 def print_report(report: Report, console: Console) -> None:

@@ -47,7 +47,8 @@ class Timings:
     # decode's own seconds; ``decode`` is then only the wait for it. None when decoded in this call.
     decode_ahead: float | None = None
     # When the video was decoded while the model loaded (:func:`load_and_decode`): from the command's start (``vidq
-    # ask``, ``chat``) or the model load's start (the library) to this answer's last token. None otherwise.
+    # ask``, ``chat``) or the model load's start (the library) to this answer's last token, less the time ``chat``
+    # waited for the user's questions (``Chat.waited``). None otherwise.
     wall: float | None = None
 
 

@@ -258,7 +258,8 @@ class VideoQA(VideoStages):
         :meth:`compress` (one per question for a method that reads it) and, where :meth:`video_prefix` allows and
         ``reuse_prefix``, the prompt's prefill up to the video's end.
 
-        Greedy answers equal those of separate :meth:`ask` calls (tests/test_prefix.py). The questions, method and
+        Greedy answers equal those of separate :meth:`ask` calls (tests/test_prefix.py). Each report's time to
+        first token counts from the decode's start, the earlier questions' answers included. The questions, method and
         rule are checked before anything is decoded; raises ConfigError for no or an empty question.
         """
         config = config or AskConfig()
@@ -283,7 +284,7 @@ class VideoQA(VideoStages):
                     made[key] = (*streamed, self.video_prefix(streamed[1], reuse_prefix))
                 prepared, compressed, prefix = made[key]
                 results.append(self.answer(prepared, question, config, compressed, prefix))
-            return results
+            return _in_turn(results)
         prepared = self.prepare(video, config, decoded=decoded, need=method.needs)
         if _needs_question(method):
             results = []
@@ -291,10 +292,22 @@ class VideoQA(VideoStages):
                 compressed = self.compress(prepared, method, question, config.tokens)
                 results.append(self.answer(prepared, question, config, compressed,
                                            self.video_prefix(compressed, reuse_prefix)))
-            return results
+            return _in_turn(results)
         compressed = self.compress(prepared, method, tokens=config.tokens)
         prefix = self.video_prefix(compressed, reuse_prefix)
-        return [self.answer(prepared, question, config, compressed, prefix) for question in questions]
+        return _in_turn([self.answer(prepared, question, config, compressed, prefix) for question in questions])
+
+
+def _in_turn(results: list[AskResult]) -> list[AskResult]:
+    """Questions answered one after another: each one's time to first token (and total) counts from the decode's
+    start, so it includes the earlier questions' own work and answers; ``question_to_first_token`` stays its own."""
+    waited = 0.0
+    for result in results:
+        t = result.report.timings
+        t.time_to_first_token += waited
+        t.total += waited
+        waited += t.question_to_first_token + t.generate
+    return results
 
 
 def _resolved_options(method: Method, llm_layers: int) -> dict[str, Any]:

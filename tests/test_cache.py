@@ -476,6 +476,8 @@ def test_cli_info_and_clear(tmp_path, video, monkeypatch):
     assert result.exit_code == 0 and result.output.startswith("removed 2 entries")
     assert entry_files(cache) == []
     assert "entries    0" in runner.invoke(app, ["cache", "info"]).output
+    cache.put(make_key(cache, video, sampling=sampling_request(frames=1)), encoded_video())
+    assert runner.invoke(app, ["cache", "clear"]).output.startswith("removed 1 entry,")  # not "1 entries"
 
 
 def test_cli_info_on_an_unwritable_directory(tmp_path, monkeypatch):

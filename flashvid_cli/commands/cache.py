@@ -61,4 +61,4 @@ def clear() -> None:
         cache = EncodedCache()
         removed = cache.clear()
         extra = f" and {removed.temporary_files} partial file(s)" if removed.temporary_files else ""
-        typer.echo(f"removed {removed.entries} entries{extra}, {format_size(removed.bytes)}, from {cache.root}")
+        typer.echo(f"removed {removed.entries} {'entry' if removed.entries == 1 else 'entries'}{extra}, {format_size(removed.bytes)}, from {cache.root}")

@@ -85,7 +85,9 @@ def _loop(talk, interactive: bool, as_json: bool) -> None:
     from ..report import print_report
 
     while True:
+        asked = time.perf_counter()
         line = input("> ") if interactive else sys.stdin.readline()
+        talk.waited(time.perf_counter() - asked)  # /report's wall time leaves out the typing
         if not interactive and not line:
             return  # end of the piped questions
         question = line.strip()

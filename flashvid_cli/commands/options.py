@@ -16,7 +16,9 @@ Model = Annotated[
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 Dtype = Annotated[str, typer.Option(help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16.")]
 Method = Annotated[str, typer.Option(help="Compression method; `vidq methods` lists them and their options.")]
-Keep = Annotated[Optional[float], typer.Option(help="Share of visual tokens to keep, 0 < keep <= 1 [default: 0.25].")]
+# the default is written out (escaped from rich markup) because ask's is None: --tokens may be given instead
+Keep = Annotated[Optional[float], typer.Option(help=r"Share of visual tokens to keep, 0 < keep <= 1 \[default: 0.25].",
+                                               show_default=False)]
 Tokens = Annotated[Optional[int], typer.Option(
     help="Visual tokens the LLM should see (instead of --keep): each method gets the keep that comes closest.")]
 Opt = Annotated[

@@ -13,10 +13,27 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from typer.core import TyperArgument, TyperCommand, TyperOption
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
+
+
+def _untyped_flags(params: list[Any]) -> list[Any]:
+    """typer 0.29 shows a flag's type as "<bool>", which reads as an option taking a value: show none."""
+    for param in params:
+        if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class Group(TyperGroup):
+    """The top-level ``vidq --help``: its ``--help`` flag shows no type, as in every command's help."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _untyped_flags(super().get_params(ctx))
+
 
 app = typer.Typer(
     name="vidq",
+    cls=Group,
     help="Answer questions about videos with a vision-language model, fast, with visual token compression.",
     no_args_is_help=True,
     add_completion=False,
@@ -126,11 +143,7 @@ class Command(TyperCommand):
         return pieces
 
     def get_params(self, ctx: Any) -> list[Any]:
-        params = super().get_params(ctx)
-        for param in params:  # typer 0.29 shows a flag's type as "<bool>", which reads as an option taking a value
-            if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
-                param.metavar = ""
-        return params
+        return _untyped_flags(super().get_params(ctx))
 
 
 def _quiet_transformers(debug: bool) -> None:
