@@ -37,14 +37,27 @@ _WHOLE_CLIP = ("it selects over the whole clip (its choice on a frame depends on
                "at a time would change its tokens")
 
 
-def refusal(method: Method, config: AskConfig | None = None) -> str | None:
-    """Why ``method`` (with ``config``'s ``tokens``) cannot stream, in one line; None when it can."""
+def refusal(method: Method | type[Method], config: AskConfig | None = None) -> str | None:
+    """Why ``method`` (a built method or its class; with ``config``'s ``tokens``) cannot stream, in one line; None
+    when it can."""
     if config is not None and config.tokens is not None:
         return (f"--tokens {config.tokens} fits the keep to the whole clip's token count (a search over the clip "
                 "for most methods): give --keep instead to stream")
     if getattr(method, "stream_unit", None) != "frame":
         return f"method {method.name!r} cannot stream: {_WHOLE_CLIP}; use a per-frame method or drop --stream"
     return None
+
+
+def check_streamable(config: AskConfig) -> None:
+    """ConfigError (one line) when ``config`` asks to stream a method or ``--tokens`` that cannot; read from the
+    method's class, so it runs before the model loads (an unknown method is left to the method checks)."""
+    from .kernels import methods
+
+    cls = methods().get(config.method)
+    if not config.stream or cls is None:
+        return
+    if (why := refusal(cls, config)) is not None:
+        raise ConfigError(why)
 
 
 def merge(parts: list[tuple[int, Compressed]], grid: Any) -> Compressed:

@@ -159,3 +159,16 @@ def test_a_streamed_run_writes_no_cache_entry_and_says_so(tiny_models, sample_vi
     assert any("not cached" in note for note in streamed.report.notes)
     qa.ask(sample_video, "what is it?", config)  # the whole-clip path on the same cache does write one
     assert cache.info().entries == 1
+
+
+def test_cli_refuses_a_method_that_cannot_stream_in_one_line_before_loading(tmp_path, sample_video):
+    from typer.testing import CliRunner
+
+    from flashvid_cli.cli import app
+
+    # a model path that does not exist: the refusal must come before anything loads it
+    out = CliRunner().invoke(app, ["ask", str(sample_video), "q?", "--model", str(tmp_path / "absent"),
+                                   "--method", "flashvid", "--stream", "--device", "cpu"])
+    assert out.exit_code == 1
+    lines = [line for line in out.output.splitlines() if line.strip()]
+    assert "cannot stream" in lines[0] and "flashvid" in lines[0] and "Traceback" not in out.output

@@ -75,6 +75,10 @@ def ask(
         for question in asked:
             check_question(question)
         check_ask(config, device=device, dtype=dtype, model=model)
+        if stream:
+            from ..streaming import check_streamable
+
+            check_streamable(config)  # before the model loads
         warn_random(model)
         cache = open_cache(no_cache, cache_size)
         qa, decoded = load_and_decode(video, config, model=model, device=device, dtype=dtype, cache=cache,
