@@ -52,7 +52,8 @@ class Chat:
         self.rule = qa.text_after_video_rule(self.config.text_after_video)
         self.prepared = qa.prepare(video, self.config, decoded=decoded, need=self.method.needs)
         self.options = GenerationOptions(self.config.max_new_tokens, self.config.temperature, return_logits=logits)
-        self._shared = None if _needs_question(self.method) else qa.compress(self.prepared, self.method)
+        self._shared = None if _needs_question(self.method) else qa.compress(self.prepared, self.method,
+                                                                                     tokens=self.config.tokens)
         if (reason := PromptCache.unsupported_reason(qa.pipeline)) is not None:
             raise ConfigError(f"vidq chat needs a KV cache it can keep between turns: {reason}")
         self.store = PromptCache(qa.pipeline)
@@ -81,7 +82,8 @@ class Chat:
 
         pipe = self.qa.pipeline
         if self._first is None:
-            self._compressed = self._shared or self.qa.compress(self.prepared, self.method, question)
+            self._compressed = self._shared or self.qa.compress(self.prepared, self.method, question,
+                                                                      self.config.tokens)
             with torch.inference_mode():
                 self._first = pipe.inputs(self.prepared.encoded, self._compressed.compressed, question,
                                           text_after_video=self.rule)

@@ -54,7 +54,7 @@ def answer_video(qa: VideoQA, video: str, questions: list[str], config: AskConfi
             method = qa.build_method(config)
             prepared = qa.prepare(video, config, decoded=decoded, need=method.needs)
             if "question" not in method.needs:
-                compressed = qa.compress(prepared, method)
+                compressed = qa.compress(prepared, method, tokens=config.tokens)
                 prefix = qa.video_prefix(compressed)  # the video's prefill, kept for the next question
         except Exception as exc:  # noqa: BLE001 - one bad video costs its lines, never the run
             error = exc
@@ -63,7 +63,7 @@ def answer_video(qa: VideoQA, video: str, questions: list[str], config: AskConfi
             yield make_record(video, question, options, error=error_text(error), decode_s=decode_s)
             continue
         try:
-            own = compressed or qa.compress(prepared, method, question)
+            own = compressed or qa.compress(prepared, method, question, config.tokens)
             result = qa.answer(prepared, question, config, own, prefix or qa.video_prefix(own))
         except Exception as exc:  # noqa: BLE001 - one bad question costs its line, never the run
             yield make_record(video, question, options, error=error_text(exc), decode_s=decode_s)

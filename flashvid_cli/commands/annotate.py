@@ -10,7 +10,7 @@ import typer
 from ..api import DEFAULT_METHOD, DEFAULT_MODEL
 from .options import (
     DEFAULT_CACHE_SIZE, CacheSize, Decoder, Device, Dtype, Fps, Frames, Keep, MaxFrames, MaxNewTokens, Method, Model,
-    NoCache, Opt, Seed, Seek, Temperature, parse_options,
+    NoCache, Opt, Seed, Seek, Temperature, Tokens, keep_or_tokens, parse_options,
 )
 from .shell import Command, app, err, open_cache, user_errors, warn_random
 
@@ -24,7 +24,8 @@ def annotate(
     questions: Annotated[Optional[Path], typer.Option(help="A file with one question per line.")] = None,
     model: Model = DEFAULT_MODEL,
     method: Method = DEFAULT_METHOD,
-    keep: Keep = 0.25,
+    keep: Keep = None,
+    tokens: Tokens = None,
     opt: Opt = None,
     frames: Frames = None,
     fps: Fps = None,
@@ -65,7 +66,8 @@ def annotate(
             model=model, device=device, dtype=dtype, prefetch=prefetch, engine=engine, ray_actors=ray_actors,
             ray_gpus_per_actor=gpus_per_actor, cache_size=None if no_cache else cache_size,
             ask=AskConfig(
-                method=method, keep=keep, options=parse_options(opt), frames=frames, fps=fps, max_frames=max_frames,
+                method=method, keep=keep_or_tokens(keep, tokens), tokens=tokens, options=parse_options(opt),
+                frames=frames, fps=fps, max_frames=max_frames,
                 max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, decoder=decoder,
                 seek=seek, decode_timeout_s=decode_timeout,
             ),

@@ -13,7 +13,7 @@ import typer
 from ..api import DEFAULT_METHOD, DEFAULT_MODEL
 from .options import (
     DEFAULT_CACHE_SIZE, CacheSize, Decoder, Device, Dtype, Fps, Frames, Keep, MaxFrames, MaxNewTokens, Method, Model,
-    NoCache, Opt, Seed, Seek, Temperature, TextAfterVideo, parse_options,
+    NoCache, Opt, Seed, Seek, Temperature, TextAfterVideo, Tokens, keep_or_tokens, parse_options,
 )
 from .shell import Command, app, err, open_cache, user_errors, warn_random
 
@@ -25,7 +25,8 @@ def chat(
     video: Annotated[Path, typer.Argument(help="The video file.")],
     model: Model = DEFAULT_MODEL,
     method: Method = DEFAULT_METHOD,
-    keep: Keep = 0.25,
+    keep: Keep = None,
+    tokens: Tokens = None,
     opt: Opt = None,
     frames: Frames = None,
     fps: Fps = None,
@@ -57,7 +58,8 @@ def chat(
         from ..chat import Chat
 
         config = AskConfig(
-            method=method, keep=keep, options=parse_options(opt), frames=frames, fps=fps, max_frames=max_frames,
+            method=method, keep=keep_or_tokens(keep, tokens), tokens=tokens, options=parse_options(opt),
+            frames=frames, fps=fps, max_frames=max_frames,
             max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, decoder=decoder,
             seek=seek, text_after_video=text_after_video,
         )
