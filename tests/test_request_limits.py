@@ -169,3 +169,30 @@ def test_annotate_writes_the_geometry_line_without_decoding(no_decode, tiny_mode
     assert "Traceback" not in result.stderr
     [record] = [json.loads(line) for line in out.read_text().splitlines()]
     assert record["answer"] is None and "(2048x8, downscaled at decode)" in record["error"], record["error"]
+
+
+def test_eval_refuses_a_video_no_run_can_take_before_decoding(short_context, sample_video, tmp_path, monkeypatch):
+    """eval decodes ahead itself: a video whose tokens pass the context under every run is each question's error
+    from the frame map, undecoded; when one run fits, the video decodes and that run is scored."""
+    import json
+
+    from flashvid_cli.api import AskConfig, VideoQA
+    from flashvid_cli.evaluate import EvalConfig, read_dataset, run_eval
+    from flashvid_cli.videoqa import VideoQA as Stages
+
+    dataset = tmp_path / "q.jsonl"
+    dataset.write_text(json.dumps({"video": str(sample_video), "question": "What colour?",
+                                   "options": ["red", "green"], "answer": 0}) + "\n")
+    qa = VideoQA(str(short_context), device="cpu")
+    decodes = []
+    original = Stages.decode
+    monkeypatch.setattr(Stages, "decode", staticmethod(lambda *a, **k: decodes.append(a[0]) or original(*a, **k)))
+    ask = AskConfig(frames=8, max_new_tokens=4)
+    result = run_eval(qa, read_dataset(dataset), EvalConfig(methods=("none",), ask=ask))
+    [prediction] = result.predictions
+    assert prediction.predicted is None and "the video alone is 128 tokens" in prediction.error, prediction.error
+    assert decodes == []
+    result = run_eval(qa, read_dataset(dataset), EvalConfig(methods=("none", "pool"), keeps=(0.25,), ask=ask))
+    assert decodes == [str(sample_video)]
+    errors = {p.method: p.error for p in result.predictions}
+    assert errors["pool"] is None and errors["none"] is not None

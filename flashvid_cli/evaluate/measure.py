@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -89,7 +90,8 @@ def run_eval(qa: VideoQA, questions: Sequence[Question], config: EvalConfig,
     predictions: list[Prediction] = []
     done, failed = 0, set()  # failed: indices of questions that failed in any row
 
-    for video, decoded, error in _decode_ahead(list(by_video), config.ask, qa.frame_resizer()):
+    fits = _fits_some_run(qa, config)
+    for video, decoded, error in _decode_ahead(list(by_video), config.ask, qa.frame_resizer(), fits):
         prepared = None
         if error is None:
             prepared, error = _attempt(qa.prepare, video, config.ask, decoded, need)
@@ -140,17 +142,48 @@ def _attempt(fn: Callable[..., Any], *args: Any) -> tuple[Any, Exception | None]
         return None, exc
 
 
-def _decode_ahead(videos: list[str], ask: AskConfig, resize: Any = None
+def _fits_some_run(qa: VideoQA, config: EvalConfig) -> Callable[[str], None]:
+    """A check of one video against the model before it decodes: it raises (VideoError, PromptTooLongError) only
+    when no run of the eval can take the video, from the frame map (``preflight.check_video_fits``)."""
+    from ..pipelines.preflight import rules_of
+    from ..preflight import check_video_fits
+
+    rules = rules_of(qa.pipeline)
+    asks = [dataclasses.replace(config.ask, method=run.method, keep=run.keep, tokens=run.tokens)
+            for run in config.runs()]
+
+    def check(video: str) -> None:
+        first: Exception | None = None
+        for ask in asks:
+            try:
+                check_video_fits(video, ask, rules)
+                return
+            except Exception as exc:  # noqa: BLE001 - the first refusal is raised if every run refuses
+                first = first or exc
+        if first is not None:
+            raise first
+
+    return check
+
+
+def _decode_ahead(videos: list[str], ask: AskConfig, resize: Any = None, check: Callable[[str], None] | None = None
                   ) -> Iterator[tuple[str, DecodedVideo | None, Exception | None]]:
     """(video, decoded, None) or (video, None, error) in order, decoding up to PREFETCH videos ahead in threads;
-    ``resize``: the model's ``frame_resizer()``, so frames are kept only at its input size."""
+    ``resize``: the model's ``frame_resizer()``, so frames are kept only at its input size; ``check(video)``
+    runs first, so a video it refuses is its error, undecoded."""
+
+    def decode(video: str) -> DecodedVideo:
+        if check is not None:
+            check(video)
+        return VideoQA.decode(video, ask, resize)
+
     with ThreadPoolExecutor(max_workers=PREFETCH, thread_name_prefix="vidq-decode") as pool:
         pending: dict[int, Future] = {}
         try:
             for i, video in enumerate(videos):
                 for j in range(i, min(len(videos), i + 1 + PREFETCH)):
                     if j not in pending:
-                        pending[j] = pool.submit(VideoQA.decode, videos[j], ask, resize)
+                        pending[j] = pool.submit(decode, videos[j])
                 decoded, error = _attempt(pending.pop(i).result)
                 yield video, decoded, error
         finally:
