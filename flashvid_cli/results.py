@@ -131,6 +131,9 @@ class PreparedVideo:
     # time.perf_counter() at the start the report's wall time counts from (the command's, or the model load's) for a
     # video decoded while the model loaded; None otherwise
     started_at: float | None = None
+    # prepare(write_cache=False): the encoded-video cache entry still to write, (key, info); VideoStages.write_cache
+    # writes it after the answers
+    pending_write: Any = field(default=None, repr=False, compare=False)
 
 
 @dataclass

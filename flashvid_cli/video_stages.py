@@ -110,8 +110,12 @@ class VideoStages:
         return self.pipeline.frame_resizer()
 
     def prepare(self, video: str | Path, config: AskConfig | None = None, decoded: DecodedVideo | None = None,
-                need: frozenset[str] | None = None) -> PreparedVideo:
+                need: frozenset[str] | None = None, write_cache: bool = True) -> PreparedVideo:
         """Decode (unless ``decoded`` is given, from :meth:`decode` with the same config), preprocess and encode.
+
+        The encoded video goes into the on-disk cache here, or with ``write_cache=False`` when :meth:`write_cache`
+        is called (after the answers, so the write is not in anyone's time to first token; ``cache`` is then
+        "miss" until it says otherwise).
 
         ``need`` names the vision-tower inputs to compute besides the features ("importance", "metric",
         "similarity"); None takes
@@ -170,21 +174,36 @@ class VideoStages:
         )
         own = decoded.stats.get("decode_s") if ahead else None
         state, note = "off", "no on-disk cache of encoded videos (--no-cache, or VideoQA(cache=None))"
+        pending = None
         if key is not None:  # the entry keeps what is true of the video, not of this run's timing
-            written = self.cache.put(key.with_indices(decoded.indices), encoded, video=dataclasses.asdict(info))
-            state, note = ("miss", None) if written else ("off", self.cache.warning or "the entry was not written")
+            pending = (key.with_indices(decoded.indices), dataclasses.asdict(info))
+            state, note = "miss", None
         elif self.cache is not None:
             state, note = "off", self.cache.warning or "the cache is off (--cache-size 0)"
         if own is not None and own > t_decode:
             when = "while the model loaded" if "started_at" in decoded.stats else "before this call"
             info.notes.append(f"decoded ahead ({when}): {own * 1e3:,.0f} ms of decoding, of which the decode stage "
                               f"and the time to first token count only the {t_decode * 1e3:,.0f} ms waited for it")
-        return PreparedVideo(
+        prepared = PreparedVideo(
             info, encoded, PrepareTimings(t_decode, t_pre, t_enc, own), need,
             visual_tokens=encoded.grid.T * encoded.grid.N + pipe.extra_video_tokens, cache=state, cache_note=note,
             decode_worker_peak_rss_bytes=decoded.stats.get("peak_rss_bytes"),
-            started_at=decoded.stats.get("started_at") if ahead else None,
+            started_at=decoded.stats.get("started_at") if ahead else None, pending_write=pending,
         )
+        if write_cache:
+            self.write_cache(prepared)
+        return prepared
+
+    def write_cache(self, prepared: PreparedVideo) -> str:
+        """Write ``prepared``'s encoded video to the on-disk cache if :meth:`prepare` left it to write; returns
+        ``prepared.cache``: "miss" (written), or "off" with ``cache_note`` saying why not. Safe to call twice."""
+        if prepared.pending_write is None:
+            return prepared.cache
+        key, info = prepared.pending_write
+        prepared.pending_write = None
+        if not self.cache.put(key, prepared.encoded, video=info):
+            prepared.cache, prepared.cache_note = "off", self.cache.warning or "the entry was not written"
+        return prepared.cache
 
     def _cache_key(self, video: str | Path, config: AskConfig, need: frozenset[str],
                    decoded: DecodedVideo | None) -> Any:

@@ -259,7 +259,8 @@ class VideoQA(VideoStages):
         ``reuse_prefix``, the prompt's prefill up to the video's end.
 
         Greedy answers equal those of separate :meth:`ask` calls (tests/test_prefix.py). Each report's time to
-        first token counts from the decode's start, the earlier questions' answers included. The questions, method and
+        first token counts from the decode's start, the earlier questions' answers included. The encoded video is
+        written to the on-disk cache after the answers. The questions, method and
         rule are checked before anything is decoded; raises ConfigError for no or an empty question.
         """
         config = config or AskConfig()
@@ -285,17 +286,31 @@ class VideoQA(VideoStages):
                 prepared, compressed, prefix = made[key]
                 results.append(self.answer(prepared, question, config, compressed, prefix))
             return _in_turn(results)
-        prepared = self.prepare(video, config, decoded=decoded, need=method.needs)
+        prepared = self.prepare(video, config, decoded=decoded, need=method.needs, write_cache=False)
+        try:
+            results = self._answer_all(prepared, method, questions, config, reuse_prefix)
+        finally:  # written even when an answer fails: the encode is done work
+            written = self.write_cache(prepared)
+        if written == "off":  # after the answers: the write is in no time to first token
+            for result in results:
+                result.report.cache["encoded"] = "off"
+                result.report.notes.append(prepared.cache_note or "the entry was not written")
+        return _in_turn(results)
+
+    def _answer_all(self, prepared: PreparedVideo, method: Method, questions: list[str], config: AskConfig,
+                    reuse_prefix: bool) -> list[AskResult]:
+        """Each question's answer on one prepared video: one compression for all, or one each for a method that
+        reads the question."""
         if _needs_question(method):
             results = []
             for question in questions:
                 compressed = self.compress(prepared, method, question, config.tokens)
                 results.append(self.answer(prepared, question, config, compressed,
                                            self.video_prefix(compressed, reuse_prefix)))
-            return _in_turn(results)
+            return results
         compressed = self.compress(prepared, method, tokens=config.tokens)
         prefix = self.video_prefix(compressed, reuse_prefix)
-        return _in_turn([self.answer(prepared, question, config, compressed, prefix) for question in questions])
+        return [self.answer(prepared, question, config, compressed, prefix) for question in questions]
 
 
 def _in_turn(results: list[AskResult]) -> list[AskResult]:

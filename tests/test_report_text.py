@@ -79,3 +79,31 @@ def test_help_texts():
         result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
         line = " ".join(next(x for x in result.stdout.splitlines() if "--keep " in x).replace("│", " ").split())
         assert line.endswith("0 < keep <= 1 [default: 0.25]."), line
+
+
+def test_the_encoded_video_is_written_after_the_answers_and_even_when_one_fails(tiny_models, sample_video, tmp_path):
+    """issue 28: prepare() wrote the cache entry before the first answer, inside everyone's time to first token."""
+    from flashvid_cli.api import VideoQA
+    from flashvid_cli.cache import EncodedCache
+
+    cache = EncodedCache(tmp_path / "cache")
+    qa = VideoQA(str(tiny_models["llava_onevision"]), device="cpu", cache=cache)
+    events = []
+    put, generate = cache.put, qa.pipeline.generate
+    cache.put = lambda *a, **k: events.append("put") or put(*a, **k)
+    qa.pipeline.generate = lambda *a, **k: events.append("generate") or generate(*a, **k)
+    results = qa.ask_many(sample_video, QUESTIONS, FAST)
+    assert events == ["generate", "generate", "put"]
+    assert [r.report.cache["encoded"] for r in results] == ["miss", "miss"]
+    assert qa.ask(sample_video, QUESTIONS[0], FAST).report.cache["encoded"] == "hit"
+
+    cache.clear()
+    events.clear()
+
+    def fail(*a, **k):
+        raise RuntimeError("the answer failed")
+
+    qa.pipeline.generate = fail
+    with pytest.raises(RuntimeError):
+        qa.ask_many(sample_video, QUESTIONS, FAST)
+    assert events == ["put"]  # the encode is done work: kept for the next run

@@ -52,20 +52,24 @@ def answer_video(qa: VideoQA, video: str, questions: list[str], config: AskConfi
     if error is None:
         try:
             method = qa.build_method(config)
-            prepared = qa.prepare(video, config, decoded=decoded, need=method.needs)
+            prepared = qa.prepare(video, config, decoded=decoded, need=method.needs, write_cache=False)
             if "question" not in method.needs:
                 compressed = qa.compress(prepared, method, tokens=config.tokens)
                 prefix = qa.video_prefix(compressed)  # the video's prefill, kept for the next question
         except Exception as exc:  # noqa: BLE001 - one bad video costs its lines, never the run
             error = exc
-    for question in questions:
-        if error is not None:
-            yield make_record(video, question, options, error=error_text(error), decode_s=decode_s)
-            continue
-        try:
-            own = compressed or qa.compress(prepared, method, question, config.tokens)
-            result = qa.answer(prepared, question, config, own, prefix or qa.video_prefix(own))
-        except Exception as exc:  # noqa: BLE001 - one bad question costs its line, never the run
-            yield make_record(video, question, options, error=error_text(exc), decode_s=decode_s)
-        else:
-            yield make_record(video, question, options, result=result, decode_s=decode_s)
+    try:
+        for question in questions:
+            if error is not None:
+                yield make_record(video, question, options, error=error_text(error), decode_s=decode_s)
+                continue
+            try:
+                own = compressed or qa.compress(prepared, method, question, config.tokens)
+                result = qa.answer(prepared, question, config, own, prefix or qa.video_prefix(own))
+            except Exception as exc:  # noqa: BLE001 - one bad question costs its line, never the run
+                yield make_record(video, question, options, error=error_text(exc), decode_s=decode_s)
+            else:
+                yield make_record(video, question, options, result=result, decode_s=decode_s)
+    finally:  # the encoded video goes to the cache after its answers, in no answer's time to first token
+        if prepared is not None:
+            qa.write_cache(prepared)
