@@ -1,0 +1,71 @@
+"""``sparsevila``: SparseVILA's prefill sparsity, the top ``keep`` share of each frame's tokens by vision salience.
+
+Source: SparseVILA, "Decoupling Visual Sparsity for Efficient VLM Inference" (ICCV 2025, arXiv 2510.17777), as
+described in shared/ALGORITHMS.md §13; the method's code is not public. The decoding sparsity (§13.2-3: per-layer
+query-aware selection over the cached visual keys, a compact KV cache) is specified by ``decode_keep`` and
+``sinks`` but not yet run by vidq's pipelines: answers are decoded on the full (prefill-pruned) cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from . import ops
+from .base import Method
+from .errors import MethodError
+from .types import Compressed, Grid
+
+# The paper's video setting drops 94% of the visual tokens at decoding (ALGORITHMS.md §13.2).
+SPARSEVILA_DECODE_KEEP = 0.06
+SPARSEVILA_SINKS = 4
+
+
+@dataclass(frozen=True)
+class SparseVILA(Method):
+    """SparseVILA (ICCV 2025, arXiv 2510.17777; ALGORITHMS.md §13), prefill side.
+
+    Prefill (query-agnostic, permanent): per frame of ``N`` tokens keep the ``max(1, round(keep * N))`` tokens of
+    highest ``importance [T, N]`` (the vision encoder's column-mean attention, §13.1), ties to the lower index, in
+    raster order, unchanged (no merging). Output ``[T*K, D]`` in the model dtype; K exact and data independent.
+
+    Decoding (§13.2, vidq's decisions): ``decode_keep`` in (0, 1] is the share of the cached visual tokens each LLM
+    layer would decode over (default 0.06, the paper's video setting, 94% dropped), ``sinks`` (>= 0, default 4)
+    the visual attention sinks kept for every question. Both are validated and reported; vidq does not yet run
+    the decoding stage, so they do not change the answer.
+    """
+
+    name = "sparsevila"
+    stream_unit = "frame"
+    needs = frozenset({"importance"})
+    granularity = "a multiple of the frame count"
+    option_notes = {"decode_keep": "accepted, not yet applied (no decoding stage yet)",
+                    "sinks": "accepted, not yet applied (no decoding stage yet)"}
+
+    decode_keep: float = SPARSEVILA_DECODE_KEEP
+    sinks: int = SPARSEVILA_SINKS
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        d = self.decode_keep
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 < d <= 1.0:
+            raise MethodError(f"sparsevila.decode_keep must be in (0, 1], got {d!r}")
+        if isinstance(self.sinks, bool) or not isinstance(self.sinks, int) or self.sinks < 0:
+            raise MethodError(f"sparsevila.sinks must be an integer >= 0, got {self.sinks!r}")
+
+    def budget(self, N: int) -> int:
+        """Tokens kept per frame of ``N``: ``max(1, round(keep * N))``, at most ``N``."""
+        return min(N, max(1, round(self.keep * N)))
+
+    def compress(self, feats: Tensor, grid: Grid, importance: Tensor | None, metric: Tensor | None) -> Compressed:
+        assert importance is not None
+        K = self.budget(grid.N)
+        keep = torch.sort(ops.top_indices(importance, K), dim=-1).values  # [T, K] ascending per frame
+        frame = torch.arange(grid.T, device=feats.device)[:, None]
+        index = (keep + frame * grid.N).flatten()
+        return Compressed.kept(feats, index, grid, {"budget": K})
+
+    def tokens_for(self, grid: Grid) -> int:
+        return grid.T * (grid.N if self.keep >= 1.0 else self.budget(grid.N))
