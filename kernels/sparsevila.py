@@ -2,8 +2,8 @@
 
 Source: SparseVILA, "Decoupling Visual Sparsity for Efficient VLM Inference" (ICCV 2025, arXiv 2510.17777), as
 described in shared/ALGORITHMS.md §13; the method's code is not public. The decoding sparsity (§13.2-3: per-layer
-query-aware selection over the cached visual keys, a compact KV cache) is specified by ``decode_keep`` and
-``sinks`` but not yet run by vidq's pipelines: answers are decoded on the full (prefill-pruned) cache.
+query-aware selection over the cached visual keys, a compact KV cache) is not built yet: ``decode_keep`` accepts
+only 1 (every cached visual token) and says so, so no report claims a decoding sparsity that did not run.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from .base import Method
 from .errors import MethodError
 from .types import Compressed, Grid
 
-# The paper's video setting drops 94% of the visual tokens at decoding (ALGORITHMS.md §13.2).
-SPARSEVILA_DECODE_KEEP = 0.06
+# The paper's video setting drops 94% of the visual tokens at decoding (ALGORITHMS.md §13.2): 0.06 once the
+# decoding stage is built; until then 1, the only value accepted.
+SPARSEVILA_DECODE_KEEP = 1.0
 SPARSEVILA_SINKS = 4
 
 
@@ -31,18 +32,18 @@ class SparseVILA(Method):
     highest ``importance [T, N]`` (the vision encoder's column-mean attention, §13.1), ties to the lower index, in
     raster order, unchanged (no merging). Output ``[T*K, D]`` in the model dtype; K exact and data independent.
 
-    Decoding (§13.2, vidq's decisions): ``decode_keep`` in (0, 1] is the share of the cached visual tokens each LLM
-    layer would decode over (default 0.06, the paper's video setting, 94% dropped), ``sinks`` (>= 0, default 4)
-    the visual attention sinks kept for every question. Both are validated and reported; vidq does not yet run
-    the decoding stage, so they do not change the answer.
+    Decoding (§13.2, vidq's decisions): ``decode_keep`` is the share of the cached visual tokens each LLM layer
+    decodes over and ``sinks`` (>= 0, default 4) the visual attention sinks kept for every question. The decoding
+    stage is not built yet, so ``decode_keep`` must be 1 (MethodError otherwise, saying so) and ``sinks`` has no
+    effect.
     """
 
     name = "sparsevila"
     stream_unit = "frame"
     needs = frozenset({"importance"})
     granularity = "a multiple of the frame count"
-    option_notes = {"decode_keep": "accepted, not yet applied (no decoding stage yet)",
-                    "sinks": "accepted, not yet applied (no decoding stage yet)"}
+    option_notes = {"decode_keep": "1 only: the decoding stage is not built yet",
+                    "sinks": "no effect until the decoding stage is built"}
 
     decode_keep: float = SPARSEVILA_DECODE_KEEP
     sinks: int = SPARSEVILA_SINKS
@@ -52,6 +53,9 @@ class SparseVILA(Method):
         d = self.decode_keep
         if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 < d <= 1.0:
             raise MethodError(f"sparsevila.decode_keep must be in (0, 1], got {d!r}")
+        if d != 1.0:
+            raise MethodError(f"sparsevila.decode_keep={d!r}: SparseVILA's decoding sparsity is not built yet; only "
+                              "its prefill pruning runs (decode_keep=1)")
         if isinstance(self.sinks, bool) or not isinstance(self.sinks, int) or self.sinks < 0:
             raise MethodError(f"sparsevila.sinks must be an integer >= 0, got {self.sinks!r}")
 

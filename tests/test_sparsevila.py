@@ -48,6 +48,7 @@ def test_prefill_keeps_the_top_share_per_frame_ties_low(keep, shape):
 
 @pytest.mark.parametrize("options, match", [
     ({"decode_keep": 0.0}, "sparsevila.decode_keep"), ({"decode_keep": 1.5}, "sparsevila.decode_keep"),
+    ({"decode_keep": 0.06}, "decoding sparsity is not built yet"),
     ({"sinks": -1}, "sparsevila.sinks"), ({"sinks": 1.5}, "sparsevila.sinks"), ({"sinks": True}, "sparsevila.sinks"),
 ])
 def test_bad_options(options, match):
@@ -75,4 +76,4 @@ def test_vidq_ask_sparsevila_end_to_end(tiny_models, sample_video, family):
     extra = 1 if family == "llava_onevision" else 0
     assert tokens["visual_after"] < tokens["visual_before"]
     assert (tokens["visual_after"] - extra) % report["method_stats"]["budget"] == 0
-    assert report["method_options"]["decode_keep"] == 0.06 and report["method_options"]["sinks"] == 4
+    assert report["method_options"]["decode_keep"] == 1.0 and report["method_options"]["sinks"] == 4
