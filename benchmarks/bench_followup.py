@@ -20,8 +20,6 @@ Prints a table, then one JSON line. CPU numbers on a machine shared with other s
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import tempfile
@@ -32,13 +30,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from flashvid_cli.api import AskConfig, VideoQA  # noqa: E402
+from timing import cpu_context, print_tail, stat  # noqa: E402
 
 QUESTIONS = ["How many shapes appear in the video?", "Which shape appears last?", "Which way does the square move?",
              "What colour is the circle?", "Where is the triangle at the end?"]
-
-
-def _stat(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
 def followup(qa: VideoQA, repeat: int, video: str) -> dict:
@@ -50,7 +45,7 @@ def followup(qa: VideoQA, repeat: int, video: str) -> dict:
         first.append(a.report.timings.time_to_first_token)
         follow.append(b.report.timings.question_to_first_token)
         prefix.append(b.report.cache["prefix"])
-    return {"first_ttft_s": _stat(first), "followup_ttft_s": _stat(follow), "followup_prefix": prefix,
+    return {"first_ttft_s": stat(first), "followup_ttft_s": stat(follow), "followup_prefix": prefix,
             "ratio": statistics.median(follow) / statistics.median(first),
             "ratios": [f / s for f, s in zip(follow, first)], "target": 0.10,
             "setup": "random:llava-onevision-0.5b, cpu float32, 8 frames, flashvid keep 0.25, 4 new tokens"}
@@ -71,7 +66,7 @@ def annotate_ratio(repeat: int) -> dict:
                 summary = annotate(videos, QUESTIONS[:n], Path(tmp) / f"{n}-{r}.jsonl", config)
                 times[n].append(time.perf_counter() - started)
                 assert summary.done == len(videos) * n and summary.failed == 0, summary
-    return {"x1_s": _stat(times[1]), "x5_s": _stat(times[5]),
+    return {"x1_s": stat(times[1]), "x5_s": stat(times[5]),
             "ratio": statistics.median(times[5]) / statistics.median(times[1]),
             "ratios": [b / a for a, b in zip(times[1], times[5])], "target": 1.5,
             "setup": f"demo model, cpu, {len(videos)} videos, default frames, flashvid keep 0.25, 8 new tokens, "
@@ -92,7 +87,7 @@ def second_ask(qa: VideoQA, repeat: int, video: str) -> dict:
             first.append(a.report.timings.time_to_first_token)
             second.append(b.report.timings.time_to_first_token)
             states.append((a.report.cache["encoded"], b.report.cache["encoded"]))
-    return {"first_ttft_s": _stat(first), "second_ttft_s": _stat(second), "encoded": states,
+    return {"first_ttft_s": stat(first), "second_ttft_s": stat(second), "encoded": states,
             "ratio": statistics.median(second) / statistics.median(first),
             "ratios": [s / f for f, s in zip(first, second)], "target": 0.20,
             "setup": "random:llava-onevision-0.5b, cpu float32, 8 frames, flashvid keep 0.25; ask start to first "
@@ -105,10 +100,8 @@ def main() -> None:
     parser.add_argument("--only", default="followup,annotate,second")
     parser.add_argument("--video", default=str(REPO / "samples" / "sample.mp4"))
     args = parser.parse_args()
-    import torch
-
     parts = args.only.split(",")
-    out: dict = {"threads": torch.get_num_threads(), "load_average": os.getloadavg()[0]}
+    out: dict = cpu_context()
     if "followup" in parts or "second" in parts:
         qa = VideoQA("random:llava-onevision-0.5b", device="cpu")
         if "followup" in parts:
@@ -127,9 +120,7 @@ def main() -> None:
             r = out[key]
             print(f"{label:<34} {r[base]['median']:>20.3f} {r[new]['median']:>18.3f} {r['ratio']:>7.3f} "
                   f"{r['target']:>7.2f}")
-    print(f"(CPU, {out['threads']} torch threads, load average {out['load_average']:.1f} at the start; "
-          f"{args.repeat} interleaved repeats)")
-    print(json.dumps(out))
+    print_tail(out, args.repeat)
 
 
 if __name__ == "__main__":

@@ -24,8 +24,6 @@ CPU numbers on a machine shared with other sessions: read the ratios.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shutil
 import socket
 import statistics
@@ -43,15 +41,12 @@ sys.path.insert(0, str(REPO))
 import openai  # noqa: E402
 
 from flashvid_cli.api import AskConfig, VideoQA  # noqa: E402
+from timing import cpu_context, print_tail, stat  # noqa: E402
 
 QUESTIONS = ["How many shapes appear in the video?", "Which shape appears last?", "Which way does the square move?",
              "What colour is the circle?", "Where is the triangle at the end?"]
 SMALL = "random:llava-onevision-0.5b"
 DEMO = REPO / "samples" / "vidq-demo-llava-ov"
-
-
-def _stat(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
 def _free_port() -> int:
@@ -125,7 +120,7 @@ def followup(qa: VideoQA, repeat: int, video: Path) -> dict:
                     reused.append(report["report"]["cache"]["reused_tokens"])
         finally:
             server.stop()
-    return {"first_ttft_s": _stat(first), "followup_ttft_s": _stat(follow), "followup_prefix": prefix,
+    return {"first_ttft_s": stat(first), "followup_ttft_s": stat(follow), "followup_prefix": prefix,
             "followup_reused_tokens": reused, "ratio": statistics.median(follow) / statistics.median(first),
             "ratios": [f / s for f, s in zip(follow, first)], "target": 0.10,
             "setup": f"{SMALL}, cpu float32, 8 frames, flashvid keep 0.25, 4 new tokens, streamed, client-side TTFT"}
@@ -147,7 +142,7 @@ def overhead(qa: VideoQA, repeat: int, video: Path) -> dict:
             http.append(_streamed(server.client, [_user(video, QUESTIONS[0])])[0])
     finally:
         server.stop()
-    return {"library_ttft_s": _stat(library), "http_ttft_s": _stat(http),
+    return {"library_ttft_s": stat(library), "http_ttft_s": stat(http),
             "ratio": statistics.median(http) / statistics.median(library),
             "ratios": [h / a for a, h in zip(library, http)], "target": 1.1,
             "setup": f"{SMALL}, cpu float32, 8 frames, flashvid keep 0.25; library: wall time of ask with 1 new token; "
@@ -268,11 +263,9 @@ def main() -> None:
     parser.add_argument("--clients", default="1,4,16")
     parser.add_argument("--video", default=str(REPO / "samples" / "sample.mp4"))
     args = parser.parse_args()
-    import torch
-
     parts = args.only.split(",")
     video = Path(args.video).resolve()
-    out: dict = {"threads": torch.get_num_threads(), "load_average": os.getloadavg()[0]}
+    out: dict = cpu_context()
     if "followup" in parts or "overhead" in parts:
         qa = VideoQA(SMALL, device="cpu", cache=None)
         if "followup" in parts:
@@ -301,9 +294,7 @@ def main() -> None:
         print(f"server RSS (process tree): {out['load']['rss_after_warmup_mb']:.0f} MB after warm-up, median "
               f"{m['first_tenth_median']:.0f} MB over the first tenth of the run, {m['last_tenth_median']:.0f} MB "
               f"over the last, max {m['max']:.0f} MB; exit code {out['load']['exit_code']}")
-    print(f"(CPU, {out['threads']} torch threads, load average {out['load_average']:.1f} at the start; "
-          f"{args.repeat} interleaved repeats)")
-    print(json.dumps(out))
+    print_tail(out, args.repeat)
 
 
 if __name__ == "__main__":
