@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import AskConfig, ConfigError
-from .results import CompressedVideo, PreparedVideo, PrepareTimings, VideoInfo
+from .results import CompressedVideo, PreparedVideo, PrepareTimings
 
 if TYPE_CHECKING:
     from .kernels import Compressed, Method
@@ -117,7 +117,7 @@ def stream_video(stages: VideoStages, video: str | Path, config: AskConfig | Non
 
     from .pipelines.generation import synchronize
     from .pipelines.preflight import rules_of
-    from .video_stages import VISION_NEEDS, _check_decoded, _needs_question
+    from .video_stages import VISION_NEEDS, _check_decoded, video_info
 
     config = config or AskConfig()
     if not isinstance(chunk_frames, int) or chunk_frames < 1:
@@ -127,11 +127,7 @@ def stream_video(stages: VideoStages, video: str | Path, config: AskConfig | Non
         raise ConfigError(why)
     pipe = stages.pipeline
     need = frozenset(method.needs) & VISION_NEEDS
-    kwargs: dict[str, Any] = {}
-    if _needs_question(method):
-        if question is None or not question.strip():
-            raise ConfigError(f"method {method.name!r} reads the question: give stream_video() the question")
-        kwargs["question"] = pipe.question_embeddings(question)  # [M, D]
+    kwargs = stages.question_input(method, question, "stream_video()")  # {"question": [M, D]} or {}
     device = pipe.device
     marks = [time.perf_counter()]
 
@@ -184,13 +180,9 @@ def stream_video(stages: VideoStages, video: str | Path, config: AskConfig | Non
     merged = merge(parts, grid)
     lap()
     feats = torch.empty(0, grid.N, shape[2], dtype=pipe.dtype, device=device)  # not kept: [0, N, D]
-    info = VideoInfo(
-        path=str(video), decoder=decoded.decoder, fps=decoded.fps, duration_s=decoded.duration,
-        total_frames=decoded.total_frames, sampling=decoded.sampling, frame_indices=list(decoded.indices),
-        timestamps_s=[round(t, 3) for t in decoded.timestamps],
-        notes=[*decoded.notes, f"streamed in {len(parts)} chunk(s) of up to {chunk_frames} frames: only compressed "
-                               "tokens were kept (not cached)"],
-    )
+    info = video_info(video, decoded)
+    info.notes.append(f"streamed in {len(parts)} chunk(s) of up to {chunk_frames} frames: only compressed tokens "
+                      "were kept (not cached)")
     extra_tokens = pipe.extra_video_tokens
     prepared = PreparedVideo(
         info, EncodedVideo(feats, grid, meta={"streamed": True}),

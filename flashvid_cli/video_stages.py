@@ -167,11 +167,7 @@ class VideoStages:
             t_pre = lap()
             encoded = pipe.encode(pixels, need=need)
             t_enc = lap()
-        info = VideoInfo(
-            path=str(video), decoder=decoded.decoder, fps=decoded.fps, duration_s=decoded.duration,
-            total_frames=decoded.total_frames, sampling=decoded.sampling, frame_indices=list(decoded.indices),
-            timestamps_s=[round(t, 3) for t in decoded.timestamps], notes=list(decoded.notes),
-        )
+        info = video_info(video, decoded)
         own = decoded.stats.get("decode_s") if ahead else None
         state, note = "off", "no on-disk cache of encoded videos (--no-cache, or VideoQA(cache=None))"
         pending = None
@@ -222,6 +218,15 @@ class VideoStages:
             frame_indices=decoded.indices if decoded is not None else None, need=need,
         )
 
+    def question_input(self, method: Method, question: str | None, caller: str) -> dict[str, Any]:
+        """``{"question": [M, D]}`` (the LLM's input embeddings of the question's tokens) for a method that reads
+        the question, else ``{}``. Raises ConfigError, naming ``caller``, when such a method gets no question."""
+        if not _needs_question(method):
+            return {}
+        if question is None or not question.strip():
+            raise ConfigError(f"method {method.name!r} reads the question: give {caller} the question")
+        return {"question": self.pipeline.question_embeddings(question)}
+
     def compress(self, prepared: PreparedVideo, method: Method | AskConfig, question: str | None = None,
                  tokens: int | None = None) -> CompressedVideo:
         """Compress ``prepared`` with ``method`` (a built Method, or an AskConfig's method, keep, options and tokens).
@@ -248,11 +253,7 @@ class VideoStages:
         if missing:
             raise ConfigError(f"method {method.name!r} needs {', '.join(sorted(missing))}, which this prepared video "
                               f"lacks; prepare it with need={sorted(method.needs)!r}")
-        kwargs: dict[str, Any] = {}
-        if _needs_question(method):
-            if question is None or not question.strip():
-                raise ConfigError(f"method {method.name!r} reads the question: give compress() the question")
-            kwargs["question"] = self.pipeline.question_embeddings(question)  # [M, D]
+        kwargs = self.question_input(method, question, "compress()")
         if "similarity" in method.needs:
             kwargs["similarity"] = prepared.encoded.similarity  # [T, N, Ds]
         encoded = prepared.encoded
@@ -273,6 +274,15 @@ class VideoStages:
         seconds = time.perf_counter() - started
         visual = int(out.tokens.shape[0]) + extra
         return CompressedVideo(method, out, seconds, visual, question if kwargs else None, tokens, search)
+
+
+def video_info(video: str | Path, decoded: DecodedVideo) -> VideoInfo:
+    """What the report and the cache entry say of ``video`` as ``decoded`` sampled it."""
+    return VideoInfo(
+        path=str(video), decoder=decoded.decoder, fps=decoded.fps, duration_s=decoded.duration,
+        total_frames=decoded.total_frames, sampling=decoded.sampling, frame_indices=list(decoded.indices),
+        timestamps_s=[round(t, 3) for t in decoded.timestamps], notes=list(decoded.notes),
+    )
 
 
 def _check_decoded(decoded: DecodedVideo, video: str | Path, config: AskConfig) -> None:
