@@ -290,10 +290,10 @@ def main() -> None:
             print(f"{r['clients']:>7} {r['requests']:>8} {r['ok']:>5} {r['errors']:>6} {r['lost']:>5} "
                   f"{r['served_200']:>5} {r['throughput_rps']:>7.2f} {r['p50_s'] or 0:>7.2f} {r['p99_s'] or 0:>7.2f} "
                   f"{r['rss_end_mb']:>7.0f}")
-        m = out["load"]["rss_mb"]
+        m = {k: "-" if v is None else f"{v:.0f}" for k, v in out["load"]["rss_mb"].items()}  # None: no sample
         print(f"server RSS (process tree): {out['load']['rss_after_warmup_mb']:.0f} MB after warm-up, median "
-              f"{m['first_tenth_median']:.0f} MB over the first tenth of the run, {m['last_tenth_median']:.0f} MB "
-              f"over the last, max {m['max']:.0f} MB; exit code {out['load']['exit_code']}")
+              f"{m['first_tenth_median']} MB over the first tenth of the run, {m['last_tenth_median']} MB "
+              f"over the last, max {m['max']} MB; exit code {out['load']['exit_code']}")
     print_tail(out, args.repeat)
 
 
