@@ -19,14 +19,16 @@ if TYPE_CHECKING:
     from .pipelines.preflight import InputRules
 
 
-def check_video_fits(video: str | Path, config: AskConfig, rules: InputRules | None) -> None:
+def check_video_fits(video: str | Path, config: AskConfig, rules: InputRules | None,
+                     new_tokens: int | None = None) -> None:
     """Refuse ``video`` under ``config`` before decoding where ``rules`` (``pipelines.preflight.input_rules(model)``
     or ``rules_of(pipeline)``; None: nothing known, nothing checked) show the model cannot take it.
 
     Raises VideoError (the file, its size, the family's reason) or PromptTooLongError (its token count, the context,
     what to lower). The count is a lower bound: the fewest tokens the method keeps (all for a method that ignores
     ``--keep``, ``--tokens`` when given, else keep x N rounded down), no text, no newline token; with
-    ``--seek keyframe`` (frames that meet on one keyframe give one) only the geometry is checked.
+    ``--seek keyframe`` (frames that meet on one keyframe give one) only the geometry is checked. ``new_tokens``:
+    the tokens to generate after the prompt, ``config.max_new_tokens`` when None.
     """
     if rules is None:
         return
@@ -48,4 +50,4 @@ def check_video_fits(video: str | Path, config: AskConfig, rules: InputRules | N
         kept = lambda n: min(n, config.tokens)  # noqa: E731
     else:
         kept = lambda n: math.floor(config.keep * n)  # noqa: E731
-    rules.check(name, frames, height, width, kept, config.max_new_tokens)
+    rules.check(name, frames, height, width, kept, config.max_new_tokens if new_tokens is None else new_tokens)

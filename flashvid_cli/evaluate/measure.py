@@ -156,7 +156,7 @@ def _fits_some_run(qa: VideoQA, config: EvalConfig) -> Callable[[str], None]:
         first: Exception | None = None
         for ask in asks:
             try:
-                check_video_fits(video, ask, rules)
+                check_video_fits(video, ask, rules, new_tokens=0)  # eval scores by forward passes: it generates none
                 return
             except Exception as exc:  # noqa: BLE001 - the first refusal is raised if every run refuses
                 first = first or exc
