@@ -51,7 +51,8 @@ class Chat:
         self.method = qa.build_method(self.config)
         self.rule = qa.text_after_video_rule(self.config.text_after_video)
         self.prepared = qa.prepare(video, self.config, decoded=decoded, need=self.method.needs)
-        self.options = GenerationOptions(self.config.max_new_tokens, self.config.temperature, return_logits=logits)
+        self.options = GenerationOptions(self.config.max_new_tokens, self.config.temperature, return_logits=logits,
+                                         sparse=self.method.decode_sparsity())
         self._shared = None if _needs_question(self.method) else qa.compress(self.prepared, self.method,
                                                                                      tokens=self.config.tokens)
         if (reason := PromptCache.unsupported_reason(qa.pipeline)) is not None:
@@ -120,7 +121,7 @@ class Chat:
         with torch.inference_mode():
             torch.manual_seed(self.config.seed)
             gen, reused = self.store.generate(inputs, self.options, video_end(pipe, inputs["input_ids"]),
-                                              on_token=stream.put if stream else None)
+                                              on_token=stream.put if stream else None, question=question)
         if stream is not None:
             stream.end()
         self.turns.append((question, list(gen.token_ids)))

@@ -74,6 +74,10 @@ def report_tables(report: Report, reused: str | None = None, prompt: str | None 
         facts.add_row("--tokens", f"{k.asked:,} asked, {k.visual_after:,} sent (keep {report.keep:.4g} found: {cost})")
     if k.visual_by_layer:
         facts.add_row("visual by layer", _by_layer(k.visual_by_layer))
+    if k.decoded_by_layer:
+        build = report.timings.decode_build
+        facts.add_row("visual KV decoded", f"{_by_layer(k.decoded_by_layer)} of {k.visual_after:,} per answer token"
+                      + (f" (selected and gathered once, {_ms(build)})" if build is not None else ""))
     facts.add_row("prompt tokens", prompt or f"{k.prompt:,} in, {k.generated:,} generated")
     facts.add_row("frames", f"{len(v.frame_indices)} of {v.total_frames} ({v.sampling}; decoder {v.decoder})")
     facts.add_row("timestamps (s)", _timestamps(v.timestamps_s))

@@ -50,6 +50,9 @@ class Timings:
     # ask``, ``chat``) or the model load's start (the library) to this answer's last token, less the time ``chat``
     # waited for the user's questions (``Chat.waited``). None otherwise.
     wall: float | None = None
+    # Decoding sparsity only: scoring the cached visual tokens and building the compact KV cache, once per answer
+    # (part of ``generate``). None otherwise.
+    decode_build: float | None = None
 
 
 @dataclass
@@ -61,6 +64,8 @@ class TokenCounts:
     generated: int
     asked: int | None = None  # --tokens K: the visual tokens asked for (visual_after is what was sent)
     visual_by_layer: list[int] | None = None  # in-LLM stage only: visual tokens each decoder layer saw in the prefill
+    # decoding sparsity only (SparseVILA): visual KV entries each decoder layer decoded the answer's later tokens over
+    decoded_by_layer: list[int] | None = None
 
 
 @dataclass

@@ -181,7 +181,8 @@ class VideoQA(VideoStages):
         if prefix is not None and prefix.compressed is not compressed:
             raise ConfigError("this VideoPrefix was made for another compressed video; make one with video_prefix()")
         pipe = self.pipeline
-        options = GenerationOptions(config.max_new_tokens, config.temperature)
+        options = GenerationOptions(config.max_new_tokens, config.temperature,
+                                    sparse=compressed.method.decode_sparsity())
         synchronize(pipe.device)
         started = time.perf_counter()
         with torch.inference_mode():
@@ -190,10 +191,11 @@ class VideoQA(VideoStages):
             prompt_s = time.perf_counter() - started
             torch.manual_seed(config.seed)
             if prefix is not None and prefix.store is not None:
-                gen, reused = prefix.store.generate(inputs, options, video_end(pipe, inputs["input_ids"]))
+                gen, reused = prefix.store.generate(inputs, options, video_end(pipe, inputs["input_ids"]),
+                                                    question=question)
                 state, reason = ("hit" if reused else "miss"), None
             else:
-                gen = pipe.generate(inputs, options, prune=compressed.method.llm_prune())
+                gen = pipe.generate(inputs, options, prune=compressed.method.llm_prune(), question=question)
                 state = "off"
                 reason = prefix.reason if prefix is not None else "the video's prefill is not kept (no VideoPrefix)"
         report = self.report(prepared, compressed, gen, prompt_s, rule, prefix=state,
@@ -225,12 +227,14 @@ class VideoQA(VideoStages):
             method_stats={k: v for k, v in compressed.compressed.stats.items() if k not in {"tokens_in", "tokens_out"}},
             video=copy.deepcopy(prepared.video),
             tokens=TokenCounts(before, after, after / before, generation.prompt_tokens, len(generation.token_ids),
-                               compressed.tokens_asked, generation.visual_by_layer),
+                               compressed.tokens_asked, generation.visual_by_layer,
+                               generation.decode_visual_by_layer),
             timings=Timings(
                 decode=t.decode, preprocess=t.preprocess, encode=t.encode, compress=compressed.seconds,
                 prefill=prefill, generate=generation.decode_s, total=ttft + generation.decode_s,
                 time_to_first_token=ttft, question_to_first_token=own, decode_ahead=t.decode_ahead,
                 wall=time.perf_counter() - prepared.started_at if prepared.started_at is not None else None,
+                decode_build=generation.decode_build_s,
             ),
             peak_memory_bytes=peak,
             peak_memory_kind=peak_kind,

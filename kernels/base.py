@@ -24,7 +24,7 @@ from .errors import MethodError
 from .types import Compressed, Grid
 
 if TYPE_CHECKING:
-    from .traits import LLMPrune
+    from .traits import DecodeSparsity, LLMPrune
 
 
 def per_frame_counts(index: Tensor, grid: Grid) -> list[int]:
@@ -153,6 +153,11 @@ class Method:
 
     def llm_prune(self) -> LLMPrune | None:
         """The in-LLM pruning stage this method runs after the vision side, or None (the default)."""
+        return None
+
+    def decode_sparsity(self) -> DecodeSparsity | None:
+        """The per-question selection of cached visual keys this method's decoding reads, or None (the default:
+        every cached token)."""
         return None
 
     @property

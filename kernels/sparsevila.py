@@ -1,9 +1,9 @@
 """``sparsevila``: SparseVILA's prefill sparsity, the top ``keep`` share of each frame's tokens by vision salience.
 
 Source: SparseVILA, "Decoupling Visual Sparsity for Efficient VLM Inference" (ICCV 2025, arXiv 2510.17777), as
-described in shared/ALGORITHMS.md §13; the method's code is not public. The decoding sparsity (§13.2-3: per-layer
-query-aware selection over the cached visual keys, a compact KV cache) is not built yet: ``decode_keep`` accepts
-only 1 (every cached visual token) and says so, so no report claims a decoding sparsity that did not run.
+described in shared/ALGORITHMS.md §13; the method's code is not public. This file is the prefill side and the
+options of the decoding side, which :meth:`SparseVILA.decode_sparsity` hands to ``pipelines/sparse_decode.py``
+(per-layer query-aware selection over the cached visual keys, a compact KV cache per answer).
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from torch import Tensor
 from . import ops
 from .base import Method
 from .errors import MethodError
+from .traits import DecodeSparsity
 from .types import Compressed, Grid
 
-# The paper's video setting drops 94% of the visual tokens at decoding (ALGORITHMS.md §13.2): 0.06 once the
-# decoding stage is built; until then 1, the only value accepted.
-SPARSEVILA_DECODE_KEEP = 1.0
+# The paper's video setting drops 94% of the visual tokens at decoding (ALGORITHMS.md §13.2).
+SPARSEVILA_DECODE_KEEP = 0.06
 SPARSEVILA_SINKS = 4
 
 
@@ -32,18 +32,19 @@ class SparseVILA(Method):
     highest ``importance [T, N]`` (the vision encoder's column-mean attention, §13.1), ties to the lower index, in
     raster order, unchanged (no merging). Output ``[T*K, D]`` in the model dtype; K exact and data independent.
 
-    Decoding (§13.2, vidq's decisions): ``decode_keep`` is the share of the cached visual tokens each LLM layer
-    decodes over and ``sinks`` (>= 0, default 4) the visual attention sinks kept for every question. The decoding
-    stage is not built yet, so ``decode_keep`` must be 1 (MethodError otherwise, saying so) and ``sinks`` has no
-    effect.
+    Decoding (§13.2-3, vidq's decisions): per question, each LLM layer decodes over the ``sinks`` (>= 0, default
+    4) visual attention sinks, shared by the layers, plus its own top ``round(decode_keep * Lv)`` other visual
+    tokens by the question's attention (``decode_keep`` in (0, 1], default 0.06), and every text token; the first
+    answer token comes from the full prefill. ``decode_keep=1`` decodes over every cached token (the same answer
+    as prefill pruning alone, bit for bit). MethodError for an option out of range.
     """
 
     name = "sparsevila"
     stream_unit = "frame"
     needs = frozenset({"importance"})
     granularity = "a multiple of the frame count"
-    option_notes = {"decode_keep": "1 only: the decoding stage is not built yet",
-                    "sinks": "no effect until the decoding stage is built"}
+    option_notes = {"decode_keep": "share of the visual KV entries each layer decodes over, per question",
+                    "sinks": "visual attention sinks every layer keeps"}
 
     decode_keep: float = SPARSEVILA_DECODE_KEEP
     sinks: int = SPARSEVILA_SINKS
@@ -53,11 +54,11 @@ class SparseVILA(Method):
         d = self.decode_keep
         if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 < d <= 1.0:
             raise MethodError(f"sparsevila.decode_keep must be in (0, 1], got {d!r}")
-        if d != 1.0:
-            raise MethodError(f"sparsevila.decode_keep={d!r}: SparseVILA's decoding sparsity is not built yet; only "
-                              "its prefill pruning runs (decode_keep=1)")
         if isinstance(self.sinks, bool) or not isinstance(self.sinks, int) or self.sinks < 0:
             raise MethodError(f"sparsevila.sinks must be an integer >= 0, got {self.sinks!r}")
+
+    def decode_sparsity(self) -> DecodeSparsity:
+        return DecodeSparsity(float(self.decode_keep), self.sinks)
 
     def budget(self, N: int) -> int:
         """Tokens kept per frame of ``N``: ``max(1, round(keep * N))``, at most ``N``."""

@@ -1,5 +1,6 @@
 """What a compression method may hand on beyond its tokens: :class:`LLMPrune`, the description of an in-LLM pruning
-stage (FastV; FlashVID's inner stage) and its budget rule.
+stage (FastV; FlashVID's inner stage) and its budget rule, and :class:`DecodeSparsity`, a per-question selection of
+the cached visual keys that decoding reads (SparseVILA).
 
 Plain data and arithmetic, no torch: a method returns one from :meth:`~.base.Method.llm_prune`, and the stage itself
 runs on the stock transformers decoder in ``pipelines/llm_prune.py``. Sources: FastV (Chen et al., ECCV 2024) and
@@ -65,3 +66,24 @@ class LLMPrune:
 
     def budget(self, visual_len: int) -> int:
         return llm_budget(visual_len, self.ratio, self.rounding)
+
+
+@dataclass(frozen=True)
+class DecodeSparsity:
+    """Decoding over a compact KV cache (SparseVILA, ALGORITHMS.md §13.2-3): after the question's prefill, each LLM
+    layer keeps ``sinks`` visual attention sinks (the same for every layer) and the ``budget`` other visual tokens
+    the question's tokens attend to most in that layer; every non-visual token stays. The answer's later tokens
+    decode over those entries only; the full cache is left as it was for the next question.
+
+    ``keep``: the share of the visual tokens, in (0, 1]; ``sinks`` >= 0. Run by ``pipelines/sparse_decode.py``.
+    """
+
+    keep: float
+    sinks: int = 4
+
+    def budget(self, visual_len: int) -> tuple[int, int]:
+        """(sinks, other visual tokens) each layer keeps of ``visual_len``: ``min(sinks, visual_len)`` sinks and
+        ``round(keep * visual_len)`` others (at least 1 when any is left), never more than ``visual_len`` in all."""
+        sinks = min(self.sinks, visual_len)
+        rest = visual_len - sinks
+        return sinks, min(rest, max(1 if rest else 0, round(self.keep * visual_len)))

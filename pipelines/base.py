@@ -284,36 +284,32 @@ class Pipeline:
         return torch.tensor([ids], device=self.device)
 
     def generate(self, inputs: dict[str, Any], options: GenerationOptions, prune: LLMPrune | None = None,
-                 cache: Any = None, on_token: Any = None) -> Generation:
+                 cache: Any = None, on_token: Any = None, question: str | None = None) -> Generation:
         """Run generate(); the streamer marks the first token so prefill and decoding are timed apart.
 
         ``prune``: an in-LLM pruning stage run during the prefill (:mod:`.llm_prune`). ``cache`` is a transformers
         ``DynamicCache`` already holding the keys and values of the prompt's first tokens (see :mod:`.prefix`): only
         the rest is prefilled, and the cache grows in place (never together with ``prune``, whose prefill must see
         the whole prompt). ``on_token(id)`` is called with each generated token id as it is produced.
+        ``options.sparse``: decode over a compact per-layer cache of the visual keys the question attends to
+        (:mod:`.sparse_decode`); ``cache`` then ends holding the prompt only, and ``question`` is the text of the
+        question whose tokens score the visual keys (None: the prompt's :meth:`question_span`).
         """
         if prune is not None and cache is not None:
             raise ValueError("an in-LLM pruning stage needs the whole prompt's prefill: no reused prefix with it")
+        if options.sparse is not None:
+            if prune is not None:
+                raise ValueError("decoding sparsity and an in-LLM pruning stage do not run together")
+            from .sparse_decode import generate_sparse
+
+            return generate_sparse(self, inputs, options, cache, on_token, question)
         clock = _Clock(self.device, on_token)
-        sampling: dict[str, Any] = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        if options.temperature > 0:
-            sampling = {"do_sample": True, "temperature": options.temperature, "top_p": options.top_p, "top_k": None}
         prompt_len = int(inputs["input_ids"].shape[1])
         self._check_inputs(inputs, options.max_new_tokens)
         synchronize(self.device)
         start = time.perf_counter()
         with self.llm_pruning(inputs, prune) as run:
-            out = self.model.generate(
-                **inputs,
-                max_new_tokens=options.max_new_tokens,
-                streamer=clock,
-                past_key_values=cache,
-                return_dict_in_generate=True,
-                output_logits=options.return_logits,
-                pad_token_id=self.tokenizer.pad_token_id,
-                logits_processor=LogitsProcessorList([_FiniteLogits(self.name, self.dtype)]),
-                **sampling,
-            )
+            out = self.stock_generate(inputs, options, options.max_new_tokens, cache, clock)
         synchronize(self.device)
         end = time.perf_counter()
         first = clock.first_token_at or end
@@ -322,6 +318,25 @@ class Pipeline:
         logits = [x.detach() for x in out.logits] if options.return_logits else None
         by_layer = _visual_by_layer(run)
         return Generation(text, new_ids, prompt_len, first - start, end - first, logits, by_layer)
+
+    def stock_generate(self, inputs: dict[str, Any], options: GenerationOptions, max_new_tokens: int, cache: Any,
+                       streamer: Any) -> Any:
+        """One stock ``model.generate()`` call with ``options``' sampling (greedy at temperature 0), at most
+        ``max_new_tokens``, the first position's logits checked finite; returns transformers' output object."""
+        sampling: dict[str, Any] = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        if options.temperature > 0:
+            sampling = {"do_sample": True, "temperature": options.temperature, "top_p": options.top_p, "top_k": None}
+        return self.model.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            streamer=streamer,
+            past_key_values=cache,
+            return_dict_in_generate=True,
+            output_logits=options.return_logits,
+            pad_token_id=self.tokenizer.pad_token_id,
+            logits_processor=LogitsProcessorList([_FiniteLogits(self.name, self.dtype)]),
+            **sampling,
+        )
 
     def append_tokens(self, inputs: dict[str, Any], ids: Sequence[int]) -> dict[str, Any]:
         """``inputs`` with ``ids`` appended after the prompt, placed exactly as generate() would place them.

@@ -21,6 +21,7 @@ class GenerationOptions:
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     return_logits: bool = False
+    sparse: Any = None  # a DecodeSparsity (kernels/traits.py): decode over a compact cache (SparseVILA)
 
 
 @dataclass
@@ -32,6 +33,11 @@ class Generation:
     decode_s: float  # every later token
     logits: list[Tensor] | None = None  # per step [1, vocab], only with return_logits
     visual_by_layer: list[int] | None = None  # with an in-LLM stage: visual tokens each decoder layer saw
+    # with decoding sparsity: visual KV entries each decoder layer decoded over, and the seconds spent scoring the
+    # cached visual tokens and building the compact cache (None when no token was decoded after the first)
+    decode_visual_by_layer: list[int] | None = None
+    decode_build_s: float | None = None
+    sparse_run: Any = None  # with decoding sparsity: the SparseRun (pipelines/sparse_decode.py), its kept sets
 
 
 def synchronize(device: torch.device) -> None:

@@ -165,11 +165,13 @@ class PromptCache:
         self.cache, self.ids, self.positions = self._new(), [], None
 
     def generate(self, inputs: dict[str, Any], options: GenerationOptions, end: int,
-                 on_token: Callable[[int], None] | None = None) -> tuple[Generation, int]:
+                 on_token: Callable[[int], None] | None = None, question: str | None = None) -> tuple[Generation, int]:
         """generate() on ``inputs`` (as :meth:`Pipeline.inputs` makes them) reusing what the cache shares with them.
 
-        ``end`` is one past the prompt's last video token. Returns the generation and how many prompt tokens came
-        from the cache (0: a full prefill).
+        ``end`` is one past the prompt's last video token; ``question`` is handed to generate() (decoding sparsity
+        scores by its tokens). Returns the generation and how many prompt tokens came from the cache (0: a full
+        prefill). With decoding sparsity the answer is decoded on a compact copy, so the cache then holds the prompt
+        alone, and the next prompt prefills the answer's tokens.
         """
         keep = self.shared(inputs, end)
         if keep:
@@ -178,8 +180,10 @@ class PromptCache:
         else:
             self.reset()
         self.ids, self.positions = [], None  # until the generation finishes, the cache holds no known ids
-        gen = self.pipe.generate(inputs, options, cache=self.cache, on_token=on_token)
-        fed = inputs["input_ids"][0].tolist() + gen.token_ids[:-1]
+        gen = self.pipe.generate(inputs, options, cache=self.cache, on_token=on_token, question=question)
+        fed = inputs["input_ids"][0].tolist()
+        if options.sparse is None:
+            fed += gen.token_ids[:-1]
         if self.cache.get_seq_length() != len(fed):  # never trust a cache whose contents are not known
             self.reset()
             return gen, keep

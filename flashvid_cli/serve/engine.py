@@ -114,19 +114,20 @@ class Engine:
                     raise ConfigError(f"this model cannot render a multi-turn conversation: {exc}") from None
             synchronize(pipe.device)
             prompt_s = time.perf_counter() - started
-            options = GenerationOptions(config.max_new_tokens, config.temperature, top_p=req.top_p)
+            options = GenerationOptions(config.max_new_tokens, config.temperature, top_p=req.top_p,
+                                        sparse=method.decode_sparsity())
             stream = _Stream(pipe.tokenizer, req.stop, on_text, cancel, deadline)
             torch.manual_seed(config.seed)
             if reason is None:
                 store = self._store(key, inputs, end)
                 try:
-                    gen, reused = store.generate(inputs, options, end, on_token=stream.put)
+                    gen, reused = store.generate(inputs, options, end, on_token=stream.put, question=req.question)
                 except BaseException:  # a cancelled or failed generation leaves a cache of unknown contents
                     self.prompts = [e for e in self.prompts if e.store is not store]
                     raise
             else:
                 gen, reused = pipe.generate(inputs, options, prune=compressed.method.llm_prune(),
-                                            on_token=stream.put), 0
+                                            on_token=stream.put, question=req.question), 0
         text, stopped = _cut(gen.text, req.stop)
         stream.end(text)
         if not stopped:
