@@ -59,7 +59,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
     from .kernels import Method
-    from .kernels.traits import LLMPrune
+    from .kernels.traits import DecodeSparsity, LLMPrune
     from .pipelines.generation import Generation
     from .pipelines.video import DecodedVideo
 
@@ -118,13 +118,18 @@ class VideoQA(VideoStages):
             return self.pipeline.inputs(prepared.encoded, compressed.compressed, prompt, text_after_video=rule)
 
     def last_logits(self, inputs: dict[str, Any], count: int = 1, append: Sequence[int] = (),
-                    prune: LLMPrune | None = None) -> Tensor:
+                    prune: LLMPrune | None = None, sparse: DecodeSparsity | None = None) -> Tensor:
         """Float32 logits [count, vocab] at the last ``count`` positions of one forward pass over ``inputs`` with
         the token ids ``append`` placed after the prompt as generate() would place them (position i predicts
         token i + 1). ``prune``: a method's in-LLM stage (``Method.llm_prune()``), run in that forward pass; with
         ``append`` it selects by the prompt's last token, as ``generate()`` does, so the logits are those of
-        generating ``append`` after the prompt."""
+        generating ``append`` after the prompt. ``sparse`` (``Method.decode_sparsity()``): the appended positions
+        are decoded over the compact cache generate() would use (:func:`~.pipelines.sparse_decode.sparse_logits`)."""
         pipe = self.pipeline
+        if sparse is not None:
+            from .pipelines.sparse_decode import sparse_logits
+
+            return sparse_logits(pipe, inputs, list(append), count, sparse)
         if not append:
             return pipe.last_logits(inputs, count=count, prune=prune)
         last = int(inputs["input_ids"].shape[1]) - 1

@@ -19,8 +19,8 @@ How, with transformers 5.23 (``cache_utils.py``, ``masking_utils.py``, ``generat
   (:func:`~.llm_prune.last_query_attention`). The keys are read back from the filled cache (rotated already).
 * Every position the model derives during decoding comes from the cache: a decode step's position (LLaVA: the cache
   length; Qwen: the length plus ``rope_deltas``) and the mask's query offset from ``get_seq_length()``, the mask's
-  key length from ``get_mask_sizes()``. :class:`CompactLayer` answers the first with the full sequence's length and
-  the second with the entries it holds, so the kept keys, which carry their rotary phases, are read at their own
+  key length and offset from ``get_mask_sizes()``. :class:`CompactLayer` answers the first with the full sequence's
+  length and the second with the entries it holds, offset by those left out, so the kept keys, which carry their rotary phases, are read at their own
   positions and new tokens take the positions they would have had: nothing is re-rotated.
 * The rest of the answer is a second stock ``generate()`` on the compact cache with the first token appended, as a
   reused prefix is continued (:mod:`.prefix`). Sampling draws from the same generator in the same order.
@@ -61,7 +61,8 @@ class SparseRun:
 class CompactLayer(DynamicLayer):
     """A ``DynamicLayer`` holding some entries of a longer sequence: ``keys``/``values [B, Hkv, Lk, d]`` and
     ``hidden`` entries left out. ``get_seq_length()`` is the full sequence's length (so new tokens take their true
-    positions) and ``get_mask_sizes()`` counts the entries held (the keys attention reads). Grows like its base;
+    positions) and ``get_mask_sizes()`` counts the entries held (the keys attention reads), offset by ``hidden``.
+    Grows like its base;
     never cropped (a compact cache serves one answer)."""
 
     def __init__(self, keys: Tensor, values: Tensor, hidden: int):
@@ -74,7 +75,10 @@ class CompactLayer(DynamicLayer):
         return int(self.keys.shape[-2]) + self.hidden
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return int(self.keys.shape[-2]) + query_length, 0
+        # The mask compares key index + offset with the query's position (the full length + its row): offsetting
+        # every held key by ``hidden`` puts the new ones at their true positions (causal among several queries)
+        # and leaves every kept prompt key before the first query.
+        return int(self.keys.shape[-2]) + query_length, self.hidden
 
     def crop(self, tokens_to_remove: int) -> None:
         raise NotImplementedError("a compact KV cache is not cut back")
@@ -256,3 +260,43 @@ def generate_sparse(pipe: Any, inputs: dict[str, Any], options: GenerationOption
     gen = Generation(text, ids, L, first - start, end - first, logits, None, decoded, run.build_s if run else None)
     gen.sparse_run = run
     return gen
+
+
+def sparse_logits(pipe: Any, inputs: dict[str, Any], append: list[int], count: int, sparsity: DecodeSparsity,
+                  question: str | None = None) -> Tensor:
+    """Float32 logits ``[count, vocab]`` at the last ``count`` positions of the prompt followed by ``append``, as
+    :func:`generate_sparse` computes them when it generates ``append`` (teacher forcing; position i predicts token
+    i + 1): the prompt's last position from the full prefill, every appended position decoded over the compact
+    cache built from the question's attention. ``count`` at most ``len(append) + 1``. Raises ValueError otherwise
+    and NonFiniteLogitsError for NaN or infinite logits. For scoring (eval): no generate(), no sampling.
+    """
+    from transformers import DynamicCache
+
+    from .generation import raise_if_not_finite
+
+    if not 1 <= count <= len(append) + 1:
+        raise ValueError(f"count must be in 1..{len(append) + 1}, got {count}")
+    input_ids = inputs["input_ids"]
+    L = int(input_ids.shape[1])
+    pipe._check_inputs(inputs, len(append))
+    rows = question_rows(pipe, input_ids, question)
+    visual = pipe.visual_positions(input_ids)
+    cache = DynamicCache(config=pipe.model.config)
+    with torch.inference_mode():
+        with capture_questions(pipe.language_model, rows, L) as queries:
+            out = pipe.model(**inputs, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        logits = [out.logits[0, -1:].float()]
+        if append:
+            if not visual.numel():
+                raise ValueError("decoding sparsity needs visual tokens in the prompt")
+            run = plan(pipe, cache, queries, rows, visual, sparsity)
+            compact = compact_cache(cache, run.keep, pipe.model.config)
+            rest = pipe.append_tokens({k: v for k, v in inputs.items() if k != "mm_encoder_outputs"}, append)
+            step = {"input_ids": rest["input_ids"][:, L:]}
+            if (positions := rest.get("position_ids")) is not None:
+                step["position_ids"] = positions[..., L:]
+            more = pipe.model(**step, past_key_values=compact, use_cache=True)
+            logits.append(more.logits[0].float())
+    result = torch.cat(logits)[-count:]
+    raise_if_not_finite(result, pipe.name, pipe.dtype)
+    return result

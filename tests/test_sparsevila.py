@@ -229,3 +229,19 @@ def test_chat_turn_2_equals_a_fresh_prefill_of_the_conversation(qas, sample_vide
     for a, b in zip(talk.last_generation.logits, fresh.logits, strict=True):
         torch.testing.assert_close(a, b, rtol=RTOL, atol=ATOL)
     assert talk.last_generation.sparse_run.keep[0].tolist() == fresh.sparse_run.keep[0].tolist()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_scoring_logits_are_those_generate_decodes_with(qas, sample_video, family):
+    """eval's scoring path (VideoQA.last_logits with the method's decode sparsity): the answer's tokens fed at once
+    after the prompt give the logits generate() produced one token at a time over the same compact cache."""
+    qa = qas[family]
+    inputs = _inputs(qa, sample_video)
+    sparsity = DecodeSparsity(0.3, 2)
+    gen = _generate(qa.pipeline, inputs, sparsity)
+    ids = gen.token_ids[:-1]
+    with torch.inference_mode():
+        scored = qa.last_logits(inputs, count=len(ids) + 1, append=ids, sparse=sparsity)
+        plain = qa.last_logits(inputs, count=len(ids) + 1, append=ids)
+    torch.testing.assert_close(scored, torch.cat(gen.logits).float(), rtol=RTOL, atol=ATOL)
+    assert float((plain[1:] - scored[1:]).abs().max()) > 100 * ATOL  # the full cache scores otherwise
