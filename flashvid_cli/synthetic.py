@@ -11,12 +11,21 @@ the video's content over time and space, and a question's text never tells its a
     colour_at_end   What colour is the circle at the end?         one of six colours (the start colour is a distractor)
     where_at_end    Where is the circle at the end?               top left, top right, bottom left, bottom right
 
+Those five are the ``default`` question set. The ``spatial`` set (``--set spatial``) asks only where things are in
+the frame, so a method that tears the layout loses it:
+
+    where_at_end    (as above)
+    where_at_start  Where is the circle when it first appears?    the quarter of its first visible position
+    which_corner    Which shape is in the top left at the end?    a shape (the only one in that quarter)
+    relation        At the end, where is the circle relative to the square?   to its left, to its right, above it,
+                                                                  below it (by the longer axis; no diagonals)
+
 Everything is drawn from a seeded ``numpy`` generator, so a seed always gives the same clips, questions, options
 and files. :func:`write_dataset` writes the clips as H.264 mp4s and one JSONL line per question in the format
 ``vidq eval`` reads (``video``, ``question``, ``options``, ``answer`` as a letter, ``type``, ``id``); the answer
 values and the correct letters are balanced exactly, round-robin, over each question type.
 
-    python -m flashvid_cli.synthetic OUT_DIR --count 500 --seed 1234
+    python -m flashvid_cli.synthetic OUT_DIR --count 500 --seed 1234 [--set spatial]
 """
 
 from __future__ import annotations
@@ -49,11 +58,18 @@ DIRECTIONS = ("left", "right", "up", "down")
 STEP = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}  # (x, y), y grows down
 QUADRANTS = ("top left", "top right", "bottom left", "bottom right")
 COUNTS = ("one", "two", "three", "four")
+RELATIONS = ("to its left", "to its right", "above it", "below it")  # where a shape is from another one
 QUESTION_TYPES = ("how_many", "appears_last", "direction", "colour_at_end", "where_at_end")
+SPATIAL_TYPES = ("where_at_end", "where_at_start", "which_corner", "relation")
+QUESTION_SETS = {"default": QUESTION_TYPES, "spatial": SPATIAL_TYPES}  # --set NAME picks the types
+_VALUES = {"how_many": COUNTS, "appears_last": SHAPES, "direction": DIRECTIONS, "colour_at_end": tuple(COLOURS),
+           "where_at_end": QUADRANTS, "where_at_start": QUADRANTS, "which_corner": SHAPES, "relation": RELATIONS}
 LETTERS = "ABCD"
 _CENTRE_MIN, _CENTRE_MAX = HALF + 2, SIZE - 1 - HALF - 2  # a shape's centre keeps it fully inside the frame
 _MIDLINE_GAP = 8.0  # an end position is this far from the frame's midlines, so its quadrant is unambiguous
 _MIN_GAP = 15.0  # centres of two visible shapes are never closer than this (no overlaps)
+_START_GAP = 4.0  # a first position this close to a midline has no where_at_start question (its quarter is unclear)
+_RELATION_MARGIN = 6.0  # a relation's main axis is at least this much longer than the other (no diagonal ties)
 
 
 @dataclass(frozen=True)
@@ -87,6 +103,11 @@ class Shape:
     @property
     def quadrant(self) -> str:
         return quadrant(*self.end)
+
+    @property
+    def first(self) -> tuple[float, float]:
+        """The centre (x, y) in the first frame the shape is visible."""
+        return self.centre(self.appear)
 
 
 def quadrant(x: float, y: float) -> str:
@@ -235,10 +256,13 @@ def read_mp4(source: str | Path | io.BytesIO) -> np.ndarray:
 # -- questions ----------------------------------------------------------------------------------------------
 
 
-def questions(clip: Clip, rng: np.random.Generator, every: bool = False) -> list[QA]:
-    """One question of every type the clip can answer (``every``: all of them), in a random order; options are
-    shuffled."""
-    by_type: dict[str, list[QA]] = {kind: [] for kind in QUESTION_TYPES}
+def questions(clip: Clip, rng: np.random.Generator, every: bool = False,
+              kinds: Sequence[str] = QUESTION_TYPES) -> list[QA]:
+    """One question of every type in ``kinds`` the clip can answer (``every``: all of them), in a random order;
+    options are shuffled. The default types are drawn first, so ``kinds`` beyond them leaves their draws as they were."""
+    if set(kinds) <= set(SPATIAL_TYPES):
+        return _spatial_questions(clip, rng, every, kinds)
+    by_type: dict[str, list[QA]] = {kind: [] for kind in kinds}
     by_type["how_many"].append(_qa(rng, "how_many", "How many shapes appear in the video?", COUNTS,
                                    COUNTS[len(clip.shapes) - 1]))
     appears = sorted(s.appear for s in clip.shapes)
@@ -253,6 +277,45 @@ def questions(clip: Clip, rng: np.random.Generator, every: bool = False) -> list
                                                 _colour_options(rng, s), s.end_colour))
             by_type["where_at_end"].append(_qa(rng, "where_at_end", f"Where is the {s.shape} at the end?",
                                                QUADRANTS, s.quadrant))
+    return _pick(rng, by_type, every)
+
+
+def _spatial_questions(clip: Clip, rng: np.random.Generator, every: bool, kinds: Sequence[str]) -> list[QA]:
+    """The questions of the spatial types: where a shape is, which shape a corner holds, where one is from another."""
+    by_type: dict[str, list[QA]] = {kind: [] for kind in SPATIAL_TYPES}
+    at_end = [s for s in clip.shapes if s.at_end]
+    for s in at_end:
+        by_type["where_at_end"].append(_qa(rng, "where_at_end", f"Where is the {s.shape} at the end?", QUADRANTS,
+                                           s.quadrant))
+    for s in clip.shapes:
+        if min(abs(v - SIZE / 2) for v in s.first) >= _START_GAP:
+            by_type["where_at_start"].append(_qa(rng, "where_at_start", f"Where is the {s.shape} when it first "
+                                                 "appears?", QUADRANTS, quadrant(*s.first)))
+    for corner in QUADRANTS:
+        inside = [s for s in at_end if s.quadrant == corner]
+        if len(inside) == 1:
+            by_type["which_corner"].append(_qa(rng, "which_corner", f"Which shape is in the {corner} at the end?",
+                                               SHAPES, inside[0].shape))
+    for a in at_end:
+        for b in at_end:
+            if a is not b and (where := relation(a.end, b.end)) is not None:
+                by_type["relation"].append(_qa(rng, "relation", f"At the end, where is the {a.shape} relative "
+                                               f"to the {b.shape}?", RELATIONS, where))
+    return _pick(rng, {k: v for k, v in by_type.items() if k in kinds}, every)
+
+
+def relation(a: tuple[float, float], b: tuple[float, float]) -> str | None:
+    """Where point ``a`` (x, y; y grows down) is from ``b``, one of RELATIONS by the longer axis; None when the two
+    axes are within _RELATION_MARGIN of each other (a diagonal, no one answer)."""
+    dx, dy = a[0] - b[0], a[1] - b[1]
+    if abs(abs(dx) - abs(dy)) < _RELATION_MARGIN:
+        return None
+    if abs(dx) > abs(dy):
+        return RELATIONS[0] if dx < 0 else RELATIONS[1]
+    return RELATIONS[2] if dy < 0 else RELATIONS[3]
+
+
+def _pick(rng: np.random.Generator, by_type: dict[str, list[QA]], every: bool) -> list[QA]:
     if every:
         picked = [qa for found in by_type.values() for qa in found]
     else:
@@ -272,21 +335,21 @@ def _qa(rng: np.random.Generator, kind: str, question: str, options, answer: str
     return QA(kind, question, tuple(order), order.index(answer))
 
 
-def balanced(seed: int, count: int) -> Iterator[tuple[Clip, QA]]:
-    """``count`` (clip, question) pairs: types round-robin, and within a type the answer values and the correct
-    letter both cycle, so every value and every letter is equally common (exactly, for multiples of the cycle)."""
+def balanced(seed: int, count: int, question_set: str = "default") -> Iterator[tuple[Clip, QA]]:
+    """``count`` (clip, question) pairs of the named set's types: types round-robin, and within a type the answer
+    values and the correct letter both cycle, so every value and every letter is equally common (exactly, for
+    multiples of the cycle). Raises ValueError for a set not in QUESTION_SETS."""
+    kinds = question_set_types(question_set)
     rng = np.random.default_rng(seed)
-    seen: dict[str, int] = {kind: 0 for kind in QUESTION_TYPES}
-    values = {"how_many": COUNTS, "appears_last": SHAPES, "direction": DIRECTIONS,
-              "colour_at_end": tuple(COLOURS), "where_at_end": QUADRANTS}
+    seen: dict[str, int] = {kind: 0 for kind in kinds}
     for i in range(count):
-        kind = QUESTION_TYPES[i % len(QUESTION_TYPES)]
+        kind = kinds[i % len(kinds)]
         n = seen[kind]
         seen[kind] += 1
-        want, letter = values[kind][n % len(values[kind])], n % len(LETTERS)
+        want, letter = _VALUES[kind][n % len(_VALUES[kind])], n % len(LETTERS)
         while True:
             clip = random_clip(rng)
-            found = [qa for qa in questions(clip, rng) if qa.type == kind and qa.answer_text == want]
+            found = [qa for qa in questions(clip, rng, kinds=kinds) if qa.type == kind and qa.answer_text == want]
             if found:
                 break
         qa = found[0]
@@ -295,12 +358,21 @@ def balanced(seed: int, count: int) -> Iterator[tuple[Clip, QA]]:
         yield clip, QA(kind, qa.question, tuple(options), letter)
 
 
-def write_dataset(out: str | Path, count: int, seed: int) -> Path:
-    """Write ``count`` clips (``clips/NNNNN.mp4``) and ``questions.jsonl`` under ``out``; returns the JSONL path."""
+def question_set_types(name: str) -> tuple[str, ...]:
+    """The question types of a set named in QUESTION_SETS; raises ValueError naming the known sets."""
+    if name not in QUESTION_SETS:
+        raise ValueError(f"unknown question set {name!r}; choose one of {', '.join(QUESTION_SETS)}")
+    return QUESTION_SETS[name]
+
+
+def write_dataset(out: str | Path, count: int, seed: int, question_set: str = "default") -> Path:
+    """Write ``count`` clips (``clips/NNNNN.mp4``) and ``questions.jsonl`` under ``out`` with questions of the named
+    set (QUESTION_SETS); returns the JSONL path. Raises ValueError for an unknown set."""
+    question_set_types(question_set)  # before any folder is made
     out = Path(out)
     (out / "clips").mkdir(parents=True, exist_ok=True)
     lines = []
-    for i, (clip, qa) in enumerate(balanced(seed, count)):
+    for i, (clip, qa) in enumerate(balanced(seed, count, question_set)):
         name = f"clips/{i:05d}.mp4"
         encode_mp4(render(clip), out / name)
         lines.append(json.dumps({"id": f"{seed}-{i:05d}", "video": name, "question": qa.question,
@@ -315,9 +387,11 @@ def main() -> None:
     parser.add_argument("out", type=Path, help="folder for clips/ and questions.jsonl")
     parser.add_argument("--count", type=int, default=500, help="number of questions (one clip each)")
     parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--set", dest="question_set", choices=list(QUESTION_SETS), default="default",
+                        help="question types: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in QUESTION_SETS.items()))
     args = parser.parse_args()
-    path = write_dataset(args.out, args.count, args.seed)
-    print(f"wrote {path} ({args.count} questions)")
+    path = write_dataset(args.out, args.count, args.seed, args.question_set)
+    print(f"wrote {path} ({args.count} {args.question_set} questions)")
 
 
 if __name__ == "__main__":
