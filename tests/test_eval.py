@@ -97,10 +97,21 @@ def test_read_dataset_empty_or_missing_file(tmp_path):
     ({"keeps": ()}, "--keep is empty"),
     ({"scoring": "vibes"}, "--scoring must be one of likelihood, letter"),
     ({"limit": 0}, "--limit must be at least 1"),
+    ({"methods": ("pool", "none"), "ask": AskConfig(options={"llm_stage": "false"})},
+     "none of the methods pool, none has an option 'llm_stage'"),
+    ({"methods": ("pool", "nuwa"), "ask": AskConfig(options={"visionzip.dominant": "4"})},
+     "method 'visionzip' is not in --methods"),
 ])
 def test_eval_config_rejects(fields, expected):
     with pytest.raises(ConfigError, match=expected):
         EvalConfig(**fields)
+
+
+def test_an_opt_goes_to_the_methods_that_have_it():
+    """`--methods pool,nuwa --opt llm_stage=false` failed: pool was built with nuwa's option."""
+    config = EvalConfig(methods=("pool", "nuwa"), ask=AskConfig(options={"llm_stage": "false", "nuwa.quantile": "0"}))
+    assert config.options_for("pool") == {}
+    assert config.options_for("nuwa") == {"llm_stage": "false", "quantile": "0"}
 
 
 def test_none_runs_once_whatever_the_keeps():
@@ -298,6 +309,19 @@ def test_eval_png(eval_run):
         pytest.skip("matplotlib is not installed (pip install 'vidq[plot]')")
     _, out = eval_run
     assert (out / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_pool_and_nuwa_with_nuwas_opt(tiny_models, dataset):
+    """The input of the bug: an --opt only nuwa has, with pool in the same eval; pool's rows are pool's own."""
+    args = ["eval", str(dataset), "--model", str(tiny_models["llava_onevision"]), "--keep", "0.25", "--frames", "4"]
+    both = runner.invoke(app, [*args, "--methods", "pool,nuwa", "--opt", "llm_stage=false"])
+    assert both.exit_code == 0, both.output
+    alone = runner.invoke(app, [*args, "--methods", "pool"])
+    pool_row = next(line for line in alone.stdout.splitlines() if line.startswith("pool"))
+    assert pool_row in both.stdout.splitlines()
+    assert any(line.startswith("nuwa") for line in both.stdout.splitlines())
+    wrong = runner.invoke(app, [*args, "--methods", "pool", "--opt", "llm_stage=false"])
+    assert wrong.exit_code == 1 and "none of the methods pool has an option 'llm_stage'" in wrong.stderr
 
 
 @pytest.mark.parametrize("args, expected", [

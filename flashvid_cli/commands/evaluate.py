@@ -74,7 +74,8 @@ def evaluate(
         if plot is not None:
             require_matplotlib()
         for name in config.methods:  # everything that needs no model, before loading it; --opt against each method
-            check_ask(dataclasses.replace(config.ask, method=name), device=device, dtype=dtype)
+            check_ask(dataclasses.replace(config.ask, method=name, options=config.options_for(name)), device=device,
+                      dtype=dtype)
         for path, option in ((json_file, "--json"), (plot, "--plot")):
             if path is not None:
                 check_output_file(path, option)

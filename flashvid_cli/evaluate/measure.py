@@ -80,8 +80,8 @@ def run_eval(qa: VideoQA, questions: Sequence[Question], config: EvalConfig,
     if not questions:
         raise ConfigError("no questions to evaluate")
     rule = qa.text_after_video_rule(config.ask.text_after_video)
-    options = config.ask.options  # --opt: every method of the run gets them
-    methods = {run: build(run.method, run.keep, model_type=qa.model_type, options=options) for run in config.runs()}
+    methods = {run: build(run.method, run.keep, model_type=qa.model_type, options=config.options_for(run.method))
+               for run in config.runs()}  # --opt: each method gets the options it has
     need = frozenset().union(*(m.needs for m in methods.values()))  # one encode serves every method
     by_video: dict[str, list[int]] = {}
     for i, q in enumerate(questions):
