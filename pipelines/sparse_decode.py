@@ -194,19 +194,20 @@ def plan(pipe: Any, cache: Any, queries: list[Tensor], rows: tuple[int, int], vi
     return SparseRun(int(visual.numel()), sinks, keep, visual_kept, time.perf_counter() - started)
 
 
-def question_rows(pipe: Any, input_ids: Tensor, question: str | None) -> tuple[int, int]:
-    """[start, stop) of the question's tokens in ``input_ids [1, L]``: ``question``'s own tokens where they end just
-    before the template's text after a question (a conversation's latest user message), else the pipeline's
-    :meth:`~.base.Pipeline.question_span` (after the video)."""
-    from .prompt import question_margins
-
+def question_rows(pipe: Any, input_ids: Tensor, question: str | None, after: int = 0) -> tuple[int, int]:
+    """[start, stop) of the question's tokens in ``input_ids [1, L]``: the last place ``question``'s own tokens occur
+    at or after ``after`` (a conversation's latest user message), else the pipeline's
+    :meth:`~.base.Pipeline.question_span` when it starts at or after ``after``, else ``[after, L)`` (the text a
+    prefill after a cached prefix of ``after`` tokens computes: a question tokenised otherwise in context)."""
+    ids = input_ids[0].tolist()
     if question:
-        ids = input_ids[0].tolist()
-        stop = len(ids) - question_margins(pipe.tokenizer, pipe.chat_template, pipe.video_token)[1]
         asked = pipe.tokenizer(question, add_special_tokens=False)["input_ids"]
-        if asked and 0 <= stop - len(asked) and ids[stop - len(asked):stop] == asked:
-            return stop - len(asked), stop
-    return pipe.question_span(input_ids)
+        n = len(asked)
+        for start in range(len(ids) - n, after - 1, -1) if n else ():
+            if ids[start:start + n] == asked:
+                return start, start + n
+    span = pipe.question_span(input_ids)
+    return span if span[0] >= after else (after, len(ids))
 
 
 def _stops(pipe: Any) -> set[int]:
@@ -220,9 +221,8 @@ def generate_sparse(pipe: Any, inputs: dict[str, Any], options: GenerationOption
     token as usual, then every later token decoded over the compact cache (module docstring).
 
     ``cache``: a ``DynamicCache`` holding a prefix of the prompt, or None; it ends holding the whole prompt and
-    nothing generated. ``question``: the text of the question whose tokens score (:func:`question_rows`); its tokens
-    must come after any cached prefix. Raises PromptTooLongError as generate() does, and ValueError for a question
-    inside the cached prefix.
+    nothing generated. ``question``: the text of the question whose tokens score (:func:`question_rows`, after any
+    cached prefix). Raises PromptTooLongError as generate() does.
     """
     from transformers import DynamicCache
 
@@ -230,7 +230,7 @@ def generate_sparse(pipe: Any, inputs: dict[str, Any], options: GenerationOption
     L = int(input_ids.shape[1])
     pipe._check_inputs(inputs, options.max_new_tokens)
     cache = DynamicCache(config=pipe.model.config) if cache is None else cache
-    rows = question_rows(pipe, input_ids, question)
+    rows = question_rows(pipe, input_ids, question, cache.get_seq_length())
     visual = pipe.visual_positions(input_ids)
     clock = _Clock(pipe.device, on_token)
     synchronize(pipe.device)

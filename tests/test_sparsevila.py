@@ -245,3 +245,24 @@ def test_scoring_logits_are_those_generate_decodes_with(qas, sample_video, famil
         plain = qa.last_logits(inputs, count=len(ids) + 1, append=ids)
     torch.testing.assert_close(scored, torch.cat(gen.logits).float(), rtol=RTOL, atol=ATOL)
     assert float((plain[1:] - scored[1:]).abs().max()) > 100 * ATOL  # the full cache scores otherwise
+
+
+def test_chat_follow_up_on_a_template_that_asks_before_the_video(sample_video):
+    """The demo checkpoint's template puts the question before the video, so a follow-up's question is found by its
+    own tokens, not by the first turn's layout (it was once looked for inside the cached prefix)."""
+    from pathlib import Path
+
+    from flashvid_cli.api import VideoQA
+
+    qa = VideoQA(str(Path(__file__).resolve().parents[1] / "samples" / "vidq-demo-llava-ov"), device="cpu")
+    talk = Chat(qa, sample_video, AskConfig(method="sparsevila", keep=0.5, frames=4, max_new_tokens=3), logits=True)
+    talk.ask(QUESTION)
+    follow = "And its colour?"
+    inputs = talk.inputs(follow)
+    with torch.inference_mode():
+        fresh = qa.pipeline.generate(inputs, GenerationOptions(3, return_logits=True, sparse=DecodeSparsity(0.06, 4)),
+                                     question=follow)
+    result = talk.ask(follow)
+    assert result.token_ids == fresh.token_ids
+    for a, b in zip(talk.last_generation.logits, fresh.logits, strict=True):
+        torch.testing.assert_close(a, b, rtol=RTOL, atol=ATOL)
