@@ -155,10 +155,26 @@ def check_budget(name: str, out, union: torch.Tensor, keep: float, grid: Grid) -
         method = build(name, keep)
         assert per_frame == [method.tokens_for(grid) // T] * T and K == method.tokens_for(grid)
         assert out.stats["pillars"] + out.stats["collectors"] == K
+    elif name == "sparsevila":  # prefill pruning: each frame's top max(1, round(keep * N)) by salience, kept as is
+        k = N if keep >= 1.0 else min(N, max(1, round(keep * N)))
+        assert per_frame == [k] * T and torch.equal(union, out.index)
     else:
         pytest.skip(f"no budget rule known to this test for {name!r}")
-    if name in {"none", "pool", "divprune", "visionzip", "evs"}:  # data-independent counts have a rule
+    if name in {"none", "pool", "divprune", "visionzip", "evs", "sparsevila"}:  # data-independent counts
         assert build(name, keep).tokens_for(grid) == K
+
+
+def test_sparsevila_keeps_each_frames_most_salient_tokens() -> None:
+    """The kept set per frame is the top-k of the vision salience, ties to the lower index; tokens are untouched."""
+    feats, importance, metric, grid = make_clip(3, 5, 7)
+    importance[1] = 0.5  # frame 1: every token ties, so the first k positions are kept
+    out = build("sparsevila", 0.3)(feats, grid, importance, metric, question=QUESTION)
+    k = round(0.3 * grid.N)  # 10 of 35
+    for t in range(grid.T):
+        kept = out.index[out.index // grid.N == t] % grid.N
+        order = sorted(range(grid.N), key=lambda i: (-float(importance[t, i]), i))
+        assert kept.tolist() == sorted(order[:k])
+    assert torch.equal(out.tokens, feats.reshape(-1, feats.shape[-1])[out.index])
 
 
 @pytest.mark.parametrize("name", METHODS)
