@@ -17,10 +17,12 @@ if TYPE_CHECKING:
 
 
 class InputRules:
-    """A family's input rules for one checkpoint: its resize rule, its visual token count, its context."""
+    """A family's input rules for one checkpoint: its resize rule, its visual token count, its context, and the
+    width D of its visual features (the LLM's hidden size; None when not read), for memory plans."""
 
-    def __init__(self, adapter: type[Pipeline], cfg: PreprocessConfig, context: int | None, name: str):
-        self.adapter, self.cfg, self.context, self.name = adapter, cfg, context, name
+    def __init__(self, adapter: type[Pipeline], cfg: PreprocessConfig, context: int | None, name: str,
+                 hidden: int | None = None):
+        self.adapter, self.cfg, self.context, self.name, self.hidden = adapter, cfg, context, name, hidden
 
     def input_size(self, path: str, frames: int, height: int, width: int) -> tuple[int, int]:
         """(height, width) the family resizes ``frames`` frames of (height, width) px to; VideoError (one line
@@ -58,8 +60,11 @@ def input_rules(model: str) -> InputRules | None:
 
     try:
         if is_random(model):
+            from .random_init import _config_file
+
             adapter, cfg = random_preprocess(model)
-            return InputRules(adapter, cfg, None, model)
+            raw = _config_file(model.removeprefix("random:"))[1]
+            return InputRules(adapter, _patched(cfg, raw.get("vision_config")), None, model, _hidden(raw))
         path = Path(model).expanduser()
         if not path.is_dir():
             from huggingface_hub import snapshot_download
@@ -67,15 +72,25 @@ def input_rules(model: str) -> InputRules | None:
             path = Path(snapshot_download(model, allow_patterns=["*.json"], local_files_only=True))
         config = json.loads((path / "config.json").read_text())
         adapter, cfg = family(config.get("model_type"), repr(model)), checkpoint_preprocess(path, model)
+        cfg = _patched(cfg, config.get("vision_config"))
         adapter.input_size(cfg, 2, 1080, 1920)  # a config the family cannot read: not here
     except Exception:  # noqa: BLE001 - loading the model says what is wrong, in one line
         return None
-    return InputRules(adapter, cfg, _context(path, config), model)
+    return InputRules(adapter, cfg, _context(path, config), model, _hidden(config))
 
 
 def rules_of(pipeline: Pipeline) -> InputRules:
-    """The input rules of a loaded pipeline (its own preprocessor config and context)."""
-    return InputRules(type(pipeline), pipeline.preprocess_config, pipeline.context_limit(), pipeline.name)
+    """The input rules of a loaded pipeline (its own preprocessor config, context and hidden size)."""
+    config = pipeline.model.config
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return InputRules(type(pipeline), _patched(pipeline.preprocess_config, getattr(config, "vision_config", None)),
+                      pipeline.context_limit(), pipeline.name, getattr(text, "hidden_size", None))
+
+
+def _hidden(config: dict) -> int | None:
+    """The text config's hidden size (the width of the projected visual features), or None."""
+    hidden = (config.get("text_config") or config).get("hidden_size") or config.get("hidden_size")
+    return int(hidden) if isinstance(hidden, int) and hidden > 0 else None
 
 
 def _context(path: Path, config: dict) -> int | None:
@@ -89,3 +104,12 @@ def _context(path: Path, config: dict) -> int | None:
     if isinstance(tokenizer_limit, int) and 0 < tokenizer_limit < 10**8:
         limit = min(limit, tokenizer_limit) if limit else tokenizer_limit
     return int(limit) if isinstance(limit, int) and limit > 0 else None
+
+
+def _patched(cfg: PreprocessConfig, vision: object) -> PreprocessConfig:
+    """``cfg`` with the vision config's patch size: LLaVA-OneVision's preprocessor config states none (the default
+    14 then undercounts a patch-8 tower's tokens 4x, as on the demo model); Qwen's states the same as its tower."""
+    import dataclasses
+
+    patch = vision.get("patch_size") if isinstance(vision, dict) else getattr(vision, "patch_size", None)
+    return dataclasses.replace(cfg, patch_size=patch) if isinstance(patch, int) and patch > 0 else cfg

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -45,6 +46,12 @@ def ask(
     no_cache: NoCache = False,
     cache_size: CacheSize = DEFAULT_CACHE_SIZE,
     stream: Stream = False,
+    show_plan: Annotated[bool, typer.Option(
+        "--plan", help="Print the plan (frames, visual tokens before and after, prompt against the context, estimated "
+        "memory whole clip and streamed; docs/STREAMING.md) and exit: nothing decodes, no model loads.")] = False,
+    max_memory: Annotated[Optional[str], typer.Option(
+        help="A memory budget, e.g. 8GiB: a request whose whole-clip estimate is past it streams (said in one line) "
+        "when its method can, else is refused naming what to lower; by default no budget.")] = None,
     as_json: Annotated[bool, typer.Option(
         "--json", help="A flag, no file: print one JSON object per question (answer and report) on stdout, one per "
         "line, in order. (bench and eval take --json FILE.)")] = False,
@@ -79,6 +86,23 @@ def ask(
             from ..streaming import check_streamable
 
             check_streamable(config)  # before the model loads
+        if show_plan or max_memory is not None:
+            from ..plan import choose_path, parse_budget, plan_request
+
+            budget = parse_budget(max_memory)
+            planned = plan_request(video, config, model, device=device, dtype=dtype)
+            if show_plan:
+                typer.echo(json.dumps(planned.to_dict()) if as_json else "\n".join(planned.lines()))
+            streamed, note = choose_path(planned, budget, stream)  # refuses here, before decoding
+            if show_plan:
+                if budget is not None:
+                    path = "streamed" if streamed else "whole clip"
+                    typer.echo(json.dumps({"path": path, "note": note}) if as_json
+                               else note or f"path: {path} within --max-memory")
+                return
+            if streamed and not stream:
+                err.print(note, markup=False, highlight=False)
+                stream, config = True, dataclasses.replace(config, stream=True)
         warn_random(model)
         cache = open_cache(no_cache, cache_size)
         qa, decoded = load_and_decode(video, config, model=model, device=device, dtype=dtype, cache=cache,

@@ -1,0 +1,221 @@
+"""A request planned before any frame is decoded (issue 27 item 2): frames, visual tokens before and after the
+method, the prompt against the model's context, and the peak memory of the whole-clip and the streaming paths.
+
+Everything comes from the frame map (``pipelines.video.plan``), the sampling in :class:`AskConfig`, the model
+family's resize rule and token count and the checkpoint's config files (``pipelines.preflight.input_rules``): no
+weights load and nothing decodes. :func:`choose_path` turns the plan and a memory budget (``--max-memory``) into
+"whole clip", "stream" or a one-line refusal naming what to lower. docs/STREAMING.md ("Planning") states the same.
+
+The memory estimate counts what grows with the video, in bytes, with T sampled frames at the model's input size
+H x W, N visual tokens a frame, D the feature width (the LLM's hidden size), b the model dtype's bytes, c the
+stream chunk (frames), K the tokens the method keeps::
+
+    frames  = T x H x W x 3            (uint8 frames as decoded: still held whole on both paths)
+    pixels  = t x 3 x H x W x 4        (float32 pixel values of t frames)
+    feats   = t x N x D x b            (uncompressed visual features of t frames)
+    kept    = K x D x b
+    whole   = frames + pixels(T) + feats(T) + kept
+    stream  = frames + pixels(min(c, T)) + feats(min(c, T)) + kept
+
+It leaves out what does not grow with the video or is not known before loading: the weights, the vision tower's
+activations on one chunk, what a method reads besides the features (importance ``[T, N]`` float32, a key metric),
+the LLM's KV cache and activations of the prompt.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .config import AskConfig, ConfigError
+
+if TYPE_CHECKING:
+    from .pipelines.preflight import InputRules
+
+PIXEL_BYTES = 4  # preprocessing hands float32 pixel values to the vision tower
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a request will hold and send, known before decoding. Token counts are per video; bytes are bytes."""
+
+    video: str
+    frames: int  # T sampled (an upper bound: frames of a tail that does not decode give fewer)
+    height: int  # the model's input size, px
+    width: int
+    tokens_before: int  # T x N visual tokens the encoder makes (without the family's extra tokens)
+    tokens_after: int  # visual tokens the method sends; a lower bound when ``after_exact`` is False
+    after_exact: bool
+    extra_tokens: int  # the family's tokens after the video (LLaVA-OneVision's newline)
+    new_tokens: int  # --max-new-tokens
+    context: int | None  # the model's context (None: not known before loading, e.g. random: models)
+    hidden: int | None  # D, the feature width (None: not known)
+    dtype_bytes: int  # b
+    chunk_frames: int  # c
+    frames_bytes: int
+    whole_bytes: int | None  # None when D is not known
+    stream_bytes: int | None
+    stream_refusal: str | None  # why this request cannot stream (None: it can)
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Tokens the prompt and the answer take at least: the video's after the method, plus the generated ones
+        (the question's text is not counted: the tokenizer is not loaded)."""
+        return self.tokens_after + self.extra_tokens + self.new_tokens
+
+    def to_dict(self) -> dict:
+        """The plan as plain JSON-able values (``vidq ask --plan --json``)."""
+        import dataclasses
+
+        return {**dataclasses.asdict(self), "prompt_tokens": self.prompt_tokens}
+
+    def lines(self) -> list[str]:
+        """The plan as short lines for people (``vidq ask --plan``)."""
+        from .cache import format_size
+
+        per_frame = self.tokens_before // max(self.frames, 1)
+        after = f"{self.tokens_after:,}" if self.after_exact else f"at least {self.tokens_after:,}"
+        context = f"{self.context:,}" if self.context is not None else "not known before loading"
+        out = [f"video: {self.video}",
+               f"frames: {self.frames:,} at {self.width}x{self.height} ({per_frame:,} visual tokens a frame)",
+               f"visual tokens: {self.tokens_before:,} before compression, {after} after",
+               f"prompt: {self.prompt_tokens:,} tokens at least (video + {self.new_tokens:,} to generate, "
+               f"question not counted) against a context of {context}"]
+        if self.whole_bytes is None or self.stream_bytes is None:
+            out.append("memory: not estimated (the feature width is not known before loading)")
+        else:
+            stream = (f"{format_size(self.stream_bytes)} streamed ({self.chunk_frames} frames a chunk)"
+                      if self.stream_refusal is None else f"cannot stream: {self.stream_refusal}")
+            out.append(f"memory: {format_size(self.whole_bytes)} whole clip, {stream}; "
+                       f"{format_size(self.frames_bytes)} of it the decoded frames (weights not counted)")
+        return out
+
+
+def make_plan(video: str | Path, config: AskConfig, rules: InputRules, dtype_bytes: int = 4,
+              chunk_frames: int | None = None) -> Plan:
+    """Plan ``video`` under ``config`` for the model of ``rules`` (``input_rules(model)``; its ``hidden`` may be
+    None) in a dtype of ``dtype_bytes`` bytes, streamed ``chunk_frames`` frames at a time (the stream default when
+    None). Reads the frame map only. Raises VideoError (the file, or a geometry the family refuses), MethodError
+    (a bad method or option)."""
+    from .kernels import build
+    from .streaming import DEFAULT_CHUNK_FRAMES, refusal
+
+    chunk = DEFAULT_CHUNK_FRAMES if chunk_frames is None else chunk_frames
+    T, (height, width), _ = _frame_map(video, config)
+    h, w = rules.input_size(os.fspath(video), T, height, width)
+    per_unit = rules.adapter.visual_tokens(rules.cfg, 1, h, w)  # N (a temporal group's, for families that group)
+    before = rules.adapter.visual_tokens(rules.cfg, T, h, w)
+    method = build(config.method, config.keep, options=config.options)
+    after, exact = kept_tokens(method, config, before)
+    frames_bytes = T * h * w * 3
+    whole = stream = None
+    if rules.hidden is not None:
+        feats = lambda t: -(-t * before // max(T, 1)) * rules.hidden * dtype_bytes  # noqa: E731
+        kept = after * rules.hidden * dtype_bytes
+        c = min(chunk, T)
+        whole = frames_bytes + T * 3 * h * w * PIXEL_BYTES + feats(T) + kept
+        stream = frames_bytes + c * 3 * h * w * PIXEL_BYTES + feats(c) + kept
+    why = refusal(method, config)
+    if why is None and per_unit * T != before:
+        why = f"model family {rules.adapter.model_type!r} encodes frames together"
+    return Plan(os.fspath(video), T, h, w, before, after, exact, rules.adapter.extra_video_tokens,
+                config.max_new_tokens, rules.context, rules.hidden, dtype_bytes, chunk, frames_bytes, whole, stream,
+                why)
+
+
+def kept_tokens(method: object, config: AskConfig, before: int) -> tuple[int, bool]:
+    """(visual tokens ``method`` sends of ``before``, whether that is exact): all of them for a method that ignores
+    keep, ``--tokens`` when given (the search comes as close as the method can), else keep x before rounded down
+    (a lower bound: methods round per frame or merge by the data)."""
+    if getattr(method, "ignores_keep", False) or getattr(method, "keep", 1.0) >= 1.0:
+        return before, True
+    if config.tokens is not None:
+        return min(before, config.tokens), False
+    return math.floor(config.keep * before), False
+
+
+def choose_path(plan: Plan, budget: int | None, stream: bool) -> tuple[bool, str | None]:
+    """(stream or not, a one-line note when the path was chosen for the budget) for ``plan`` under a memory budget
+    of ``budget`` bytes (None: no budget; the path asked, ``stream``, is kept).
+
+    The whole clip when its estimate fits (or streaming was not asked and nothing is over the budget); streaming,
+    with a note, when only the streamed estimate fits and the request can stream. Raises ConfigError (one line,
+    naming what to lower) when it fits neither way, or only streamed and the request cannot stream. Raises
+    PromptTooLongError when the prompt alone passes the context, on either path.
+    """
+    from .cache import format_size
+    from .pipelines.errors import PromptTooLongError
+
+    if plan.context is not None and plan.prompt_tokens > plan.context:
+        raise PromptTooLongError(
+            f"{plan.video}: the video is {plan.tokens_after:,} tokens after compression ({plan.frames:,} frames) and "
+            f"{plan.new_tokens:,} more to generate, past the {plan.context:,}-token context on either path; lower "
+            "--fps or --max-frames, or --keep / --tokens")
+    if budget is None or plan.whole_bytes is None or plan.stream_bytes is None:
+        return stream, None
+    if not stream and plan.whole_bytes <= budget:
+        return False, None
+    lower = "lower --fps or --max-frames" + (" (the decoded frames alone are "
+                                              f"{format_size(plan.frames_bytes)})" if plan.frames_bytes > budget else "")
+    if plan.stream_refusal is not None:
+        raise ConfigError(f"{plan.video}: an estimated {format_size(plan.whole_bytes)} whole clip is past --max-memory "
+                          f"{format_size(budget)} and this request cannot stream ({plan.stream_refusal}); {lower}, "
+                          f"or use a method that streams ({', '.join(_streaming_methods())})")
+    if plan.stream_bytes > budget:
+        raise ConfigError(f"{plan.video}: an estimated {format_size(plan.stream_bytes)} streamed "
+                          f"({format_size(plan.whole_bytes)} whole clip) is past --max-memory {format_size(budget)}; "
+                          f"{lower}")
+    if stream:
+        return True, None
+    return True, (f"streaming: the whole clip's estimated {format_size(plan.whole_bytes)} is past --max-memory "
+                  f"{format_size(budget)}; streamed it is {format_size(plan.stream_bytes)}")
+
+
+def plan_request(video: str | Path, config: AskConfig, model: str, device: str = "auto", dtype: str = "auto",
+                 chunk_frames: int | None = None) -> Plan:
+    """:func:`make_plan` for ``model`` read from its config files (no weights), in the dtype ``device`` and
+    ``dtype`` resolve to. Raises ModelError when the model's config files cannot be read without loading it (a hub
+    model not in the cache), and what :func:`make_plan` raises."""
+    import torch
+
+    from .pipelines.errors import ModelError
+    from .pipelines.loading import resolve_device, resolve_dtype
+    from .pipelines.preflight import input_rules
+
+    rules = input_rules(model)
+    if rules is None:
+        raise ModelError(f"cannot plan for {model!r}: its config files cannot be read without loading it (not a "
+                         "local directory, a cached hub model or a random: config)")
+    size = torch.empty(0, dtype=resolve_dtype(dtype, resolve_device(device))).element_size()
+    return make_plan(video, config, rules, dtype_bytes=size, chunk_frames=chunk_frames)
+
+
+def parse_budget(text: str | None) -> int | None:
+    """``--max-memory`` (``"8GiB"``, ``"500MB"``) -> bytes; None for None. ConfigError for 0 or what does not read."""
+    from .cache import CacheError, parse_size
+
+    if text is None:
+        return None
+    try:
+        budget = parse_size(text)
+    except CacheError:
+        raise ConfigError(f"--max-memory: cannot read {text!r} as a size; write e.g. 800MiB, 4GB or 16GiB") from None
+    if budget < 1:
+        raise ConfigError(f"--max-memory must be more than 0, got {text!r}")
+    return budget
+
+
+def _streaming_methods() -> list[str]:
+    """The registered methods that can stream (read from their class, never a list of names)."""
+    from .kernels import methods
+
+    return sorted(name for name, cls in methods().items() if cls.stream_unit is not None)
+
+
+def _frame_map(video: str | Path, config: AskConfig) -> tuple[int, tuple[int, int], tuple[int, int]]:
+    from .pipelines.video import plan
+
+    return plan(video, frames=config.frames, fps=config.fps, max_frames=config.max_frames, seek=config.seek)

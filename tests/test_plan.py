@@ -1,0 +1,117 @@
+"""Planning before work (flashvid_cli/plan.py, issue 27 item 2): frames, tokens, prompt and memory from the frame map,
+and the path chosen for a memory budget (``vidq ask --plan``, ``--max-memory``), all before anything decodes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from flashvid_cli.cli import app
+from flashvid_cli.config import AskConfig, ConfigError
+from flashvid_cli.pipelines.errors import PromptTooLongError
+from flashvid_cli.plan import choose_path, make_plan, parse_budget, plan_request
+
+DEMO = Path(__file__).resolve().parents[1] / "samples" / "vidq-demo-llava-ov"  # patch 8, 64 px, hidden 128
+ASK = ["--model", str(DEMO), "--device", "cpu", "--no-cache", "--max-new-tokens", "2"]
+
+
+@pytest.fixture()
+def no_decode(monkeypatch):
+    """Fail the test if anything loads the model or decodes the video."""
+    import flashvid_cli.api as api
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the plan must come before loading and decoding")
+
+    monkeypatch.setattr(api, "load_and_decode", refuse)
+
+
+def test_plan_counts_what_the_run_sends(sample_video):
+    config = AskConfig(method="pool", keep=0.25, frames=40, max_new_tokens=2)
+    plan = plan_request(sample_video, config, str(DEMO), device="cpu")
+    out = CliRunner().invoke(app, ["ask", str(sample_video), "what?", *ASK, "--method", "pool", "--keep", "0.25",
+                                   "--frames", "40", "--json"])
+    assert out.exit_code == 0, out.output
+    tokens = json.loads(out.stdout.splitlines()[0])["report"]["tokens"]
+    assert plan.frames == 40 and (plan.height, plan.width) == (64, 64)
+    assert plan.tokens_before + plan.extra_tokens == tokens["visual_before"]  # 40 x 16: the tower's patch 8, not 14
+    assert plan.tokens_after <= tokens["visual_after"] - plan.extra_tokens  # a lower bound
+    assert plan.context == 2048 and plan.hidden == 128 and plan.dtype_bytes == 4
+
+
+def test_memory_formula(sample_video):
+    plan = plan_request(sample_video, AskConfig(method="pool", keep=0.25, frames=40), str(DEMO), device="cpu",
+                        chunk_frames=8)
+    T, H, W, N, D, b = 40, 64, 64, 16, 128, 4
+    kept = plan.tokens_after * D * b
+    assert plan.frames_bytes == T * H * W * 3
+    assert plan.whole_bytes == T * H * W * 3 + T * 3 * H * W * 4 + T * N * D * b + kept
+    assert plan.stream_bytes == T * H * W * 3 + 8 * 3 * H * W * 4 + 8 * N * D * b + kept
+    short = plan_request(sample_video, AskConfig(method="pool", keep=0.25, frames=6), str(DEMO), device="cpu",
+                         chunk_frames=8)
+    assert short.stream_bytes == short.whole_bytes  # one chunk holds the whole clip
+
+
+def test_choose_path_by_budget(sample_video):
+    plan = plan_request(sample_video, AskConfig(method="pool", keep=0.25, frames=40), str(DEMO), device="cpu")
+    assert choose_path(plan, None, False) == (False, None)
+    assert choose_path(plan, plan.whole_bytes, False) == (False, None)
+    streamed, note = choose_path(plan, plan.whole_bytes - 1, False)
+    assert streamed and "streaming" in note and "--max-memory" in note and "\n" not in note
+    with pytest.raises(ConfigError, match="lower --fps or --max-frames"):
+        choose_path(plan, plan.stream_bytes - 1, False)
+    whole_only = plan_request(sample_video, AskConfig(method="flashvid", frames=40), str(DEMO), device="cpu")
+    assert whole_only.stream_refusal is not None
+    with pytest.raises(ConfigError, match="cannot stream.*a method that streams .*pool"):
+        choose_path(whole_only, whole_only.whole_bytes - 1, False)
+
+
+def test_prompt_past_the_context_is_refused_on_either_path(sample_video):
+    from flashvid_cli.pipelines.preflight import input_rules
+
+    rules = input_rules(str(DEMO))
+    rules.context = 100
+    plan = make_plan(sample_video, AskConfig(method="none", frames=40, max_new_tokens=2), rules)
+    with pytest.raises(PromptTooLongError, match="either path"):
+        choose_path(plan, None, True)
+
+
+@pytest.mark.parametrize("text", ["0", "lots", "-1GB"])
+def test_bad_budget(text):
+    with pytest.raises(ConfigError, match="--max-memory"):
+        parse_budget(text)
+
+
+def test_cli_plan_prints_and_exits_before_decoding(sample_video, no_decode):
+    out = CliRunner().invoke(app, ["ask", str(sample_video), "q?", *ASK, "--method", "pool", "--frames", "40",
+                                   "--plan"])
+    assert out.exit_code == 0, out.output
+    assert "640 before compression" in out.stdout and "whole clip" in out.stdout and "streamed" in out.stdout
+    js = CliRunner().invoke(app, ["ask", str(sample_video), "q?", *ASK, "--method", "pool", "--frames", "40",
+                                  "--plan", "--json"])
+    assert json.loads(js.stdout.splitlines()[0])["tokens_before"] == 640
+
+
+def test_cli_refuses_over_budget_in_one_line_before_decoding(sample_video, no_decode):
+    out = CliRunner().invoke(app, ["ask", str(sample_video), "q?", *ASK, "--method", "flashvid", "--frames", "40",
+                                   "--max-memory", "1MiB"])
+    assert out.exit_code == 1
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert "cannot stream" in lines[0] and "--max-frames" in lines[0] and "Traceback" not in out.output
+
+
+def test_cli_streams_when_the_whole_clip_is_past_the_budget(sample_video):
+    plan = plan_request(sample_video, AskConfig(method="pool", keep=0.25, frames=40), str(DEMO), device="cpu")
+    budget = str((plan.whole_bytes + plan.stream_bytes) // 2)
+    out = CliRunner().invoke(app, ["ask", str(sample_video), "q?", *ASK, "--method", "pool", "--frames", "40",
+                                   "--max-memory", budget, "--json"])
+    assert out.exit_code == 0, out.output
+    assert out.stderr.startswith("streaming: the whole clip")
+    report = json.loads(out.stdout.splitlines()[0])["report"]
+    assert any("streamed in" in note for note in report["video"]["notes"])
+    fits = CliRunner().invoke(app, ["ask", str(sample_video), "q?", *ASK, "--method", "pool", "--frames", "40",
+                                    "--max-memory", str(plan.whole_bytes), "--json"])
+    assert not any("streamed in" in n for n in json.loads(fits.stdout.splitlines()[0])["report"]["video"]["notes"])
