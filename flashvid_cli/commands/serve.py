@@ -50,6 +50,12 @@ def serve(
     request_timeout: Annotated[Optional[float], typer.Option(
         help="Seconds a request may take from arrival (queue included) unless it sends its own vidq.timeout; past "
         "it the request ends with 504 request_timeout and its generation stops at the next token.")] = None,
+    engine: Annotated[str, typer.Option(help="local (this process) or ray (Ray Serve replicas behind one ingress on "
+                                        "--host/--port; pip install 'vidq\\[ray]').")] = "local",
+    replicas: Annotated[Optional[int], typer.Option(
+        help="--engine ray: model replicas, 1 CPU each; a video's requests go to the same one (default 1).")] = None,
+    gpus_per_replica: Annotated[Optional[float], typer.Option(
+        help="--engine ray: GPUs each replica holds (default 0: on CPU; 0.5 puts two on a GPU).")] = None,
     method: Method = DEFAULT_METHOD,
     keep: Keep = None,
     tokens: Tokens = None,
@@ -90,14 +96,27 @@ def serve(
             download_timeout=download_timeout, max_data_bytes=max_data_bytes, kv_cache_size=kv_cache_size,
             video_cache_size=video_cache_size, max_queue=max_queue, request_timeout=request_timeout,
             api_key=api_key or os.environ.get("VIDQ_API_KEY"),
-            encoded_cache=open_cache(no_cache, cache_size),
+            encoded_cache=open_cache(no_cache, cache_size), engine=engine, replicas=replicas,
+            gpus_per_replica=gpus_per_replica,
         )
+        if config.engine == "ray":
+            from ..serve.ray_engine import preflight
+
+            preflight(config)  # an impossible --replicas / --gpus-per-replica is one line before Ray starts
         warn_random(model)
         # uvicorn drains on SIGTERM, then re-raises it to the handler it found: make that an exit with status 0.
         signal.signal(signal.SIGTERM, _exit_zero)
         err.print(f"vidq serve: {config.name} on http://{host}:{port} (loading; GET /health says when ready)",
                   highlight=False)
-        run_server(config)
+        if config.engine == "ray":
+            from dataclasses import replace
+
+            from ..serve.ray_engine import run_ray_server
+
+            # Each replica opens its own encoded-video cache of this size (None: --no-cache).
+            run_ray_server(replace(config, encoded_cache=None), None if no_cache else cache_size)
+        else:
+            run_server(config)
 
 
 def _exit_zero(signum: int, frame: object) -> None:

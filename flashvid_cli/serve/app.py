@@ -177,7 +177,7 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
                 raise as_api_error(exc) from None
             finally:
                 watcher.cancel()
-            return JSONResponse(_completion(req, config.name, outcome))
+            return JSONResponse(_completion(req, config.name, outcome, config.replica))
         future.add_done_callback(lambda f: events.put_nowait(("done", f)))
         first = await events.get()  # an error before the first token is still a status code, not a stream
         if first[0] == "done" and first[1].exception() is not None:
@@ -185,7 +185,8 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
         # Its status is the generation's outcome (a client gone mid-stream is 499), not the 200 already sent.
         request.state.counted_when_done = True
         future.add_done_callback(lambda f: metrics.requests.labels(str(status_of(f.exception()))).inc())
-        return StreamingResponse(_sse(req, config.name, first, events), media_type="text/event-stream")
+        return StreamingResponse(_sse(req, config.name, first, events, config.replica),
+                                 media_type="text/event-stream")
 
     return app
 
@@ -235,14 +236,20 @@ def _usage(outcome: Outcome) -> dict[str, Any]:
             "prompt_tokens_details": {"cached_tokens": outcome.reused_tokens}}
 
 
-def _completion(req: ChatRequest, model: str, outcome: Outcome) -> dict[str, Any]:
+def _vidq(outcome: Outcome, replica: str | None) -> dict[str, Any]:
+    """The response's ``vidq`` report; on a Ray replica (``--engine ray``) it names the replica that answered."""
+    report = outcome.result.to_dict()
+    return report if replica is None else {**report, "replica": replica}
+
+
+def _completion(req: ChatRequest, model: str, outcome: Outcome, replica: str | None = None) -> dict[str, Any]:
     return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
             "model": model, "choices": [{"index": 0, "message": {"role": "assistant", "content": outcome.text},
                                          "finish_reason": outcome.finish_reason, "logprobs": None}],
-            "usage": _usage(outcome), "vidq": outcome.result.to_dict()}
+            "usage": _usage(outcome), "vidq": _vidq(outcome, replica)}
 
 
-async def _sse(req: ChatRequest, model: str, first: tuple, events: asyncio.Queue):
+async def _sse(req: ChatRequest, model: str, first: tuple, events: asyncio.Queue, replica: str | None = None):
     """The stream's chunks: the role, each text piece, the finish reason (with the ``vidq`` report), the usage when
     asked, then ``[DONE]``. An error after the first token ends the stream with an error event."""
     ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
@@ -264,7 +271,7 @@ async def _sse(req: ChatRequest, model: str, first: tuple, events: asyncio.Queue
         yield f"data: {json.dumps(err.body())}\n\n"
     else:
         outcome, _ = event[1].result()
-        yield chunk({}, outcome.finish_reason, vidq=outcome.result.to_dict())
+        yield chunk({}, outcome.finish_reason, vidq=_vidq(outcome, replica))
         if req.include_usage:
             yield chunk(None, usage=_usage(outcome))
     yield "data: [DONE]\n\n"

@@ -32,6 +32,10 @@ class ServeConfig:
     request_timeout: float | None = None  # seconds from arrival to the last token, queue included; None: no limit
     api_key: str | None = None
     encoded_cache: object = None  # an EncodedCache (the on-disk layer) or None
+    engine: str = "local"  # "local": this process; "ray": Ray Serve replicas behind one ingress (serve/ray_engine.py)
+    replicas: int | None = None  # --engine ray: model replicas (1 when None)
+    gpus_per_replica: float | None = None  # --engine ray: GPUs each replica holds (0 when None: on CPU)
+    replica: str | None = None  # set on each Ray replica: its id, reported as the response's vidq.replica
 
     def __post_init__(self) -> None:
         if self.kv_cache_size < 0:
@@ -55,6 +59,14 @@ class ServeConfig:
             self.allowed_local_media_path = root.resolve()
         if self.api_key == "":
             self.api_key = None
+        if self.engine not in {"local", "ray"}:
+            raise ConfigError(f"--engine must be local or ray, got {self.engine!r}")
+        if self.engine != "ray" and (self.replicas is not None or self.gpus_per_replica is not None):
+            raise ConfigError("--replicas and --gpus-per-replica need --engine ray")
+        if self.replicas is not None and self.replicas < 1:
+            raise ConfigError(f"--replicas must be >= 1, got {self.replicas}")
+        if self.gpus_per_replica is not None and not self.gpus_per_replica >= 0:
+            raise ConfigError(f"--gpus-per-replica must be >= 0, got {self.gpus_per_replica}")
 
     @property
     def name(self) -> str:

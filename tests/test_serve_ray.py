@@ -1,0 +1,243 @@
+"""``vidq serve --engine ray``: the router's choice and the pre-start check without Ray; then one local Ray with
+two CPU replicas of the demo model (one replica when this machine has one CPU) behind the ingress on 127.0.0.1,
+asked through the real ``openai`` client and compared with the local engine on the same model."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+pytest.importorskip("fastapi")
+openai = pytest.importorskip("openai")
+httpx = pytest.importorskip("httpx")
+
+from flashvid_cli.annotate.ray_engine import RayResourceError, local_resources  # noqa: E402
+from flashvid_cli.cli import app as cli  # noqa: E402
+from flashvid_cli.config import AskConfig, ConfigError  # noqa: E402
+from flashvid_cli.serve import ServeConfig  # noqa: E402
+from flashvid_cli.serve.ray_engine import (  # noqa: E402
+    affinity_key, check_resources, choose, merge_metrics, replica_name,
+)
+from serve_server import Server, free_port  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CLIPS = REPO / "samples" / "demo" / "clips"
+DEMO = REPO / "samples" / "vidq-demo-llava-ov"
+DEFAULTS = AskConfig(method="divprune", keep=0.5, max_new_tokens=6)
+COUNT = "How many shapes appear in the video?"
+
+
+def first(path: Path, question: str = COUNT) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": f"file://{path}"}},
+                                         {"type": "text", "text": question}]}]
+
+
+# --- without Ray -------------------------------------------------------------------------------------------------
+
+
+def test_the_same_key_goes_to_the_same_replica_and_keys_spread():
+    picks = {key: choose(key, [0, 1, 2], {}, 2) for key in (f"video-{n}" for n in range(60))}
+    assert all(choose(key, [0, 1, 2], {}, 2) == pick for key, pick in picks.items())
+    assert set(picks.values()) == {0, 1, 2}  # 60 keys: each replica gets some (rendezvous hashing)
+
+
+def test_a_down_replica_moves_only_its_own_keys():
+    keys = [f"video-{n}" for n in range(60)]
+    before = {k: choose(k, [0, 1, 2], {}, 2) for k in keys}
+    after = {k: choose(k, [0, 2], {}, 2) for k in keys}
+    assert all(after[k] == before[k] for k in keys if before[k] != 1)
+    assert all(after[k] in {0, 2} for k in keys)
+
+
+def test_a_full_replica_hands_the_request_to_the_least_loaded_and_all_full_is_none():
+    key = "video-7"
+    home = choose(key, [0, 1, 2], {}, 2)
+    others = [i for i in (0, 1, 2) if i != home]
+    load = {home: 2, others[0]: 1, others[1]: 0}
+    assert choose(key, [0, 1, 2], load, 2) == others[1]
+    assert choose(key, [0, 1, 2], {home: 1, others[0]: 1, others[1]: 0}, 2) == home  # not full: stays home
+    assert choose(key, [0, 1, 2], {0: 2, 1: 2, 2: 2}, 2) is None
+    assert choose(key, [], {}, 2) is None
+
+
+def test_the_affinity_key_is_the_video_url_whatever_the_turns_and_question():
+    one = {"messages": first(Path("/v/a.mp4"), "q1")}
+    follow_up = {"messages": first(Path("/v/a.mp4"), "q1") + [
+        {"role": "assistant", "content": "one"}, {"role": "user", "content": "and then?"}]}
+    assert affinity_key(one) == affinity_key(follow_up)
+    assert affinity_key(one) != affinity_key({"messages": first(Path("/v/b.mp4"))})
+    frames = {"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,BBBB"}}, {"type": "text", "text": "q"}]}]}
+    other = {"messages": [{**frames["messages"][0], "content": frames["messages"][0]["content"][1:]}]}
+    assert affinity_key(frames) != affinity_key(other)  # every frame's URL is in the key
+    assert affinity_key(None) == affinity_key({"messages": "not a list"})  # the replica answers its 400
+
+
+def test_merged_metrics_parse_with_a_replica_label():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = ('# HELP vidq_requests_total Requests\n# TYPE vidq_requests_total counter\n'
+            'vidq_requests_total{status="200"} 3.0\n# HELP vidq_in_flight Running\n# TYPE vidq_in_flight gauge\n'
+            'vidq_in_flight 1.0\n')
+    merged = merge_metrics({"r0": text, "r1": text.replace("3.0", "5.0")})
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(merged) for s in family.samples}
+    assert samples[("vidq_requests_total", (("replica", "r0"), ("status", "200")))] == 3.0
+    assert samples[("vidq_requests_total", (("replica", "r1"), ("status", "200")))] == 5.0
+    assert samples[("vidq_in_flight", (("replica", "r1"),))] == 1.0
+
+
+def test_the_resource_check_names_what_is_missing():
+    with pytest.raises(RayResourceError, match=r"need 8 GPUs; the cluster has 1: lower --gpus-per-replica"):
+        check_resources(4, 2, {"CPU": 16, "GPU": 1}, "the cluster")
+    with pytest.raises(RayResourceError, match=r"need 3 CPUs; here has 2: lower --replicas to 2"):
+        check_resources(3, 0, {"CPU": 2}, "here")
+    check_resources(2, 0.5, {"CPU": 2, "GPU": 1}, "here")  # fits: no error
+
+
+def test_replicas_without_the_ray_engine_is_a_config_error():
+    with pytest.raises(ConfigError, match="need --engine ray"):
+        ServeConfig(replicas=2)
+    with pytest.raises(ConfigError, match="--replicas must be >= 1"):
+        ServeConfig(engine="ray", replicas=0)
+
+
+@pytest.mark.parametrize("args, line", [
+    (["--replicas", "2"], "--replicas and --gpus-per-replica need --engine ray"),
+    (["--engine", "ray", "--gpus-per-replica", "64"], "--gpus-per-replica 64 need 64 GPUs; this machine has"),
+    (["--engine", "ray", "--replicas", "4096"], "need 4096 CPUs; this machine has"),
+])
+def test_the_cli_refuses_in_one_line_before_ray_starts(args, line, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    result = CliRunner().invoke(cli, ["serve", "--model", str(DEMO), *args])
+    assert result.exit_code == 1, result.output
+    assert line in result.output and "Traceback" not in result.output
+    assert len([x for x in result.output.splitlines() if x.strip()]) <= 2  # the line (and maybe the debug hint)
+
+
+# --- one local Ray ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("serve-ray-media")
+    for n in range(4):
+        shutil.copy(CLIPS / f"0000{n}.mp4", root / f"{n}.mp4")
+    return root
+
+
+def _config(media: Path, **kw) -> ServeConfig:
+    return ServeConfig(**{**dict(model=str(DEMO), served_model_name="tiny", device="cpu", defaults=DEFAULTS,
+                                 allowed_local_media_path=media, max_queue=4), **kw})
+
+
+@pytest.fixture(scope="module")
+def ray_server(media):
+    """Ray started once for the module; the ingress served by uvicorn in a thread; Ray shut down at the end, and
+    every process it started gone."""
+    pytest.importorskip("ray.serve", reason="ray[serve] is not installed (pip install 'vidq[ray]')")
+    import psutil
+    import uvicorn
+
+    from flashvid_cli.serve.ray_engine import RayServe
+
+    replicas = 2 if local_resources()["CPU"] >= 2 else 1
+    running = RayServe(_config(media, engine="ray", replicas=replicas), None).start()
+    children = psutil.Process().children(recursive=True)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(running.app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    yield {"url": f"http://127.0.0.1:{port}", "replicas": replicas, "running": running}
+    server.should_exit = True
+    thread.join(30)
+    running.stop()
+    import ray
+
+    assert not ray.is_initialized()
+    _, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, f"Ray left processes behind: {[p.pid for p in alive]}"
+
+
+@pytest.fixture(scope="module")
+def local(media):
+    """The local engine on the same model and defaults: the reference the replicas must agree with."""
+    from flashvid_cli.api import VideoQA
+
+    server = Server(_config(media), VideoQA(str(DEMO), device="cpu"))
+    yield server
+    server.stop()
+
+
+def client(url: str):
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=120)
+
+
+def test_a_replica_answers_the_local_engines_tokens_stream_and_not(ray_server, local, media):
+    ray_client = client(ray_server["url"])
+    want = local.client().chat.completions.create(model="tiny", messages=first(media / "0.mp4"))
+    got = ray_client.chat.completions.create(model="tiny", messages=first(media / "0.mp4"))
+    assert got.choices[0].message.content == want.choices[0].message.content
+    assert got.model_extra["vidq"]["token_ids"] == want.model_extra["vidq"]["token_ids"]
+    assert got.usage.prompt_tokens == want.usage.prompt_tokens
+    assert got.usage.completion_tokens == want.usage.completion_tokens
+    assert got.model_extra["vidq"]["replica"] in {replica_name(i) for i in range(ray_server["replicas"])}
+    assert "replica" not in want.model_extra["vidq"]
+    chunks = list(ray_client.chat.completions.create(model="tiny", messages=first(media / "0.mp4"), stream=True,
+                                                     stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == want.choices[0].message.content
+    assert chunks[-1].usage.completion_tokens == want.usage.completion_tokens
+    reports = [c.model_extra["vidq"] for c in chunks if c.choices and (c.model_extra or {}).get("vidq")]
+    assert reports and reports[0]["replica"] == got.model_extra["vidq"]["replica"]  # same video, same replica
+
+
+def test_requests_about_one_video_land_on_one_replica(ray_server, media):
+    ray_client = client(ray_server["url"])
+    seen: dict[str, set[str]] = {}
+    for n in (0, 1, 2, 3, 0, 1, 2, 3):
+        raw = ray_client.chat.completions.with_raw_response.create(model="tiny", messages=first(media / f"{n}.mp4"))
+        replica = raw.parse().model_extra["vidq"]["replica"]
+        assert raw.headers["x-vidq-replica"] == replica
+        seen.setdefault(f"{n}.mp4", set()).add(replica)
+    assert all(len(replicas) == 1 for replicas in seen.values()), seen
+    keys = {name: affinity_key({"messages": first(media / name)}) for name in seen}
+    live = list(range(ray_server["replicas"]))
+    assert {name: {replica_name(choose(k, live, {}, 5))} for name, k in keys.items()} == seen
+
+
+def test_health_models_metrics_and_errors_through_the_ingress(ray_server, media):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url, names = ray_server["url"], {replica_name(i) for i in range(ray_server["replicas"])}
+    health = httpx.get(f"{url}/health").json()
+    assert health["status"] == "ok" and set(health["replicas"]) == names
+    assert [m.id for m in client(url).models.list()] == ["tiny"]
+    with pytest.raises(openai.NotFoundError) as missing:
+        client(url).chat.completions.create(model="other", messages=first(media / "0.mp4"))
+    assert missing.value.body["code"] == "model_not_found"  # the replica's OpenAI-shaped error, passed through
+    with pytest.raises(openai.BadRequestError):  # outside --allowed-local-media-path: the replica's own 400
+        client(url).chat.completions.create(model="tiny", messages=first(Path("/etc/passwd")))
+    client(url).chat.completions.create(model="tiny", messages=first(media / "1.mp4"))
+    families = list(text_string_to_metric_families(httpx.get(f"{url}/metrics").text))
+    labelled = {s.labels.get("replica") for f in families for s in f.samples if s.name == "vidq_requests_in_flight"}
+    assert labelled == names
+
+
+def test_more_gpus_than_the_cluster_has_is_one_line_before_anything_deploys(ray_server, media):
+    import ray
+
+    from flashvid_cli.serve.ray_engine import RayServe
+
+    gpus = ray.cluster_resources().get("GPU", 0) + 1
+    with pytest.raises(RayResourceError, match=r"need \d+ GPUs; the Ray cluster has"):
+        RayServe(_config(media, engine="ray", replicas=1, gpus_per_replica=gpus), None).start()
+    assert httpx.get(f"{ray_server['url']}/health").json()["status"] == "ok"  # the running deployment is untouched
