@@ -143,11 +143,11 @@ def test_non_stream_and_stream_agree_with_usage_and_report(servers, media):
     assert any(c.choices and c.choices[0].finish_reason in {"stop", "length"} for c in chunks)
 
 
-def _follow_up(server: Server, path: Path, questions: list[str]) -> list:
+def _follow_up(server: Server, path: Path, questions: list[str], **kw) -> list:
     messages, out = [], []
     for i, q in enumerate(questions):
         messages += first(path, q) if i == 0 else [{"role": "user", "content": q}]
-        done = chat(server, messages)
+        done = chat(server, messages, **kw)
         out.append(done)
         messages.append({"role": "assistant", "content": done.choices[0].message.content})
     return out
@@ -165,6 +165,20 @@ def test_follow_up_hits_the_prompt_cache_and_answers_as_a_fresh_prefill(servers,
     assert vidq(warm[2])["report"]["cache"]["reused_tokens"] >= warm[1].usage.prompt_tokens - 2
     assert vidq(cold[1])["report"]["cache"]["prefix"] == "off"
     assert [c.choices[0].message.content for c in warm] == [c.choices[0].message.content for c in cold]
+    assert [vidq(c)["token_ids"] for c in warm] == [vidq(c)["token_ids"] for c in cold]
+
+
+def test_sparsevila_follow_ups_decode_sparsely_and_answer_as_without_the_prompt_cache(servers, media):
+    """SparseVILA's decoding runs on a compact copy, so the server's prompt cache keeps the prompt alone and the next
+    request prefills the answer: the same tokens as a server without a prompt cache."""
+    body = {"extra_body": {"vidq": {"method": "sparsevila", "keep": 0.5, "opt": {"decode_keep": "0.1"}}}}
+    questions = [COUNT, LAST]
+    warm = _follow_up(servers["main"], media["a"], questions, **body)
+    cold = _follow_up(servers["nocache"], media["a"], questions, **body)
+    report = vidq(warm[1])["report"]
+    assert report["cache"]["prefix"] == "hit" and report["method"] == "sparsevila"
+    visual = report["tokens"]["visual_after"] - 1  # LLaVA-OV's newline
+    assert report["tokens"]["decoded_by_layer"][0] == min(4, visual) + round(0.1 * visual) + 1
     assert [vidq(c)["token_ids"] for c in warm] == [vidq(c)["token_ids"] for c in cold]
 
 
