@@ -105,12 +105,13 @@ def decode_scores(q: Tensor, keys: Tensor, positions: Tensor, scale: float) -> T
     ``q [H, Q, d]`` float32 queries at prompt ``positions [Q]``; ``keys [Hkv, L, d]`` the layer's cached keys
     (H a multiple of Hkv); query t sees keys ``0..positions[t]``. Returns ``[L]`` float32 (sums to 1 over L).
     """
-    H, Q, _ = q.shape
-    k = keys.float().repeat_interleave(H // keys.shape[0], dim=0)  # [H, L, d]
-    logits = torch.matmul(q, k.transpose(-1, -2)) * scale  # [H, Q, L]
-    ahead = torch.arange(k.shape[1], device=q.device)[None, :] > positions.to(q.device)[:, None]  # [Q, L]
-    probs = torch.softmax(logits.masked_fill(ahead, float("-inf")), dim=-1)
-    return probs.sum(dim=(0, 1)) / (H * Q)
+    H, Q, d = q.shape
+    Hkv, L, _ = keys.shape
+    grouped = q.reshape(Hkv, (H // Hkv) * Q, d)  # a KV head's group of query heads as rows (no key copies)
+    logits = torch.matmul(grouped, keys.float().transpose(-1, -2)) * scale  # [Hkv, G*Q, L]
+    ahead = torch.arange(L, device=q.device)[None, :] > positions.to(q.device)[:, None]  # [Q, L]
+    logits = logits.view(Hkv, H // Hkv, Q, L).masked_fill(ahead, float("-inf"))
+    return torch.softmax(logits, dim=-1).sum(dim=(0, 1, 2)) / (H * Q)
 
 
 def select(scores: Tensor, visual: Tensor, length: int, sparsity: DecodeSparsity) -> tuple[Tensor, list[Tensor]]:
