@@ -108,7 +108,7 @@ def make_plan(video: str | Path, config: AskConfig, rules: InputRules, dtype_byt
     h, w = rules.input_size(os.fspath(video), T, height, width)
     per_unit = rules.adapter.visual_tokens(rules.cfg, 1, h, w)  # N (a temporal group's, for families that group)
     before = rules.adapter.visual_tokens(rules.cfg, T, h, w)
-    method = build(config.method, config.keep, options=config.options)
+    method = build(config.method, config.keep, model_type=rules.adapter.model_type, options=config.options)
     after, exact = kept_tokens(method, config, before)
     frames_bytes = T * h * w * 3
     whole = stream = None
@@ -206,6 +206,71 @@ def parse_budget(text: str | None) -> int | None:
     if budget < 1:
         raise ConfigError(f"--max-memory must be more than 0, got {text!r}")
     return budget
+
+
+def context_budget(units: int, per_unit: int, context: int, new_tokens: int, text_tokens: int, extra: int) -> int:
+    """``--tokens auto``: the visual tokens (the family's ``extra`` included, as ``--tokens`` counts them) that fill
+    ``context`` after ``text_tokens`` of prompt text and ``new_tokens`` to generate, a whole number ``k`` a frame
+    (a temporal group for families that group frames) of ``units`` frames: ``k x units + extra`` with
+    ``text + k x units + extra + new <= context < text + (k + 1) x units + extra + new``, at most every token
+    (``k <= per_unit``). Raises PromptTooLongError when not even 1 token a frame fits."""
+    from .pipelines.errors import PromptTooLongError
+
+    room = context - new_tokens - text_tokens - extra
+    k = min(per_unit, room // max(units, 1))
+    if k < 1:
+        raise PromptTooLongError(
+            f"--tokens auto: not even 1 visual token a frame fits: {units:,} frames, "
+            f"{f'{text_tokens:,} tokens of text' if text_tokens else 'the text not counted'} "
+            f"and {new_tokens:,} to generate against a {context:,}-token context; lower --fps or --max-frames, or "
+            "--max-new-tokens")
+    return k * units + extra
+
+
+def check_tokens_auto(video: str | Path, config: AskConfig, model: str) -> None:
+    """Refuse ``--tokens auto`` before anything decodes (one line): with ``--stream``, for a method that cannot take
+    ``--tokens`` (it ignores keep, or prunes inside the LLM), and when the video's frames alone, at 1 token a
+    frame, with ``--max-new-tokens`` pass the context read from the model's config files (text not counted:
+    the tokenizer is not loaded). Raises ConfigError, PromptTooLongError, VideoError."""
+    from .kernels import build
+    from .pipelines.preflight import input_rules
+
+    if config.stream:
+        raise ConfigError("--tokens auto fits the keep to the whole clip: give --keep to stream")
+    rules = input_rules(model)
+    model_type = rules.adapter.model_type if rules is not None else None
+    method = build(config.method, config.keep, model_type=model_type, options=config.options)
+    if method.ignores_keep or method.llm_prune() is not None:
+        why = "it ignores --keep" if method.ignores_keep else "its in-LLM stage prunes inside the LLM"
+        raise ConfigError(f"--tokens auto does not apply to method {config.method!r}: {why}; give --keep, or a "
+                          "method that takes --tokens")
+    if rules is None or rules.context is None:
+        return  # the context is known once the model loads: auto_tokens checks it then
+    plan = make_plan(video, config, rules)
+    per_unit = rules.adapter.visual_tokens(rules.cfg, 1, plan.height, plan.width)
+    context_budget(plan.tokens_before // per_unit, per_unit, rules.context, config.max_new_tokens, 0,
+                   plan.extra_tokens)
+
+
+def auto_tokens(pipeline: object, questions: list[str], config: AskConfig, frames: int, height: int,
+                width: int) -> int:
+    """``--tokens auto`` once the model is loaded: :func:`context_budget` for ``frames`` decoded frames of
+    (height, width) px and the longest prompt text of ``questions`` (the template and the question, tokenized as
+    the run does). Raises PromptTooLongError as :func:`context_budget` does, ConfigError when the model states
+    no context."""
+    from .pipelines.preflight import rules_of
+    from .pipelines.prompt import prompt_ids
+
+    rules = rules_of(pipeline)
+    if rules.context is None:
+        raise ConfigError(f"--tokens auto: {rules.name!r} states no context length to fit; give --tokens N")
+    h, w = rules.input_size("the video", frames, height, width)
+    per_unit = rules.adapter.visual_tokens(rules.cfg, 1, h, w)
+    units = rules.adapter.visual_tokens(rules.cfg, frames, h, w) // per_unit
+    text = max(len(prompt_ids(pipeline.tokenizer, pipeline.chat_template, pipeline.video_token, q, 0,
+                              pipeline.name)) for q in questions)
+    return context_budget(units, per_unit, rules.context, config.max_new_tokens, text,
+                          rules.adapter.extra_video_tokens)
 
 
 def _streaming_methods() -> list[str]:

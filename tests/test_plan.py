@@ -115,3 +115,53 @@ def test_cli_streams_when_the_whole_clip_is_past_the_budget(sample_video):
     fits = CliRunner().invoke(app, ["ask", str(sample_video), "q?", *ASK, "--method", "pool", "--frames", "40",
                                     "--max-memory", str(plan.whole_bytes), "--json"])
     assert not any("streamed in" in n for n in json.loads(fits.stdout.splitlines()[0])["report"]["video"]["notes"])
+
+
+# -- --tokens auto: the visual budget that fits the context ----------------------------------------------------------
+
+@pytest.mark.parametrize(("units", "per_unit", "context", "new", "text", "extra"),
+                         [(40, 16, 2048, 1700, 14, 1), (7, 196, 32768, 64, 30, 1), (3, 4, 100, 10, 5, 0)])
+def test_context_budget_fills_the_context_a_frame_at_a_time(units, per_unit, context, new, text, extra):
+    from flashvid_cli.plan import context_budget
+
+    tokens = context_budget(units, per_unit, context, new, text, extra)
+    k = (tokens - extra) // units
+    assert (tokens - extra) % units == 0 and 1 <= k <= per_unit
+    assert text + tokens + new <= context
+    assert k == per_unit or text + tokens + units + new > context  # one more token a frame would not fit
+
+
+def test_context_budget_refuses_when_one_token_a_frame_does_not_fit():
+    from flashvid_cli.plan import context_budget
+
+    with pytest.raises(PromptTooLongError, match="not even 1 visual token a frame"):
+        context_budget(40, 16, 2048, 2000, 10, 1)
+
+
+def test_cli_tokens_auto_makes_the_prompt_fit_exactly(sample_video):
+    new = 1700
+    out = CliRunner().invoke(app, ["ask", str(sample_video), "what?", *ASK[:-2], "--max-new-tokens", str(new),
+                                   "--method", "divprune", "--tokens", "auto", "--frames", "40", "--json"])
+    assert out.exit_code == 0, out.output
+    tokens = json.loads(out.stdout.splitlines()[0])["report"]["tokens"]
+    assert tokens["visual_after"] == tokens["asked"]  # divprune hits any count
+    assert tokens["prompt"] + new <= 2048 < tokens["prompt"] + new + 40  # 40 frames: one more token each
+
+
+@pytest.mark.parametrize(("extra", "match"), [
+    (["--method", "divprune", "--max-new-tokens", "2040"], "not even 1 visual token a frame"),
+    (["--method", "none"], "does not apply to method 'none'"),
+    (["--method", "fastv"], "does not apply to method 'fastv'"),
+    (["--method", "pool", "--stream"], "give --keep to stream"),
+])
+def test_cli_tokens_auto_refusals_are_one_line_before_decoding(sample_video, no_decode, extra, match):
+    out = CliRunner().invoke(app, ["ask", str(sample_video), "q?", "--model", str(DEMO), "--device", "cpu",
+                                   "--frames", "40", "--tokens", "auto", *extra])
+    assert out.exit_code == 1
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and match in lines[0] and "Traceback" not in out.output, out.output
+
+
+def test_cli_tokens_must_be_a_count_or_auto(sample_video, no_decode):
+    out = CliRunner().invoke(app, ["ask", str(sample_video), "q?", "--model", str(DEMO), "--tokens", "lots"])
+    assert out.exit_code == 1 and "integer >= 1 or auto" in out.stderr

@@ -15,7 +15,8 @@ import typer
 from ..api import DEFAULT_METHOD, DEFAULT_MODEL
 from .options import (
     DEFAULT_CACHE_SIZE, CacheSize, Decoder, Device, Dtype, Fps, Frames, Keep, MaxFrames, MaxNewTokens, Method, Model,
-    NoCache, Opt, Seed, Seek, Stream, Temperature, TextAfterVideo, Tokens, keep_or_tokens, parse_options,
+    NoCache, Opt, Seed, Seek, Stream, Temperature, TextAfterVideo, TokensAuto, keep_or_tokens, parse_options,
+    parse_tokens,
 )
 from .shell import Command, app, err, open_cache, user_errors, warn_random
 
@@ -30,7 +31,7 @@ def ask(
     model: Model = DEFAULT_MODEL,
     method: Method = DEFAULT_METHOD,
     keep: Keep = None,
-    tokens: Tokens = None,
+    tokens: TokensAuto = None,
     opt: Opt = None,
     frames: Frames = None,
     fps: Fps = None,
@@ -72,8 +73,9 @@ def ask(
 
         from ..inputs import check_ask, check_question, check_video_file
 
+        count, auto = parse_tokens(tokens)
         config = AskConfig(
-            method=method, keep=keep_or_tokens(keep, tokens), tokens=tokens, options=parse_options(opt),
+            method=method, keep=keep_or_tokens(keep, tokens), tokens=count, options=parse_options(opt),
             frames=frames, fps=fps, max_frames=max_frames,
             max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, decoder=decoder,
             seek=seek, text_after_video=text_after_video, stream=stream,
@@ -86,6 +88,10 @@ def ask(
             from ..streaming import check_streamable
 
             check_streamable(config)  # before the model loads
+        if auto:
+            from ..plan import check_tokens_auto
+
+            check_tokens_auto(video, config, model)  # before anything decodes or loads
         if show_plan or max_memory is not None:
             from ..plan import choose_path, parse_budget, plan_request
 
@@ -107,6 +113,12 @@ def ask(
         cache = open_cache(no_cache, cache_size)
         qa, decoded = load_and_decode(video, config, model=model, device=device, dtype=dtype, cache=cache,
                                       started=started)
+        if auto:
+            from ..plan import auto_tokens
+
+            height, width = decoded.frames.shape[1:3]  # already at (or near) the model's input size
+            config = dataclasses.replace(config, tokens=auto_tokens(qa.pipeline, asked, config, len(decoded.frames),
+                                                                    height, width))
         with stream_progress(err.is_terminal and stream) as qa.progress:
             results = qa.ask_many(video, asked, config, decoded=decoded)
         for result in results:

@@ -21,6 +21,9 @@ Keep = Annotated[Optional[float], typer.Option(help=r"Share of visual tokens to 
                                                show_default=False)]
 Tokens = Annotated[Optional[int], typer.Option(
     help="Visual tokens the LLM should see (instead of --keep): each method gets the keep that comes closest.")]
+TokensAuto = Annotated[Optional[str], typer.Option(
+    "--tokens", help="Visual tokens the LLM should see (instead of --keep): each method gets the keep that comes "
+    "closest; auto: as many as fit the context with the prompt and --max-new-tokens (docs/STREAMING.md).")]
 Opt = Annotated[
     Optional[list[str]], typer.Option("--opt", help="A method option as key=value; repeat for several.")
 ]
@@ -82,6 +85,21 @@ def keep_or_tokens(keep: float | None, tokens: int | None, default: float = 0.25
     if keep is not None and tokens is not None:
         raise ConfigError("give --keep or --tokens, not both")
     return default if keep is None else keep
+
+
+def parse_tokens(text: str | None) -> tuple[int | None, bool]:
+    """``--tokens`` of ask -> (the count, or None; whether it is ``auto``). A value that is neither an integer nor
+    ``auto`` is a user error."""
+    from ..api import ConfigError
+
+    if text is None:
+        return None, False
+    if text.strip().lower() == "auto":
+        return None, True
+    try:
+        return int(text), False
+    except ValueError:
+        raise ConfigError(f"--tokens must be an integer >= 1 or auto, got {text!r}") from None
 
 
 def budget_lists(keep: str | None, tokens: str | None, default_keeps: tuple[float, ...]
