@@ -311,11 +311,16 @@ def test_eval_png(eval_run):
     assert (out / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_eval_pool_and_nuwa_with_nuwas_opt(tiny_models, dataset):
-    """The input of the bug: an --opt only nuwa has, with pool in the same eval; pool's rows are pool's own."""
-    args = ["eval", str(dataset), "--model", str(tiny_models["llava_onevision"]), "--keep", "0.25", "--frames", "4"]
-    both = runner.invoke(app, [*args, "--methods", "pool,nuwa", "--opt", "llm_stage=false"])
+@pytest.mark.parametrize("budget, opt", [(["--keep", "0.25"], "llm_stage=false"),
+                                         (["--tokens", "33"], "nuwa.llm_stage=false")], ids=["keep", "tokens"])
+def test_eval_pool_and_nuwa_with_nuwas_opt(tiny_models, dataset, budget, opt):
+    """The input of the bug: an --opt only nuwa has, with pool in the same eval; pool's rows are pool's own, and no
+    question fails but the one whose video is missing (with ``nuwa.key`` every question failed: the check before
+    decoding built each method with every --opt)."""
+    args = ["eval", str(dataset), "--model", str(tiny_models["llava_onevision"]), *budget, "--frames", "4"]
+    both = runner.invoke(app, [*args, "--methods", "pool,nuwa", "--opt", opt])
     assert both.exit_code == 0, both.output
+    assert "1 of 3 questions failed" in both.stderr and "has no option" not in both.stderr
     alone = runner.invoke(app, [*args, "--methods", "pool"])
     pool_row = next(line for line in alone.stdout.splitlines() if line.startswith("pool"))
     assert pool_row in both.stdout.splitlines()

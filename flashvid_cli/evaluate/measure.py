@@ -149,8 +149,8 @@ def _fits_some_run(qa: VideoQA, config: EvalConfig) -> Callable[[str], None]:
     from ..preflight import check_video_fits
 
     rules = rules_of(qa.pipeline)
-    asks = [dataclasses.replace(config.ask, method=run.method, keep=run.keep, tokens=run.tokens)
-            for run in config.runs()]
+    asks = [dataclasses.replace(config.ask, method=run.method, keep=run.keep, tokens=run.tokens,
+                                options=config.options_for(run.method)) for run in config.runs()]
 
     def check(video: str) -> None:
         first: Exception | None = None
