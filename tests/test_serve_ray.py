@@ -149,7 +149,9 @@ def ray_server(media):
 
     replicas = 2 if local_resources()["CPU"] >= 2 else 1
     running = RayServe(_config(media, engine="ray", replicas=replicas), None).start()
-    children = psutil.Process().children(recursive=True)
+    # Ray's processes (gcs_server, raylet, its workers and the replicas), not vidq's own decode workers.
+    children = [p for p in psutil.Process().children(recursive=True) if "ray" in " ".join(p.cmdline())]
+    assert any("raylet" in " ".join(p.cmdline()) for p in children)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(running.app, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -168,13 +170,65 @@ def ray_server(media):
 
 
 @pytest.fixture(scope="module")
-def local(media):
-    """The local engine on the same model and defaults: the reference the replicas must agree with."""
+def qa():
     from flashvid_cli.api import VideoQA
 
-    server = Server(_config(media), VideoQA(str(DEMO), device="cpu"))
+    return VideoQA(str(DEMO), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def local(media, qa):
+    """The local engine on the same model and defaults: the reference the replicas must agree with."""
+    server = Server(_config(media), qa)
     yield server
     server.stop()
+
+
+def test_closing_a_replicas_stream_is_the_apps_disconnect_and_cancels_the_generation(media, qa):
+    """What the ingress does when its client leaves (it closes the replica's generator), on the replica's bridge to
+    the app without Ray: the generation stops at its next token and the request counts as 499."""
+    import asyncio
+    import json
+
+    from flashvid_cli.serve.app import create_app
+    from flashvid_cli.serve.engine import Engine
+    from flashvid_cli.serve.ray_engine import Replica
+
+    held = threading.Event()
+
+    class Held(Engine):
+        def answer(self, req, video, on_text=None, cancel=None, deadline=None):
+            def hold(piece):
+                on_text(piece)
+                held.set()
+                cancel.wait(60)
+
+            return super().answer(req, video, hold, cancel, deadline)
+
+    config = _config(media)
+    engine = Held(config)
+    engine.qa = qa
+    replica = object.__new__(Replica)  # its __init__ loads a model; the bridge needs only the app
+    replica.app = create_app(config, engine)
+    body = json.dumps({"model": "tiny", "stream": True, "messages": first(media / "0.mp4")}).encode()
+
+    async def leave_after_the_first_piece() -> tuple[dict, list[bytes]]:
+        gen = replica.call("POST", "/v1/chat/completions", "", [("content-type", "application/json")], body)
+        head, chunks = await gen.__anext__(), []
+        async for chunk in gen:
+            chunks.append(chunk)
+            if b'"content": "' in chunk and b'"content": ""' not in chunk:
+                break
+        await gen.aclose()
+        for _ in range(3000):  # the loop runs on, as a replica's does: the generation leaves at its next token
+            if not replica.app.state.serve["active"]:
+                break
+            await asyncio.sleep(0.01)
+        return head, chunks
+
+    head, chunks = asyncio.run(leave_after_the_first_piece())
+    assert head["status"] == 200 and held.is_set() and chunks
+    assert replica.app.state.serve["active"] == 0 and replica.app.state.serve.get("cancelled") == 1
 
 
 def client(url: str):

@@ -45,6 +45,7 @@ from .errors import error_body
 REPLICA_CPUS = 1.0
 DOWN_S = 10.0  # seconds a replica whose call failed is left out of the routing (Ray Serve restarts it meanwhile)
 APP_NAME = "vidq-serve"
+_RUNNING: set = set()  # the app calls in flight: asyncio keeps only weak references to tasks
 _HOP = {"connection", "keep-alive", "transfer-encoding", "upgrade", "host", "content-length"}
 
 
@@ -167,6 +168,8 @@ class Replica:
                  "root_path": "", "headers": [(k.lower().encode(), v.encode()) for k, v in headers],
                  "client": ("127.0.0.1", 0), "server": ("127.0.0.1", 0)}
         task = asyncio.ensure_future(self.app(scope, receive, send))
+        _RUNNING.add(task)  # it outlives a closed generator: the app sees the disconnect, stops at the next token
+        task.add_done_callback(_RUNNING.discard)
         task.add_done_callback(lambda _: messages.put_nowait(None))
         try:
             while (message := await messages.get()) is not None:
