@@ -106,8 +106,13 @@ def serve(
         warn_random(model)
         # uvicorn drains on SIGTERM, then re-raises it to the handler it found: make that an exit with status 0.
         signal.signal(signal.SIGTERM, _exit_zero)
-        err.print(f"vidq serve: {config.name} on http://{host}:{port} (loading; GET /health says when ready)",
-                  highlight=False)
+        if config.engine == "ray":
+            count = config.replicas or 1
+            err.print(f"vidq serve: {config.name} on http://{host}:{port} (starting {count} Ray Serve "
+                      f"replica{'s' if count != 1 else ''})", highlight=False)
+        else:
+            err.print(f"vidq serve: {config.name} on http://{host}:{port} (loading; GET /health says when ready)",
+                      highlight=False)
         if config.engine == "ray":
             from dataclasses import replace
 
