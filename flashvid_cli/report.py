@@ -93,7 +93,9 @@ def report_tables(report: Report, reused: str | None = None, prompt: str | None 
 def cache_line(reports: list[Report]) -> str:
     """What was reused, in one line: ``encoded video: off, video prefill: miss, hit, hit`` (one per question)."""
     encoded = ", ".join(dict.fromkeys(r.cache.get("encoded", "off") for r in reports))
-    return f"encoded video: {encoded}; video prefill: {', '.join(r.cache.get('prefix', 'off') for r in reports)}"
+    # a streamed run caches the method's output, not the encoded video (flashvid_cli/cache/compressed.py)
+    what = "compressed tokens" if any("streamed_chunks" in r.method_stats for r in reports) else "encoded video"
+    return f"{what}: {encoded}; video prefill: {', '.join(r.cache.get('prefix', 'off') for r in reports)}"
 
 
 def questions_table(reports: list[Report], questions: list[str]) -> Table:

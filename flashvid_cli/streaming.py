@@ -109,6 +109,10 @@ def stream_video(stages: VideoStages, video: str | Path, config: AskConfig | Non
     ``streamed``; ``compressed.compressed`` equals the whole-clip result for a per-frame method (tests/
     test_streaming.py). ``progress(stage, done, total)`` is called as frames are decoded, encoded and compressed.
     ``decoded``: the frames already decoded with this config (``load_and_decode``), else decoded here.
+    With a cache (``stages.cache``) and a method that does not read the question, the merged output is stored per
+    method and keep once the last chunk is compressed (``prepared.cache`` "miss"), and a later call with the same
+    video, sampling, model, method and keep reads it instead ("hit": nothing decoded unless ``decoded`` was given,
+    nothing preprocessed, encoded or compressed; flashvid_cli/cache/compressed.py).
     Raises ConfigError when the method cannot stream (:func:`refusal`), when the model family's encoding spans
     frames (its features carry per-clip metadata), or for ``chunk_frames < 1``; VideoError when the video does
     not decode; MethodError for a bad method.
@@ -136,6 +140,12 @@ def stream_video(stages: VideoStages, video: str | Path, config: AskConfig | Non
         marks.append(time.perf_counter())
         return marks[-1] - marks[-2]
 
+    ckey = _compressed_key(stages, video, config, method, kwargs, decoded)
+    if ckey is not None:
+        from .cache.compressed import get_compressed
+
+        if (hit := get_compressed(stages.cache, ckey, device)) is not None:
+            return _from_cache(stages, video, method, hit, lap(), decoded, question if kwargs else None)
     ahead = decoded is not None
     if decoded is None:
         decoded = stages.decode(video, config, resize=pipe.frame_resizer(), rules=rules_of(pipe))
@@ -181,17 +191,65 @@ def stream_video(stages: VideoStages, video: str | Path, config: AskConfig | Non
     lap()
     feats = torch.empty(0, grid.N, shape[2], dtype=pipe.dtype, device=device)  # not kept: [0, N, D]
     info = video_info(video, decoded)
+    state, note = "off", "no on-disk cache (--no-cache), or a method that reads the question"
+    if ckey is not None:
+        import dataclasses
+
+        from .cache.compressed import put_compressed
+
+        written = put_compressed(stages.cache, ckey.with_indices(decoded.indices), merged, dataclasses.asdict(info))
+        state, note = ("miss", None) if written else ("off", stages.cache.warning or "the entry was not written")
     info.notes.append(f"streamed in {len(parts)} chunk(s) of up to {chunk_frames} frames: only compressed tokens "
-                      "were kept (not cached)")
+                      "were kept" + (", and cached per method and keep" if state == "miss" else ""))
     extra_tokens = pipe.extra_video_tokens
     prepared = PreparedVideo(
         info, EncodedVideo(feats, grid, meta={"streamed": True}),
         PrepareTimings(t_decode, t_pre, t_enc, decoded.stats.get("decode_s") if ahead else None), need,
-        visual_tokens=grid.T * grid.N + extra_tokens, cache="off",
-        cache_note="a streamed video is not cached yet (docs/STREAMING.md)",
+        visual_tokens=grid.T * grid.N + extra_tokens, cache=state, cache_note=note,
         decode_worker_peak_rss_bytes=decoded.stats.get("peak_rss_bytes"),
         started_at=decoded.stats.get("started_at") if ahead else None,
     )
     visual = int(merged.tokens.shape[0]) + extra_tokens
     compressed = CompressedVideo(method, merged, t_comp, visual, question if kwargs else None, None, None)
     return prepared, compressed
+
+
+def _compressed_key(stages: VideoStages, video: str | Path, config: AskConfig, method: Method,
+                    question_input: dict, decoded: DecodedVideo | None) -> Any:
+    """The cache key of ``method``'s streamed output on ``video`` (flashvid_cli/cache/compressed.py), or None: no
+    usable cache, or a method that reads the question (its tokens are the question's, not the video's)."""
+    if question_input:
+        return None
+    from .cache.compressed import compressed_key
+
+    key = stages._cache_key(video, config, frozenset(), decoded)  # the encoded-video key of the same run
+    return None if key is None else compressed_key(key, method)
+
+
+def _from_cache(stages: VideoStages, video: str | Path, method: Method, hit: Any, t_read: float,
+                decoded: DecodedVideo | None, question: str | None) -> tuple[PreparedVideo, CompressedVideo]:
+    """A streamed run answered from a cached compressed entry: nothing preprocessed, encoded or compressed here
+    (the read is the decode stage's time), and nothing decoded unless ``decoded`` was decoded ahead."""
+    import torch
+
+    from .pipelines.base import EncodedVideo
+    from .results import VideoInfo
+    from .video_stages import VISION_NEEDS
+
+    pipe = stages.pipeline
+    out = hit.compressed
+    grid = out.grid
+    info = VideoInfo(**{**hit.video, "path": str(video)})
+    info.notes = [*info.notes, "compressed tokens of this method and keep read from the on-disk cache (a streamed "
+                  "run's entry): not " + ("encoded or compressed" if decoded is not None else
+                                          "decoded, encoded or compressed")]
+    feats = torch.empty(0, grid.N, int(out.tokens.shape[-1]), dtype=pipe.dtype, device=pipe.device)
+    extra = pipe.extra_video_tokens
+    prepared = PreparedVideo(
+        info, EncodedVideo(feats, grid, meta={"streamed": True}),
+        PrepareTimings(t_read + (decoded.stats.get("waited_after_load_s", 0.0) if decoded is not None else 0.0),
+                       0.0, 0.0), frozenset(method.needs) & VISION_NEEDS, visual_tokens=grid.T * grid.N + extra, cache="hit",
+        started_at=decoded.stats.get("started_at") if decoded is not None else None,
+    )
+    visual = int(out.tokens.shape[0]) + extra
+    return prepared, CompressedVideo(method, out, 0.0, visual, question, None, None)

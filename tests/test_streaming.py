@@ -146,19 +146,61 @@ def test_stream_bar_on_a_terminal_and_not_when_piped(tiny_models, sample_video, 
     assert "vidq report" in text and "6/6" not in text and "ETA" not in text
 
 
-def test_a_streamed_run_writes_no_cache_entry_and_says_so(tiny_models, sample_video, tmp_path):
+def test_a_streamed_run_caches_its_compressed_tokens_and_a_second_run_loads_them(tiny_models, sample_video,
+                                                                                 tmp_path, monkeypatch):
     from flashvid_cli.api import VideoQA
     from flashvid_cli.cache import EncodedCache
 
     cache = EncodedCache(tmp_path / "cache")
     qa = VideoQA(str(tiny_models[FAMILY]), device="cpu", cache=cache)
-    config = AskConfig(method="pool", keep=0.25, frames=4, max_new_tokens=2)
-    streamed = qa.ask(sample_video, "what is it?", AskConfig(**{**config.__dict__, "stream": True}))
+    config = AskConfig(method="visionzip", keep=0.3, frames=5, max_new_tokens=2, stream=True)
+    first_prepared, first = stream_video(qa, sample_video, config, chunk_frames=2)
+    assert first_prepared.cache == "miss" and cache.info().entries == 1 and cache.info().temporary_files == 0
+
+    def no_decode(*args, **kwargs):
+        raise AssertionError("a cached streamed result must not be decoded again")
+
+    monkeypatch.setattr(qa, "decode", no_decode)
+    prepared, again = stream_video(qa, sample_video, config, chunk_frames=3)
+    assert prepared.cache == "hit" and prepared.timings.encode == 0.0
+    _same(again.compressed, first.compressed)
+    assert prepared.video.timestamps_s == first_prepared.video.timestamps_s
+    result = qa.ask(sample_video, "what is it?", config)
+    assert result.report.cache["encoded"] == "hit"
+    from flashvid_cli.report import cache_line
+
+    assert cache_line([result.report]).startswith("compressed tokens: hit")
+    assert any("read from the on-disk cache" in note for note in result.report.video.notes)
+    monkeypatch.undo()
+    other, _ = stream_video(qa, sample_video, AskConfig(**{**config.__dict__, "keep": 0.5}))
+    assert other.cache == "miss" and cache.info().entries == 2  # another keep is another entry
+    whole = qa.ask(sample_video, "what is it?", AskConfig(**{**config.__dict__, "stream": False}))
+    assert whole.report.cache["encoded"] == "miss"  # the encoded-video entry is its own
+    assert cache_line([whole.report]).startswith("encoded video: miss")
+
+
+def test_a_streamed_run_stopped_midway_leaves_no_entry_that_loads(tiny_models, sample_video, tmp_path):
+    from flashvid_cli.api import VideoQA
+    from flashvid_cli.cache import EncodedCache
+
+    cache = EncodedCache(tmp_path / "cache")
+    qa = VideoQA(str(tiny_models[FAMILY]), device="cpu", cache=cache)
+    config = AskConfig(method="pool", keep=0.25, frames=6, stream=True)
+
+    def stop(stage, done, total):
+        if stage == "compressed" and done < total:
+            raise KeyboardInterrupt  # as a Ctrl-C between two chunks
+
+    with pytest.raises(KeyboardInterrupt):
+        stream_video(qa, sample_video, config, chunk_frames=2, progress=stop)
     assert cache.info().entries == 0 and cache.info().temporary_files == 0
-    assert streamed.report.cache["encoded"] == "off"
-    assert any("not cached" in note for note in streamed.report.notes)
-    qa.ask(sample_video, "what is it?", config)  # the whole-clip path on the same cache does write one
-    assert cache.info().entries == 1
+    prepared, _ = stream_video(qa, sample_video, config, chunk_frames=2)
+    assert prepared.cache == "miss"  # computed, not loaded
+    (entry,) = [p for p in cache.root.iterdir() if p.suffix == ".safetensors"]
+    entry.write_bytes(entry.read_bytes()[:-100])  # a torn file (a write that was not atomic)
+    torn, _ = stream_video(qa, sample_video, config, chunk_frames=2)
+    assert torn.cache == "miss"  # refused and rewritten, not trusted
+    assert stream_video(qa, sample_video, config, chunk_frames=2)[0].cache == "hit"
 
 
 def test_cli_refuses_a_method_that_cannot_stream_in_one_line_before_loading(tmp_path, sample_video):

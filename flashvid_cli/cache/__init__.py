@@ -14,7 +14,8 @@ needs one the entry lacks is a miss; the new entry written after it holds the un
 The package, one concern per module: :mod:`.key` (what identifies an encoded video: the content, model and code
 fingerprints, the sampling request, :class:`CacheKey`), :mod:`.entry` (one entry file: safetensors plus a checked
 header), :mod:`.files` (atomic writes, partial writes left by killed writers), :mod:`.directory` (the entries,
-LRU eviction to the cap, clearing), :mod:`.sizes` (``--cache-size``), :mod:`.store` (:class:`EncodedCache`).
+LRU eviction to the cap, clearing), :mod:`.sizes` (``--cache-size``), :mod:`.store` (:class:`EncodedCache`),
+:mod:`.compressed` (a streamed run's compressed tokens, per method and keep, in the same directory).
 """
 
 from .directory import CacheInfo, ClearResult
