@@ -295,3 +295,21 @@ def test_more_gpus_than_the_cluster_has_is_one_line_before_anything_deploys(ray_
     with pytest.raises(RayResourceError, match=r"need \d+ GPUs; the Ray cluster has"):
         RayServe(_config(media, engine="ray", replicas=1, gpus_per_replica=gpus), None).start()
     assert httpx.get(f"{ray_server['url']}/health").json()["status"] == "ok"  # the running deployment is untouched
+
+
+def test_a_replica_that_does_not_load_is_named_with_its_error():
+    """What a failed start says (Serve retries the constructor, then fails the application without the cause):
+    the first unhealthy replica's last traceback line, read from Serve's status."""
+    from types import SimpleNamespace
+
+    from flashvid_cli.serve.ray_engine import APP_NAME, _deploy_failure
+
+    trace = "Traceback (most recent call last):\n  File ...\nflashvid_cli.pipelines.errors.ModelError: no such model\n"
+    deployments = {"vidq-directory": SimpleNamespace(status="HEALTHY", message=""),
+                   "vidq-replica-1": SimpleNamespace(status="HEALTHY", message=""),
+                   "vidq-replica-0": SimpleNamespace(status="DEPLOY_FAILED", message=trace)}
+    serve = SimpleNamespace(status=lambda: SimpleNamespace(
+        applications={APP_NAME: SimpleNamespace(deployments=deployments)}))
+    assert _deploy_failure(serve) == "vidq-replica-0: ModelError: no such model"
+    gone = SimpleNamespace(status=lambda: (_ for _ in ()).throw(ConnectionError("controller gone")))
+    assert _deploy_failure(gone) is None

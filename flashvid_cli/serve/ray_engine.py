@@ -302,6 +302,20 @@ def _import_serve() -> Any:
     return ray, serve
 
 
+def _deploy_failure(serve: Any) -> str | None:
+    """The last line of the first failed replica's error (its constructor's exception), from Serve's status."""
+    try:
+        deployments = serve.status().applications[APP_NAME].deployments
+    except Exception:  # noqa: BLE001 - the controller is gone too: the caller's message stands
+        return None
+    for name, state in sorted(deployments.items()):
+        lines = [line.strip() for line in (state.message or "").splitlines() if line.strip()]
+        if state.status != "HEALTHY" and lines:
+            last = re.sub(r"^[\w.]+\.(\w+: )", r"\1", lines[-1])  # "ModelError: ...", without its module path
+            return f"{name}: {last}"
+    return None
+
+
 class RayServe:
     """The running deployment: :meth:`start` it, serve :attr:`app` (the ingress), then :meth:`stop`."""
 
@@ -345,9 +359,9 @@ class RayServe:
         try:
             serve.run(root.bind(*bound), name=APP_NAME, route_prefix=None)
         except Exception as exc:  # noqa: BLE001 - a replica's constructor failed (the model did not load)
+            why = _deploy_failure(serve) or str(exc)
             self.stop()
-            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-            raise RayEngineError(f"--engine ray: the replicas did not start: {lines[-1] if lines else exc}") from None
+            raise RayEngineError(f"--engine ray: the replicas did not start: {why}") from None
         handles = [serve.get_deployment_handle(replica_name(i), app_name=APP_NAME) for i in range(replicas)]
         self.app = create_ingress(c, handles)
         return self
