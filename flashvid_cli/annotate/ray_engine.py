@@ -13,6 +13,12 @@ one CPU for the decode tasks are checked against the cluster's resources before 
 Ray, against this machine's CPUs and GPUs before Ray is even started). On SIGTERM or any error the driver shuts
 Ray down, which ends the job's actors. Ray's own logs stay off the terminal (``log_to_driver=False``, level
 ERROR, no usage-stats notice).
+
+Ray's core worker ends the whole process with exit code 1 ("The core worker has already been shutdown ... The
+process will exit") when any thread calls into it after ``ray.shutdown()``. Ray Data's scheduling thread and its
+prefetch threads outlive the row iterator (the executor waits 2 s for its thread, the prefetcher not at all), so
+the driver closes the iterator and waits for those threads before shutting Ray down, and a SIGTERM that comes
+during that teardown is held until it is done (then exits 143), never raised inside it.
 """
 
 from __future__ import annotations
@@ -145,6 +151,8 @@ def run_ray(todo: list[tuple[str, list[str]]], config: AnnotateConfig) -> Iterat
 
     ray = _import_ray()
     started_here = local = False
+    main = threading.current_thread() is threading.main_thread()
+    before_ray = (signal.getsignal(signal.SIGTERM) or signal.SIG_DFL) if main else None  # ray.init sets its own
     if not ray.is_initialized():
         if not os.environ.get("RAY_ADDRESS"):  # a local Ray: check before paying for its start
             here = local_resources()
@@ -155,19 +163,27 @@ def run_ray(todo: list[tuple[str, list[str]]], config: AnnotateConfig) -> Iterat
         else:
             ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR", configure_logging=True)
         started_here = True
-    previous = None
+    held: list[int] = []  # a SIGTERM that came during the teardown, raised once it is done
+    threads_before = set(threading.enumerate())
     try:
         check_resources(config, ray.cluster_resources(), "the Ray cluster")
         if not local:  # a shared cluster may be busy: what its other jobs hold now would make this one wait
             check_resources(config, ray.available_resources(), "the Ray cluster (free now)")
-        if threading.current_thread() is threading.main_thread():
-            previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)  # after ray.init, which sets its own
+        if main:
+            signal.signal(signal.SIGTERM, _exit_on_sigterm)  # after ray.init, which sets its own
         yield from _stream(ray, todo, config, dataclasses.asdict(config.ask))
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-        if started_here:
-            ray.shutdown()  # ends this job's actors and the local Ray's processes
+        if main:
+            signal.signal(signal.SIGTERM, lambda signum, frame: held.append(signum))
+        try:
+            if started_here:
+                _join_new_threads(threads_before)  # nothing may call into Ray once it is shut down
+                ray.shutdown()  # ends this job's actors and the local Ray's processes
+        finally:
+            if main:
+                signal.signal(signal.SIGTERM, before_ray)
+    if held:
+        raise SystemExit(128 + held[0])
 
 
 class RayEngine:
@@ -184,6 +200,30 @@ class RayEngine:
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)  # unwinds through run_ray's finally: Ray is shut down, the output closed
+
+
+THREADS_JOIN_S = 30.0  # the most the teardown waits for Ray Data's threads to see the executor has stopped
+
+
+def _join_new_threads(before: set[threading.Thread], timeout_s: float = THREADS_JOIN_S) -> None:
+    """Wait (at most ``timeout_s`` in all) for the daemon threads started since ``before`` (Ray Data's scheduling
+    and prefetch threads) to end, so none of them calls into Ray after ``ray.shutdown()``.
+
+    Ray Data's block prefetcher thread (``WaitBlockPrefetcher``) is stopped only at the end of a complete
+    iteration, and its thread keeps its owner alive, so after an early stop it would wait for the process's end,
+    woken by the pipeline thread's last ``prefetch_blocks`` into a ``ray.wait``: a thread whose target is a bound
+    method of a Ray object with ``stop()`` is stopped first, then joined like the others.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    for thread in set(threading.enumerate()) - before:
+        if thread is threading.current_thread() or not thread.daemon:
+            continue
+        owner = getattr(getattr(thread, "_target", None), "__self__", None)
+        if type(owner).__module__.startswith("ray.") and callable(getattr(owner, "stop", None)):
+            owner.stop()
+        thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def _stream(ray: Any, todo: list[tuple[str, list[str]]], config: AnnotateConfig,
@@ -214,10 +254,15 @@ def _stream(ray: Any, todo: list[tuple[str, list[str]]], config: AnnotateConfig,
             ds = ds.map_batches(_Answerer, **answer, max_restarts=0)
         except TypeError:
             ds = ds.map_batches(_Answerer, **answer)
+    rows = iter(ds.iter_rows())
     try:
-        for row in ds.iter_rows():
+        for row in rows:
             yield json.loads(row["line"])
     except ray.exceptions.RayError as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         raise RayEngineError(f"--engine ray: {type(exc).__name__}: {lines[-1] if lines else ''} (the lines "
                              "written so far are kept; rerun to resume)") from None
+    finally:  # now, not when the generator is collected: its close shuts the executor down (before ray.shutdown)
+        close = getattr(rows, "close", None)
+        if close is not None:
+            close()
