@@ -258,8 +258,8 @@ def read_mp4(source: str | Path | io.BytesIO) -> np.ndarray:
 
 def questions(clip: Clip, rng: np.random.Generator, every: bool = False,
               kinds: Sequence[str] = QUESTION_TYPES) -> list[QA]:
-    """One question of every type in ``kinds`` the clip can answer (``every``: all of them), in a random order;
-    options are shuffled. The default types are drawn first, so ``kinds`` beyond them leaves their draws as they were."""
+    """One question of every type of ``kinds`` (a QUESTION_SETS value) the clip can answer (``every``: all of them),
+    in a random order; options are shuffled. The spatial set draws apart, so the default set's draws are as before."""
     if set(kinds) <= set(SPATIAL_TYPES):
         return _spatial_questions(clip, rng, every, kinds)
     by_type: dict[str, list[QA]] = {kind: [] for kind in kinds}
