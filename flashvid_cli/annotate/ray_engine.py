@@ -194,8 +194,32 @@ class RayEngine:
         preflight(config)
 
     def run(self, todo: Todo, config: AnnotateConfig) -> Iterator[dict[str, Any]]:
-        """Run ``todo`` on Ray Data, yielding each line as it arrives; closing it shuts down the Ray it started."""
-        return run_ray(todo, config)
+        """Run ``todo`` on Ray Data, yielding each line as it arrives; closing it shuts down the Ray it started.
+
+        Each video is first checked against the model from its frame map and the checkpoint's config files
+        (:func:`~flashvid_cli.preflight.check_video_fits`, as the local engine does before decoding): one the
+        model cannot take (tokens past the context, a geometry the family refuses, a sampling that fails) gets
+        its error lines here, with no Ray started and no model loaded for it; only the others go to Ray.
+        """
+        return _checked_then_run(todo, config)
+
+
+def _checked_then_run(todo: Todo, config: AnnotateConfig) -> Iterator[dict[str, Any]]:
+    from ..pipelines.preflight import input_rules
+    from ..preflight import check_video_fits
+    from .answer import error_text, make_record
+
+    rules, options, left = input_rules(config.model), config.options(), []
+    for video, questions in todo:
+        try:
+            check_video_fits(video, config.ask, rules)
+        except Exception as exc:  # noqa: BLE001 - one bad video costs its lines, never the run (as locally)
+            for question in questions:
+                yield make_record(video, question, options, error=error_text(exc))
+        else:
+            left.append((video, questions))
+    if left:
+        yield from run_ray(left, config)
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
