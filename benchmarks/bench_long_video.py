@@ -81,6 +81,18 @@ def run(video: Path, stream: bool, args: argparse.Namespace) -> dict:
             "tokens": report["tokens"]}
 
 
+def estimate(video: Path, args: argparse.Namespace) -> dict:
+    """``vidq ask --plan``'s memory estimate (MiB) of the run, whole clip and streamed: what grows with the video,
+    not the weights or the interpreter (flashvid_cli/plan.py states the formula)."""
+    from flashvid_cli.config import AskConfig
+    from flashvid_cli.plan import plan_request
+
+    frames = int(args.minutes_of[video] * 60 * args.fps)
+    config = AskConfig(method=args.method, keep=args.keep, fps=args.fps, max_frames=frames, max_new_tokens=4)
+    plan = plan_request(video, config, args.model, device="cpu")
+    return {"whole": round(plan.whole_bytes / 2**20, 1), "stream": round(plan.stream_bytes / 2**20, 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, nargs="+", default=[10.0])
@@ -97,9 +109,11 @@ def main() -> None:
     for minutes in args.minutes:
         video = make_video(args.dir / f"vidq_long_{minutes:g}min_{args.size}px.mp4", minutes, args.size, args.src_fps)
         args.minutes_of[video] = minutes
+        est = estimate(video, args)
         for stream in (False, True):
-            rows.append({"minutes": minutes, "path": "stream" if stream else "whole clip", **run(video, stream, args)})
-    cols = ["minutes", "path", "frames", "peak_tree_rss_mib", "wall_s", "fps_decode", "fps_preprocess", "fps_encode",
+            rows.append({"minutes": minutes, "path": "stream" if stream else "whole clip",
+                         "plan_mib": est["stream" if stream else "whole"], **run(video, stream, args)})
+    cols = ["minutes", "path", "frames", "plan_mib", "peak_tree_rss_mib", "wall_s", "fps_decode", "fps_preprocess", "fps_encode",
             "fps_compress"]
     print(" | ".join(cols))
     for row in rows:

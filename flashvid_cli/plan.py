@@ -13,13 +13,18 @@ stream chunk (frames), K the tokens the method keeps::
     frames  = T x H x W x 3            (uint8 frames as decoded: still held whole on both paths)
     pixels  = t x 3 x H x W x 4        (float32 pixel values of t frames)
     feats   = t x N x D x b            (uncompressed visual features of t frames)
+    vision  = t x P x (Dv x (Lv + 1) + D) x b
+                                       (the vision tower's hidden states of t frames, P patches a frame, Dv wide,
+                                        every one of its Lv layers and the embeddings, as HF's LLaVA-OneVision
+                                        returns them to pick the feature layer, plus the projector's output
+                                        before pooling; an upper bound for families that keep fewer)
     kept    = K x D x b
-    whole   = frames + pixels(T) + feats(T) + kept
-    stream  = frames + pixels(min(c, T)) + feats(min(c, T)) + kept
+    whole   = frames + pixels(T) + feats(T) + vision(T) + kept
+    stream  = frames + pixels(min(c, T)) + feats(min(c, T)) + vision(min(c, T)) + kept
 
-It leaves out what does not grow with the video or is not known before loading: the weights, the vision tower's
-activations on one chunk, what a method reads besides the features (importance ``[T, N]`` float32, a key metric),
-the LLM's KV cache and activations of the prompt.
+It leaves out what does not grow with the video or is not known before loading: the weights, the interpreter,
+what a method reads besides the features (importance ``[T, N]`` float32, a key metric), copies of the frames on
+their way from the decode worker, the LLM's KV cache and activations of the prompt.
 """
 
 from __future__ import annotations
@@ -116,8 +121,13 @@ def make_plan(video: str | Path, config: AskConfig, rules: InputRules, dtype_byt
         feats = lambda t: -(-t * before // max(T, 1)) * rules.hidden * dtype_bytes  # noqa: E731
         kept = after * rules.hidden * dtype_bytes
         c = min(chunk, T)
-        whole = frames_bytes + T * 3 * h * w * PIXEL_BYTES + feats(T) + kept
-        stream = frames_bytes + c * 3 * h * w * PIXEL_BYTES + feats(c) + kept
+        vision = lambda t: 0  # noqa: E731 - a tower not read from the config
+        if rules.vision is not None:
+            patches = (h // rules.cfg.patch_size) * (w // rules.cfg.patch_size)
+            width, layers = rules.vision
+            vision = lambda t: t * patches * (width * (layers + 1) + rules.hidden) * dtype_bytes  # noqa: E731
+        whole = frames_bytes + T * 3 * h * w * PIXEL_BYTES + feats(T) + vision(T) + kept
+        stream = frames_bytes + c * 3 * h * w * PIXEL_BYTES + feats(c) + vision(c) + kept
     why = refusal(method, config)
     if why is None and per_unit * T != before:
         why = f"model family {rules.adapter.model_type!r} encodes frames together"

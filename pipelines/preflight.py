@@ -18,11 +18,13 @@ if TYPE_CHECKING:
 
 class InputRules:
     """A family's input rules for one checkpoint: its resize rule, its visual token count, its context, and the
-    width D of its visual features (the LLM's hidden size; None when not read), for memory plans."""
+    width D of its visual features (the LLM's hidden size; None when not read) and its vision tower's (hidden size,
+    layers) (None when not read), for memory plans."""
 
     def __init__(self, adapter: type[Pipeline], cfg: PreprocessConfig, context: int | None, name: str,
-                 hidden: int | None = None):
+                 hidden: int | None = None, vision: tuple[int, int] | None = None):
         self.adapter, self.cfg, self.context, self.name, self.hidden = adapter, cfg, context, name, hidden
+        self.vision = vision
 
     def input_size(self, path: str, frames: int, height: int, width: int) -> tuple[int, int]:
         """(height, width) the family resizes ``frames`` frames of (height, width) px to; VideoError (one line
@@ -64,7 +66,8 @@ def input_rules(model: str) -> InputRules | None:
 
             adapter, cfg = random_preprocess(model)
             raw = _config_file(model.removeprefix("random:"))[1]
-            return InputRules(adapter, _patched(cfg, raw.get("vision_config")), None, model, _hidden(raw))
+            return InputRules(adapter, _patched(cfg, raw.get("vision_config")), None, model, _hidden(raw),
+                              _vision(raw.get("vision_config")))
         path = Path(model).expanduser()
         if not path.is_dir():
             from huggingface_hub import snapshot_download
@@ -76,7 +79,7 @@ def input_rules(model: str) -> InputRules | None:
         adapter.input_size(cfg, 2, 1080, 1920)  # a config the family cannot read: not here
     except Exception:  # noqa: BLE001 - loading the model says what is wrong, in one line
         return None
-    return InputRules(adapter, cfg, _context(path, config), model, _hidden(config))
+    return InputRules(adapter, cfg, _context(path, config), model, _hidden(config), _vision(config.get("vision_config")))
 
 
 def rules_of(pipeline: Pipeline) -> InputRules:
@@ -84,7 +87,8 @@ def rules_of(pipeline: Pipeline) -> InputRules:
     config = pipeline.model.config
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     return InputRules(type(pipeline), _patched(pipeline.preprocess_config, getattr(config, "vision_config", None)),
-                      pipeline.context_limit(), pipeline.name, getattr(text, "hidden_size", None))
+                      pipeline.context_limit(), pipeline.name, getattr(text, "hidden_size", None),
+                      _vision(getattr(config, "vision_config", None)))
 
 
 def _hidden(config: dict) -> int | None:
@@ -104,6 +108,15 @@ def _context(path: Path, config: dict) -> int | None:
     if isinstance(tokenizer_limit, int) and 0 < tokenizer_limit < 10**8:
         limit = min(limit, tokenizer_limit) if limit else tokenizer_limit
     return int(limit) if isinstance(limit, int) and limit > 0 else None
+
+
+def _vision(vision: object) -> tuple[int, int] | None:
+    """(hidden size, layers) of a vision config (a dict or a config object; SigLIP's names or Qwen's), or None."""
+    get = vision.get if isinstance(vision, dict) else (lambda k: getattr(vision, k, None))
+    hidden = get("hidden_size") or get("embed_dim")
+    layers = get("num_hidden_layers") or get("depth")
+    ok = all(isinstance(v, int) and v > 0 for v in (hidden, layers))
+    return (int(hidden), int(layers)) if vision is not None and ok else None
 
 
 def _patched(cfg: PreprocessConfig, vision: object) -> PreprocessConfig:

@@ -46,10 +46,12 @@ def test_memory_formula(sample_video):
     plan = plan_request(sample_video, AskConfig(method="pool", keep=0.25, frames=40), str(DEMO), device="cpu",
                         chunk_frames=8)
     T, H, W, N, D, b = 40, 64, 64, 16, 128, 4
+    P, Dv, Lv = 64, 128, 3  # the demo's tower: 8x8 patches of 8 px, 128 wide, 3 layers
     kept = plan.tokens_after * D * b
+    vision = lambda t: t * P * (Dv * (Lv + 1) + D) * b  # noqa: E731
     assert plan.frames_bytes == T * H * W * 3
-    assert plan.whole_bytes == T * H * W * 3 + T * 3 * H * W * 4 + T * N * D * b + kept
-    assert plan.stream_bytes == T * H * W * 3 + 8 * 3 * H * W * 4 + 8 * N * D * b + kept
+    assert plan.whole_bytes == T * H * W * 3 + T * 3 * H * W * 4 + T * N * D * b + vision(T) + kept
+    assert plan.stream_bytes == T * H * W * 3 + 8 * 3 * H * W * 4 + 8 * N * D * b + vision(8) + kept
     short = plan_request(sample_video, AskConfig(method="pool", keep=0.25, frames=6), str(DEMO), device="cpu",
                          chunk_frames=8)
     assert short.stream_bytes == short.whole_bytes  # one chunk holds the whole clip
