@@ -113,8 +113,8 @@ def main() -> None:
         for stream in (False, True):
             rows.append({"minutes": minutes, "path": "stream" if stream else "whole clip",
                          "plan_mib": est["stream" if stream else "whole"], **run(video, stream, args)})
-    cols = ["minutes", "path", "frames", "plan_mib", "peak_tree_rss_mib", "wall_s", "fps_decode", "fps_preprocess", "fps_encode",
-            "fps_compress"]
+    cols = ["minutes", "path", "frames", "plan_mib", "peak_tree_rss_mib", "wall_s", "fps_decode", "fps_preprocess",
+            "fps_encode", "fps_compress"]
     print(" | ".join(cols))
     for row in rows:
         print(" | ".join(str(row[c]) for c in cols[:2]) + " | " + (

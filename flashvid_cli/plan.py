@@ -168,8 +168,8 @@ def choose_path(plan: Plan, budget: int | None, stream: bool) -> tuple[bool, str
         return stream, None
     if not stream and plan.whole_bytes <= budget:
         return False, None
-    lower = "lower --fps or --max-frames" + (" (the decoded frames alone are "
-                                              f"{format_size(plan.frames_bytes)})" if plan.frames_bytes > budget else "")
+    alone = f" (the decoded frames alone are {format_size(plan.frames_bytes)})" if plan.frames_bytes > budget else ""
+    lower = "lower --fps or --max-frames" + alone
     if plan.stream_refusal is not None:
         raise ConfigError(f"{plan.video}: an estimated {format_size(plan.whole_bytes)} whole clip is past --max-memory "
                           f"{format_size(budget)} and this request cannot stream ({plan.stream_refusal}); {lower}, "

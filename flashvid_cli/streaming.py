@@ -248,7 +248,8 @@ def _from_cache(stages: VideoStages, video: str | Path, method: Method, hit: Any
     prepared = PreparedVideo(
         info, EncodedVideo(feats, grid, meta={"streamed": True}),
         PrepareTimings(t_read + (decoded.stats.get("waited_after_load_s", 0.0) if decoded is not None else 0.0),
-                       0.0, 0.0), frozenset(method.needs) & VISION_NEEDS, visual_tokens=grid.T * grid.N + extra, cache="hit",
+                       0.0, 0.0), frozenset(method.needs) & VISION_NEEDS, visual_tokens=grid.T * grid.N + extra,
+        cache="hit",
         started_at=decoded.stats.get("started_at") if decoded is not None else None,
     )
     visual = int(out.tokens.shape[0]) + extra

@@ -79,7 +79,8 @@ def input_rules(model: str) -> InputRules | None:
         adapter.input_size(cfg, 2, 1080, 1920)  # a config the family cannot read: not here
     except Exception:  # noqa: BLE001 - loading the model says what is wrong, in one line
         return None
-    return InputRules(adapter, cfg, _context(path, config), model, _hidden(config), _vision(config.get("vision_config")))
+    return InputRules(adapter, cfg, _context(path, config), model, _hidden(config),
+                      _vision(config.get("vision_config")))
 
 
 def rules_of(pipeline: Pipeline) -> InputRules:

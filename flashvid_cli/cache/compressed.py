@@ -51,7 +51,8 @@ def put_compressed(cache: Any, key: CacheKey, out: Any, video: dict[str, Any] | 
         return False
     tensors = {name: _standalone(getattr(out, name)) for name in _TENSORS if getattr(out, name) is not None}
     header = {"format": FORMAT_VERSION, "kind": KIND, "key": key.fields, "frame_indices": list(key.frame_indices),
-              "grid": [out.grid.T, out.grid.H, out.grid.W], "stats": _jsonable(out.stats), "video": _jsonable(video or {}),
+              "grid": [out.grid.T, out.grid.H, out.grid.W], "stats": _jsonable(out.stats),
+              "video": _jsonable(video or {}),
               "checksums": {name: _checksum(t) for name, t in tensors.items()}}
     data = save(tensors, metadata={"vidq": json.dumps(header, sort_keys=True)})
     if len(data) > cache.max_bytes:
