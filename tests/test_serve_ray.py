@@ -313,3 +313,62 @@ def test_a_replica_that_does_not_load_is_named_with_its_error():
     assert _deploy_failure(serve) == "vidq-replica-0: ModelError: no such model"
     gone = SimpleNamespace(status=lambda: (_ for _ in ()).throw(ConnectionError("controller gone")))
     assert _deploy_failure(gone) is None
+
+
+class _FakeHandle:
+    """A Serve handle's shape (``options(stream=True).call.remote(...)``): answers 200 naming itself, or fails
+    before its first byte as a dead replica's call does."""
+
+    def __init__(self, index: int, dead: bool = False):
+        self.index, self.dead, self.calls = index, dead, 0
+
+    def options(self, stream: bool):
+        assert stream
+        return self
+
+    @property
+    def call(self):
+        return self
+
+    def remote(self, method, path, query, headers, body):
+        self.calls += 1
+        handle = self
+
+        class Gen:
+            def __init__(self):
+                self.items = [{"status": 200, "headers": [("content-type", "text/plain")]},
+                              f"replica {handle.index}".encode()]
+
+            def __aiter__(self):
+                return self
+
+            async def __anext__(self):
+                if handle.dead:
+                    raise ConnectionError("the actor died")
+                if not self.items:
+                    raise StopAsyncIteration
+                return self.items.pop(0)
+
+            def cancel(self):
+                pass
+
+        return Gen()
+
+
+def test_the_ingress_skips_a_replica_that_fails_before_its_first_byte(media):
+    from fastapi.testclient import TestClient
+
+    from flashvid_cli.serve.ray_engine import create_ingress
+
+    body = {"model": "tiny", "messages": first(media / "0.mp4")}
+    home = choose(affinity_key(body), [0, 1], {}, 5)
+    handles = [_FakeHandle(0, dead=home == 0), _FakeHandle(1, dead=home == 1)]
+    with TestClient(create_ingress(_config(media), handles)) as ingress:
+        for _ in range(3):
+            response = ingress.post("/v1/chat/completions", json=body)
+            assert response.status_code == 200 and response.text == f"replica {1 - home}"
+            assert response.headers["x-vidq-replica"] == replica_name(1 - home)
+        assert handles[home].calls == 1  # tried once, then left out of the routing for DOWN_S seconds
+        handles[1 - home].dead = True
+        response = ingress.post("/v1/chat/completions", json=body)
+        assert response.status_code == 503 and response.json()["error"]["code"] == "no_replica"
