@@ -52,8 +52,8 @@ class Plan:
     height: int  # the model's input size, px
     width: int
     tokens_before: int  # T x N visual tokens the encoder makes (without the family's extra tokens)
-    tokens_after: int  # visual tokens the method sends; a lower bound when ``after_exact`` is False
-    after_exact: bool
+    tokens_after: int  # visual tokens the method sends (without the family's extra tokens), as ``after_is`` says
+    after_is: str  # "exact", "about" (--tokens: the count the search aims at) or "at least" (keep x T x N, floored)
     extra_tokens: int  # the family's tokens after the video (LLaVA-OneVision's newline)
     new_tokens: int  # --max-new-tokens
     context: int | None  # the model's context (None: not known before loading, e.g. random: models)
@@ -82,7 +82,7 @@ class Plan:
         from .cache import format_size
 
         per_frame = self.tokens_before // max(self.frames, 1)
-        after = f"{self.tokens_after:,}" if self.after_exact else f"at least {self.tokens_after:,}"
+        after = f"{self.tokens_after:,}" if self.after_is == "exact" else f"{self.after_is} {self.tokens_after:,}"
         context = f"{self.context:,}" if self.context is not None else "not known before loading"
         out = [f"video: {self.video}",
                f"frames: {self.frames:,} at {self.width}x{self.height} ({per_frame:,} visual tokens a frame)",
@@ -114,7 +114,7 @@ def make_plan(video: str | Path, config: AskConfig, rules: InputRules, dtype_byt
     per_unit = rules.adapter.visual_tokens(rules.cfg, 1, h, w)  # N (a temporal group's, for families that group)
     before = rules.adapter.visual_tokens(rules.cfg, T, h, w)
     method = build(config.method, config.keep, model_type=rules.adapter.model_type, options=config.options)
-    after, exact = kept_tokens(method, config, before)
+    after, after_is = kept_tokens(method, config, before, rules.adapter.extra_video_tokens)
     frames_bytes = T * h * w * 3
     whole = stream = None
     if rules.hidden is not None:
@@ -131,20 +131,21 @@ def make_plan(video: str | Path, config: AskConfig, rules: InputRules, dtype_byt
     why = refusal(method, config)
     if why is None and per_unit * T != before:
         why = f"model family {rules.adapter.model_type!r} encodes frames together"
-    return Plan(os.fspath(video), T, h, w, before, after, exact, rules.adapter.extra_video_tokens,
+    return Plan(os.fspath(video), T, h, w, before, after, after_is, rules.adapter.extra_video_tokens,
                 config.max_new_tokens, rules.context, rules.hidden, dtype_bytes, chunk, frames_bytes, whole, stream,
                 why)
 
 
-def kept_tokens(method: object, config: AskConfig, before: int) -> tuple[int, bool]:
-    """(visual tokens ``method`` sends of ``before``, whether that is exact): all of them for a method that ignores
-    keep, ``--tokens`` when given (the search comes as close as the method can), else keep x before rounded down
-    (a lower bound: methods round per frame or merge by the data)."""
+def kept_tokens(method: object, config: AskConfig, before: int, extra: int = 0) -> tuple[int, str]:
+    """(visual tokens ``method`` sends of ``before``, how far that is known): all of them, "exact", for a method
+    that ignores keep or at keep 1; ``--tokens`` less the family's ``extra`` tokens (``--tokens`` counts them),
+    "about" (the search comes as close as the method can); else keep x before rounded down, "at least" (methods
+    round per frame or merge by the data)."""
     if getattr(method, "ignores_keep", False) or getattr(method, "keep", 1.0) >= 1.0:
-        return before, True
+        return before, "exact"
     if config.tokens is not None:
-        return min(before, config.tokens), False
-    return math.floor(config.keep * before), False
+        return min(before, max(config.tokens - extra, 0)), "about"
+    return math.floor(config.keep * before), "at least"
 
 
 def choose_path(plan: Plan, budget: int | None, stream: bool) -> tuple[bool, str | None]:
@@ -237,11 +238,12 @@ def context_budget(units: int, per_unit: int, context: int, new_tokens: int, tex
     return k * units + extra
 
 
-def check_tokens_auto(video: str | Path, config: AskConfig, model: str) -> None:
+def check_tokens_auto(video: str | Path, config: AskConfig, model: str) -> int | None:
     """Refuse ``--tokens auto`` before anything decodes (one line): with ``--stream``, for a method that cannot take
     ``--tokens`` (it ignores keep, or prunes inside the LLM), and when the video's frames alone, at 1 token a
     frame, with ``--max-new-tokens`` pass the context read from the model's config files (text not counted:
-    the tokenizer is not loaded). Raises ConfigError, PromptTooLongError, VideoError."""
+    the tokenizer is not loaded). Returns that budget without the text (an upper bound of the run's), None when the
+    context is not known before loading. Raises ConfigError, PromptTooLongError, VideoError."""
     from .kernels import build
     from .pipelines.preflight import input_rules
 
@@ -255,11 +257,11 @@ def check_tokens_auto(video: str | Path, config: AskConfig, model: str) -> None:
         raise ConfigError(f"--tokens auto does not apply to method {config.method!r}: {why}; give --keep, or a "
                           "method that takes --tokens")
     if rules is None or rules.context is None:
-        return  # the context is known once the model loads: auto_tokens checks it then
+        return None  # the context is known once the model loads: auto_tokens checks it then
     plan = make_plan(video, config, rules)
     per_unit = rules.adapter.visual_tokens(rules.cfg, 1, plan.height, plan.width)
-    context_budget(plan.tokens_before // per_unit, per_unit, rules.context, config.max_new_tokens, 0,
-                   plan.extra_tokens)
+    return context_budget(plan.tokens_before // per_unit, per_unit, rules.context, config.max_new_tokens, 0,
+                          plan.extra_tokens)
 
 
 def auto_tokens(pipeline: object, questions: list[str], config: AskConfig, frames: int, height: int,

@@ -167,3 +167,14 @@ def test_cli_tokens_auto_refusals_are_one_line_before_decoding(sample_video, no_
 def test_cli_tokens_must_be_a_count_or_auto(sample_video, no_decode):
     out = CliRunner().invoke(app, ["ask", str(sample_video), "q?", "--model", str(DEMO), "--tokens", "lots"])
     assert out.exit_code == 1 and "integer >= 1 or auto" in out.stderr
+
+
+def test_cli_plan_with_tokens_auto_shows_the_budget(sample_video, no_decode):
+    out = CliRunner().invoke(app, ["ask", str(sample_video), "q?", "--model", str(DEMO), "--device", "cpu",
+                                   "--method", "divprune", "--tokens", "auto", "--frames", "40",
+                                   "--max-new-tokens", "1700", "--plan", "--json"])
+    assert out.exit_code == 0, out.output
+    plan = json.loads(out.stdout.splitlines()[0])
+    # 2,048 - 1,700 - 1 (LLaVA-OV's newline) = 347 before the text: 8 tokens a frame of 40
+    assert plan["tokens_after"] == 320 and plan["after_is"] == "about"
+    assert plan["prompt_tokens"] == 320 + 1 + 1700

@@ -51,7 +51,7 @@ def ask(
         "--plan", help="Print the plan (frames, visual tokens before and after, prompt against the context, estimated "
         "memory whole clip and streamed; docs/STREAMING.md) and exit: nothing decodes, no model loads.")] = False,
     max_memory: Annotated[Optional[str], typer.Option(
-        help="A memory budget, e.g. 8GiB: a request whose whole-clip estimate is past it streams (said in one line) "
+        metavar="SIZE", help="A memory budget, e.g. 8GiB: a request whose whole-clip estimate is past it streams (said in one line) "
         "when its method can, else is refused naming what to lower; by default no budget.")] = None,
     as_json: Annotated[bool, typer.Option(
         "--json", help="A flag, no file: print one JSON object per question (answer and report) on stdout, one per "
@@ -91,12 +91,13 @@ def ask(
         if auto:
             from ..plan import check_tokens_auto
 
-            check_tokens_auto(video, config, model)  # before anything decodes or loads
+            ceiling = check_tokens_auto(video, config, model)  # before anything decodes or loads
         if show_plan or max_memory is not None:
             from ..plan import choose_path, parse_budget, plan_request
 
             budget = parse_budget(max_memory)
-            planned = plan_request(video, config, model, device=device, dtype=dtype)
+            planned = plan_request(video, dataclasses.replace(config, tokens=ceiling) if auto else config, model,
+                                   device=device, dtype=dtype)  # --tokens auto: the budget before the text
             if show_plan:
                 typer.echo(json.dumps(planned.to_dict()) if as_json else "\n".join(planned.lines()))
             streamed, note = choose_path(planned, budget, stream)  # refuses here, before decoding
@@ -112,7 +113,7 @@ def ask(
         warn_random(model)
         cache = open_cache(no_cache, cache_size)
         qa, decoded = load_and_decode(video, config, model=model, device=device, dtype=dtype, cache=cache,
-                                      started=started)
+                                      started=started, ahead_on_hit=auto)  # --tokens auto reads the frames
         if auto:
             from ..plan import auto_tokens
 

@@ -22,7 +22,7 @@ Keep = Annotated[Optional[float], typer.Option(help=r"Share of visual tokens to 
 Tokens = Annotated[Optional[int], typer.Option(
     help="Visual tokens the LLM should see (instead of --keep): each method gets the keep that comes closest.")]
 TokensAuto = Annotated[Optional[str], typer.Option(
-    "--tokens", help="Visual tokens the LLM should see (instead of --keep): each method gets the keep that comes "
+    "--tokens", metavar="N|auto", help="Visual tokens the LLM should see (instead of --keep): each method gets the keep that comes "
     "closest; auto: as many as fit the context with the prompt and --max-new-tokens (docs/STREAMING.md).")]
 Opt = Annotated[
     Optional[list[str]], typer.Option("--opt", help="A method option as key=value; repeat for several.")
