@@ -111,7 +111,9 @@ def test_cli_streams_when_the_whole_clip_is_past_the_budget(sample_video):
     out = CliRunner().invoke(app, ["ask", str(sample_video), "q?", *ASK, "--method", "pool", "--frames", "40",
                                    "--max-memory", budget, "--json"])
     assert out.exit_code == 0, out.output
-    assert out.stderr.startswith("streaming: the whole clip")
+    first = out.stderr.splitlines()[0]
+    assert first.startswith("streaming: the whole clip") and first.endswith("MiB")  # one line, not wrapped
+    assert "past --max-memory" in first and "streamed it is" in first
     report = json.loads(out.stdout.splitlines()[0])["report"]
     assert any("streamed in" in note for note in report["video"]["notes"])
     fits = CliRunner().invoke(app, ["ask", str(sample_video), "q?", *ASK, "--method", "pool", "--frames", "40",

@@ -108,7 +108,7 @@ def ask(
                                else note or f"path: {path} within --max-memory")
                 return
             if streamed and not stream:
-                err.print(note, markup=False, highlight=False)
+                err.print(note, markup=False, highlight=False, soft_wrap=True)
                 stream, config = True, dataclasses.replace(config, stream=True)
         warn_random(model)
         cache = open_cache(no_cache, cache_size)
