@@ -320,7 +320,7 @@ class _FakeHandle:
     before its first byte as a dead replica's call does."""
 
     def __init__(self, index: int, dead: bool = False):
-        self.index, self.dead, self.calls = index, dead, 0
+        self.index, self.dead, self.calls, self.cancels = index, dead, 0, 0
 
     def options(self, stream: bool):
         assert stream
@@ -350,7 +350,7 @@ class _FakeHandle:
                 return self.items.pop(0)
 
             def cancel(self):
-                pass
+                handle.cancels += 1
 
         return Gen()
 
@@ -369,6 +369,7 @@ def test_the_ingress_skips_a_replica_that_fails_before_its_first_byte(media):
             assert response.status_code == 200 and response.text == f"replica {1 - home}"
             assert response.headers["x-vidq-replica"] == replica_name(1 - home)
         assert handles[home].calls == 1  # tried once, then left out of the routing for DOWN_S seconds
+        assert handles[1 - home].cancels == 3  # each answer released its replica's slot once, when it ended
         handles[1 - home].dead = True
         response = ingress.post("/v1/chat/completions", json=body)
         assert response.status_code == 503 and response.json()["error"]["code"] == "no_replica"

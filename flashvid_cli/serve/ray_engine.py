@@ -191,9 +191,6 @@ class _Directory:
     def __init__(self, *replicas: Any):
         self.count = len(replicas)
 
-    def __call__(self) -> int:
-        return self.count
-
 
 def create_ingress(config: ServeConfig, handles: Sequence[Any]) -> Any:
     """The ingress app: every route forwarded to a replica's :meth:`Replica.call` through its Ray Serve handle
@@ -275,19 +272,30 @@ def create_ingress(config: ServeConfig, handles: Sequence[Any]) -> Any:
         else:
             return fail(503, "the replicas did not answer: retry later", "no_replica", "5")
 
-        async def rest(i: int = i):
-            try:
-                async for chunk in gen:
-                    yield chunk
-            finally:
-                load[i] -= 1
-                gen.cancel()  # the client went away: the replica's app sees http.disconnect
+        def release(i: int = i) -> None:
+            load[i] -= 1
+            gen.cancel()  # the client went away: the replica's app sees http.disconnect
 
         headers = {k: v for k, v in head["headers"] if k.lower() not in {"transfer-encoding", "connection"}}
         headers["x-vidq-replica"] = replica_name(i)
-        return StreamingResponse(rest(), status_code=head["status"], headers=headers)
+        return _Forwarded(gen, release, status_code=head["status"], headers=headers)
 
     return app
+
+
+class _Forwarded(StreamingResponse):
+    """A replica's answer streamed on; ``release`` runs once when it ends however it ends (sent, the client gone
+    mid-stream, or gone before a byte was sent, when the body's iterator never starts and so cannot clean up)."""
+
+    def __init__(self, gen: Any, release: Any, **kw: Any):
+        super().__init__(gen, **kw)
+        self.release = release
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.release()
 
 
 def _import_serve() -> Any:
