@@ -373,3 +373,56 @@ def test_the_ingress_skips_a_replica_that_fails_before_its_first_byte(media):
         handles[1 - home].dead = True
         response = ingress.post("/v1/chat/completions", json=body)
         assert response.status_code == 503 and response.json()["error"]["code"] == "no_replica"
+
+
+def test_a_full_replica_sends_the_video_to_the_other_and_all_full_is_429(media):
+    """Through the real ingress (uvicorn, fake handles whose answers hang until released): --max-queue 0 lets each
+    replica hold one request, so the second request about one video goes to the other replica, the third is 429."""
+    import asyncio
+
+    import uvicorn
+
+    from flashvid_cli.serve.ray_engine import create_ingress
+
+    done = threading.Event()
+
+    class Hanging(_FakeHandle):
+        def remote(self, *args):
+            gen = super().remote(*args)
+            items = gen.items
+
+            async def next_item():
+                if len(items) == 1:  # the head is sent; the body waits
+                    while not done.is_set():
+                        await asyncio.sleep(0.01)
+                if not items:
+                    raise StopAsyncIteration
+                return items.pop(0)
+
+            gen.__class__.__anext__ = lambda self: next_item()
+            return gen
+
+    server = uvicorn.Server(uvicorn.Config(create_ingress(_config(media, max_queue=0), [Hanging(0), Hanging(1)]),
+                                           host="127.0.0.1", port=free_port(), log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    url = f"http://127.0.0.1:{server.config.port}/v1/chat/completions"
+    body = {"model": "tiny", "messages": first(media / "0.mp4")}
+    home = replica_name(choose(affinity_key(body), [0, 1], {}, 1))
+    try:
+        with httpx.stream("POST", url, json=body, timeout=30) as one, \
+                httpx.stream("POST", url, json=body, timeout=30) as two:
+            assert one.headers["x-vidq-replica"] == home
+            assert two.headers["x-vidq-replica"] not in {home, None} and two.status_code == 200
+            third = httpx.post(url, json=body, timeout=30)
+            assert third.status_code == 429 and third.headers["retry-after"] == "1"
+            assert third.json()["error"]["code"] == "queue_full"
+            done.set()
+            assert one.read().decode() == f"replica {home[-1]}"
+        assert httpx.post(url, json=body, timeout=30).headers["x-vidq-replica"] == home  # slots freed
+    finally:
+        done.set()
+        server.should_exit = True
+        thread.join(30)
