@@ -53,8 +53,13 @@ def ask(
 
 def load_and_decode(video: str | Path, config: AskConfig | None = None, *, model: str = DEFAULT_MODEL,
                     device: str = "auto", dtype: str = "auto", cache: Any = None,
-                    started: float | None = None) -> tuple[VideoQA, DecodedVideo]:
+                    started: float | None = None, ahead_on_hit: bool = False) -> tuple[VideoQA, DecodedVideo | None]:
     """Load the model while the video decodes: ``(VideoQA, DecodedVideo)`` for ``qa.ask(..., decoded=...)``.
+
+    When ``cache`` already holds this video's encoding (told from the checkpoint's config files before loading,
+    :func:`~flashvid_cli.cache.probe.will_hit`) nothing is decoded and the second item is None: ``qa.ask`` reads
+    the entry (and decodes itself should it miss after all). ``ahead_on_hit=True`` decodes anyway, for a caller
+    that needs the frames (``--tokens auto``); a streamed request (``config.stream``) always decodes.
 
     The decode runs in its worker process, started before the model loads, and its frames are resized to the
     model's input size as they arrive (read from the checkpoint's preprocessor config, without the weights), so
@@ -80,6 +85,13 @@ def load_and_decode(video: str | Path, config: AskConfig | None = None, *, model
         return decoded
 
     check_video_fits(video, config, input_rules(model))  # before anything decodes or loads: a moment, from the map
+    if cache is not None and not (ahead_on_hit or config.stream):
+        from .cache.probe import will_hit
+
+        if will_hit(cache, video, config, model, device, dtype):  # a decode ahead would be thrown away
+            qa = VideoQA(model, device=device, dtype=dtype, cache=cache)
+            qa.started_at = started
+            return qa, None
     with ThreadPoolExecutor(1) as pool:
         ahead = pool.submit(decode_ahead)
         qa = VideoQA(model, device=device, dtype=dtype, cache=cache)

@@ -49,6 +49,9 @@ class VideoStages:
         # progress(stage, done, total) of a streamed video (flashvid_cli/streaming.py): frames decoded, encoded,
         # compressed; the CLI sets a progress bar here on a terminal
         self.progress: Any = None
+        # When load_and_decode skipped the decode ahead (the cache will hit): the command's start, for the next
+        # prepare's report (its wall time counts from there, the model load included), then cleared
+        self.started_at: float | None = None
 
     @property
     def model_type(self) -> str:
@@ -144,6 +147,7 @@ class VideoStages:
         if decoded is not None:
             _check_decoded(decoded, video, config)
         waited = decoded.stats.get("waited_after_load_s", 0.0) if decoded is not None else 0.0
+        started_at, self.started_at = self.started_at, None
         key = self._cache_key(video, config, need, decoded)
         if key is not None and (hit := self.cache.get(key, device=device)) is not None:
             # The lookup (fingerprint and load) is this run's decode time; nothing was preprocessed or encoded.
@@ -153,7 +157,7 @@ class VideoStages:
             return PreparedVideo(
                 info, encoded, PrepareTimings(lap() + waited, 0.0, 0.0), hit.has, cache="hit",
                 visual_tokens=encoded.grid.T * encoded.grid.N + pipe.extra_video_tokens,
-                started_at=decoded.stats.get("started_at") if decoded is not None else None,
+                started_at=decoded.stats.get("started_at") if decoded is not None else started_at,
             )
         ahead = decoded is not None
         if decoded is None:
@@ -184,7 +188,7 @@ class VideoStages:
             info, encoded, PrepareTimings(t_decode, t_pre, t_enc, own), need,
             visual_tokens=encoded.grid.T * encoded.grid.N + pipe.extra_video_tokens, cache=state, cache_note=note,
             decode_worker_peak_rss_bytes=decoded.stats.get("peak_rss_bytes"),
-            started_at=decoded.stats.get("started_at") if ahead else None, pending_write=pending,
+            started_at=decoded.stats.get("started_at") if ahead else started_at, pending_write=pending,
         )
         if write_cache:
             self.write_cache(prepared)

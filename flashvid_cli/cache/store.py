@@ -172,6 +172,20 @@ class EncodedCache:
             pass
         return hit
 
+    def holds(self, key: CacheKey) -> bool:
+        """Whether an entry for ``key`` is on disk whose header matches it and has every tensor ``key.need`` asks
+        for: the header only, no tensor read (a probe before the model loads; :meth:`get` still checks all)."""
+        from safetensors import safe_open
+
+        if not self.enabled:
+            return False
+        try:
+            with safe_open(self._path(key), framework="pt", device="cpu") as f:
+                header = json.loads(f.metadata()["vidq"])
+            return header.get("key") == key.fields and key.need <= set(header.get("has", ()))
+        except Exception:  # noqa: BLE001 - missing, foreign or corrupt: not a hit
+            return False
+
     # -- writing -------------------------------------------------------------------------------------------------
     def put(self, key: CacheKey, encoded: Any, video: dict[str, Any] | None = None) -> bool:
         """Store ``encoded`` (an EncodedVideo) under ``key``; True when an entry was written.
