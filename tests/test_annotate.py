@@ -406,3 +406,37 @@ def test_ray_run_stopped_by_sigterm_leaves_no_process_behind(tiny_models, sample
     noise = [line for line in stderr.decode().splitlines() if line.strip() and "annotating" not in line]
     assert noise == [], noise  # nothing of Ray's on the terminal
     assert all(json.loads(line)["error"] is None for line in out.read_text().splitlines())
+
+
+def test_ray_teardown_stops_and_joins_the_threads_the_run_started():
+    """Before ray.shutdown, the threads started since the run began end: a parked prefetcher-like thread (its
+    target a bound method of a ray.* object with stop(), as Ray Data's WaitBlockPrefetcher) is stopped first, a
+    worker thread is waited for; threads from before the run are left alone."""
+    import threading
+
+    from flashvid_cli.annotate.ray_engine import _join_new_threads
+
+    class Parked:
+        def __init__(self):
+            self.stopped = threading.Event()
+
+        def run(self):
+            self.stopped.wait()
+
+        def stop(self):
+            self.stopped.set()
+
+    Parked.__module__ = "ray.data._internal.block_batching.util"
+    older = Parked()
+    before_thread = threading.Thread(target=older.run, daemon=True)
+    before_thread.start()
+    before = set(threading.enumerate())
+    parked, finished = Parked(), threading.Event()
+    started = [threading.Thread(target=parked.run, daemon=True),
+               threading.Thread(target=lambda: (time.sleep(0.2), finished.set()), daemon=True)]
+    for thread in started:
+        thread.start()
+    _join_new_threads(before, timeout_s=30)
+    assert not any(thread.is_alive() for thread in started) and finished.is_set()
+    assert before_thread.is_alive() and not older.stopped.is_set()  # not the run's: not stopped
+    older.stop()
