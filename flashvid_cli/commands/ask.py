@@ -51,8 +51,8 @@ def ask(
         "--plan", help="Print the plan (frames, visual tokens before and after, prompt against the context, estimated "
         "memory whole clip and streamed; docs/STREAMING.md) and exit: nothing decodes, no model loads.")] = False,
     max_memory: Annotated[Optional[str], typer.Option(
-        metavar="SIZE", help="A memory budget, e.g. 8GiB: a request whose whole-clip estimate is past it streams (said in one line) "
-        "when its method can, else is refused naming what to lower; by default no budget.")] = None,
+        metavar="SIZE", help="A memory budget, e.g. 8GiB: a request whose whole-clip estimate is past it streams "
+        "(said in one line) when its method can, else is refused naming what to lower; by default no budget.")] = None,
     as_json: Annotated[bool, typer.Option(
         "--json", help="A flag, no file: print one JSON object per question (answer and report) on stdout, one per "
         "line, in order. (bench and eval take --json FILE.)")] = False,
