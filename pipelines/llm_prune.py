@@ -67,6 +67,21 @@ class PruneRun:
         return [full] * self.layer + [cut] * (self.depth - self.layer)
 
 
+def question_queries(attn: nn.Module, hidden: Tensor, cos: Tensor, sin: Tensor, rows: slice) -> Tensor:
+    """The rotated queries of ``rows`` of one attention module's input: ``hidden [1, L, C]`` (already normed),
+    ``cos, sin [1, L, d]`` -> float32 ``[H, Q, d]``, computed as the module computes them (its ``q_proj``, its
+    ``q_norm`` where it has one, its family's ``apply_rotary_pos_emb``)."""
+    rotate = sys.modules[type(attn).__module__].apply_rotary_pos_emb
+    d = attn.head_dim
+    q = attn.q_proj(hidden[:, rows])
+    q = q.view(1, q.shape[1], -1, d)  # [1, Q, H, d]
+    if hasattr(attn, "q_norm"):
+        q = attn.q_norm(q)
+    q = q.transpose(1, 2)
+    q, _ = rotate(q, q, cos[:, rows], sin[:, rows])
+    return q[0].float()
+
+
 def last_query_attention(
     attn: nn.Module, hidden: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None = None, at: int | None = None,
     queries: int = 1, heads: str = "mean",
@@ -87,13 +102,11 @@ def last_query_attention(
     end = L if at is None else at + 1  # the query and the keys it sees: [0, end)
     d = attn.head_dim
     Q = max(1, min(queries, end))
-    q = attn.q_proj(hidden[:, end - Q : end]).view(B, Q, -1, d)  # [B, Q, H, d]
+    q = question_queries(attn, hidden, cos, sin, slice(end - Q, end))[None]  # [1, H, Q, d] float32
     k = attn.k_proj(hidden[:, :end]).view(B, end, -1, d)  # [B, end, Hkv, d]
-    if hasattr(attn, "q_norm"):  # Qwen3: per-head RMSNorm of q and k before the rotary embedding
-        q, k = attn.q_norm(q), attn.k_norm(k)
-    q, k = q.transpose(1, 2), k.transpose(1, 2)  # [B, H, Q, d], [B, Hkv, end, d]
-    q, _ = rotate(q, q, cos[:, end - Q : end], sin[:, end - Q : end])
-    k, _ = rotate(k, k, cos[:, :end], sin[:, :end])
+    if hasattr(attn, "k_norm"):  # Qwen3: per-head RMSNorm of k (and q) before the rotary embedding
+        k = attn.k_norm(k)
+    k, _ = rotate(k.transpose(1, 2), k.transpose(1, 2), cos[:, :end], sin[:, :end])  # [B, Hkv, end, d]
     k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # GQA: each key head serves a group of query heads
     logits = torch.matmul(q.float(), k.float().transpose(-1, -2)) * attn.scaling  # [B, H, Q, end]
     if mask is not None:

@@ -2,7 +2,7 @@
 
 After the question's prefill, every cached visual token is scored per LLM layer by the attention the question's
 tokens pay it, ``S_j = 1/(H·L_Q) Σ_h Σ_t softmax(q_t·kᵀ·scale)_j`` (each question token's softmax over every key it
-sees, float32; GQA keys repeated over their group). The ``sinks`` visual tokens with the largest score summed over
+sees, float32; a KV head's group of query heads scores against its keys). The ``sinks`` visual tokens with the largest score summed over
 the layers are kept in every layer; each layer also keeps its own top ``budget`` other visual tokens (ties to the
 lower position), and every non-visual token (system, question, earlier turns). Those entries are gathered once into
 a compact cache ``[system | kept visual | text]`` that every later generated token decodes over; the full cache is
@@ -20,15 +20,15 @@ How, with transformers 5.23 (``cache_utils.py``, ``masking_utils.py``, ``generat
 * Every position the model derives during decoding comes from the cache: a decode step's position (LLaVA: the cache
   length; Qwen: the length plus ``rope_deltas``) and the mask's query offset from ``get_seq_length()``, the mask's
   key length and offset from ``get_mask_sizes()``. :class:`CompactLayer` answers the first with the full sequence's
-  length and the second with the entries it holds, offset by those left out, so the kept keys, which carry their rotary phases, are read at their own
-  positions and new tokens take the positions they would have had: nothing is re-rotated.
+  length and the second with the entries it holds, offset by those left out, so the kept keys, which carry their
+  rotary phases, are read at their own positions and new tokens take the positions they would have had: nothing
+  is re-rotated.
 * The rest of the answer is a second stock ``generate()`` on the compact cache with the first token appended, as a
   reused prefix is continued (:mod:`.prefix`). Sampling draws from the same generator in the same order.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -42,6 +42,7 @@ from transformers.cache_utils import DynamicLayer
 from ..kernels import ops
 from ..kernels.traits import DecodeSparsity
 from .generation import Generation, GenerationOptions, _Clock, synchronize
+from .llm_prune import question_queries
 
 # ``pipe`` below is a :class:`~.base.Pipeline` (typed Any: base.py imports this module, not the other way round).
 
@@ -62,8 +63,7 @@ class CompactLayer(DynamicLayer):
     """A ``DynamicLayer`` holding some entries of a longer sequence: ``keys``/``values [B, Hkv, Lk, d]`` and
     ``hidden`` entries left out. ``get_seq_length()`` is the full sequence's length (so new tokens take their true
     positions) and ``get_mask_sizes()`` counts the entries held (the keys attention reads), offset by ``hidden``.
-    Grows like its base;
-    never cropped (a compact cache serves one answer)."""
+    Grows like its base; never cropped (a compact cache serves one answer)."""
 
     def __init__(self, keys: Tensor, values: Tensor, hidden: int):
         super().__init__()
@@ -82,21 +82,6 @@ class CompactLayer(DynamicLayer):
 
     def crop(self, tokens_to_remove: int) -> None:
         raise NotImplementedError("a compact KV cache is not cut back")
-
-
-def question_queries(attn: nn.Module, hidden: Tensor, cos: Tensor, sin: Tensor, rows: slice) -> Tensor:
-    """The rotated queries of ``rows`` of one attention module's input: ``hidden [1, L, C]`` (already normed),
-    ``cos, sin [1, L, d]`` -> float32 ``[H, Q, d]``, computed as the module computes them (its ``q_proj``, its
-    ``q_norm`` where it has one, its family's ``apply_rotary_pos_emb``)."""
-    rotate = sys.modules[type(attn).__module__].apply_rotary_pos_emb
-    d = attn.head_dim
-    q = attn.q_proj(hidden[:, rows])
-    q = q.view(1, q.shape[1], -1, d)  # [1, Q, H, d]
-    if hasattr(attn, "q_norm"):
-        q = attn.q_norm(q)
-    q = q.transpose(1, 2)
-    q, _ = rotate(q, q, cos[:, rows], sin[:, rows])
-    return q[0].float()
 
 
 def decode_scores(q: Tensor, keys: Tensor, positions: Tensor, scale: float) -> Tensor:
@@ -191,8 +176,20 @@ def plan(pipe: Any, cache: Any, queries: list[Tensor], rows: tuple[int, int], vi
     scores = torch.stack([decode_scores(q, cache.layers[i].keys[0], positions, layers[i].self_attn.scaling)
                           for i, q in enumerate(queries)])  # [layers, L]
     sinks, keep = select(scores, visual, length, sparsity)
-    visual_kept = [int(torch.isin(k, visual.to(k.device)).sum()) for k in keep]
-    return SparseRun(int(visual.numel()), sinks, keep, visual_kept, time.perf_counter() - started)
+    kept = sum(sparsity.budget(int(visual.numel())))  # select keeps as many in every layer
+    return SparseRun(int(visual.numel()), sinks, keep, [kept] * len(keep), time.perf_counter() - started)
+
+
+def _compact(pipe: Any, inputs: dict[str, Any], cache: Any, queries: list[Tensor], rows: tuple[int, int],
+             visual: Tensor, sparsity: DecodeSparsity, after: list[int]) -> tuple[SparseRun, Any, dict[str, Any]]:
+    """After the prompt's prefill into ``cache``: the run (:func:`plan`; its ``build_s`` includes the gather), the
+    compact cache, and the model inputs of the prompt followed by ``after`` without the video (it is cached)."""
+    run = plan(pipe, cache, queries, rows, visual, sparsity)
+    built = time.perf_counter()
+    compact = compact_cache(cache, run.keep, pipe.model.config)
+    run.build_s += time.perf_counter() - built
+    rest = pipe.append_tokens({k: v for k, v in inputs.items() if k != "mm_encoder_outputs"}, after)
+    return run, compact, rest
 
 
 def question_rows(pipe: Any, input_ids: Tensor, question: str | None, after: int = 0) -> tuple[int, int]:
@@ -244,11 +241,7 @@ def generate_sparse(pipe: Any, inputs: dict[str, Any], options: GenerationOption
     if options.max_new_tokens > 1 and ids and ids[-1] not in _stops(pipe) and visual.numel():
         if cache.get_seq_length() != L or any(q is None for q in queries):
             raise RuntimeError("decoding sparsity did not see the question's prefill")
-        run = plan(pipe, cache, queries, rows, visual, options.sparse)
-        built = time.perf_counter()
-        compact = compact_cache(cache, run.keep, pipe.model.config)
-        run.build_s += time.perf_counter() - built
-        rest = pipe.append_tokens({k: v for k, v in inputs.items() if k != "mm_encoder_outputs"}, ids)
+        run, compact, rest = _compact(pipe, inputs, cache, queries, rows, visual, options.sparse, ids)
         more = pipe.stock_generate(rest, options, options.max_new_tokens - 1, compact, _Clock(pipe.device, on_token))
         ids += more.sequences[0, L + 1:].tolist()
         if logits is not None:
@@ -258,9 +251,8 @@ def generate_sparse(pipe: Any, inputs: dict[str, Any], options: GenerationOption
     first = clock.first_token_at or end
     text = pipe.tokenizer.decode(ids, skip_special_tokens=True).strip()
     decoded = [n + pipe.extra_video_tokens for n in run.visual_kept] if run else None  # as visual_by_layer counts
-    gen = Generation(text, ids, L, first - start, end - first, logits, None, decoded, run.build_s if run else None)
-    gen.sparse_run = run
-    return gen
+    return Generation(text, ids, L, first - start, end - first, logits, None, decoded, run.build_s if run else None,
+                      run)
 
 
 def sparse_logits(pipe: Any, inputs: dict[str, Any], append: list[int], count: int, sparsity: DecodeSparsity,
@@ -290,9 +282,7 @@ def sparse_logits(pipe: Any, inputs: dict[str, Any], append: list[int], count: i
         if append:
             if not visual.numel():
                 raise ValueError("decoding sparsity needs visual tokens in the prompt")
-            run = plan(pipe, cache, queries, rows, visual, sparsity)
-            compact = compact_cache(cache, run.keep, pipe.model.config)
-            rest = pipe.append_tokens({k: v for k, v in inputs.items() if k != "mm_encoder_outputs"}, append)
+            _, compact, rest = _compact(pipe, inputs, cache, queries, rows, visual, sparsity, append)
             step = {"input_ids": rest["input_ids"][:, L:]}
             if (positions := rest.get("position_ids")) is not None:
                 step["position_ids"] = positions[..., L:]
