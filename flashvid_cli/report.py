@@ -24,15 +24,17 @@ def _timestamps(values: list[float], limit: int = 12) -> str:
 
 
 def _by_layer(counts: list[int]) -> str:
-    """``[97, 97, 30, 30]`` -> ``"97 x 2 layers, then 30 x 2"`` (runs of equal counts)."""
-    runs: list[list[int]] = []
-    for count in counts:
+    """``[97, 97, 30, 30]`` -> ``"97 in layers 1-2, then 30 in layers 3-4"``; ``[13, 13]`` -> ``"13 in each of the 2
+    layers"`` (runs of equal counts; layers numbered from 1)."""
+    runs: list[list[int]] = []  # [count, first layer, last layer]
+    for layer, count in enumerate(counts, 1):
         if runs and runs[-1][0] == count:
-            runs[-1][1] += 1
+            runs[-1][2] = layer
         else:
-            runs.append([count, 1])
-    parts = [f"{count:,} x {n}" for count, n in runs]
-    return ", then ".join(parts) + f" ({len(counts)} layers)"
+            runs.append([count, layer, layer])
+    if len(runs) == 1:
+        return f"{counts[0]:,} in each of the {len(counts)} layers" if len(counts) > 1 else f"{counts[0]:,} in layer 1"
+    return ", then ".join(f"{count:,} in layer{f's {a}-{b}' if b > a else f' {a}'}" for count, a, b in runs)
 
 
 def _decode_label(report: Report) -> str:
@@ -76,7 +78,7 @@ def report_tables(report: Report, reused: str | None = None, prompt: str | None 
         facts.add_row("visual by layer", _by_layer(k.visual_by_layer))
     if k.decoded_by_layer:
         build = report.timings.decode_build
-        facts.add_row("visual KV decoded", f"{_by_layer(k.decoded_by_layer)} of {k.visual_after:,} per answer token"
+        facts.add_row("visual KV decoded", f"{_by_layer(k.decoded_by_layer)}, of {k.visual_after:,} cached, per answer token"
                       + (f" (selected and gathered once, {_ms(build)})" if build is not None else ""))
     facts.add_row("prompt tokens", prompt or f"{k.prompt:,} in, {k.generated:,} generated")
     facts.add_row("frames", f"{len(v.frame_indices)} of {v.total_frames} ({v.sampling}; decoder {v.decoder})")
@@ -98,8 +100,9 @@ def cache_line(reports: list[Report]) -> str:
     return f"{what}: {encoded}; video prefill: {', '.join(r.cache.get('prefix', 'off') for r in reports)}"
 
 
-def questions_table(reports: list[Report], questions: list[str]) -> Table:
-    """The stages shared by several questions about one video once, then each question's own stages."""
+def questions_table(reports: list[Report], questions: list[str], width: int = 80) -> Group:
+    """The stages shared by several questions about one video once, then each question's own stages, in ``width``
+    columns (of the console): the question's text is cut to fit, the numbers never are."""
     first = reports[0].timings
     shared = Table(title="vidq report: shared stages", title_justify="left", show_edge=False, pad_edge=False,
                    min_width=30)
@@ -111,15 +114,26 @@ def questions_table(reports: list[Report], questions: list[str]) -> Table:
     for name, value in rows:
         shared.add_row(name, _ms(value))
     own = Table(title="per question (ms; own: this question's work to its first token; TTFT: from the decode's "
-                "start, earlier questions included)", title_justify="left", show_edge=False, pad_edge=False)
-    for name in ("#", "question", "prefill", "gen", "own", "TTFT", "in", "out", "reused"):
-        own.add_column(name, justify="left" if name in {"#", "question", "reused"} else "right", no_wrap=True)
+                "start, earlier questions included; prefix: the video's prefill reused)", title_justify="left",
+                show_edge=False, pad_edge=False)
+    rows = []
     for i, (r, q) in enumerate(zip(reports, questions), 1):
         t = r.timings
-        ms = (f"{x * 1000:,.1f}" for x in (t.prefill, t.generate, t.question_to_first_token,
-                                            t.time_to_first_token))
-        own.add_row(str(i), q if len(q) <= 30 else q[:29] + "…", *ms, f"{r.tokens.prompt:,}",
-                    f"{r.tokens.generated:,}", r.cache.get("prefix", "off"))
+        ms = [f"{x * 1000:,.1f}" for x in (t.prefill, t.generate, t.question_to_first_token, t.time_to_first_token)]
+        rows.append([str(i), q, *ms, f"{r.tokens.prompt:,}", f"{r.tokens.generated:,}", r.cache.get("prefix", "off")])
+    # the numbers are never cut (each column as wide as its widest cell): only the question gives way, with an
+    # ellipsis, so the table fits the console (80 columns when piped)
+    names = ("#", "question", "prefill", "gen", "own", "TTFT", "in", "out", "prefix")
+    widths = [max(len(name), *(len(row[c]) for row in rows)) for c, name in enumerate(names)]
+    room = width - sum(widths) + widths[1] - 3 * (len(names) - 1)  # a cell's padding and rule: 3 characters
+    for c, name in enumerate(names):
+        if name == "question":
+            own.add_column(name, no_wrap=True, overflow="ellipsis", max_width=max(8, min(30, room)))
+        else:
+            own.add_column(name, justify="left" if name in {"#", "prefix"} else "right", no_wrap=True,
+                           min_width=widths[c])
+    for row in rows:
+        own.add_row(*row)
     return Group(shared, "", own)
 
 
@@ -129,7 +143,7 @@ def print_reports(reports: list[Report], questions: list[str], console: Console)
     if len(reports) == 1:
         console.print(report_tables(reports[0]))
         return
-    console.print(questions_table(reports, questions))
+    console.print(questions_table(reports, questions, console.width))
     console.print()
     first = dataclasses.replace(reports[0], notes=[n for r in reports for n in r.notes])
     prompts = [r.tokens.prompt for r in reports]

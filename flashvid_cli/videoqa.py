@@ -218,6 +218,10 @@ class VideoQA(VideoStages):
         notes = list(notes)
         if prepared.cache == "off" and prepared.cache_note:
             notes.append(prepared.cache_note)
+        dense = generation.decode_visual_by_layer
+        if dense and min(dense) >= compressed.visual_tokens:  # e.g. --opt sinks=1000, or decode_keep=1
+            notes.append(f"decoding sparsity dropped nothing: every layer kept all {compressed.visual_tokens:,} "
+                         "cached visual tokens (sinks plus decode_keep's share reach them all)")
         peak, peak_kind = _peak_memory(self.pipeline.device)
         method, info = compressed.method, self.info
         before, after = prepared.visual_tokens, compressed.visual_tokens

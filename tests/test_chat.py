@@ -103,6 +103,7 @@ def test_chat_through_piped_stdin(tiny_models, sample_video):
     lines = [json.loads(line) for line in out.stdout.splitlines()]
     assert len(lines) == 2  # a blank line is skipped, /report goes to stderr, /exit ends before the third
     assert [line["report"]["cache"]["prefix"] for line in lines] == ["miss", "hit"]
+    assert [(line["turn"], line["question"]) for line in lines] == [(1, TURNS[0]), (2, TURNS[1])]
     assert "vidq report" in out.stderr
     asked = VideoQA(model, device="cpu").ask(sample_video, TURNS[0], AskConfig(
         method="pool", keep=0.5, frames=4, max_new_tokens=4))

@@ -131,6 +131,8 @@ def test_ask_several_questions_one_json_line_each(tiny_models, sample_video, fam
     assert result.exit_code == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [line["report"]["cache"]["prefix"] for line in lines] == ["miss", "hit", "hit"]
+    assert [(line["index"], line["question"]) for line in lines] == [
+        (0, QUESTION), (1, "What happens first?"), (2, "How many squares?")]  # the blank line is no question
     alone = json.loads(vidq("ask", str(sample_video), "How many squares?", *common, "--json").stdout)
     assert lines[2]["token_ids"] == alone["token_ids"] and lines[2]["answer"] == alone["answer"]
     text = vidq("ask", str(sample_video), QUESTION, "What happens first?", *common)

@@ -107,3 +107,40 @@ def test_the_encoded_video_is_written_after_the_answers_and_even_when_one_fails(
     with pytest.raises(RuntimeError):
         qa.ask_many(sample_video, QUESTIONS, FAST)
     assert events == ["put"]  # the encode is done work: kept for the next run
+
+
+def test_per_layer_counts_read_as_counts_per_layer_not_a_product():
+    from flashvid_cli.report import _by_layer
+
+    assert _by_layer([13, 13, 13, 13]) == "13 in each of the 4 layers"  # it read "13 x 4 (4 layers)"
+    assert _by_layer([97, 97, 30, 30, 30]) == "97 in layers 1-2, then 30 in layers 3-5"
+    assert _by_layer([5, 4]) == "5 in layer 1, then 4 in layer 2"
+
+
+def test_the_questions_table_fits_80_columns_and_cuts_only_the_question(results):
+    """Piped output is 80 columns: the table cut the numbers to '26…' and dropped the last column."""
+    long = [q + " and then some more words to make it long" for q in QUESTIONS]
+    console = Console(width=80, record=True, color_system=None)
+    print_reports([r.report for r in results], long, console)
+    lines = console.export_text().splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= 80
+    header = next(line for line in lines if "prefill" in line and "TTFT" in line)
+    assert header.split()[-1] == "prefix"  # the last column is whole
+    for i, r in enumerate(results, 1):
+        row = next(line for line in lines if line.lstrip().startswith(f"{i} "))
+        t = r.report.timings
+        for value in (t.prefill, t.generate, t.question_to_first_token, t.time_to_first_token):
+            assert f"{value * 1000:,.1f}" in row
+        assert f"{r.report.tokens.prompt:,}" in row and "…" in row  # the question, and only it, was cut
+
+
+def test_a_decoding_sparsity_that_drops_nothing_says_so(qas, sample_video):
+    """--opt sinks=1000 keeps every cached visual token in every layer: the run is dense, and the report says it."""
+    config = AskConfig(method="sparsevila", keep=0.5, frames=4, max_new_tokens=2)
+    dense = qas["llava_onevision"].ask(sample_video, QUESTIONS[0], dataclasses.replace(
+        config, options={"sinks": "1000"}))
+    assert set(dense.report.tokens.decoded_by_layer) == {dense.report.tokens.visual_after}
+    assert any("dropped nothing" in note for note in dense.report.notes)
+    sparse = qas["llava_onevision"].ask(sample_video, QUESTIONS[0], config)
+    assert max(sparse.report.tokens.decoded_by_layer) < sparse.report.tokens.visual_after
+    assert not any("dropped nothing" in note for note in sparse.report.notes)

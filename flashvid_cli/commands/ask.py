@@ -54,8 +54,8 @@ def ask(
         metavar="SIZE", help="A memory budget, e.g. 8GiB: a request whose whole-clip estimate is past it streams "
         "(said in one line) when its method can, else is refused naming what to lower; by default no budget.")] = None,
     as_json: Annotated[bool, typer.Option(
-        "--json", help="A flag, no file: print one JSON object per question (answer and report) on stdout, one per "
-        "line, in order. (bench and eval take --json FILE.)")] = False,
+        "--json", help="A flag, no file: print one JSON object per question (index from 0, question, answer, report) "
+        "on stdout, one per line, in order. (bench and eval take --json FILE.)")] = False,
 ) -> None:
     """Ask QUESTIONS about VIDEO: the answers on stdout, one per question, and a per-stage timing and token report
     on stderr. Several questions share the decode, the vision encoder, the compression and, where the chat template
@@ -122,8 +122,10 @@ def ask(
                                                                     height, width))
         with stream_progress(err.is_terminal and stream) as qa.progress:
             results = qa.ask_many(video, asked, config, decoded=decoded)
-        for result in results:
-            typer.echo(json.dumps(result.to_dict()) if as_json else result.answer)
+        for index, (question, result) in enumerate(zip(asked, results)):
+            # a line says which question it answers: piped lines are matched by index, not by their order alone
+            typer.echo(json.dumps({"index": index, "question": question, **result.to_dict()}) if as_json
+                       else result.answer)
         if not as_json:
             print_reports([r.report for r in results], asked, err)
 

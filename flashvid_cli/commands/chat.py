@@ -42,7 +42,7 @@ def chat(
     no_cache: NoCache = False,
     cache_size: CacheSize = DEFAULT_CACHE_SIZE,
     as_json: Annotated[bool, typer.Option(
-        "--json", help="A flag, no file: print one JSON object per turn (answer and report) on stdout instead of the "
+        "--json", help="A flag, no file: print one JSON object per turn (turn from 1, question, answer, report) on stdout instead of the "
         "streamed answer.")] = False,
 ) -> None:
     """Talk about VIDEO: each question sees the conversation so far; answers are streamed token by token.
@@ -127,7 +127,8 @@ def _turn(talk, question: str, interactive: bool, as_json: bool) -> None:
             return
         raise
     if as_json:
-        typer.echo(json.dumps(result.to_dict()))
+        # turn: its number in the conversation, from 1 (a /reset starts again at 1)
+        typer.echo(json.dumps({"turn": len(talk.turns), "question": question, **result.to_dict()}))
     elif stream:
         sys.stdout.write("\n")
         sys.stdout.flush()

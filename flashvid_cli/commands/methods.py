@@ -31,5 +31,7 @@ def methods() -> None:
             elif cls.prunes_in_llm:  # the in-LLM stage reads the question through the last token's attention
                 on = cls().llm_prune() is not None
                 needs.append("the question (in-LLM stage)" if on else "the question, with its in-LLM stage on")
+            elif cls().decode_sparsity() is not None:  # which cached keys each answer decodes over: the question's
+                needs.append("the question (decoding)")
             table.add_row(name, "\n".join(needs) or "-", options, cls.granularity)
         output_console().print(table)
