@@ -5,8 +5,9 @@ values ``[T, 3, S, S]`` float and the features ``[T, N, D]`` of every sampled fr
 holds them for ``chunk_frames`` frames only: each chunk is preprocessed, encoded and compressed, and only its
 compressed tokens are kept. That is exact (the same tokens, index, groups and weights as the whole-clip path)
 for methods whose output on a frame depends on that frame alone: their ``stream_unit`` is "frame" (see
-:class:`kernels.base.Method`). Methods that select over the whole clip are refused with the reason, in one
-line (:func:`refusal`). docs/STREAMING.md gives the formulation and what it does not cover yet.
+:class:`kernels.base.Method`), and for a method whose own ``stream_start``/``stream_chunk``/``stream_finish`` carry
+what spans chunks (EVS: the previous frame and a running top-budget). Methods that select over the whole clip are
+refused with the reason, in one line (:func:`refusal`). docs/STREAMING.md gives the formulation and what it does not cover yet.
 
 The decoded frames themselves still come from one decode job (uint8 at the model's input size, e.g.
 384x384x3 = 432 KiB a frame on LLaVA-OneVision): the worker's frames are not yet handed over incrementally.
@@ -32,7 +33,7 @@ Progress = Callable[[str, int, int], None]
 
 DEFAULT_CHUNK_FRAMES = 16
 
-# Why a method that is not per frame cannot stream yet, by what it reads of the clip (not by its name).
+# Why a method without a stream_unit cannot stream yet, by what it reads of the clip (not by its name).
 _WHOLE_CLIP = ("it selects over the whole clip (its choice on a frame depends on the other frames), so a chunk "
                "at a time would change its tokens")
 
@@ -43,7 +44,7 @@ def refusal(method: Method | type[Method], config: AskConfig | None = None) -> s
     if config is not None and config.tokens is not None:
         return (f"--tokens {config.tokens} fits the keep to the whole clip's token count (a search over the clip "
                 "for most methods): give --keep instead to stream")
-    if getattr(method, "stream_unit", None) != "frame":
+    if getattr(method, "stream_unit", None) is None:  # "frame", or a unit the method's own stream_* carry
         return f"method {method.name!r} cannot stream: {_WHOLE_CLIP}; use a per-frame method or drop --stream"
     return None
 
@@ -61,40 +62,11 @@ def check_streamable(config: AskConfig) -> None:
 
 
 def merge(parts: list[tuple[int, Compressed]], grid: Any) -> Compressed:
-    """Per-chunk outputs ``[(first frame, Compressed on that chunk's grid)]`` -> one Compressed on ``grid``.
+    """Per-chunk outputs ``[(first frame, Compressed on that chunk's grid)]`` -> one Compressed on ``grid``
+    (:func:`kernels.stream.merge_chunks`, the default streaming protocol's join; MethodError as it raises)."""
+    from .kernels.stream import merge_chunks
 
-    Indices (``index``, ``sources``, ``placed``) move by the chunk's first frame times ``grid.N``; ``offsets``
-    by the sources before it. ``weights`` must be all None or all set. Stats are recomputed for the whole grid."""
-    import torch
-
-    from .kernels import Compressed as Out
-    from .kernels.base import per_frame_counts
-
-    N = grid.N
-    tokens, index, sources, offsets, weights, placed = [], [], [], [], [], []
-    shift = 0
-    for first, out in parts:
-        base = first * N
-        tokens.append(out.tokens)
-        index.append(out.index + base)
-        sources.append(out.sources + base)
-        offsets.append(out.offsets[:-1] + shift)
-        shift += int(out.sources.numel())
-        weights.append(out.weights)
-        placed.append(None if out.placed is None else out.placed + base)
-    last = torch.tensor([shift], dtype=parts[-1][1].offsets.dtype, device=parts[-1][1].offsets.device)
-    has_w = [w is not None for w in weights]
-    if any(has_w) and not all(has_w):
-        raise ConfigError("the chunks of this method stated their merges differently; it cannot stream")
-    has_p = [p is not None for p in placed]
-    merged = Out(
-        torch.cat(tokens), torch.cat(index), torch.cat(sources), torch.cat([*offsets, last]), grid,
-        weights=torch.cat(weights) if all(has_w) else None,
-        placed=torch.cat([p if p is not None else i for p, i in zip(placed, index)]) if any(has_p) else None,
-    )
-    merged.stats = {"tokens_in": grid.T * N, "tokens_out": int(merged.tokens.shape[0]),
-                    "per_frame": per_frame_counts(merged.index, grid), "streamed_chunks": len(parts)}
-    return merged
+    return merge_chunks(parts, grid)
 
 
 def stream_video(stages: VideoStages, video: str | Path, config: AskConfig | None = None,
@@ -156,7 +128,7 @@ def stream_video(stages: VideoStages, video: str | Path, config: AskConfig | Non
     if progress is not None:
         progress("decoded", total, total)
     t_pre = t_enc = t_comp = 0.0
-    parts: list[tuple[int, Compressed]] = []
+    stream: Any = None  # the method's stream state (kernels/base.py, Method.stream_start), once a chunk's grid is known
     shape: tuple[int, int, int] | None = None
     with torch.inference_mode():
         for first in range(0, total, chunk_frames):
@@ -174,20 +146,21 @@ def stream_video(stages: VideoStages, video: str | Path, config: AskConfig | Non
             extra = dict(kwargs)
             if "similarity" in method.needs:
                 extra["similarity"] = encoded.similarity  # [t, N, Ds]
-            out = method(encoded.feats, encoded.grid, encoded.importance, encoded.metric, **extra)
+            if stream is None:
+                stream = method.stream_start((encoded.grid.H, encoded.grid.W), total)
+            method.stream_chunk(stream, encoded.feats, encoded.grid, encoded.importance, encoded.metric, **extra)
             t_comp += lap()
-            parts.append((first, out))
             shape = (encoded.grid.H, encoded.grid.W, int(encoded.feats.shape[-1]))
             del pixels, encoded
             if progress is not None:
                 progress("compressed", stop, total)
-    if not parts or shape is None:
+    if stream is None or shape is None:
         raise ConfigError(f"no frame of {video} was decoded to stream")
     from .kernels import Grid
     from .pipelines.base import EncodedVideo
 
     grid = Grid(total, shape[0], shape[1])
-    merged = merge(parts, grid)
+    merged = method.stream_finish(stream)
     lap()
     feats = torch.empty(0, grid.N, shape[2], dtype=pipe.dtype, device=device)  # not kept: [0, N, D]
     info = video_info(video, decoded)
@@ -199,7 +172,7 @@ def stream_video(stages: VideoStages, video: str | Path, config: AskConfig | Non
 
         written = put_compressed(stages.cache, ckey.with_indices(decoded.indices), merged, dataclasses.asdict(info))
         state, note = ("miss", None) if written else ("off", stages.cache.warning or "the entry was not written")
-    info.notes.append(f"streamed in {len(parts)} chunk(s) of up to {chunk_frames} frames: only compressed tokens "
+    info.notes.append(f"streamed in {stream.chunks} chunk(s) of up to {chunk_frames} frames: only compressed tokens "
                       "were kept" + (", and cached per method and keep" if state == "miss" else ""))
     extra_tokens = pipe.extra_video_tokens
     prepared = PreparedVideo(

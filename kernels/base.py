@@ -21,15 +21,11 @@ import torch
 from torch import Tensor
 
 from .errors import MethodError
+from .stream import ChunkState, merge_chunks, per_frame_counts  # per_frame_counts: re-exported
 from .types import Compressed, Grid
 
 if TYPE_CHECKING:
     from .traits import DecodeSparsity, LLMPrune
-
-
-def per_frame_counts(index: Tensor, grid: Grid) -> list[int]:
-    """How many output tokens each frame holds (by representative)."""
-    return torch.bincount(index // grid.N, minlength=grid.T).tolist()
 
 
 @contextmanager
@@ -76,8 +72,9 @@ class Method:
     granularity: ClassVar[str] = "data dependent (searched per clip)"
     prunes_in_llm: ClassVar[bool] = False  # True: may have an in-LLM stage (see llm_prune); the stage needs the question
     option_notes: ClassVar[dict[str, str]] = {}
-    # "frame": the output on a frame depends on that frame alone, so a clip can be compressed a chunk of frames at a
-    # time with the same result (flashvid_cli/streaming.py); None: it reads the whole clip and cannot stream.
+    # What a chunk of frames must hold for the method to stream (flashvid_cli/streaming.py): "frame": the output on a
+    # frame depends on that frame alone (the default stream_* protocol, exact); another unit names what the method's
+    # own stream_* carry across chunks (EVS: "frame pair"); None: it reads the whole clip and cannot stream.
     stream_unit: ClassVar[str | None] = None
 
     keep: float = 1.0
@@ -146,6 +143,39 @@ class Method:
         """Float32 ``feats [T, N, D]`` -> :class:`Compressed`; called only when there is something to drop."""
         raise NotImplementedError
 
+    def stream_start(self, grid_hw: tuple[int, int], total_frames: int | None = None) -> ChunkState:
+        """A streamed compression of a clip whose frames are ``H x W`` tokens (``grid_hw``), ``total_frames`` long
+        when known before the first chunk. Raises MethodError when the method cannot stream (``stream_unit`` None)."""
+        if self.stream_unit is None:
+            raise MethodError(f"method {self.name!r} selects over the whole clip: it cannot stream")
+        H, W = grid_hw
+        return ChunkState(int(H), int(W), None if total_frames is None else int(total_frames))
+
+    def stream_chunk(
+        self,
+        state: ChunkState,
+        feats: Tensor,
+        grid: Grid,
+        importance: Tensor | None = None,
+        metric: Tensor | None = None,
+        **extra: Tensor,
+    ) -> None:
+        """Compress the next chunk ``feats [t, N, D]`` on ``grid = Grid(t, H, W)`` (inputs as :meth:`__call__`'s)
+        into ``state``. Default, for per-frame methods: the chunk is compressed on its own and kept for
+        :meth:`stream_finish`. Raises MethodError for a chunk whose frames are not ``state``'s ``H x W``."""
+        if (grid.H, grid.W) != (state.H, state.W):
+            raise MethodError(f"a chunk's frames are {grid.H}x{grid.W} tokens, the stream's {state.H}x{state.W}")
+        state.parts.append((state.frames, self(feats, grid, importance, metric, **extra)))
+        state.frames += grid.T
+        state.chunks += 1
+
+    def stream_finish(self, state: ChunkState) -> Compressed:
+        """The compressed clip once every chunk went through :meth:`stream_chunk` (default: the chunks' outputs
+        joined by :func:`~.stream.merge_chunks`, equal to the whole-clip call for a per-frame method). Raises
+        MethodError when no chunk came, or when fewer frames came than ``total_frames`` said."""
+        check_finished(state)
+        return merge_chunks(state.parts, state.grid())
+
     def tokens_for(self, grid: Grid) -> int | None:
         """Tokens this method emits on ``grid`` at its ``keep`` when that count does not depend on the data, else
         None (``--tokens`` then searches the keep on the clip itself, see :mod:`.tokens`)."""
@@ -168,3 +198,11 @@ class Method:
     def options(self) -> dict[str, Any]:
         """The method's options as a plain dict (for reports)."""
         return dataclasses.asdict(self)
+
+
+def check_finished(state: ChunkState) -> None:
+    """MethodError unless a chunk came and the frames seen are ``state.total`` (when that was given)."""
+    if state.chunks == 0:
+        raise MethodError("no chunk was compressed: nothing to finish")
+    if state.total is not None and state.frames != state.total:
+        raise MethodError(f"the stream was started for {state.total} frames and {state.frames} came")
