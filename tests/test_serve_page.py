@@ -65,7 +65,10 @@ def test_page_is_open_and_media_needs_the_key(server):
     page = httpx.get(f"{server.url}/", timeout=30)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "<script>" in page.text and "http" not in page.text.split("<script>")[1].split("fetch(")[0]
+    assert "s3cret" not in page.text  # the open page holds no key: the user types it
     assert httpx.get(f"{server.url}/v1/vidq/media", timeout=30).status_code == 401
+    wrong = httpx.post(f"{server.url}/v1/chat/completions", json={"model": "tiny", "messages": []}, timeout=30)
+    assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
     media = httpx.get(f"{server.url}/v1/vidq/media", headers={"Authorization": "Bearer s3cret"}, timeout=30).json()
     assert [item["name"] for item in media["data"]] == ["sample.mp4"]
     assert media["max_data_bytes"] == 4000 and media["model"] == "tiny"
@@ -114,6 +117,8 @@ def test_the_page_asks_and_shows_the_answer_and_report(server, browser, tmp_path
             server.app.state.engine.config.allowed_local_media_path)[0]["url"]}},
             {"type": "text", "text": QUESTION}]}])
     browser.get(f"{server.url}/")
+    browser.execute_script("sessionStorage.clear()")
+    browser.refresh()
     wait = WebDriverWait(browser, 120)
     wait.until(ec.text_to_be_present_in_element((By.ID, "error"), "API key"))  # the media list needs the key
     browser.find_element(By.ID, "key").send_keys("s3cret")
@@ -144,6 +149,7 @@ def test_the_page_shows_the_servers_error(server, browser, tmp_path):
     from selenium.webdriver.support.ui import WebDriverWait
 
     browser.get(f"{server.url}/")
+    browser.find_element(By.ID, "key").clear()
     browser.find_element(By.ID, "key").send_keys("s3cret")
     browser.find_element(By.ID, "reload").click()
     WebDriverWait(browser, 60).until(ec.text_to_be_present_in_element((By.ID, "limit"), "4,000"))
@@ -168,3 +174,31 @@ def test_the_page_shows_the_servers_error(server, browser, tmp_path):
             {"type": "text", "text": QUESTION}]}])
     assert message == caught.value.body["message"] and "video" in message
     assert browser.find_element(By.ID, "answer").text == ""
+
+
+def test_the_page_keeps_the_key_for_the_tab_and_sends_it_on_every_call(server, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    browser.get(f"{server.url}/")
+    browser.execute_script("sessionStorage.clear()")
+    key = browser.find_element(By.ID, "key")
+    key.clear()
+    key.send_keys("wrong")
+    browser.find_element(By.ID, "reload").click()
+    WebDriverWait(browser, 60).until(ec.text_to_be_present_in_element((By.ID, "error"), "API key"))
+    assert browser.execute_script("return sessionStorage.getItem('vidq-api-key')") == "wrong"
+    key.clear()
+    key.send_keys("s3cret")
+    browser.find_element(By.ID, "reload").click()
+    WebDriverWait(browser, 60).until(lambda d: len(Select(d.find_element(By.ID, "media")).options) == 2)
+    browser.refresh()  # a reload: the key comes back from sessionStorage and the list loads with it, untyped
+    WebDriverWait(browser, 60).until(lambda d: len(Select(d.find_element(By.ID, "media")).options) == 2)
+    assert browser.find_element(By.ID, "key").get_attribute("value") == "s3cret"
+    assert browser.find_element(By.ID, "error").text == ""
+    key = browser.find_element(By.ID, "key")
+    key.clear()  # an emptied field is forgotten too, and the next call goes without a key: 401 in the page
+    browser.find_element(By.ID, "reload").click()
+    WebDriverWait(browser, 60).until(ec.text_to_be_present_in_element((By.ID, "error"), "API key"))
+    assert browser.execute_script("return sessionStorage.getItem('vidq-api-key')") is None

@@ -1,8 +1,10 @@
 """The browser page of ``vidq serve`` (``GET /``) and the list of videos it may pick (``GET /v1/vidq/media``).
 
 The page is one static HTML file with its own JavaScript (no build step, nothing fetched from elsewhere); it talks
-to the same ``/v1/chat/completions`` API as any client. It holds no secret, so it is served without the API key;
-the media list, like every API path, needs it."""
+to the same ``/v1/chat/completions`` API as any client. It holds no secret and no data, so it is served without the
+API key (a browser cannot send a header when it opens a URL); every API call it makes, the media list included,
+carries the key the user types into its field, which it keeps in the tab's ``sessionStorage`` (so a reload keeps
+it, closing the tab forgets it)."""
 
 from __future__ import annotations
 
