@@ -166,7 +166,7 @@ def test_annotate_writes_the_geometry_line_without_decoding(no_decode, tiny_mode
     out = tmp_path / "a.jsonl"
     result = vidq("annotate", str(video), "-q", QUESTION, "--out", str(out), "--model", str(tiny_models["qwen2_5_vl"]),
                   "--frames", "2", "--quiet")
-    assert "Traceback" not in result.stderr
+    assert result.exit_code == 3 and "Traceback" not in result.stderr
     [record] = [json.loads(line) for line in out.read_text().splitlines()]
     assert record["answer"] is None and "(2048x8, downscaled at decode)" in record["error"], record["error"]
 

@@ -15,6 +15,9 @@ from .options import (
 from .shell import Command, app, err, open_cache, user_errors, warn_random
 
 
+PARTIAL_EXIT = 3  # the exit code of a run that wrote every pair it could but some are error lines
+
+
 @app.command(cls=Command)
 def annotate(
     videos: Annotated[str, typer.Argument(help="A directory (searched recursively), a glob, or one video file.")],
@@ -53,7 +56,10 @@ def annotate(
     no_cache: NoCache = False,
     cache_size: CacheSize = DEFAULT_CACHE_SIZE,
 ) -> None:
-    """Answer QUESTION(s) about every video in VIDEOS, one JSON line per (video, question); reruns skip done lines."""
+    """Answer QUESTION(s) about every video in VIDEOS, one JSON line per (video, question); reruns skip done lines.
+
+    Exit code 0 when every pair in --out is answered, 3 when some are error lines (the others are written), 1 when
+    the run could not work (bad options, no videos, an unusable --out)."""
     with user_errors():
         from ..annotate import AnnotateConfig, annotate as run, find_videos, read_questions
         from ..api import AskConfig, ConfigError
@@ -91,6 +97,10 @@ def annotate(
                 f"[{'red' if summary.failed else 'dim'}]{summary.failed} failed[/], in {summary.elapsed_s:.1f}s",
                 highlight=False,
             )
+    if summary.failed or summary.failed_before:
+        # every other pair is written, but --out is not complete: a script's `vidq annotate ... && next` must not go
+        # on as if it were (3, not 1: the run itself worked; 1 is a run that could not work at all)
+        raise typer.Exit(PARTIAL_EXIT)
 
 
 def _line_numbers(numbers: list[int], limit: int = 10) -> str:
