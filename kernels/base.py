@@ -76,6 +76,8 @@ class Method:
     # frame depends on that frame alone (the default stream_* protocol, exact); another unit names what the method's
     # own stream_* carry across chunks (EVS: "frame pair"); None: it reads the whole clip and cannot stream.
     stream_unit: ClassVar[str | None] = None
+    # How a streamed run compares with the whole clip (``vidq methods`` shows it beside stream_unit).
+    stream_note: ClassVar[str] = "exact"
 
     keep: float = 1.0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -10,8 +11,9 @@ import torch
 from torch import Tensor
 
 from . import ops
-from .base import Method
+from .base import Method, check_finished
 from .errors import MethodError
+from .stream import ChunkState, merge_chunks
 from .traits import LLMPrune
 from .types import Compressed, Grid
 
@@ -48,16 +50,23 @@ class FlashVID(Method):
     with the stage on the vision side over-provisions by ``e = 1.25`` unless ``expansion`` is given, so that ``keep``
     is the average visual share over the layers of a 28-layer model. The default (vision side only, ``e = 1.0``)
     does not depend on the question.
+
+    Streamed (``--stream``, :meth:`stream_chunk`): each window of ``stream_window`` frames is compressed as a clip of
+    its own, with its share of ``min_segment_num``; a clip of at most ``stream_window`` frames gives the whole-clip
+    output exactly (docs/STREAMING.md, "FlashVID streamed").
     """
 
     name = "flashvid"
     granularity = "data dependent, about ceil(keep*N) per frame (searched per clip)"
     needs = frozenset({"importance"})
     prunes_in_llm = True
+    stream_unit = "segment window"  # streamed: DySeg per window of stream_window frames (docs/STREAMING.md)
+    stream_note = "exact up to stream_window frames, then DySeg per window (approximate)"
     option_notes = {
         "expansion": "1.25 when llm_stage is on",
         "llm_stage": "on when reference=true",
         "pruning_layer": "per model: round(20/28 x its decoder layers), 20 on 28 layers",
+        "stream_window": "--stream only: frames per DySeg window (a clip this long or shorter streams exactly)",
     }
     recipes = {
         "llava_onevision": {"token_selection_method": "attn_div_v2", "min_segment_num": 8},
@@ -79,6 +88,7 @@ class FlashVID(Method):
     llm_stage: bool | None = None
     pruning_layer: int | None = None
     llm_retention_ratio: float = 0.3
+    stream_window: int = 32
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -97,7 +107,7 @@ class FlashVID(Method):
         layer = self.pruning_layer
         if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int) or layer < 1):
             raise MethodError(f"flashvid.pruning_layer must be an integer >= 1 or none, got {layer!r}")
-        for key in ("min_segment_num", "knn"):
+        for key in ("min_segment_num", "knn", "stream_window"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise MethodError(f"flashvid.{key} must be an integer >= 1, got {value!r}")
@@ -142,6 +152,60 @@ class FlashVID(Method):
         stats["duplicates"] = int(index.numel() - torch.unique(index).numel())
         # The reference gives a merged token its representative's side features (DeepStack): state no weights.
         return ops.assemble(tokens, index, sources, sizes, grid, stats, weights=None if self.reference else weights)
+
+    def stream_start(self, grid_hw: tuple[int, int], total_frames: int | None = None) -> ChunkState:
+        """As :meth:`Method.stream_start`; ``total_frames`` is required (MethodError without it): each window's
+        share of ``min_segment_num`` is its share of the clip's frames."""
+        state = super().stream_start(grid_hw, total_frames)
+        if state.total is None or state.total < 1:
+            raise MethodError("flashvid streams only when the clip's frame count is known before its first chunk "
+                              "(min_segment_num is the whole clip's, shared over its windows)")
+        state.carry.update(feats=[], importance=[], held=0)
+        return state
+
+    def stream_chunk(self, state: ChunkState, feats: Tensor, grid: Grid, importance: Tensor | None = None,
+                     metric: Tensor | None = None, **extra: Tensor) -> None:
+        """Hold the chunk ``feats [t, N, D]``, ``importance [t, N]`` until ``stream_window`` frames are held, then
+        compress that window as a clip of its own (DySeg, ADTS, TSTM, DPC-kNN within it) with
+        ``ceil(min_segment_num * w / total)`` segments at least for its ``w`` frames; a clip of at most
+        ``stream_window`` frames is one window with ``min_segment_num`` itself, the whole clip's call. Holds at most
+        ``stream_window + t - 1`` frames. MethodError for a chunk off the stream's grid or without importance."""
+        if feats.ndim != 3 or feats.shape[:2] != (grid.T, grid.N) or (grid.H, grid.W) != (state.H, state.W):
+            raise MethodError(f"a chunk's feats must be [t, N, D] with N = {state.N}, got {tuple(feats.shape)}")
+        if importance is None or importance.shape != (grid.T, grid.N):
+            raise MethodError(f"method {self.name!r} needs importance [T, N] = [{grid.T}, {grid.N}]")
+        c = state.carry
+        c["feats"].append(feats)
+        c["importance"].append(importance)
+        c["held"] += grid.T
+        state.frames += grid.T
+        state.chunks += 1
+        while c["held"] >= self.stream_window:
+            self._close_window(state, self.stream_window)
+
+    def stream_finish(self, state: ChunkState) -> Compressed:
+        """The last (partial) window compressed, then every window's output joined in frame order
+        (:func:`~.stream.merge_chunks`); stats add ``segments`` (every window's) and ``windows``."""
+        if state.carry.get("held"):
+            self._close_window(state, state.carry["held"])
+        check_finished(state)
+        out = merge_chunks(state.parts, state.grid())
+        out.stats["segments"] = [n for _, part in state.parts for n in part.stats.get("segments", [part.grid.T])]
+        out.stats["windows"] = len(state.parts)
+        return out
+
+    def _close_window(self, state: ChunkState, w: int) -> None:
+        """Compress the first ``w`` held frames as one clip and keep its output (state.parts)."""
+        c = state.carry
+        feats, importance = torch.cat(c["feats"]), torch.cat(c["importance"])
+        first = state.frames - c["held"]
+        assert state.total is not None
+        segments = -(-self.min_segment_num * w // state.total)  # the window's share of the clip's minimum, rounded up
+        method = self if segments == self.min_segment_num else dataclasses.replace(self, min_segment_num=segments)
+        state.parts.append((first, method(feats[:w], Grid(w, state.H, state.W), importance[:w])))
+        c["feats"] = [feats[w:].clone()] if feats.shape[0] > w else []  # a copy: the held window is freed
+        c["importance"] = [importance[w:].clone()] if feats.shape[0] > w else []
+        c["held"] -= w
 
     def llm_prune(self) -> LLMPrune | None:
         if not self.llm_stage:

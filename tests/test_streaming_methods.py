@@ -131,3 +131,80 @@ def test_default_protocol_checks_its_chunks():
     whole_clip = build("divprune", 0.25)
     with pytest.raises(MethodError, match="cannot stream"):
         whole_clip.stream_start((4, 4), 2)
+
+
+def _clip(T: int, H: int = 4, W: int = 4, D: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, Grid]:
+    """Features with slow drift and two scene changes (so DySeg finds natural cuts), and positive importance."""
+    g = torch.Generator().manual_seed(seed)
+    scenes = torch.randn(3, H * W, D, generator=g)
+    x = torch.stack([scenes[min(2, t * 3 // T)] + 0.3 * torch.randn(H * W, D, generator=g) for t in range(T)])
+    importance = torch.rand(T, H * W, generator=g) + 0.01
+    return x, importance, Grid(T, H, W)
+
+
+@pytest.mark.parametrize("options", [{}, {"reference": True}, {"token_selection_method": "attn_div"},
+                                     {"do_segment": False}])
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5])
+def test_flashvid_within_one_window_streams_exactly(options, chunk):
+    x, importance, grid = _clip(10)
+    method = build("flashvid", 0.3, options={**options, "stream_window": 10})
+    whole = method(x, grid, importance)
+    streamed = _streamed(method, x, grid, chunk, importance=importance)
+    _same(streamed, whole)
+    assert streamed.stats["segments"] == whole.stats["segments"] and streamed.stats["windows"] == 1
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 4, 7])
+def test_flashvid_streams_window_by_window(chunk):
+    # Past one window, the stream is each window compressed as a clip of its own, with its share of
+    # min_segment_num (rounded up), joined in frame order; the chunk size does not change it.
+    x, importance, grid = _clip(11)
+    method = build("flashvid", 0.3, options={"stream_window": 4, "min_segment_num": 6})
+    streamed = _streamed(method, x, grid, chunk, importance=importance)
+    windows = [(0, 4, 3), (4, 8, 3), (8, 11, 2)]  # (first, stop, ceil(6 * w / 11))
+    expected = [build("flashvid", 0.3, options={"min_segment_num": m})(x[a:b], Grid(b - a, 4, 4), importance[a:b])
+                for a, b, m in windows]
+    assert streamed.stats["windows"] == 3
+    assert streamed.stats["segments"] == [n for e in expected for n in e.stats["segments"]]
+    assert sum(streamed.stats["segments"]) == 11 and len(streamed.stats["segments"]) >= 6
+    assert torch.equal(streamed.tokens, torch.cat([e.tokens for e in expected]))
+    assert torch.equal(streamed.index, torch.cat([e.index + a * 16 for e, (a, _, _) in zip(expected, windows)]))
+    assert torch.equal(streamed.weights, torch.cat([e.weights for e in expected]))
+    assert streamed.stats["per_frame"] == [n for e in expected for n in e.stats["per_frame"]]
+
+
+def test_flashvid_stream_checks_its_input():
+    method = build("flashvid", 0.3)
+    with pytest.raises(MethodError, match="frame count is known"):
+        method.stream_start((4, 4))
+    state = method.stream_start((4, 4), 2)
+    with pytest.raises(MethodError, match="needs importance"):
+        method.stream_chunk(state, torch.randn(2, 16, 8), Grid(2, 4, 4))
+    with pytest.raises(MethodError, match="stream_window must be an integer >= 1"):
+        build("flashvid", 0.3, options={"stream_window": 0})
+
+
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_flashvid_stream_video_equals_whole_clip_within_a_window(qa, sample_video, chunk):
+    config = AskConfig(method="flashvid", keep=0.3, frames=7)
+    assert refusal(qa.build_method(config), config) is None
+    whole = qa.compress(qa.prepare(sample_video, config), config)
+    _, streamed = stream_video(qa, sample_video, config, chunk_frames=chunk)
+    _same(streamed.compressed, whole.compressed)
+    assert streamed.visual_tokens == whole.visual_tokens
+
+
+def test_vidq_methods_says_how_each_method_streams():
+    from typer.testing import CliRunner
+
+    from flashvid_cli.cli import app
+    from flashvid_cli.kernels import methods
+
+    result = CliRunner().invoke(app, ["methods"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    lines = {line.split(": ")[0].strip(): line.split(": ", 1)[1] for line in
+             result.stdout.split("--stream (docs/STREAMING.md):")[1].strip().splitlines()}
+    assert lines["per frame pair, exact"] == "evs"
+    assert lines["no (selects over the whole clip)"].split(", ") == sorted(
+        name for name, cls in methods().items() if cls.stream_unit is None)
+    assert "flashvid" in next(v for k, v in lines.items() if k.startswith("per segment window"))

@@ -35,3 +35,11 @@ def methods() -> None:
                 needs.append("the question (decoding)")
             table.add_row(name, "\n".join(needs) or "-", options, cls.granularity)
         output_console().print(table)
+        # below the table, not a column: at 80 columns a fifth column would cut the others' words
+        streams: dict[str, list[str]] = {}
+        for name, cls in registered().items():
+            how = "no (selects over the whole clip)" if cls.stream_unit is None else \
+                f"per {cls.stream_unit}, {cls.stream_note}"
+            streams.setdefault(how, []).append(name)
+        lines = [f"  {how}: {', '.join(names)}" for how, names in sorted(streams.items(), key=lambda p: p[0][:2] == "no")]
+        output_console().print("\n".join(["--stream (docs/STREAMING.md):", *lines]), highlight=False)
