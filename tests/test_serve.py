@@ -4,6 +4,7 @@ model loaded once and shared by them (each has its own engine: caches, queue, ke
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import shutil
 import signal
@@ -221,6 +222,18 @@ def test_data_urls_within_and_over_the_cap(servers, media):
     assert done.choices[0].message.content is not None
     big = "data:video/mp4;base64," + "A" * 8000  # not even valid video: refused on its size, before decoding
     _refused(servers["main"], first(big, "what?"), 413, "payload_too_large")
+
+
+def test_the_media_folder_is_removed_when_the_server_stops(qa, media):
+    server = Server(_config(media, max_data_bytes=1 << 20), qa)
+    try:
+        data = media["a"].read_bytes()
+        chat(server, first("data:video/mp4;base64," + base64.b64encode(data).decode(), COUNT))
+        folder = server.app.state.media.folder
+        assert (folder / f"{hashlib.sha256(data).hexdigest()}.video").read_bytes() == data
+    finally:
+        server.stop()  # uvicorn's shutdown runs the app's lifespan end
+    assert not folder.exists()
 
 
 def test_other_refusals(servers, media):

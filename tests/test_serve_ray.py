@@ -158,13 +158,16 @@ def ray_server(media):
     thread.start()
     while not server.started:
         time.sleep(0.02)
-    yield {"url": f"http://127.0.0.1:{port}", "replicas": replicas, "running": running}
+    made = {"url": f"http://127.0.0.1:{port}", "replicas": replicas, "running": running, "media_files": []}
+    yield made
     server.should_exit = True
     thread.join(30)
     running.stop()
     import ray
 
     assert not ray.is_initialized()
+    for file in made["media_files"]:  # each replica ran its __del__ in Serve's graceful stop: its folder is gone
+        assert not file.exists() and not file.parent.exists(), file
     _, alive = psutil.wait_procs(children, timeout=30)
     assert not alive, f"Ray left processes behind: {[p.pid for p in alive]}"
 
@@ -284,6 +287,24 @@ def test_health_models_metrics_and_errors_through_the_ingress(ray_server, media)
     families = list(text_string_to_metric_families(httpx.get(f"{url}/metrics").text))
     labelled = {s.labels.get("replica") for f in families for s in f.samples if s.name == "vidq_requests_in_flight"}
     assert labelled == names
+
+
+def test_a_replicas_media_folder_goes_at_stop(ray_server, media):
+    """A data: video lands in its replica's temporary media folder (``vidq-serve-*`` under the temp dir, by its
+    SHA-256); the fixture's teardown checks that ``RayServe.stop`` removed it."""
+    import base64
+    import hashlib
+    import tempfile
+
+    data = (media / "2.mp4").read_bytes()
+    url = "data:video/mp4;base64," + base64.b64encode(data).decode()
+    messages = [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": url}},
+                                             {"type": "text", "text": COUNT}]}]
+    client(ray_server["url"]).chat.completions.create(model="tiny", messages=messages)
+    name = f"{hashlib.sha256(data).hexdigest()}.video"
+    found = list(Path(tempfile.gettempdir()).glob(f"vidq-serve-*/{name}"))
+    assert len(found) == 1, found  # one replica wrote it, once
+    ray_server["media_files"].extend(found)
 
 
 def test_more_gpus_than_the_cluster_has_is_one_line_before_anything_deploys(ray_server, media):

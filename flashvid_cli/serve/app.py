@@ -48,16 +48,22 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
             state["load_error"] = str(exc) if isinstance(exc, VidqError) else f"{type(exc).__name__}: {exc}"
             log.error("vidq serve: the model did not load: %s", state["load_error"])
 
+    def close(wait: bool = True) -> None:
+        """Stop the request threads (with ``wait``, after the generations in flight finish; without, the queued
+        ones are dropped) and remove the media folder. Idempotent."""
+        pool.shutdown(wait=wait, cancel_futures=not wait)
+        media.close()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         if not engine.ready:
             threading.Thread(target=load, name="vidq-load", daemon=True).start()
         yield
-        pool.shutdown(wait=True)  # SIGTERM: uvicorn stops accepting, the running generations finish
-        media.close()
+        close()  # SIGTERM: uvicorn stops accepting, the running generations finish
 
     app = FastAPI(title="vidq serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine, app.state.metrics, app.state.serve = engine, metrics, state
+    app.state.media, app.state.close = media, close  # close: the lifespan's end, for a host that runs none (Ray)
     register_page(app, config)  # GET / (the browser page) and GET /v1/vidq/media
 
     @app.middleware("http")

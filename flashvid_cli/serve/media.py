@@ -24,7 +24,13 @@ class MediaStore:
         self.config = config
         self._tmp = tempfile.TemporaryDirectory(prefix="vidq-serve-")
 
+    @property
+    def folder(self) -> Path:
+        """The temporary folder of ``data:``, downloaded and image-frame videos (gone after :meth:`close`)."""
+        return Path(self._tmp.name)
+
     def close(self) -> None:
+        """Remove :attr:`folder` and what it holds. Idempotent."""
         self._tmp.cleanup()
 
     def resolve(self, url: str) -> Path:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -41,6 +40,7 @@ from ..annotate.ray_engine import RAY_QUIET_ENV, RayEngineError, RayResourceErro
 from ..config import ConfigError
 from .config import ServeConfig
 from .errors import error_body
+from .routing import affinity_key, choose, merge_metrics
 
 REPLICA_CPUS = 1.0
 DOWN_S = 10.0  # seconds a replica whose call failed is left out of the routing (Ray Serve restarts it meanwhile)
@@ -85,53 +85,6 @@ def preflight(config: ServeConfig) -> None:
         check_resources(config.replicas or 1, config.gpus_per_replica or 0.0, local_resources(), "this machine")
 
 
-def affinity_key(body: Any) -> str:
-    """The routing key of a chat-completion body (decoded JSON): SHA-256 hex of its video URL, or of its image_url
-    frames' URLs joined by newlines; of ``""`` when it has none (the replica then answers its 400)."""
-    urls: list[str] = []
-    messages = body.get("messages") if isinstance(body, dict) else None
-    for message in messages if isinstance(messages, list) else []:
-        content = message.get("content") if isinstance(message, dict) else None
-        for part in content if isinstance(content, list) else []:
-            kind = part.get("type") if isinstance(part, dict) else None
-            if kind in {"video_url", "image_url"} and isinstance(part.get(kind), dict):
-                urls.append(str(part[kind].get("url", "")))
-        if urls:
-            break  # the video is in the first message that has one; later turns resend it
-    return hashlib.sha256("\n".join(urls).encode()).hexdigest()
-
-
-def choose(key: str, live: Sequence[int], load: Mapping[int, int], capacity: int) -> int | None:
-    """The replica for ``key``: the highest rendezvous hash (SHA-256 of ``key`` and the replica index) among
-    ``live``; if it already holds ``capacity`` requests, the least loaded of ``live`` with room (ties: hash order);
-    None when every live replica is full or none is live."""
-    ranked = sorted(live, key=lambda i: hashlib.sha256(f"{key}/{i}".encode()).digest(), reverse=True)
-    room = [i for i in ranked if load.get(i, 0) < capacity]
-    if not room:
-        return None
-    return ranked[0] if ranked[0] in room else min(room, key=lambda i: load.get(i, 0))
-
-
-def merge_metrics(texts: Mapping[str, str]) -> str:
-    """Prometheus texts by replica id as one text: each family's HELP/TYPE once, its samples from every replica
-    with a ``replica`` label added."""
-    families: dict[str, tuple[list[str], list[str]]] = {}
-    for replica, text in texts.items():
-        family = ""
-        for line in text.splitlines():
-            if match := re.match(r"# (HELP|TYPE) (\S+)", line):
-                family = match.group(2)
-                head, _ = families.setdefault(family, ([], []))
-                if line not in head:
-                    head.append(line)
-            elif line and not line.startswith("#"):
-                name, rest = re.match(r"([^{\s]+)(.*)", line).groups()
-                label = f'replica="{replica}"'
-                rest = "{" + label + ("," + rest[1:] if rest.startswith("{") else "}" + rest)
-                families.setdefault(family, ([], []))[1].append(name + rest)
-    return "".join("\n".join(head + samples) + "\n" for head, samples in families.values())
-
-
 class Replica:
     """A Ray Serve replica: the local server's engine and app, answering what the ingress forwards to :meth:`call`."""
 
@@ -145,6 +98,13 @@ class Replica:
         engine = Engine(config)
         engine.load()  # before the replica counts as started, so a deployment that is up answers at once
         self.app = create_app(config, engine)
+
+    def __del__(self) -> None:
+        """Serve's shutdown hook (a graceful stop: after the replica's requests drained, or at garbage collection):
+        the app's lifespan never runs here, so its end is run by hand, removing the replica's media folder."""
+        app = getattr(self, "app", None)
+        if app is not None:
+            app.state.close(wait=False)
 
     async def call(self, method: str, path: str, query: str, headers: list[tuple[str, str]], body: bytes):
         """Run one HTTP request through the app; yields ``{"status", "headers"}``, then the body's chunks. Closing
@@ -375,12 +335,13 @@ class RayServe:
         return self
 
     def stop(self) -> None:
-        """Shut down the Ray this started (ending the replicas' processes), or on a cluster it joined delete only
-        this application (other jobs' Serve applications stay)."""
+        """Stop the replicas gracefully (each runs its ``__del__``, removing its media folder), then shut down the
+        Ray this started, or on a cluster it joined delete only this application (other jobs' applications stay)."""
         ray, serve = _import_serve()
         if not ray.is_initialized():
             return
         if self._started_ray:
+            serve.shutdown()  # graceful, unlike ray.shutdown alone, which kills the replicas' processes
             ray.shutdown()
         else:
             serve.delete(APP_NAME)
