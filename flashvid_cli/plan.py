@@ -238,12 +238,11 @@ def context_budget(units: int, per_unit: int, context: int, new_tokens: int, tex
     return k * units + extra
 
 
-def check_tokens_auto(video: str | Path, config: AskConfig, model: str) -> int | None:
-    """Refuse ``--tokens auto`` before anything decodes (one line): with ``--stream``, for a method that cannot take
-    ``--tokens`` (it ignores keep, or prunes inside the LLM), and when the video's frames alone, at 1 token a
-    frame, with ``--max-new-tokens`` pass the context read from the model's config files (text not counted:
-    the tokenizer is not loaded). Returns that budget without the text (an upper bound of the run's), None when the
-    context is not known before loading. Raises ConfigError, PromptTooLongError, VideoError."""
+def check_tokens_auto_method(config: AskConfig, model: str) -> InputRules | None:
+    """The part of :func:`check_tokens_auto` that needs no video: refuse ``--stream`` and a method that cannot take
+    ``--tokens`` (it ignores keep, or prunes inside the LLM), in one line. Returns the model's input rules read from
+    its config files (``pipelines.preflight.input_rules``), None when they cannot be read before loading. Raises
+    ConfigError, MethodError."""
     from .kernels import build
     from .pipelines.preflight import input_rules
 
@@ -256,6 +255,16 @@ def check_tokens_auto(video: str | Path, config: AskConfig, model: str) -> int |
         why = "it ignores --keep" if method.ignores_keep else "its in-LLM stage prunes inside the LLM"
         raise ConfigError(f"--tokens auto does not apply to method {config.method!r}: {why}; give --keep, or a "
                           "method that takes --tokens")
+    return rules
+
+
+def check_tokens_auto(video: str | Path, config: AskConfig, model: str) -> int | None:
+    """Refuse ``--tokens auto`` before anything decodes (one line): with ``--stream``, for a method that cannot take
+    ``--tokens`` (it ignores keep, or prunes inside the LLM), and when the video's frames alone, at 1 token a
+    frame, with ``--max-new-tokens`` pass the context read from the model's config files (text not counted:
+    the tokenizer is not loaded). Returns that budget without the text (an upper bound of the run's), None when the
+    context is not known before loading. Raises ConfigError, PromptTooLongError, VideoError."""
+    rules = check_tokens_auto_method(config, model)
     if rules is None or rules.context is None:
         return None  # the context is known once the model loads: auto_tokens checks it then
     plan = make_plan(video, config, rules)

@@ -44,13 +44,21 @@ def timed_decode(video: str, config: AskConfig, resize: Any = None, rules: Any =
 
 def answer_video(qa: VideoQA, video: str, questions: list[str], config: AskConfig, options: dict[str, Any],
                  decoded: Any = None, decode_error: BaseException | None = None,
-                 decode_s: float | None = None) -> Iterator[dict[str, Any]]:
+                 decode_s: float | None = None, tokens_auto: bool = False) -> Iterator[dict[str, Any]]:
     """The per-video work both engines run: prepared once and compressed once (per question when the method
-    reads the question), then a line per question; an error line each when anything fails."""
+    reads the question), then a line per question; an error line each when anything fails. ``tokens_auto``
+    (``--tokens auto``): this video's budget is the one that fills the context beside the longest of its
+    questions and ``max_new_tokens`` (:func:`flashvid_cli.plan.auto_tokens`, from ``decoded``'s frames)."""
     prepared = compressed = prefix = None
     error = decode_error
     if error is None:
         try:
+            if tokens_auto:
+                from ..plan import auto_tokens
+
+                height, width = decoded.frames.shape[1:3]
+                config = dataclasses.replace(config, tokens=auto_tokens(qa.pipeline, questions, config,
+                                                                        len(decoded.frames), height, width))
             method = qa.build_method(config)
             prepared = qa.prepare(video, config, decoded=decoded, need=method.needs, write_cache=False)
             if "question" not in method.needs:

@@ -32,6 +32,7 @@ class AnnotateConfig:
     ray_actors: int = 1  # model replicas (ray engine)
     ray_gpus_per_actor: float = 0.0
     cache_size: str | None = None  # the encoded-video cache's cap (flashvid_cli/cache/); None: no cache
+    tokens_auto: bool = False  # --tokens auto: each video gets the visual budget that fills the context (plan.py)
 
     def open_cache(self) -> Any:
         """The EncodedCache each model replica reads and writes, or None."""
@@ -49,10 +50,18 @@ class AnnotateConfig:
         if self.ray_gpus_per_actor < 0:
             raise ConfigError(f"--gpus-per-actor must be >= 0, got {self.ray_gpus_per_actor}")
 
+    def checked(self) -> AskConfig:
+        """What a video is checked against before it decodes (``preflight.check_video_fits``): ``ask``, except that
+        with ``tokens_auto`` the count is the fewest the budget may give (1), so only a video that cannot fit even
+        then is refused undecoded; its real budget is set once it is decoded (``answer_video``)."""
+        return dataclasses.replace(self.ask, tokens=1) if self.tokens_auto else self.ask
+
     def options(self) -> dict[str, Any]:
         """What each line records about how it was made."""
         ask = dataclasses.asdict(self.ask)
         ask.pop("decode_timeout_s")
+        if self.tokens_auto:  # the count differs per video (its report has it): the line records the request
+            ask["tokens"] = "auto"
         return {"model": self.model, "device": self.device, "dtype": self.dtype, **ask}
 
 

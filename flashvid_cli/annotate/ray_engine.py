@@ -80,20 +80,21 @@ class _Answerer:
     """Ray actor: one loaded model, answering every question of the videos it is given."""
 
     def __init__(self, model: str, device: str, dtype: str, ask: dict[str, Any], options: dict[str, Any],
-                 cache_size: str | None = None):
+                 cache_size: str | None = None, tokens_auto: bool = False):
         from ..cache import EncodedCache
 
         cache = EncodedCache(max_bytes=cache_size) if cache_size is not None else None
         self.qa = VideoQA(model, device=device, dtype=dtype, cache=cache)
         self.ask = AskConfig(**ask)
         self.options = options
+        self.tokens_auto = tokens_auto
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
         lines = []
         for video, questions, payload in zip(batch["video"], batch["questions"], batch["payload"]):
             p = pickle.loads(payload)
             records = answer_video(self.qa, str(video), json.loads(questions), self.ask, self.options,
-                                   p["decoded"], p["error"], p["decode_s"])
+                                   p["decoded"], p["error"], p["decode_s"], self.tokens_auto)
             lines += [json.dumps(r, ensure_ascii=False) for r in records]
         return {"line": lines}
 
@@ -212,7 +213,7 @@ def _checked_then_run(todo: Todo, config: AnnotateConfig) -> Iterator[dict[str, 
     rules, options, left = input_rules(config.model), config.options(), []
     for video, questions in todo:
         try:
-            check_video_fits(video, config.ask, rules)
+            check_video_fits(video, config.checked(), rules)
         except Exception as exc:  # noqa: BLE001 - one bad video costs its lines, never the run (as locally)
             for question in questions:
                 yield make_record(video, question, options, error=error_text(exc))
@@ -266,7 +267,8 @@ def _stream(ray: Any, todo: list[tuple[str, list[str]]], config: AnnotateConfig,
         num_cpus=ACTOR_CPUS,
         num_gpus=config.ray_gpus_per_actor or None,
         fn_constructor_kwargs={"model": config.model, "device": config.device, "dtype": config.dtype, "ask": ask,
-                               "options": config.options(), "cache_size": config.cache_size},
+                               "options": config.options(), "cache_size": config.cache_size,
+                               "tokens_auto": config.tokens_auto},
     )
     # Ray Data restarts a dead actor without end by default; an actor that dies (say, killed for memory) should
     # stop the run with its error instead (a rerun resumes). No restarts also keeps Ray's C++ warning about

@@ -80,14 +80,15 @@ class LocalEngine:
                 for i, (video, questions) in enumerate(todo):
                     for j in range(i, min(len(todo), i + 1 + config.prefetch)):
                         if j not in pending:
-                            pending[j] = pool.submit(timed_decode, todo[j][0], config.ask, qa.frame_resizer(),
+                            pending[j] = pool.submit(timed_decode, todo[j][0], config.checked(), qa.frame_resizer(),
                                                      rules_of(qa.pipeline))
                     decoded = decode_s = error = None
                     try:
                         decoded, decode_s = pending.pop(i).result()
                     except Exception as exc:  # noqa: BLE001 - reported on the video's lines
                         error = exc
-                    yield from answer_video(qa, video, questions, config.ask, options, decoded, error, decode_s)
+                    yield from answer_video(qa, video, questions, config.ask, options, decoded, error, decode_s,
+                                            config.tokens_auto)
             finally:
                 for future in pending.values():
                     future.cancel()

@@ -10,7 +10,7 @@ import typer
 from ..api import DEFAULT_METHOD, DEFAULT_MODEL
 from .options import (
     DEFAULT_CACHE_SIZE, CacheSize, Decoder, Device, Dtype, Fps, Frames, Keep, MaxFrames, MaxNewTokens, Method, Model,
-    NoCache, Opt, Seed, Seek, Temperature, Tokens, keep_or_tokens, parse_options,
+    NoCache, Opt, Seed, Seek, Temperature, TokensAuto, keep_or_tokens, parse_options, parse_tokens,
 )
 from .shell import Command, app, err, open_cache, user_errors, warn_random
 
@@ -28,7 +28,7 @@ def annotate(
     model: Model = DEFAULT_MODEL,
     method: Method = DEFAULT_METHOD,
     keep: Keep = None,
-    tokens: Tokens = None,
+    tokens: TokensAuto = None,
     opt: Opt = None,
     frames: Frames = None,
     fps: Fps = None,
@@ -68,11 +68,12 @@ def annotate(
         if bool(question) == bool(questions):
             raise ConfigError("give --question (repeatable) or --questions FILE, one of the two")
         asked = list(dict.fromkeys(q.strip() for q in question)) if question else read_questions(questions)
+        count, auto = parse_tokens(tokens)  # auto: per video, the budget that fills the context
         config = AnnotateConfig(
             model=model, device=device, dtype=dtype, prefetch=prefetch, engine=engine, ray_actors=ray_actors,
-            ray_gpus_per_actor=gpus_per_actor, cache_size=None if no_cache else cache_size,
+            ray_gpus_per_actor=gpus_per_actor, cache_size=None if no_cache else cache_size, tokens_auto=auto,
             ask=AskConfig(
-                method=method, keep=keep_or_tokens(keep, tokens), tokens=tokens, options=parse_options(opt),
+                method=method, keep=keep_or_tokens(keep, tokens), tokens=count, options=parse_options(opt),
                 frames=frames, fps=fps, max_frames=max_frames,
                 max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, decoder=decoder,
                 seek=seek, decode_timeout_s=decode_timeout,
@@ -80,6 +81,10 @@ def annotate(
         )
         check_output_file(out, "--out")  # a missing folder is refused, as bench and eval do; everything that needs no model, before loading it
         check_ask(config.ask, device=device, dtype=dtype, model=model)
+        if auto:
+            from ..plan import check_tokens_auto_method
+
+            check_tokens_auto_method(config.ask, model)  # a method that cannot take it: one line, before loading
         open_cache(no_cache, cache_size)  # a bad size or an unwritable directory: said once, before any work
         found = find_videos(videos)
         if not quiet:

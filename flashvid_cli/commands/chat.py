@@ -13,7 +13,7 @@ import typer
 from ..api import DEFAULT_METHOD, DEFAULT_MODEL
 from .options import (
     DEFAULT_CACHE_SIZE, CacheSize, Decoder, Device, Dtype, Fps, Frames, Keep, MaxFrames, MaxNewTokens, Method, Model,
-    NoCache, Opt, Seed, Seek, Temperature, TextAfterVideo, Tokens, keep_or_tokens, parse_options,
+    NoCache, Opt, Seed, Seek, Temperature, TextAfterVideo, TokensChat, keep_or_tokens, parse_options, parse_tokens,
 )
 from .shell import Command, app, err, open_cache, user_errors, warn_random
 
@@ -26,7 +26,7 @@ def chat(
     model: Model = DEFAULT_MODEL,
     method: Method = DEFAULT_METHOD,
     keep: Keep = None,
-    tokens: Tokens = None,
+    tokens: TokensChat = None,
     opt: Opt = None,
     frames: Frames = None,
     fps: Fps = None,
@@ -54,11 +54,15 @@ def chat(
     started = time.perf_counter()  # the first report's wall time counts from here, imports and checks included
     interactive = sys.stdin.isatty()
     with user_errors():
-        from ..api import AskConfig, load_and_decode
+        from ..api import AskConfig, ConfigError, load_and_decode
         from ..chat import Chat
 
+        count, auto = parse_tokens(tokens)
+        if auto:  # ask's and annotate's auto fill the context beside a known prompt; a conversation has none
+            raise ConfigError("--tokens auto fills the context beside one prompt, and a chat's conversation grows "
+                              "every turn: give --tokens N (vidq ask VIDEO Q --tokens auto --plan shows the budget)")
         config = AskConfig(
-            method=method, keep=keep_or_tokens(keep, tokens), tokens=tokens, options=parse_options(opt),
+            method=method, keep=keep_or_tokens(keep, tokens), tokens=count, options=parse_options(opt),
             frames=frames, fps=fps, max_frames=max_frames,
             max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, decoder=decoder,
             seek=seek, text_after_video=text_after_video,

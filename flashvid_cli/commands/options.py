@@ -24,6 +24,9 @@ Tokens = Annotated[Optional[int], typer.Option(
 TokensAuto = Annotated[Optional[str], typer.Option(
     "--tokens", metavar="N|auto", help="Visual tokens the LLM should see (instead of --keep): each method gets the keep that comes "
     "closest; auto: as many as fit the context with the prompt and --max-new-tokens (docs/STREAMING.md).")]
+TokensChat = Annotated[Optional[str], typer.Option(
+    "--tokens", metavar="N", help="Visual tokens the LLM should see (instead of --keep): the method gets the keep "
+    "that comes closest. Not auto: a conversation grows every turn, so no budget fills the context.")]
 Opt = Annotated[
     Optional[list[str]], typer.Option("--opt", help="A method option as key=value; repeat for several.")
 ]
