@@ -234,6 +234,28 @@ def test_closing_a_replicas_stream_is_the_apps_disconnect_and_cancels_the_genera
     assert replica.app.state.serve["active"] == 0 and replica.app.state.serve.get("cancelled") == 1
 
 
+def test_a_replicas_health_check_and_its_stop(media, qa):
+    """Serve's hooks on a replica, without Ray: check_health passes while the model is loaded and the app open;
+    __del__ (Serve's graceful stop) closes the app, removing its media folder, and the health check then fails."""
+    from flashvid_cli.serve.app import create_app
+    from flashvid_cli.serve.engine import Engine
+    from flashvid_cli.serve.ray_engine import Replica
+
+    replica = object.__new__(Replica)  # its __init__ loads a model: this one is loaded already
+    engine = Engine(_config(media))
+    replica.app = create_app(_config(media), engine)
+    with pytest.raises(RuntimeError, match="not loaded"):
+        replica.check_health()
+    engine.qa = qa
+    replica.check_health()
+    folder = replica.app.state.media.folder
+    assert folder.is_dir()
+    replica.__del__()
+    assert not folder.exists()
+    with pytest.raises(RuntimeError, match="closed"):
+        replica.check_health()
+
+
 def client(url: str):
     return openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=120)
 
@@ -277,6 +299,12 @@ def test_health_models_metrics_and_errors_through_the_ingress(ray_server, media)
     url, names = ray_server["url"], {replica_name(i) for i in range(ray_server["replicas"])}
     health = httpx.get(f"{url}/health").json()
     assert health["status"] == "ok" and set(health["replicas"]) == names
+    from ray import serve
+
+    from flashvid_cli.serve.ray_engine import deployment_states
+
+    states = deployment_states(serve)  # what the ingress polls: every replica by its name, HEALTHY
+    assert {name: states[name] for name in names} == {name: "HEALTHY" for name in names}
     assert [m.id for m in client(url).models.list()] == ["tiny"]
     with pytest.raises(openai.NotFoundError) as missing:
         client(url).chat.completions.create(model="other", messages=first(media / "0.mp4"))
@@ -394,6 +422,51 @@ def test_the_ingress_skips_a_replica_that_fails_before_its_first_byte(media):
         handles[1 - home].dead = True
         response = ingress.post("/v1/chat/completions", json=body)
         assert response.status_code == 503 and response.json()["error"]["code"] == "no_replica"
+
+
+def test_the_ingress_sends_nothing_to_a_replica_serve_calls_unhealthy(media):
+    """Serve's status (polled by the ingress) leaves a replica out with no failed call of its own, and takes it
+    back once Serve calls it HEALTHY again; a failed poll keeps the last answer."""
+    from fastapi.testclient import TestClient
+
+    from flashvid_cli.serve import ray_engine
+    from flashvid_cli.serve.ray_engine import create_ingress
+
+    body = {"model": "tiny", "messages": first(media / "0.mp4")}
+    home = choose(affinity_key(body), [0, 1], {}, 5)
+    states = {replica_name(home): "UNHEALTHY", replica_name(1 - home): "HEALTHY"}
+    polled = threading.Event()
+
+    def status():
+        polled.set()
+        if states.get("fail"):
+            raise ConnectionError("the controller is gone")
+        return dict(states)
+
+    def answered_by() -> str:
+        polled.clear()
+        assert polled.wait(10)  # a poll that began after the change
+        polled.clear()
+        assert polled.wait(10)  # ... and has finished: the next one began
+        response = ingress.post("/v1/chat/completions", json=body)
+        assert response.status_code == 200
+        return response.headers["x-vidq-replica"]
+
+    handles = [_FakeHandle(0), _FakeHandle(1)]
+    ray_engine.HEALTH_POLL_S, saved = 0.01, ray_engine.HEALTH_POLL_S
+    try:
+        with TestClient(create_ingress(_config(media), handles, status)) as ingress:
+            assert answered_by() == replica_name(1 - home)
+            assert handles[home].calls == 0  # never tried: Serve said so, no call had to fail
+            states[replica_name(home)] = "HEALTHY"
+            assert answered_by() == replica_name(home)  # back, and its keys with it
+            states[replica_name(home)] = "UPDATING"  # Serve replacing it
+            states["fail"] = True  # ... but the poll fails before it sees that: the last answer (HEALTHY) stands
+            assert answered_by() == replica_name(home)
+            states["fail"] = False
+            assert answered_by() == replica_name(1 - home)
+    finally:
+        ray_engine.HEALTH_POLL_S = saved
 
 
 def test_a_full_replica_sends_the_video_to_the_other_and_all_full_is_429(media):

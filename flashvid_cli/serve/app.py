@@ -51,6 +51,7 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
     def close(wait: bool = True) -> None:
         """Stop the request threads (with ``wait``, after the generations in flight finish; without, the queued
         ones are dropped) and remove the media folder. Idempotent."""
+        state["closed"] = True
         pool.shutdown(wait=wait, cancel_futures=not wait)
         media.close()
 

@@ -11,8 +11,8 @@ Routing (:func:`choose`): a chat completion's affinity key is the SHA-256 of its
 the whole ``data:`` URL, the ``http(s)://`` URL, or the ``image_url`` frames' URLs joined). Reading the video's
 content fingerprint would mean reading the file in the ingress, which may not even see it, so the URL stands in:
 the same video under another path may land on another replica, which costs its cache, never a wrong answer. The
-key is rendezvous-hashed over the live replicas (one that failed a call is left out for :data:`DOWN_S` seconds, so
-only its keys move); when that replica holds ``1 + --max-queue`` requests, the least loaded one takes the request,
+key is rendezvous-hashed over the live replicas (those Serve's status calls HEALTHY, polled every
+:data:`HEALTH_POLL_S` seconds, less one whose call failed in the last :data:`DOWN_S` seconds; only their keys move); when that replica holds ``1 + --max-queue`` requests, the least loaded one takes the request,
 and when all are full the ingress answers 429 with ``Retry-After``. Other routes go to the least loaded replica;
 ``/health`` and ``/metrics`` ask every replica (``/metrics`` adds a ``replica`` label to each sample).
 
@@ -30,7 +30,8 @@ import os
 import re
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -44,6 +45,7 @@ from .routing import affinity_key, choose, merge_metrics
 
 REPLICA_CPUS = 1.0
 DOWN_S = 10.0  # seconds a replica whose call failed is left out of the routing (Ray Serve restarts it meanwhile)
+HEALTH_POLL_S = 1.0  # seconds between the ingress's reads of Serve's status (one controller call each)
 APP_NAME = "vidq-serve"
 _RUNNING: set = set()  # the app calls in flight: asyncio keeps only weak references to tasks
 _HOP = {"connection", "keep-alive", "transfer-encoding", "upgrade", "host", "content-length"}
@@ -106,6 +108,12 @@ class Replica:
         if app is not None:
             app.state.close(wait=False)
 
+    def check_health(self) -> None:
+        """Serve's health check (every 10 s; a raise marks the replica unhealthy and Serve replaces it): the model
+        is loaded and the app still takes requests."""
+        if not self.app.state.engine.ready or self.app.state.serve.get("closed"):
+            raise RuntimeError("the replica's model is not loaded or its app is closed")
+
     async def call(self, method: str, path: str, query: str, headers: list[tuple[str, str]], body: bytes):
         """Run one HTTP request through the app; yields ``{"status", "headers"}``, then the body's chunks. Closing
         the generator (the client went away) is the app's ``http.disconnect``: its generation stops."""
@@ -152,17 +160,39 @@ class _Directory:
         self.count = len(replicas)
 
 
-def create_ingress(config: ServeConfig, handles: Sequence[Any]) -> Any:
+def create_ingress(config: ServeConfig, handles: Sequence[Any],
+                   status: Callable[[], Mapping[str, str]] | None = None) -> Any:
     """The ingress app: every route forwarded to a replica's :meth:`Replica.call` through its Ray Serve handle
-    (``handles[i]`` is ``vidq-replica-<i>``), chat completions by :func:`choose`."""
+    (``handles[i]`` is ``vidq-replica-<i>``), chat completions by :func:`choose`. ``status`` (blocking; run in a
+    thread every :data:`HEALTH_POLL_S` seconds while the app runs) gives each deployment's Serve status by name; a
+    replica whose status is not ``HEALTHY`` gets no requests until it is. A failed poll keeps the last answer."""
     capacity = 1 + config.max_queue
     load = {i: 0 for i in range(len(handles))}
     down: dict[int, float] = {}
-    app = FastAPI(title="vidq serve (ray)", docs_url=None, redoc_url=None, openapi_url=None)
+    unhealthy: set[int] = set()
+
+    async def poll() -> None:
+        while True:
+            try:
+                states = await asyncio.to_thread(status)
+                unhealthy.clear()
+                unhealthy.update(i for i in load if states.get(replica_name(i)) != "HEALTHY")
+            except Exception:  # noqa: BLE001 - the controller is busy or gone: the failed-call rule still holds
+                pass
+            await asyncio.sleep(HEALTH_POLL_S)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        task = asyncio.create_task(poll()) if status is not None else None
+        yield
+        if task is not None:
+            task.cancel()
+
+    app = FastAPI(title="vidq serve (ray)", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
 
     def live() -> list[int]:
         now = time.monotonic()
-        return [i for i in load if down.get(i, 0.0) <= now]
+        return [i for i in load if down.get(i, 0.0) <= now and i not in unhealthy]
 
     def fail(status: int, message: str, code: str, retry: str | None = None) -> Response:
         kind = "rate_limit_error" if status == 429 else "server_error"
@@ -270,6 +300,13 @@ def _import_serve() -> Any:
     return ray, serve
 
 
+def deployment_states(serve: Any) -> dict[str, str]:
+    """Each deployment of this application by name: its Serve status (``"HEALTHY"``, ``"UNHEALTHY"``,
+    ``"UPDATING"``, ...), which Serve keeps from the replicas' health checks (:meth:`Replica.check_health`)."""
+    deployments = serve.status().applications[APP_NAME].deployments
+    return {name: str(getattr(state.status, "value", state.status)) for name, state in deployments.items()}
+
+
 def _deploy_failure(serve: Any) -> str | None:
     """The last line of the first failed replica's error (its constructor's exception), from Serve's status."""
     try:
@@ -331,7 +368,7 @@ class RayServe:
             self.stop()
             raise RayEngineError(f"--engine ray: the replicas did not start: {why}") from None
         handles = [serve.get_deployment_handle(replica_name(i), app_name=APP_NAME) for i in range(replicas)]
-        self.app = create_ingress(c, handles)
+        self.app = create_ingress(c, handles, lambda: deployment_states(serve))
         return self
 
     def stop(self) -> None:
