@@ -143,6 +143,10 @@ ONLY_IN = {
     "typer": ("flashvid_cli.cli", "flashvid_cli.commands"),
     "rich": ("flashvid_cli.cli", "flashvid_cli.commands", "flashvid_cli.report"),
     "triton": ("flashvid_cli.kernels.dispatch",),  # and every *_triton module, beside its pure-torch reference
+    # the web stack is the server's alone (docs/ARCHITECTURE.md)
+    "fastapi": ("flashvid_cli.serve",),
+    "uvicorn": ("flashvid_cli.serve",),
+    "prometheus_client": ("flashvid_cli.serve",),
 }
 NEVER_IN = {"transformers": ("flashvid_cli.kernels",)}  # plain tensors in, plain tensors out
 
