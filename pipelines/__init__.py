@@ -74,10 +74,10 @@ def llm_depth(model: str) -> int | None:
 
     if is_random(model):
         from .errors import ModelError
-        from .random_init import _config_file
+        from .random_init import read_config_file
 
         try:
-            raw = _config_file(model.removeprefix(PREFIX))[1]
+            raw = read_config_file(model.removeprefix(PREFIX))[1]
         except ModelError:
             return None
     else:

@@ -62,10 +62,10 @@ def input_rules(model: str) -> InputRules | None:
 
     try:
         if is_random(model):
-            from .random_init import _config_file
+            from .random_init import read_config_file
 
             adapter, cfg = random_preprocess(model)
-            raw = _config_file(model.removeprefix("random:"))[1]
+            raw = read_config_file(model.removeprefix("random:"))[1]
             return InputRules(adapter, _patched(cfg, raw.get("vision_config")), None, model, _hidden(raw),
                               _vision(raw.get("vision_config")))
         path = Path(model).expanduser()

@@ -39,8 +39,10 @@ def is_random(model: str) -> bool:
     return model.startswith(PREFIX)
 
 
-def _config_file(spec: str) -> tuple[Path, dict[str, Any]]:
-    """``NAME`` of a kept config, a config.json path, or a checkpoint directory -> (file, its dict)."""
+def read_config_file(spec: str) -> tuple[Path, dict[str, Any]]:
+    """``NAME`` of a kept config (``pipelines/configs/NAME.json``), a config.json path, or a checkpoint directory ->
+    (the config.json file, its dict), read without loading any weights. Raises ModelError for no such config or a
+    file that is not JSON."""
     path = Path(spec).expanduser()
     if path.is_dir():
         path = path / "config.json"
@@ -96,7 +98,7 @@ def random_preprocess(spec: str) -> tuple[type[Pipeline], PreprocessConfig]:
 
     from .registry import family
 
-    config_file, raw = _config_file(spec.removeprefix(PREFIX))
+    config_file, raw = read_config_file(spec.removeprefix(PREFIX))
     adapter = family(raw.get("model_type"), str(config_file))
     config = transformers.AutoConfig.for_model(**raw)
     return adapter, PreprocessConfig.from_dict(_preprocessor(config_file, adapter, config))
@@ -110,7 +112,7 @@ def load_random(spec: str, device: torch.device, dtype: torch.dtype) -> Pipeline
     from .registry import family
 
     spec = spec.removeprefix(PREFIX)
-    config_file, raw = _config_file(spec)
+    config_file, raw = read_config_file(spec)
     adapter = family(raw.get("model_type"), str(config_file))
     tok = build_tokenizer(adapter.special_tokens)
     raw = _point_special_tokens(raw, adapter, tok)

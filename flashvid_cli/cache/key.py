@@ -108,12 +108,12 @@ def model_fingerprint(model: str | os.PathLike) -> dict[str, Any]:
     written in place is a different model even at the same size). Raises ModelError as ``load_pipeline`` does.
     """
     from ..pipelines.loading import resolve_checkpoint
-    from ..pipelines.random_init import PREFIX, _config_file, is_random
+    from ..pipelines.random_init import PREFIX, read_config_file, is_random
 
     name = os.fspath(model)
     if is_random(name):
         spec = name.removeprefix(PREFIX)
-        _, raw = _config_file(spec)
+        _, raw = read_config_file(spec)
         config = hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()
         return {"kind": "random", "spec": spec, "config": config, "seed": 0}
     path = resolve_checkpoint(name).resolve()
