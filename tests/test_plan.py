@@ -65,7 +65,7 @@ def test_choose_path_by_budget(sample_video):
     assert streamed and "streaming" in note and "--max-memory" in note and "\n" not in note
     with pytest.raises(ConfigError, match="lower --fps or --max-frames"):
         choose_path(plan, plan.stream_bytes - 1, False)
-    whole_only = plan_request(sample_video, AskConfig(method="flashvid", frames=40), str(DEMO), device="cpu")
+    whole_only = plan_request(sample_video, AskConfig(method="divprune", frames=40), str(DEMO), device="cpu")
     assert whole_only.stream_refusal is not None
     with pytest.raises(ConfigError, match="cannot stream.*a method that streams .*pool"):
         choose_path(whole_only, whole_only.whole_bytes - 1, False)
@@ -98,7 +98,7 @@ def test_cli_plan_prints_and_exits_before_decoding(sample_video, no_decode):
 
 
 def test_cli_refuses_over_budget_in_one_line_before_decoding(sample_video, no_decode):
-    out = CliRunner().invoke(app, ["ask", str(sample_video), "q?", *ASK, "--method", "flashvid", "--frames", "40",
+    out = CliRunner().invoke(app, ["ask", str(sample_video), "q?", *ASK, "--method", "divprune", "--frames", "40",
                                    "--max-memory", "1MiB"])
     assert out.exit_code == 1
     lines = [line for line in out.stderr.splitlines() if line.strip()]
