@@ -22,6 +22,7 @@ from ..errors import InputError, VidqError
 from ..inputs import check_ask
 from ..pipelines.errors import ModelError, VideoError
 from .config import ServeConfig
+from .control import refuse_in_request
 from .engine import Engine, Outcome
 from .errors import APIError, Cancelled, Deadline, TimedOut, bad_request, error_body
 from .media import MediaStore
@@ -132,6 +133,7 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
         if req.model != config.name:
             raise APIError(404, f"model {req.model!r} is not served here; GET /v1/models lists {config.name!r}",
                            "model_not_found")
+        refuse_in_request(req, engine.control_tokens)  # no <video>, <|im_start|>, ... in a system or user message
         timeout = req.timeout if req.timeout is not None else config.request_timeout
         deadline = Deadline(None if timeout is None else arrived + timeout)
         video = await asyncio.to_thread(media.frames, req.image_urls) if req.image_urls else \

@@ -25,6 +25,7 @@ from ..results import AskResult, CompressedVideo, PreparedVideo, PrepareTimings
 from ..video_stages import _needs_question
 from ..videoqa import VideoQA
 from .config import ServeConfig
+from .control import control_tokens, refuse
 from .errors import Cancelled, Deadline
 from .request import ChatRequest
 
@@ -58,6 +59,7 @@ class Engine:
         self.videos: OrderedDict[tuple, tuple[PreparedVideo, CompressedVideo, str | None]] = OrderedDict()
         self.prompts: list[_Entry] = []  # least recently used first
         self.answers: OrderedDict[tuple, list[int]] = OrderedDict()
+        self._control: tuple[VideoQA, tuple[str, ...]] | None = None
 
     def load(self) -> None:
         c = self.config
@@ -204,7 +206,17 @@ class Engine:
 
     def _answer_ids(self, key: tuple, text: str) -> list[int]:
         ids = self.answers.get((key, text.strip()))
-        return list(ids) if ids is not None else self.qa.token_ids(text)
+        if ids is not None:
+            return list(ids)
+        refuse(text, "assistant", self.control_tokens)  # tokenized now: it must hold no control token
+        return self.qa.token_ids(text)
+
+    @property
+    def control_tokens(self) -> tuple[str, ...]:
+        """The texts the loaded model's tokenizer reads as control tokens (:func:`.control.control_tokens`)."""
+        if self._control is None or self._control[0] is not self.qa:
+            self._control = (self.qa, control_tokens(self.qa.pipeline.tokenizer))
+        return self._control[1]
 
     def _remember(self, key: tuple, text: str, ids: list[int]) -> None:
         self.answers[(key, text.strip())] = list(ids)
