@@ -295,6 +295,33 @@ def test_eval_table_fits_80_columns_without_cutting_a_cell():
             assert any("1,568" in line and "0.0123" in line and "1234.6 s" in line for line in lines), text
 
 
+def test_eval_prints_accuracy_by_question_type_within_80_columns():
+    """Each row's accuracy on each type, the types' counts, split over tables so no line passes 80 columns."""
+    from rich.console import Console
+
+    from flashvid_cli.commands.evaluate import print_eval
+    from flashvid_cli.evaluate import EvalResult, EvalRow, TypeScore
+
+    env = {"questions": 5, "scoring": "likelihood", "tokens": None, "chance": 0.25, "model": "m", "device": "cpu",
+           "dtype": "float32"}
+    rows = [EvalRow(m, k, 0.6, 3, 5, 0, 10.0, 40.0, by_type={
+        "how_many": TypeScore(2 / 3, 2, 3), "where_at_end": TypeScore(0.5 if m == "pool" else 1.0, 1, 2)})
+        for m in ["flashvid", "divprune", "visionzip", "pool"] for k in [0.25, 0.1]]
+    console = Console(width=80, record=True, color_system=None)
+    print_eval(EvalResult(env, rows, []), console)
+    lines = console.export_text().splitlines()
+    assert max(len(line) for line in lines) <= 80 and "…" not in "".join(lines)
+    typed = [line for line in lines if line.startswith(("how_many (3)", "where_at_end (2)"))]
+    assert len(typed) >= 4  # 8 columns do not fit one table: two tables, each with both types
+    cells = " ".join(line for line in typed if line.startswith("where_at_end")).split()
+    assert cells.count("100.0%") == 6 and cells.count("50.0%") == 2  # pool's two rows, every other row's
+    assert sum(line.count("66.7%") for line in typed) == 8
+    one_type = [EvalRow("none", 1.0, 1.0, 2, 2, 0, 1.0, 1.0, by_type={"how_many": TypeScore(1.0, 2, 2)})]
+    console = Console(width=80, record=True, color_system=None)
+    print_eval(EvalResult(env, one_type, []), console)
+    assert "by question type" not in console.export_text()  # one type: the main table says it all
+
+
 def test_eval_json(eval_run):
     _, out = eval_run
     doc = json.loads((out / "eval.json").read_text())

@@ -139,6 +139,7 @@ def print_eval(result, console: Console) -> None:
             f"{r.visual_tokens:,.0f}" if r.visual_tokens is not None else "-", *search,
         )
     console.print(table)
+    print_by_type(result.rows, console)
     console.print(f"chance: {env['chance']:.1%} (the mean of 1/options over the scored questions)", highlight=False)
     if env.get("frames", {}).get("seek") == "keyframe":
         console.print("frames: --seek keyframe, each snapped to its nearest keyframe (approximate sampling)",
@@ -146,3 +147,35 @@ def print_eval(result, console: Console) -> None:
     searched = "; keep found: the mean over the clips, keep search: the seconds it took" if by_tokens else ""
     console.print(f"[dim]{env['model']} on {env['device']} ({env['dtype']}); visual tokens: the mean the LLM "
                   f"sees{searched}[/]", highlight=False)
+
+
+def print_by_type(rows: list, console: Console) -> None:
+    """Accuracy by question type when the set has more than one: a row per type (with the questions scored of it),
+    a column per row of the main table (method and keep, or tokens), in as many tables as it takes to stay within
+    the console's width (80 columns piped)."""
+    types = sorted({t for r in rows for t in r.by_type})
+    if len(types) < 2:
+        return
+    counts = {t: max(r.by_type[t].total for r in rows if t in r.by_type) for t in types}
+    labels = [f"{t} ({counts[t]})" for t in types]
+    label = max(len("question type (n)"), *(len(x) for x in labels))
+    heads = [f"{r.method}\n{r.tokens:,} tok" if r.tokens is not None else f"{r.method}\n{r.keep:g}" for r in rows]
+    widths = [max(len("100.0%"), *(len(line) for line in h.split("\n"))) for h in heads]
+    groups, current, used = [], [], label
+    for i, width in enumerate(widths):  # split the columns so each table fits: a column is its width + 3
+        if current and used + width + 3 > console.width:
+            groups.append(current)
+            current, used = [], label
+        current.append(i)
+        used += width + 3
+    groups.append(current)
+    for n, group in enumerate(groups):
+        table = Table(title=None if n else "accuracy by question type", title_justify="left", show_edge=False,
+                      pad_edge=False, box=box.SIMPLE_HEAD)
+        table.add_column("question type (n)", no_wrap=True, min_width=label)
+        for i in group:
+            table.add_column(heads[i], justify="right", no_wrap=True, min_width=widths[i])
+        for t, name in zip(types, labels):
+            scores = [rows[i].by_type.get(t) for i in group]
+            table.add_row(name, *("-" if x is None or x.accuracy is None else f"{x.accuracy:.1%}" for x in scores))
+        console.print(table)
