@@ -9,8 +9,9 @@ for methods whose output on a frame depends on that frame alone: their ``stream_
 what spans chunks (EVS: the previous frame and a running top-budget). Methods that select over the whole clip are
 refused with the reason, in one line (:func:`refusal`). docs/STREAMING.md gives the formulation and what it does not cover yet.
 
-The decoded frames themselves still come from one decode job (uint8 at the model's input size, e.g.
-384x384x3 = 432 KiB a frame on LLaVA-OneVision): the worker's frames are not yet handed over incrementally.
+The decoded frames (uint8 at the model's input size, e.g. 384x384x3 = 432 KiB a frame on LLaVA-OneVision) flow
+in chunks too: the decode worker's frames are passed on in order as they decode, at most a few chunks ahead of
+the encode (:mod:`pipelines.video.stream`), so no array of the whole video's frames is held.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .results import CompressedVideo, PreparedVideo, PrepareTimings
 if TYPE_CHECKING:
     from .kernels import Compressed, Method
     from .pipelines.video import DecodedVideo
+    from .pipelines.video.stream import FrameStream
     from .video_stages import VideoStages
 
 # progress(stage, done, total): stage is "decoded", "encoded" or "compressed"; done and total count frames.
@@ -71,7 +73,7 @@ def merge(parts: list[tuple[int, Compressed]], grid: Any) -> Compressed:
 
 def stream_video(stages: VideoStages, video: str | Path, config: AskConfig | None = None,
                  question: str | None = None, chunk_frames: int = DEFAULT_CHUNK_FRAMES,
-                 progress: Progress | None = None, decoded: DecodedVideo | None = None
+                 progress: Progress | None = None, decoded: DecodedVideo | FrameStream | None = None
                  ) -> tuple[PreparedVideo, CompressedVideo]:
     """Decode ``video`` as ``config`` asks, then preprocess, encode and compress it ``chunk_frames`` frames at a
     time, keeping only the compressed tokens.
@@ -80,7 +82,11 @@ def stream_video(stages: VideoStages, video: str | Path, config: AskConfig | Non
     ``prepared.encoded.feats`` is empty (``[0, N, D]``: the features were not kept) and ``encoded.meta`` says
     ``streamed``; ``compressed.compressed`` equals the whole-clip result for a per-frame method (tests/
     test_streaming.py). ``progress(stage, done, total)`` is called as frames are decoded, encoded and compressed.
-    ``decoded``: the frames already decoded with this config (``load_and_decode``), else decoded here.
+    ``decoded``: the frames already decoded with this config, or a streamed decode started ahead
+    (``load_and_decode``); else decoded here as a stream: the frames come from the decode worker a chunk at a time,
+    at most a few chunks ahead of the encode (``VideoStages.frame_chunks``); the decode stage's time is then the
+    wait for frames, and ``timings.decode_ahead`` the decode's own (overlapped) time. An error or Ctrl-C stops the
+    decode worker.
     With a cache (``stages.cache``) and a method that does not read the question, the merged output is stored per
     method and keep once the last chunk is compressed (``prepared.cache`` "miss"), and a later call with the same
     video, sampling, model, method and keep reads it instead ("hit": nothing decoded unless ``decoded`` was given,
@@ -92,8 +98,7 @@ def stream_video(stages: VideoStages, video: str | Path, config: AskConfig | Non
     import torch
 
     from .pipelines.generation import synchronize
-    from .pipelines.preflight import rules_of
-    from .video_stages import VISION_NEEDS, _check_decoded, video_info
+    from .video_stages import VISION_NEEDS, video_info
 
     config = config or AskConfig()
     if not isinstance(chunk_frames, int) or chunk_frames < 1:
@@ -117,24 +122,26 @@ def stream_video(stages: VideoStages, video: str | Path, config: AskConfig | Non
         from .cache.compressed import get_compressed
 
         if (hit := get_compressed(stages.cache, ckey, device)) is not None:
+            if (stop := getattr(decoded, "close", None)) is not None:  # a stream started ahead: not needed
+                stop()
             return _from_cache(stages, video, method, hit, lap(), decoded, question if kwargs else None)
     ahead = decoded is not None
-    if decoded is None:
-        decoded = stages.decode(video, config, resize=pipe.frame_resizer(), rules=rules_of(pipe))
-    else:
-        _check_decoded(decoded, video, config)
-    total = len(decoded.frames)
-    t_decode = lap() + decoded.stats.get("waited_after_load_s", 0.0)
-    if progress is not None:
-        progress("decoded", total, total)
+    # the frames as they decode, a chunk at a time (at most a few chunks held); or those decoded ahead, chunked
+    source = stages.frame_chunks(video, config, chunk_frames, decoded)
+    t_decode = lap() + getattr(decoded, "stats", {}).get("waited_after_load_s", 0.0)
+    total = 0
     t_pre = t_enc = t_comp = 0.0
     stream: Any = None  # the method's stream state (kernels/base.py, Method.stream_start), once a chunk's grid is known
     shape: tuple[int, int, int] | None = None
-    with torch.inference_mode():
-        for first in range(0, total, chunk_frames):
-            stop = min(first + chunk_frames, total)
-            lap()
-            pixels = pipe.preprocess(decoded.frames[first:stop], list(decoded.timestamps[first:stop]))
+    with torch.inference_mode(), source:  # leaving it (an error, Ctrl-C) stops the decode and its worker
+        for chunk in source:  # FrameChunk: frames uint8 [c, h, w, 3] from frame chunk.first on
+            if chunk.restart:  # the decode started over (a damaged file): what was made of earlier chunks is void
+                stream = None
+            first, stop, total = chunk.first, chunk.first + len(chunk.frames), chunk.total
+            t_decode += lap()  # the wait for this chunk's frames: the decode overlaps the work on earlier chunks
+            if progress is not None:
+                progress("decoded", stop, total)
+            pixels = pipe.preprocess(chunk.frames, list(chunk.timestamps))
             t_pre += lap()
             encoded = pipe.encode(pixels, need=need)
             t_enc += lap()
@@ -154,6 +161,7 @@ def stream_video(stages: VideoStages, video: str | Path, config: AskConfig | Non
             del pixels, encoded
             if progress is not None:
                 progress("compressed", stop, total)
+    decoded = source.decoded  # the whole decode's DecodedVideo (its frames not kept)
     if stream is None or shape is None:
         raise ConfigError(f"no frame of {video} was decoded to stream")
     from .kernels import Grid
@@ -177,7 +185,7 @@ def stream_video(stages: VideoStages, video: str | Path, config: AskConfig | Non
     extra_tokens = pipe.extra_video_tokens
     prepared = PreparedVideo(
         info, EncodedVideo(feats, grid, meta={"streamed": True}),
-        PrepareTimings(t_decode, t_pre, t_enc, decoded.stats.get("decode_s") if ahead else None), need,
+        PrepareTimings(t_decode, t_pre, t_enc, decoded.stats.get("decode_s")), need,
         visual_tokens=grid.T * grid.N + extra_tokens, cache=state, cache_note=note,
         decode_worker_peak_rss_bytes=decoded.stats.get("peak_rss_bytes"),
         started_at=decoded.stats.get("started_at") if ahead else None,
@@ -223,7 +231,14 @@ def _from_cache(stages: VideoStages, video: str | Path, method: Method, hit: Any
         PrepareTimings(t_read + (decoded.stats.get("waited_after_load_s", 0.0) if decoded is not None else 0.0),
                        0.0, 0.0), frozenset(method.needs) & VISION_NEEDS, visual_tokens=grid.T * grid.N + extra,
         cache="hit",
-        started_at=decoded.stats.get("started_at") if decoded is not None else None,
+        started_at=decoded.stats.get("started_at") if decoded is not None else _started_at(stages),
     )
     visual = int(out.tokens.shape[0]) + extra
     return prepared, CompressedVideo(method, out, 0.0, visual, question, None, None)
+
+
+def _started_at(stages: VideoStages) -> float | None:
+    """The command's start that ``load_and_decode`` left when it decoded nothing ahead (a predicted hit), taken once
+    (the report's wall then counts the model load too)."""
+    started, stages.started_at = getattr(stages, "started_at", None), None
+    return started

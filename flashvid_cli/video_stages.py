@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .pipelines.preflight import InputRules
     from .pipelines.preprocess import FrameResizer
     from .pipelines.video import DecodedVideo
+    from .pipelines.video.stream import DecodedChunks, FrameStream
 
 
 # What ``prepare`` can compute besides the features (EncodedVideo fields, held by the cache when computed).
@@ -107,6 +108,41 @@ class VideoStages:
             video, frames=config.frames, fps=config.fps, max_frames=config.max_frames,
             decoder=config.decoder, timeout_s=config.decode_timeout_s, seek=config.seek, resize=resize,
         )
+
+    @staticmethod
+    def decode_stream(video: str | Path, config: AskConfig, chunk: int, resize: FrameResizer | None = None,
+                      rules: InputRules | None = None) -> FrameStream:
+        """:meth:`decode`'s frames ``chunk`` at a time as they decode (``pipelines.video.stream``): the decode starts
+        here, runs at most a bounded number of chunks ahead of its consumer, and its frames are never held whole.
+        Same arguments and refusals as :meth:`decode`; the decode's errors are raised by the iteration."""
+        from .pipelines.video.stream import decode_stream
+        from .preflight import check_video_fits
+
+        check_video_fits(video, config, rules)
+        return decode_stream(
+            video, chunk=chunk, frames=config.frames, fps=config.fps, max_frames=config.max_frames,
+            decoder=config.decoder, timeout_s=config.decode_timeout_s, seek=config.seek, resize=resize,
+        )
+
+    def frame_chunks(self, video: str | Path, config: AskConfig, chunk: int,
+                     decoded: DecodedVideo | FrameStream | None = None) -> FrameStream | DecodedChunks:
+        """The frames of ``video`` for a streamed run, ``chunk`` at a time (``FrameChunk``s; ``.decoded`` after the
+        last): ``decoded``'s when it is this video decoded as ``config`` asks (a DecodedVideo, or a FrameStream
+        started ahead with this chunk and not yet read), else a streamed decode started here at the model's size.
+        Raises ConfigError for a ``decoded`` of another video or sampling."""
+        from .pipelines.preflight import rules_of
+        from .pipelines.video.stream import DecodedChunks, FrameStream
+
+        if isinstance(decoded, FrameStream):
+            _check_decoded(decoded, video, config)
+            if not decoded.consumed and decoded.chunk == chunk:
+                return decoded
+            decoded.close()  # read already (another question's stream), or chunked otherwise: decode again
+        elif decoded is not None:
+            _check_decoded(decoded, video, config)
+            return DecodedChunks(decoded, chunk)
+        pipe = self.pipeline
+        return self.decode_stream(video, config, chunk, resize=pipe.frame_resizer(), rules=rules_of(pipe))
 
     def frame_resizer(self) -> FrameResizer:
         """The model's input size rule, for :meth:`decode` (``resize=``) of videos this model will answer about."""
@@ -219,7 +255,7 @@ class VideoStages:
             video, sampling=sampling_request(config.frames, config.fps, config.max_frames, seek=config.seek,
                                              decoder=config.decoder),
             model=self._model_fingerprint, dtype=pipe.dtype, device=pipe.device, preprocess=pipe.preprocess_config,
-            frame_indices=decoded.indices if decoded is not None else None, need=need,
+            frame_indices=getattr(decoded, "indices", None), need=need,  # a FrameStream: not known yet
         )
 
     def question_input(self, method: Method, question: str | None, caller: str) -> dict[str, Any]:

@@ -47,7 +47,9 @@ def test_streaming_equals_whole_clip(qa, sample_video, method, keep, options, ch
     assert streamed.visual_tokens == whole.visual_tokens
     assert prepared.encoded.feats.shape[0] == 0  # the features were not kept
     assert prepared.visual_tokens == 7 * whole.compressed.grid.N + qa.pipeline.extra_video_tokens
-    assert ("compressed", 7, 7) == seen[-1] and ("decoded", 7, 7) == seen[0]
+    assert ("compressed", 7, 7) == seen[-1] and ("decoded", min(chunk, 7), 7) == seen[0]
+    decoded = [s[1] for s in seen if s[0] == "decoded"]  # a chunk's frames counted as it arrives, before its encode
+    assert decoded == list(range(chunk, 7, chunk)) + [7]
     assert sum(1 for s in seen if s[0] == "encoded") == -(-7 // chunk)
 
 
@@ -161,6 +163,7 @@ def test_a_streamed_run_caches_its_compressed_tokens_and_a_second_run_loads_them
         raise AssertionError("a cached streamed result must not be decoded again")
 
     monkeypatch.setattr(qa, "decode", no_decode)
+    monkeypatch.setattr(qa, "decode_stream", no_decode)
     prepared, again = stream_video(qa, sample_video, config, chunk_frames=3)
     assert prepared.cache == "hit" and prepared.timings.encode == 0.0
     _same(again.compressed, first.compressed)
@@ -210,7 +213,7 @@ def test_cli_refuses_a_method_that_cannot_stream_in_one_line_before_loading(tmp_
 
     # a model path that does not exist: the refusal must come before anything loads it
     out = CliRunner().invoke(app, ["ask", str(sample_video), "q?", "--model", str(tmp_path / "absent"),
-                                   "--method", "flashvid", "--stream", "--device", "cpu"])
+                                   "--method", "divprune", "--stream", "--device", "cpu"])
     assert out.exit_code == 1
     lines = [line for line in out.output.splitlines() if line.strip()]
-    assert "cannot stream" in lines[0] and "flashvid" in lines[0] and "Traceback" not in out.output
+    assert "cannot stream" in lines[0] and "divprune" in lines[0] and "Traceback" not in out.output

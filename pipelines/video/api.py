@@ -184,12 +184,20 @@ class DecodeWorker:
                     self._kill()
 
     def _receive(self, req: Request, deadline: float, timeout_s: float, sink) -> tuple[dict, np.ndarray | None]:
-        """Read phases and frames (each straight into the sink's buffer for it) until the answer or the deadline."""
+        """Read phases and frames (each straight into the sink's buffer for it) until the answer or the deadline.
+
+        The deadline is the decoder's: time the sink spent blocked (its `blocked_s`, a consumer not ready for more
+        frames: `stream.ChunkSink`) moves it later, as the worker waits then too."""
+        base = deadline
         try:
             while True:
+                deadline = base + getattr(sink, "blocked_s", 0.0)
                 kind, *rest = self._next(req, deadline, timeout_s)
                 if kind == "frames":
                     sink.start(*rest)
+                elif kind == "plan":
+                    if hasattr(sink, "plan"):
+                        sink.plan(*rest)
                 elif kind == "frame":
                     self._next(req, deadline, timeout_s, raw=memoryview(sink.buffer(rest[0])).cast("B"))
                     sink.filled(rest[0])

@@ -111,15 +111,19 @@ class _TailFrames:
         return list(range(len(targets))), set()
 
 
-def _decode_pyav(req, fmap, indices, out_hw, tail, put, counter, notes, sink) -> tuple[list[int], list[int]]:
+def _decode_pyav(req, fmap, indices, out_hw, tail, put, counter, notes, sink, plan=None
+                 ) -> tuple[list[int], list[int]]:
     """Frames at `indices` via `sample` into `sink` as they are converted; those of the last group
     of pictures are there already (`tail`: the tail pass's `_TailFrames`, `put`: what it put, {pts: slot}).
+    `plan(times)`, when given, gets each slot's timestamp once the slots are final, before the sampling pass.
 
     Returns (slots kept, their frame indices): a target that did not decode took the next frame that does,
     and a frame taken twice is kept once.
     """
     targets = sorted({fmap.pts[i] for i in indices})
     slots, done = tail.slots(targets, out_hw, put)
+    if plan is not None:
+        plan([round(float(fmap.seconds[bisect.bisect_left(fmap.pts, t)]), 6) for t in targets])
     taken: list[int | None] = [t if t in done else None for t in targets]
     todo = [j for j, t in enumerate(targets) if t not in done]
 

@@ -94,21 +94,24 @@ def _decode_map(req: Request, fmap, counter, started: float, sink, on_phase) -> 
         notes.append(f"downscaled at decode from {source_hw[1]}x{source_hw[0]} to {out_hw[1]}x{out_hw[0]}")
     decoder = choose_decoder(req, fmap)
     on_phase(decoder)
+    plan = getattr(sink, "plan", None)  # a sink that passes frames on in order needs their times first
     extra = {}
     if req.seek == "keyframe":
         kept, indices, sampling, extra = _decode_keyframes(req, fmap, indices, sampling, out_hw, cache, counter,
-                                                           notes, sink)
+                                                           notes, sink, plan)
     elif decoder == "decord":
         frames = _decode_decord(req, fmap, indices, out_hw, cache, counter, notes)
         sink.start(len(frames), out_hw)
+        if plan is not None:
+            plan(times_of(seconds, indices))
         for j, rgb in enumerate(frames):
             sink.put(j, rgb)
         kept = list(range(len(frames)))
     else:
-        kept, indices = _decode_pyav(req, fmap, indices, out_hw, keep, cache, counter, notes, sink)
+        kept, indices = _decode_pyav(req, fmap, indices, out_hw, keep, cache, counter, notes, sink, plan)
     meta = dict(
         indices=indices,
-        timestamps=[round(float(seconds[i]), 6) for i in indices],
+        timestamps=times_of(seconds, indices),
         fps=fps,
         total_frames=len(fmap.pts),
         duration=duration,
@@ -123,6 +126,11 @@ def _decode_map(req: Request, fmap, counter, started: float, sink, on_phase) -> 
     )
     meta["kept"] = kept
     return meta
+
+
+def times_of(seconds: np.ndarray, indices: list[int]) -> list[float]:
+    """The reported timestamps (seconds since the first frame, to the microsecond) of frames `indices`."""
+    return [round(float(seconds[i]), 6) for i in indices]
 
 
 def _rgb(frame, max_side: int | None) -> np.ndarray:

@@ -78,7 +78,7 @@ def decode_keyframes(path: str, fmap: FrameMap, keys: list[int], put, counter: D
     return taken
 
 
-def _decode_keyframes(req, fmap, indices, sampling, out_hw, cache, counter, notes, sink):
+def _decode_keyframes(req, fmap, indices, sampling, out_hw, cache, counter, notes, sink, plan=None):
     """`seek="keyframe"`: each sampled frame replaced by the nearest keyframe picture, and only those decoded.
 
     Keyframes come from `decode_keyframes` (one packet decoded per keyframe, bit-equal to a plain
@@ -91,6 +91,8 @@ def _decode_keyframes(req, fmap, indices, sampling, out_hw, cache, counter, note
     keys = sorted(set(snapped))
     key_index = {p: i for i, p in enumerate(fmap.keyframes)}
     sink.start(len(keys), out_hw)
+    if plan is not None:  # each slot's timestamp, for a sink that passes frames on in order
+        plan([round(float(seconds[min(bisect.bisect_left(fmap.pts, t), len(fmap.pts) - 1)]), 6) for t in keys])
     taken: list[int | None] = [None] * len(keys)
     todo = []
     for j, t in enumerate(keys):

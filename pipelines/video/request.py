@@ -31,6 +31,7 @@ class Request:
     max_bytes: int | None = None  # refuse requests whose frames need more; None: the memory available now
     keep_pixels: int | None = None  # the caller resizes as frames arrive and keeps at most this many px per frame...
     chunk: int = 2  # ...holding this many at decoded size meanwhile (for the memory estimate)
+    held: int | None = None  # frames the caller holds at once (a streamed decode, `stream.decode_stream`); None: all
     file: str = ""  # the absolute path opened (a long-lived worker's working directory is not the caller's)
     hang_in: str = ""  # test hook: "start" or a decoder phase ("decord", "pyav") in which to stall...
     hang_s: float = 0.0  # ...for this long, to exercise the deadline
@@ -69,10 +70,11 @@ def check_memory(req: Request, n: int, hw: tuple[int, int]) -> None:
     """Refuse (VideoTooLarge) a request whose frames would not fit in the caller's array (the worker holds
     only frames in flight). The limit is `req.max_bytes`, else the memory available now (psutil). A caller that
     resizes as frames arrive (`req.keep_pixels`) holds n frames of at most that many pixels and `req.chunk` at
-    decoded size."""
-    need = frame_bytes(n, hw)
+    decoded size; one that streams them (`req.held`) holds only that many frames of the n."""
+    kept = n if req.held is None else min(n, req.held)
+    need = frame_bytes(kept, hw)
     if req.keep_pixels is not None:
-        need = n * 3 * min(hw[0] * hw[1], req.keep_pixels) + frame_bytes(min(n, req.chunk), hw)
+        need = kept * 3 * min(hw[0] * hw[1], req.keep_pixels) + frame_bytes(min(n, req.chunk), hw)
     if req.max_bytes is not None:
         limit, what = req.max_bytes, "the limit"
     else:

@@ -29,6 +29,9 @@ class PipeSink:
     def start(self, n: int, hw: tuple[int, int]) -> None:
         self.conn.send(("frames", n, tuple(hw)))
 
+    def plan(self, times: list[float]) -> None:
+        self.conn.send(("plan", list(times)))
+
     def put(self, slot: int, rgb: np.ndarray) -> None:
         self.conn.send(("frame", slot))
         self.conn.send_bytes(memoryview(np.ascontiguousarray(rgb)).cast("B"))  # raw bytes, no pickling
@@ -41,8 +44,9 @@ def _maybe_hang(req: Request, phase: str) -> None:
 
 
 def serve(req: Request, replies) -> None:
-    """Decode one request; send ("frames", n, (H, W)), ("phase", p), ("frame", slot) + bytes per frame as
-    decoded, then ("ok", meta, kept slots); or ("error", kind, msg).
+    """Decode one request; send ("frames", n, (H, W)), ("phase", p), ("plan", each slot's timestamp) once the
+    slots are final, ("frame", slot) + bytes per frame as decoded, then ("ok", meta, kept slots); or ("error",
+    kind, msg).
 
     "frames" may come before or after "phase", and a second time (rarely: the verified frame map changed
     the selection after the tail's frames were sent): it then starts the result over, with its own n.
