@@ -25,6 +25,7 @@ from .videoqa import VideoQA
 
 if TYPE_CHECKING:
     from .pipelines.video import DecodedVideo
+    from .pipelines.video.stream import FrameStream
 
 __all__ = [
     "DEFAULT_METHOD", "DEFAULT_MODEL", "AskConfig", "AskResult", "CompressedVideo", "ConfigError", "ModelInfo",
@@ -53,13 +54,16 @@ def ask(
 
 def load_and_decode(video: str | Path, config: AskConfig | None = None, *, model: str = DEFAULT_MODEL,
                     device: str = "auto", dtype: str = "auto", cache: Any = None,
-                    started: float | None = None, ahead_on_hit: bool = False) -> tuple[VideoQA, DecodedVideo | None]:
+                    started: float | None = None, ahead_on_hit: bool = False
+                    ) -> tuple[VideoQA, DecodedVideo | FrameStream | None]:
     """Load the model while the video decodes: ``(VideoQA, DecodedVideo)`` for ``qa.ask(..., decoded=...)``.
 
     When ``cache`` already holds this video's encoding (told from the checkpoint's config files before loading,
     :func:`~flashvid_cli.cache.probe.will_hit`) nothing is decoded and the second item is None: ``qa.ask`` reads
     the entry (and decodes itself should it miss after all). ``ahead_on_hit=True`` decodes anyway, for a caller
-    that needs the frames (``--tokens auto``); a streamed request (``config.stream``) always decodes.
+    that needs the frames (``--tokens auto``). A streamed request (``config.stream``) gets a ``FrameStream``
+    instead (``pipelines.video.stream``): its decode starts before the model loads and runs at most a few chunks
+    ahead, so the frames are never held whole; on a predicted hit of its compressed entry nothing decodes.
 
     The decode runs in its worker process, started before the model loads, and its frames are resized to the
     model's input size as they arrive (read from the checkpoint's preprocessor config, without the weights), so
@@ -85,13 +89,24 @@ def load_and_decode(video: str | Path, config: AskConfig | None = None, *, model
         return decoded
 
     check_video_fits(video, config, input_rules(model))  # before anything decodes or loads: a moment, from the map
-    if cache is not None and not (ahead_on_hit or config.stream):
+    if cache is not None and not ahead_on_hit:
         from .cache.probe import will_hit
 
-        if will_hit(cache, video, config, model, device, dtype):  # a decode ahead would be thrown away
+        # a decode ahead would be thrown away (streamed: the compressed entry of this method and keep will hit)
+        if will_hit(cache, video, config, model, device, dtype):
             qa = VideoQA(model, device=device, dtype=dtype, cache=cache)
             qa.started_at = started
             return qa, None
+    if config.stream:  # frames in chunks from a decode started now: a few chunks decode ahead while the model loads
+        from .streaming import DEFAULT_CHUNK_FRAMES
+
+        stream = VideoQA.decode_stream(video, config, DEFAULT_CHUNK_FRAMES, resize=frame_resizer(model, device))
+        stream.stats["started_at"] = started
+        try:
+            return VideoQA(model, device=device, dtype=dtype, cache=cache), stream
+        except BaseException:
+            stream.close()
+            raise
     with ThreadPoolExecutor(1) as pool:
         ahead = pool.submit(decode_ahead)
         qa = VideoQA(model, device=device, dtype=dtype, cache=cache)

@@ -66,6 +66,21 @@ def put_compressed(cache: Any, key: CacheKey, out: Any, video: dict[str, Any] | 
     return True
 
 
+def holds_compressed(cache: Any, key: CacheKey) -> bool:
+    """Whether ``cache`` has a compressed entry whose header is ``key``'s: the header only, no tensor read (a probe
+    before the model loads, :mod:`.probe`; :func:`get_compressed` still checks everything)."""
+    from safetensors import safe_open
+
+    if cache is None or not cache.enabled:
+        return False
+    try:
+        with safe_open(cache.root / f"{key.digest}{ENTRY_SUFFIX}", framework="pt", device="cpu") as f:
+            header = json.loads(f.metadata()["vidq"])
+        return header.get("kind") == KIND and header.get("format") == FORMAT_VERSION and header["key"] == key.fields
+    except Exception:  # noqa: BLE001 - missing, foreign or corrupt: not a hit
+        return False
+
+
 def get_compressed(cache: Any, key: CacheKey, device: Any = "cpu") -> CompressedHit | None:
     """The entry of ``key`` in ``cache`` with its tensors on ``device``, or None (a miss, the cache off, or a bad
     entry: then removed). Frame indices are checked when ``key`` has them. Never raises for the cache's faults."""
