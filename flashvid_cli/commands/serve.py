@@ -25,7 +25,8 @@ def serve(
     served_model_name: Annotated[Optional[str], typer.Option(
         help="The model id clients send and /v1/models lists (default: the --model value).")] = None,
     api_key: Annotated[Optional[str], typer.Option(
-        envvar="VIDQ_API_KEY", help="Every route but /health needs 'Authorization: Bearer KEY' (or set VIDQ_API_KEY).",
+        envvar="VIDQ_API_KEY", help="Every route but /health and the page at / needs 'Authorization: Bearer KEY' "
+        "(the page asks for it; or set VIDQ_API_KEY).",
         show_envvar=False)] = None,
     allowed_local_media_path: Annotated[Optional[Path], typer.Option(
         help="file:// video URLs are served only from under this folder (symlinks and ../ resolved first); "
