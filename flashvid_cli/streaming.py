@@ -6,8 +6,10 @@ holds them for ``chunk_frames`` frames only: each chunk is preprocessed, encoded
 compressed tokens are kept. That is exact (the same tokens, index, groups and weights as the whole-clip path)
 for methods whose output on a frame depends on that frame alone: their ``stream_unit`` is "frame" (see
 :class:`kernels.base.Method`), and for a method whose own ``stream_start``/``stream_chunk``/``stream_finish`` carry
-what spans chunks (EVS: the previous frame and a running top-budget). Methods that select over the whole clip are
-refused with the reason, in one line (:func:`refusal`). docs/STREAMING.md gives the formulation and what it does not cover yet.
+what spans chunks (EVS: the previous frame and a running top-budget). FlashVID streams per window of
+``stream_window`` frames: exact up to one window, a stated approximation past it. Methods that select over the
+whole clip are refused with the reason, in one line (:func:`refusal`). docs/STREAMING.md gives the formulations,
+how far FlashVID's is from the whole clip, and what is not covered yet.
 
 The decoded frames (uint8 at the model's input size, e.g. 384x384x3 = 432 KiB a frame on LLaVA-OneVision) flow
 in chunks too: the decode worker's frames are passed on in order as they decode, at most a few chunks ahead of
