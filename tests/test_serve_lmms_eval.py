@@ -13,10 +13,10 @@ imports on this path, and ``filelock<4`` (in the venv only; vidq's environment k
 builds that venv at ``~/.cache/vidq/lmms-eval-venv``; ``VIDQ_LMMS_EVAL_PYTHON`` names another python to run lmms-eval
 with. The test skips, saying so, only when that python is absent. By hand, as ``.ci/run`` does:
 
-    python -m venv --system-site-packages ~/.cache/vidq/lmms-eval-venv
-    ~/.cache/vidq/lmms-eval-venv/bin/pip install --no-deps lmms-eval==0.7.3
-    ~/.cache/vidq/lmms-eval-venv/bin/pip install loguru sacrebleu evaluate datasets pytz tenacity pytablewriter \
-        "filelock<4"
+    python -m venv --system-site-packages --without-pip ~/.cache/vidq/lmms-eval-venv
+    ~/.cache/vidq/lmms-eval-venv/bin/python -m pip install loguru sacrebleu evaluate datasets pytz tenacity \
+        pytablewriter "filelock<4"
+    ~/.cache/vidq/lmms-eval-venv/bin/python -m pip install --no-deps lmms-eval==0.7.3
 
 lmms-eval exits 0 even when the evaluation fails, so the test checks the files it writes, not its exit status alone.
 """
