@@ -4,6 +4,7 @@ asked through the real ``openai`` client and compared with the local engine on t
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 import time
@@ -258,6 +259,54 @@ def test_a_replicas_health_check_and_its_stop(media, qa):
 
 def client(url: str):
     return openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=120)
+
+
+def test_sigterm_stops_the_replicas_and_removes_their_media_folders(media):
+    """``vidq serve --engine ray`` in a process of its own, with a temporary folder of its own (TMPDIR, which Ray's
+    workers inherit): a data: video lands in the replica's media folder; SIGTERM drains, exits 0, and the folder is
+    gone. Runs before the module's Ray (the fixture) starts."""
+    pytest.importorskip("ray.serve", reason="ray[serve] is not installed (pip install 'vidq[ray]')")
+    import base64
+    import hashlib
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+
+    temp = Path(tempfile.mkdtemp(prefix="vq"))  # short: Ray's session sockets go under it too
+    port = free_port()
+    command = [sys.executable, "-m", "flashvid_cli", "serve", "--engine", "ray", "--replicas", "1", "--model",
+               str(DEMO), "--device", "cpu", "--port", str(port), "--no-cache", "--method", "divprune", "--keep",
+               "0.5", "--max-new-tokens", "4"]
+    proc = subprocess.Popen(command, cwd=REPO, env={**os.environ, "TMPDIR": str(temp)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 240
+        while True:
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            assert time.time() < deadline, "vidq serve --engine ray never became ready"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        data = (media / "3.mp4").read_bytes()
+        url = "data:video/mp4;base64," + base64.b64encode(data).decode()
+        done = client(f"http://127.0.0.1:{port}").chat.completions.create(model=str(DEMO), messages=[
+            {"role": "user", "content": [{"type": "video_url", "video_url": {"url": url}},
+                                         {"type": "text", "text": COUNT}]}])
+        assert done.model_extra["vidq"]["replica"] == replica_name(0)
+        kept = list(temp.glob(f"vidq-serve-*/{hashlib.sha256(data).hexdigest()}.video"))
+        assert len(kept) == 1 and kept[0].read_bytes() == data
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(120) == 0, proc.communicate()[1][-2000:]
+        assert not kept[0].parent.exists() and not list(temp.glob("vidq-serve-*"))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_a_replica_answers_the_local_engines_tokens_stream_and_not(ray_server, local, media):
