@@ -8,9 +8,10 @@ weights load and nothing decodes. :func:`choose_path` turns the plan and a memor
 
 The memory estimate counts what grows with the video, in bytes, with T sampled frames at the model's input size
 H x W, N visual tokens a frame, D the feature width (the LLM's hidden size), b the model dtype's bytes, c the
-stream chunk (frames), K the tokens the method keeps::
+stream chunk (frames), q the chunks a streamed decode runs ahead at most, K the tokens the method keeps::
 
-    frames  = T x H x W x 3            (uint8 frames as decoded: still held whole on both paths)
+    frames(t) = t x H x W x 3          (uint8 frames as decoded: all T on the whole-clip path; streamed, the
+                                        decode's queue of q chunks, the chunk being filled and the one encoded)
     pixels  = t x 3 x H x W x 4        (float32 pixel values of t frames)
     feats   = t x N x D x b            (uncompressed visual features of t frames)
     vision  = t x P x (Dv x (Lv + 1) + D) x b
@@ -19,12 +20,13 @@ stream chunk (frames), K the tokens the method keeps::
                                         returns them to pick the feature layer, plus the projector's output
                                         before pooling; an upper bound for families that keep fewer)
     kept    = K x D x b
-    whole   = frames + pixels(T) + feats(T) + vision(T) + kept
-    stream  = frames + pixels(min(c, T)) + feats(min(c, T)) + vision(min(c, T)) + kept
+    whole   = frames(T) + pixels(T) + feats(T) + vision(T) + kept
+    stream  = frames(min((q + 2) x c, T)) + pixels(min(c, T)) + feats(min(c, T)) + vision(min(c, T)) + kept
 
 It leaves out what does not grow with the video or is not known before loading: the weights, the interpreter,
 what a method reads besides the features (importance ``[T, N]`` float32, a key metric), copies of the frames on
-their way from the decode worker, the LLM's KV cache and activations of the prompt.
+their way from the decode worker (a few at decoded size, and a streamed decode's frames that arrive before their
+turn: the last group of pictures'), the LLM's KV cache and activations of the prompt.
 """
 
 from __future__ import annotations
@@ -60,10 +62,17 @@ class Plan:
     hidden: int | None  # D, the feature width (None: not known)
     dtype_bytes: int  # b
     chunk_frames: int  # c
-    frames_bytes: int
+    frames_bytes: int  # the decoded frames of the whole clip, frames(T)
     whole_bytes: int | None  # None when D is not known
     stream_bytes: int | None
     stream_refusal: str | None  # why this request cannot stream (None: it can)
+
+    @property
+    def stream_frames_bytes(self) -> int:
+        """The decoded frames a streamed run holds at once, frames(min((q + 2) x c, T))."""
+        from .pipelines.video.stream import DEFAULT_MAX_CHUNKS
+
+        return min(self.frames, (DEFAULT_MAX_CHUNKS + 2) * self.chunk_frames) * self.height * self.width * 3
 
     @property
     def prompt_tokens(self) -> int:
@@ -94,8 +103,9 @@ class Plan:
         else:
             stream = (f"{format_size(self.stream_bytes)} streamed ({self.chunk_frames} frames a chunk)"
                       if self.stream_refusal is None else f"cannot stream: {self.stream_refusal}")
-            out.append(f"memory: {format_size(self.whole_bytes)} whole clip, {stream}; "
-                       f"{format_size(self.frames_bytes)} of it the decoded frames (weights not counted)")
+            held = "" if self.stream_refusal is not None else f", {format_size(self.stream_frames_bytes)} streamed"
+            out.append(f"memory: {format_size(self.whole_bytes)} whole clip, {stream}; of it the decoded frames "
+                       f"{format_size(self.frames_bytes)} whole clip{held} (weights not counted)")
         return out
 
 
@@ -106,6 +116,7 @@ def make_plan(video: str | Path, config: AskConfig, rules: InputRules, dtype_byt
     None). Reads the frame map only. Raises VideoError (the file, or a geometry the family refuses), MethodError
     (a bad method or option)."""
     from .kernels import build
+    from .pipelines.video.stream import DEFAULT_MAX_CHUNKS
     from .streaming import DEFAULT_CHUNK_FRAMES, refusal
 
     chunk = DEFAULT_CHUNK_FRAMES if chunk_frames is None else chunk_frames
@@ -127,7 +138,8 @@ def make_plan(video: str | Path, config: AskConfig, rules: InputRules, dtype_byt
             width, layers = rules.vision
             vision = lambda t: t * patches * (width * (layers + 1) + rules.hidden) * dtype_bytes  # noqa: E731
         whole = frames_bytes + T * 3 * h * w * PIXEL_BYTES + feats(T) + vision(T) + kept
-        stream = frames_bytes + c * 3 * h * w * PIXEL_BYTES + feats(c) + vision(c) + kept
+        held = min((DEFAULT_MAX_CHUNKS + 2) * chunk, T) * h * w * 3  # frames(min((q + 2) x c, T)): decoded in chunks
+        stream = held + c * 3 * h * w * PIXEL_BYTES + feats(c) + vision(c) + kept
     why = refusal(method, config)
     if why is None and per_unit * T != before:
         why = f"model family {rules.adapter.model_type!r} encodes frames together"

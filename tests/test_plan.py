@@ -51,7 +51,10 @@ def test_memory_formula(sample_video):
     vision = lambda t: t * P * (Dv * (Lv + 1) + D) * b  # noqa: E731
     assert plan.frames_bytes == T * H * W * 3
     assert plan.whole_bytes == T * H * W * 3 + T * 3 * H * W * 4 + T * N * D * b + vision(T) + kept
-    assert plan.stream_bytes == T * H * W * 3 + 8 * 3 * H * W * 4 + 8 * N * D * b + vision(8) + kept
+    held = (2 + 2) * 8  # the decode's queue of 2 chunks, the chunk being filled and the one encoded: 32 of 40
+    assert plan.stream_frames_bytes == held * H * W * 3
+    assert plan.stream_bytes == held * H * W * 3 + 8 * 3 * H * W * 4 + 8 * N * D * b + vision(8) + kept
+    assert "of it the decoded frames 480.0 KiB whole clip, 384.0 KiB streamed" in plan.lines()[-1]
     short = plan_request(sample_video, AskConfig(method="pool", keep=0.25, frames=6), str(DEMO), device="cpu",
                          chunk_frames=8)
     assert short.stream_bytes == short.whole_bytes  # one chunk holds the whole clip
