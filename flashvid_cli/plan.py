@@ -160,9 +160,10 @@ def kept_tokens(method: object, config: AskConfig, before: int, extra: int = 0) 
     return math.floor(config.keep * before), "at least"
 
 
-def choose_path(plan: Plan, budget: int | None, stream: bool) -> tuple[bool, str | None]:
+def choose_path(plan: Plan, budget: int | None, stream: bool, available: bool = False) -> tuple[bool, str | None]:
     """(stream or not, a one-line note when the path was chosen for the budget) for ``plan`` under a memory budget
-    of ``budget`` bytes (None: no budget; the path asked, ``stream``, is kept).
+    of ``budget`` bytes (None: no budget; the path asked, ``stream``, is kept); ``available``: the budget is the
+    machine's available memory (:func:`choose_path_by_memory`), not ``--max-memory``, and the messages say so.
 
     The whole clip when its estimate fits (or streaming was not asked and nothing is over the budget); streaming,
     with a note, when only the streamed estimate fits and the request can stream. Raises ConfigError (one line,
@@ -172,6 +173,8 @@ def choose_path(plan: Plan, budget: int | None, stream: bool) -> tuple[bool, str
     from .cache import format_size
     from .pipelines.errors import PromptTooLongError
 
+    limit = (f"the {format_size(budget)} of memory available" if available else
+             f"--max-memory {format_size(budget)}" if budget is not None else "")
     if plan.context is not None and plan.prompt_tokens > plan.context:
         raise PromptTooLongError(
             f"{plan.video}: the video is {plan.tokens_after:,} tokens after compression ({plan.frames:,} frames) and "
@@ -184,17 +187,48 @@ def choose_path(plan: Plan, budget: int | None, stream: bool) -> tuple[bool, str
     alone = f" (the decoded frames alone are {format_size(plan.frames_bytes)})" if plan.frames_bytes > budget else ""
     lower = "lower --fps or --max-frames" + alone
     if plan.stream_refusal is not None:
-        raise ConfigError(f"{plan.video}: an estimated {format_size(plan.whole_bytes)} whole clip is past --max-memory "
-                          f"{format_size(budget)} and this request cannot stream ({plan.stream_refusal}); {lower}, "
+        raise ConfigError(f"{plan.video}: an estimated {format_size(plan.whole_bytes)} whole clip is past "
+                          f"{limit} and this request cannot stream ({plan.stream_refusal}); {lower}, "
                           f"or use a method that streams ({', '.join(_streaming_methods())})")
     if plan.stream_bytes > budget:
         raise ConfigError(f"{plan.video}: an estimated {format_size(plan.stream_bytes)} streamed "
-                          f"({format_size(plan.whole_bytes)} whole clip) is past --max-memory {format_size(budget)}; "
+                          f"({format_size(plan.whole_bytes)} whole clip) is past {limit}; "
                           f"{lower}")
     if stream:
         return True, None
-    return True, (f"streaming: the whole clip's estimated {format_size(plan.whole_bytes)} is past --max-memory "
-                  f"{format_size(budget)}; streamed it is {format_size(plan.stream_bytes)}")
+    return True, (f"streaming: the whole clip's estimated {format_size(plan.whole_bytes)} is past {limit}; "
+                  f"streamed it is {format_size(plan.stream_bytes)}")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation now (psutil's ``available``: Linux's MemAvailable), None
+    where that cannot be read."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:  # noqa: BLE001 - unknown: no automatic choice
+        return None
+
+
+def plan_or_none(video: str | Path, config: AskConfig, model: str, device: str = "auto", dtype: str = "auto"
+                 ) -> Plan | None:
+    """:func:`plan_request`, or None where it raises: for a check nobody asked for (no ``--max-memory``), whose
+    errors the run itself then reports as it would have."""
+    try:
+        return plan_request(video, config, model, device=device, dtype=dtype)
+    except Exception:  # noqa: BLE001 - not a plan: the run says what is wrong
+        return None
+
+
+def choose_path_by_memory(plan: Plan, stream: bool) -> tuple[bool, str | None]:
+    """:func:`choose_path` with no ``--max-memory``: the machine's available memory (:func:`available_memory`) is the
+    budget, so a whole clip whose estimate passes it streams (a note) when the request can, and is refused (one
+    line, before decoding) when it cannot; where the memory is unknown, the path asked."""
+    budget = available_memory()
+    if budget is None or plan.whole_bytes is None or plan.whole_bytes <= budget:
+        return stream, None  # (a prompt past the context is left to the run's own check, as without this)
+    return choose_path(plan, budget, stream, available=True)
 
 
 def plan_request(video: str | Path, config: AskConfig, model: str, device: str = "auto", dtype: str = "auto",

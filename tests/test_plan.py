@@ -124,6 +124,36 @@ def test_cli_streams_when_the_whole_clip_is_past_the_budget(sample_video):
     assert not any("streamed in" in n for n in json.loads(fits.stdout.splitlines()[0])["report"]["video"]["notes"])
 
 
+def test_with_no_budget_a_whole_clip_past_the_memory_available_streams_or_is_refused(sample_video, monkeypatch):
+    import flashvid_cli.plan as plan_module
+
+    plan = plan_request(sample_video, AskConfig(method="pool", keep=0.25, frames=40), str(DEMO), device="cpu")
+    monkeypatch.setattr(plan_module, "available_memory", lambda: (plan.whole_bytes + plan.stream_bytes) // 2)
+    args = ["ask", str(sample_video), "q?", *ASK, "--frames", "40", "--json"]
+    out = CliRunner().invoke(app, [*args, "--method", "pool"])
+    assert out.exit_code == 0, out.output
+    first = out.stderr.splitlines()[0]
+    assert first.startswith("streaming: the whole clip") and "of memory available" in first  # one line
+    report = json.loads(out.stdout.splitlines()[0])["report"]
+    assert any("streamed in" in note for note in report["video"]["notes"])
+
+    import flashvid_cli.api as api
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a refusal must come before loading and decoding")
+
+    monkeypatch.setattr(api, "load_and_decode", refuse)
+    refused = CliRunner().invoke(app, [*args, "--method", "divprune"])  # cannot stream
+    assert refused.exit_code == 1
+    lines = [line for line in refused.stderr.splitlines() if line.strip()]
+    assert "of memory available" in lines[0] and "cannot stream" in lines[0] and "Traceback" not in refused.output
+    monkeypatch.undo()
+    monkeypatch.setattr(plan_module, "available_memory", lambda: plan.whole_bytes)  # it fits: the whole clip
+    fits = CliRunner().invoke(app, [*args, "--method", "pool"])
+    assert fits.exit_code == 0, fits.output
+    assert not any("streamed in" in n for n in json.loads(fits.stdout.splitlines()[0])["report"]["video"]["notes"])
+
+
 # -- --tokens auto: the visual budget that fits the context ----------------------------------------------------------
 
 @pytest.mark.parametrize(("units", "per_unit", "context", "new", "text", "extra"),

@@ -110,6 +110,15 @@ def ask(
             if streamed and not stream:
                 err.print(note, markup=False, highlight=False, soft_wrap=True)
                 stream, config = True, dataclasses.replace(config, stream=True)
+        elif not stream:  # no budget given: a whole clip past the memory available streams, or is refused, undecoded
+            from ..plan import choose_path_by_memory, plan_or_none
+
+            planned = plan_or_none(video, dataclasses.replace(config, tokens=ceiling) if auto else config, model,
+                                   device=device, dtype=dtype)
+            streamed, note = choose_path_by_memory(planned, stream) if planned is not None else (False, None)
+            if streamed:  # (one that cannot stream was refused in one line)
+                err.print(note, markup=False, highlight=False, soft_wrap=True)
+                stream, config = True, dataclasses.replace(config, stream=True)
         warn_random(model)
         cache = open_cache(no_cache, cache_size)
         qa, decoded = load_and_decode(video, config, model=model, device=device, dtype=dtype, cache=cache,
