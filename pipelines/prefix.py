@@ -192,3 +192,44 @@ class PromptCache:
             step = torch.arange(1, len(fed) - positions.shape[-1] + 1, dtype=positions.dtype, device=positions.device)
             self.positions = torch.cat([positions, positions[..., -1:] + step], dim=-1)
         return gen, keep
+
+    def logits(self, inputs: dict[str, Any], count: int = 1, append: Sequence[int] = ()) -> tuple[Tensor, int]:
+        """Float32 logits ``[count, vocab]`` at the last ``count`` positions of ``inputs`` followed by ``append``
+        (placed as :meth:`Pipeline.append_tokens` places them; position i predicts token i + 1), as
+        :meth:`Pipeline.last_logits` computes them but prefilling only what the cache does not share with that
+        sequence (for eval's scoring: a question's options share its prompt, a video's questions its prefill).
+
+        Returns ``(logits, reused)``: how many leading tokens came from the cache (0: a full prefill). The cache then
+        holds the whole sequence. ``count`` at most ``len(append) + 1``. No in-LLM pruning or decoding sparsity:
+        the caller scores those methods by :meth:`Pipeline.last_logits`. Raises ValueError for a bad ``count`` and
+        NonFiniteLogitsError for NaN or infinite logits.
+        """
+        from .generation import raise_if_not_finite
+
+        if not 1 <= count <= len(append) + 1:
+            raise ValueError(f"count must be in 1..{len(append) + 1}, got {count}")
+        full = self.pipe.append_tokens(inputs, append) if append else inputs
+        self.pipe._check_inputs(full)
+        total = int(full["input_ids"].shape[1])
+        end = video_end(self.pipe, inputs["input_ids"])
+        keep = min(self.shared(full, end), total - count)  # the scored positions are always computed
+        if keep < end:
+            keep = 0
+        if keep:
+            self.cache.crop(keep - self.cache.get_seq_length())
+            step = {"input_ids": full["input_ids"][:, keep:]}
+            if (positions := full.get("position_ids")) is not None:
+                step["position_ids"] = positions[..., keep:]
+        else:
+            self.reset()
+            step = full
+        self.ids, self.positions = [], None  # until the forward finishes, the cache holds no known ids
+        with torch.inference_mode():
+            out = self.pipe.model(**step, past_key_values=self.cache, use_cache=True, logits_to_keep=count)
+        if self.cache.get_seq_length() == total:  # never trust a cache whose contents are not known
+            self.ids, self.positions = full["input_ids"][0].tolist(), full.get("position_ids")
+        else:
+            self.reset()
+        result = out.logits[0].float()
+        raise_if_not_finite(result, self.pipe.name, self.pipe.dtype)
+        return result, keep

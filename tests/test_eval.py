@@ -15,6 +15,7 @@ from flashvid_cli.evaluate import (
     DatasetError,
     EvalConfig,
     Question,
+    Scorer,
     likelihood_scores,
     read_dataset,
     run_eval,
@@ -153,12 +154,12 @@ def test_one_forward_shortcut_equals_a_forward_per_option(loaded):
     qa, inputs = loaded
     single = [qa.token_ids(t) for t in ["A", "B", "C", "D"]]
     assert all(len(ids) == 1 for ids in single)
-    one = likelihood_scores(qa, inputs, single)
-    each = likelihood_scores(qa, inputs, single, one_pass=False)
+    one = likelihood_scores(Scorer(qa), inputs, single)
+    each = likelihood_scores(Scorer(qa), inputs, single, one_pass=False)
     torch.testing.assert_close(torch.tensor(one), torch.tensor(each), rtol=0, atol=1e-5)
     # A two-token option scores its first token like the shortcut does, plus its second given the first.
     first, second = single[0][0], single[1][0]
-    pair = likelihood_scores(qa, inputs, [[first, second]])[0]
+    pair = likelihood_scores(Scorer(qa), inputs, [[first, second]])[0]
     step = qa.last_logits(inputs, append=[first])[-1].log_softmax(-1)[second].item()
     assert pair == pytest.approx(one[0] + step, abs=1e-5)
 
@@ -225,8 +226,13 @@ def test_run_eval_rows_totals_and_a_missing_video(llava, dataset, monkeypatch):
     assert len(missing) == 5 and all(p.predicted is None and not p.correct and "missing.mp4" in p.error
                                      for p in missing)
     scored = [p for p in result.predictions if p.error is None]
-    assert scored and all(p.cache == {"encoded": "off", "prefix": "off"} for p in scored)
-    assert any("prefill is not reused" in note for note in result.environment["notes"])
+    assert scored and all(p.cache["encoded"] == "off" for p in scored)
+    # q1 and q3 are about the same good video: per row, the second question reuses the video's prefill
+    prefix = {}
+    for p in scored:
+        prefix.setdefault((p.method, p.keep), []).append(p.cache["prefix"])
+    assert all(states == ["miss", "hit"] for states in prefix.values()), prefix
+    assert any("the video's prefill once for all its questions" in note for note in result.environment["notes"])
     scored = [p for p in result.predictions if p.error is None]
     assert all(len(p.scores) == (4 if p.id == "q1" else 3) and p.correct == (p.predicted == p.answer)
                for p in scored)

@@ -38,12 +38,12 @@ from .plot import LINESTYLES, MARKERS, method_offsets, plot_eval, require_matplo
 from .provenance import environment
 from .results import EvalResult, EvalRow, Prediction, TypeScore
 from .runs import DEFAULT_KEEPS, SCORINGS, EvalConfig
-from .scoring import LETTER_INSTRUCTION, letter_prompt, letter_scores, likelihood_scores, score_question
+from .scoring import LETTER_INSTRUCTION, Scorer, letter_prompt, letter_scores, likelihood_scores, score_question
 
 __all__ = [
     "DEFAULT_KEEPS", "LETTERS", "LETTER_INSTRUCTION", "LINESTYLES", "MARKERS", "PREFETCH", "SCORINGS", "DatasetError",
     "EvalConfig", "EvalResult", "EvalRow", "Prediction", "ProgressCallback", "Question", "TypeScore", "answer_index",
     "chance_level", "environment", "letter_prompt", "letter_scores", "likelihood_scores", "method_offsets",
-    "plot_eval", "read_dataset", "require_matplotlib", "run_eval", "score_question", "strip_prefixes",
+    "plot_eval", "read_dataset", "require_matplotlib", "run_eval", "Scorer", "score_question", "strip_prefixes",
     "wilson_interval",
 ]

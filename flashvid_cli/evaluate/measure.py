@@ -17,7 +17,7 @@ from .dataset import Question
 from .provenance import environment
 from .results import EvalResult, EvalRow, Prediction, TypeScore
 from .runs import EvalConfig
-from .scoring import score_question
+from .scoring import Scorer, score_question
 
 if TYPE_CHECKING:
     from ..pipelines.video import DecodedVideo
@@ -101,15 +101,20 @@ def run_eval(qa: VideoQA, questions: Sequence[Question], config: EvalConfig,
             if row_error is None and "question" not in method.needs:
                 shared, row_error = _attempt(qa.compress, prepared, method, None, run.tokens)
                 tally.searched(shared)
+            # the video's prefill and each prompt are prefilled once; a video whose tokens differ per question
+            # (a method that reads it) gets a cache per question, shared by its options only
+            video_cache = _prompt_cache(qa, method) if shared is not None else None
             for i in by_video[video]:
                 q = questions[i]
                 compressed, scores, question_error = shared, None, row_error
                 if question_error is None and compressed is None:  # the method reads the question
                     compressed, question_error = _attempt(qa.compress, prepared, method, q.question, run.tokens)
                     tally.searched(compressed)
+                scorer = Scorer(qa, method.llm_prune(), method.decode_sparsity(),
+                                video_cache if shared is not None else _prompt_cache(qa, method))
                 if question_error is None:
                     scores, question_error = _attempt(score_question, qa, prepared, compressed, q, config.scoring,
-                                                      rule)
+                                                      rule, scorer)
                 found = compressed.method.keep if compressed is not None else run.keep  # with --tokens, per clip
                 if question_error is not None:
                     tally.failed += 1
@@ -121,7 +126,7 @@ def run_eval(qa: VideoQA, questions: Sequence[Question], config: EvalConfig,
                 tally.add(q, predicted == q.answer, compressed.visual_tokens, prepared.visual_tokens)
                 predictions.append(Prediction(i, q.id, name, found, q.answer, predicted, predicted == q.answer,
                                               scores, tokens=run.tokens,
-                                              cache={"encoded": prepared.cache, "prefix": "off"}))
+                                              cache={"encoded": prepared.cache, "prefix": scorer.prefix or "off"}))
         done += len(by_video[video])
         if progress is not None:
             progress(done, len(questions), len(failed))
@@ -130,8 +135,20 @@ def run_eval(qa: VideoQA, questions: Sequence[Question], config: EvalConfig,
     scored = [q for i, q in enumerate(questions) if i not in failed] or questions
     env = environment(qa, config, questions, rule, chance=chance_level(scored))
     env.update(started=stamp, elapsed_s=time.perf_counter() - started)
-    env["notes"] = ["the video's prefill is not reused: each question is scored by one full forward pass"]
+    env["notes"] = ["each prompt is prefilled once for all its options, and where the chat template puts the video "
+                    "first the video's prefill once for all its questions (predictions' cache.prefix: hit); methods "
+                    "with an in-LLM stage or decoding sparsity are scored by full forward passes (prefix: off)"]
     return EvalResult(env, rows, predictions)
+
+
+def _prompt_cache(qa: VideoQA, method: Any) -> Any:
+    """A ``PromptCache`` for scoring with ``method``, or None where none can serve (an in-LLM stage or decoding
+    sparsity changes what the cache would hold; a model whose cache cannot be cut back to a prefix)."""
+    from ..pipelines.prefix import PromptCache
+
+    if method.llm_prune() is not None or method.decode_sparsity() is not None:
+        return None
+    return PromptCache(qa.pipeline) if PromptCache.unsupported_reason(qa.pipeline) is None else None
 
 
 def _attempt(fn: Callable[..., Any], *args: Any) -> tuple[Any, Exception | None]:

@@ -41,8 +41,9 @@ class Prediction:
     scores: list[float] | None = None  # one per option: summed log-probability, or the letter's logit
     error: str | None = None
     tokens: int | None = None  # --tokens: the visual tokens asked (keep is then the one found for this clip)
-    # What was reused (as report.cache of ask): the encoded video from the on-disk cache; the video's prefill is
-    # "off": each question is scored by one full forward (environment["notes"] says so).
+    # What was reused (as report.cache of ask): the encoded video from the on-disk cache; the video's prefill
+    # ("hit": from an earlier question of the same video and row, "miss", or "off": full forwards for a method with
+    # an in-LLM stage or decoding sparsity; environment["notes"] says so).
     cache: dict[str, str] = field(default_factory=lambda: {"encoded": "off", "prefix": "off"})
 
 
