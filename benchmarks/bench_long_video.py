@@ -7,6 +7,11 @@ CLI and the decode worker) is sampled with psutil every 20 ms and the largest su
 table, then one JSON line.
 
     python benchmarks/bench_long_video.py --minutes 10 30 --method pool --keep 0.0625
+    python benchmarks/bench_long_video.py --minutes 1 4 --model random:llava-onevision-0.5b --paths stream
+
+``--code DIR`` runs ``vidq ask`` from another source tree (e.g. ``git archive`` of an older commit, with
+``flashvid_cli/pipelines`` and ``flashvid_cli/kernels`` linked to its ``pipelines`` and ``kernels``), to compare
+before and after a change on the same videos and machine.
 """
 
 from __future__ import annotations
@@ -49,16 +54,55 @@ def make_video(path: Path, minutes: float, size: int, fps: int) -> Path:
 
 def run(video: Path, stream: bool, args: argparse.Namespace) -> dict:
     """One ``vidq ask`` subprocess: its tree's peak RSS (bytes), wall seconds, the report's stage times."""
-    import psutil
-
     frames = int(args.minutes_of[video] * 60 * args.fps)
     argv = [sys.executable, "-m", "flashvid_cli", "ask", str(video), "What moves?", "--model", args.model,
             "--device", "cpu", "--method", args.method, "--keep", str(args.keep), "--fps", str(args.fps),
             "--max-frames", str(frames), "--max-new-tokens", "4", "--no-cache", "--json"]
     if stream:
         argv.append("--stream")
+    env = None
+    if args.code is not None:  # another checkout's code: first on the path, and the working directory
+        import os
+
+        env = {**os.environ, "PYTHONPATH": str(args.code)}
+    peak, wall, out, errs, code = peak_of(argv, env, args.code)
+    if code != 0:
+        return {"error": errs.strip().splitlines()[-1] if errs.strip() else f"exit {code}"}
+    report = json.loads(out.splitlines()[-1])["report"]
+    t = report["timings"]
+    n = len(report["video"]["frame_indices"])
+    decode = t.get("decode_ahead") or t["decode"]  # decoded while the model loaded: the decode's own time
+    return {"frames": n, "peak_tree_rss_mib": round(peak / 2**20), "wall_s": round(wall, 1),
+            "fps_decode": round(n / max(decode, 1e-9), 1), "fps_preprocess": round(n / max(t["preprocess"], 1e-9), 1),
+            "fps_encode": round(n / max(t["encode"], 1e-9), 1), "fps_compress": round(n / max(t["compress"], 1e-9), 1),
+            "tokens": report["tokens"]}
+
+
+# --frames-only: the decode alone, as the stream path gets its frames (whole, as before the streamed decode, or a
+# chunk at a time), resized to the model's input size; prints the frame count and the most frames held at once.
+FRAMES_ONLY = """
+import sys
+from flashvid_cli.pipelines import frame_resizer
+from flashvid_cli.pipelines.video import decode
+from flashvid_cli.pipelines.video.stream import decode_stream
+video, model, fps, frames, stream = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1"
+resize = frame_resizer(model, "cpu")
+if stream:
+    with decode_stream(video, chunk=16, fps=fps, max_frames=frames, resize=resize) as s:
+        n = sum(len(chunk.frames) for chunk in s)
+    print(n, s.decoded.stats["frames_held_max"], tuple(s.decoded.stats["resized_to"] or ()))
+else:
+    d = decode(video, fps=fps, max_frames=frames, resize=resize)
+    print(len(d.frames), len(d.frames), d.frames.shape[1:3])
+"""
+
+
+def peak_of(argv: list[str], env: dict | None = None, cwd: Path | None = None) -> tuple[int, float, str, str, int]:
+    """Run ``argv``; (its process tree's peak RSS in bytes, sampled every 20 ms, wall s, stdout, stderr, exit)."""
+    import psutil
+
     started = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
     root, peak = psutil.Process(proc.pid), 0
     while proc.poll() is None:
         try:
@@ -68,17 +112,18 @@ def run(video: Path, stream: bool, args: argparse.Namespace) -> dict:
             pass
         time.sleep(0.02)
     out, errs = proc.communicate()
-    wall = time.perf_counter() - started
-    if proc.returncode != 0:
-        return {"error": errs.strip().splitlines()[-1] if errs.strip() else f"exit {proc.returncode}"}
-    report = json.loads(out.splitlines()[-1])["report"]
-    t = report["timings"]
-    n = len(report["video"]["frame_indices"])
-    decode = t.get("decode_ahead") or t["decode"]  # decoded while the model loaded: the decode's own time
-    return {"frames": n, "peak_tree_rss_mib": round(peak / 2**20), "wall_s": round(wall, 1),
-            "fps_decode": round(n / max(decode, 1e-9), 1), "fps_preprocess": round(n / max(t["preprocess"], 1e-9), 1),
-            "fps_encode": round(n / max(t["encode"], 1e-9), 1), "fps_compress": round(n / max(t["compress"], 1e-9), 1),
-            "tokens": report["tokens"]}
+    return peak, time.perf_counter() - started, out, errs, proc.returncode
+
+
+def run_frames(video: Path, stream: bool, args: argparse.Namespace) -> dict:
+    """The decode alone (``--frames-only``): the tree's peak RSS and the most frames held at once."""
+    frames = int(args.minutes_of[video] * 60 * args.fps)
+    argv = [sys.executable, "-c", FRAMES_ONLY, str(video), args.model, str(args.fps), str(frames), str(int(stream))]
+    peak, wall, out, errs, code = peak_of(argv)
+    if code != 0:
+        return {"error": errs.strip().splitlines()[-1] if errs.strip() else f"exit {code}"}
+    n, held, _ = out.split(maxsplit=2)
+    return {"frames": int(n), "held_max": int(held), "peak_tree_rss_mib": round(peak / 2**20), "wall_s": round(wall, 1)}
 
 
 def estimate(video: Path, args: argparse.Namespace) -> dict:
@@ -103,24 +148,31 @@ def main() -> None:
     parser.add_argument("--method", default="pool")
     parser.add_argument("--keep", type=float, default=0.0625)
     parser.add_argument("--dir", type=Path, default=Path("/tmp"))
+    parser.add_argument("--paths", nargs="+", choices=["whole", "stream"], default=["whole", "stream"])
+    parser.add_argument("--code", type=Path, default=None, help="run vidq ask from this source tree")
+    parser.add_argument("--frames-only", action="store_true",
+                        help="measure the decode alone, frames resized to --model's input size: whole or streamed")
     args = parser.parse_args()
     args.minutes_of = {}
     rows = []
     for minutes in args.minutes:
         video = make_video(args.dir / f"vidq_long_{minutes:g}min_{args.size}px.mp4", minutes, args.size, args.src_fps)
         args.minutes_of[video] = minutes
-        est = estimate(video, args)
-        for stream in (False, True):
+        est = estimate(video, args) if not args.frames_only else {}
+        for stream in [path == "stream" for path in args.paths]:
+            measured = run_frames(video, stream, args) if args.frames_only else run(video, stream, args)
             rows.append({"minutes": minutes, "path": "stream" if stream else "whole clip",
-                         "plan_mib": est["stream" if stream else "whole"], **run(video, stream, args)})
+                         "plan_mib": est.get("stream" if stream else "whole"), **measured})
     cols = ["minutes", "path", "frames", "plan_mib", "peak_tree_rss_mib", "wall_s", "fps_decode", "fps_preprocess",
             "fps_encode", "fps_compress"]
+    if args.frames_only:
+        cols = ["minutes", "path", "frames", "held_max", "peak_tree_rss_mib", "wall_s"]
     print(" | ".join(cols))
     for row in rows:
         print(" | ".join(str(row[c]) for c in cols[:2]) + " | " + (
             row["error"] if "error" in row else " | ".join(str(row[c]) for c in cols[2:])))
-    print(json.dumps({"bench": "long_video", "method": args.method, "keep": args.keep, "fps": args.fps,
-                      "size": args.size, "rows": rows}))
+    print(json.dumps({"bench": "long_video", "model": args.model, "method": args.method, "keep": args.keep,
+                      "fps": args.fps, "size": args.size, "code": str(args.code or REPO), "rows": rows}))
 
 
 if __name__ == "__main__":
