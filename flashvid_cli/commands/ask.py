@@ -52,7 +52,8 @@ def ask(
         "memory whole clip and streamed; docs/STREAMING.md) and exit: nothing decodes, no model loads.")] = False,
     max_memory: Annotated[Optional[str], typer.Option(
         metavar="SIZE", help="A memory budget, e.g. 8GiB: a request whose whole-clip estimate is past it streams "
-        "(said in one line) when its method can, else is refused naming what to lower; by default no budget.")] = None,
+        "(said in one line) when its method can, else is refused naming what to lower; by default the memory "
+        "available.")] = None,
     as_json: Annotated[bool, typer.Option(
         "--json", help="A flag, no file: print one JSON object per question (index from 0, question, answer, report) "
         "on stdout, one per line, in order. (bench and eval take --json FILE.)")] = False,
