@@ -18,6 +18,7 @@ match a fresh prefill within a tolerance (tests/test_prefix.py states it), not b
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 
 # Stands in for an earlier answer while a conversation is rendered, then is replaced by the answer's token ids.
 _ANSWER = "VIDQANSWERSLOT{}"
+_QUESTION = "VIDQQUESTIONSLOT{}Q"  # stands in for turn i's question (letters and digits no template treats specially)
 _PROBES = ("Which colour is it?", "How many are there?")  # two questions that differ from their first character
 
 
@@ -72,11 +74,12 @@ def conversation_ids(pipe: Pipeline, turns: Sequence[tuple[str, Sequence[int]]],
     answer where it was put.
     """
     tok = pipe.tokenizer
+    asked_all = [asked for asked, _ in turns] + [question]
     messages: list[dict[str, Any]] = []
-    for i, (asked, _) in enumerate(turns):
-        messages.append(_user(asked, video=i == 0))
+    for i, _ in enumerate(turns):  # questions go in as stand-ins: their text is tokenized as text, never control
+        messages.append(_user(_QUESTION.format(i), video=i == 0))
         messages.append({"role": "assistant", "content": [{"type": "text", "text": _ANSWER.format(i)}]})
-    messages.append(_user(question, video=not turns))
+    messages.append(_user(_QUESTION.format(len(turns)), video=not turns))
     text = tok.apply_chat_template(messages, chat_template=pipe.chat_template, tokenize=False,
                                    add_generation_prompt=True)
     if text.count(pipe.video_token) != 1:
@@ -88,12 +91,25 @@ def conversation_ids(pipe: Pipeline, turns: Sequence[tuple[str, Sequence[int]]],
         piece, sep, text = text.partition(_ANSWER.format(i))
         if not sep:
             raise ValueError(f"the chat template of {pipe.name!r} does not render an assistant answer")
-        ids += tok(piece, add_special_tokens=False)["input_ids"]
+        ids += _text_ids(tok, piece, asked_all)
         answer = list(answer)
         while answer and answer[-1] in stop:
             answer.pop()
         ids += answer
-    return ids + tok(text, add_special_tokens=False)["input_ids"]
+    return ids + _text_ids(tok, text, asked_all)
+
+
+def _text_ids(tok: Any, text: str, questions: Sequence[str]) -> list[int]:
+    """Ids of rendered template text: its own parts with special tokens parsed, each question's stand-in replaced by
+    the question tokenized as text (``split_special_tokens``: ``<video>`` or ``<|im_end|>`` typed into a question
+    stay characters and cannot forge a placeholder or a turn), as :func:`~.prompt.prompt_ids` does."""
+    ids: list[int] = []
+    for part in re.split(f"({_QUESTION.format(r'[0-9]+')})", text):
+        if (found := re.fullmatch(_QUESTION.format("([0-9]+)"), part)) is not None:
+            ids += tok(questions[int(found.group(1))], add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        elif part:
+            ids += tok(part, add_special_tokens=False)["input_ids"]
+    return ids
 
 
 def _user(question: str, video: bool) -> dict[str, Any]:

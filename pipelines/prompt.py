@@ -64,6 +64,21 @@ def prompt_ids(tokenizer: Any, chat_template: str | None, video_token: str, ques
     if chat_template is None and getattr(tokenizer, "chat_template", None) is None:
         raise ModelError(f"{name!r} has no chat template; copy chat_template.jinja from the checkpoint it came from "
                          "into the model directory")
+    text = slotted_prompt(tokenizer, chat_template, video_token, name)
+    ids: list[int] = []
+    for part in re.split(f"({re.escape(video_token)})", text):
+        if part == video_token:
+            ids += [tokenizer.convert_tokens_to_ids(video_token)] * count
+        else:
+            ids += slot_ids(tokenizer, part, question)
+    return ids
+
+
+def slotted_prompt(tokenizer: Any, chat_template: str | None, video_token: str, name: str = "the model") -> str:
+    """The chat prompt's text with stand-ins for the question and the system prompt (the one :func:`system_prompt`
+    set, if any), for :func:`slot_ids` to tokenize. Raises ModelError for a template that cannot make a prompt or
+    holds the video placeholder or the question other than once, NoSystemPrompt where a system prompt was set and
+    the template drops it."""
     system = _SYSTEM.get()
     try:
         text = chat_prompt(tokenizer, chat_template, _QUESTION_SLOT, None if system is None else _SYSTEM_SLOT)
@@ -74,12 +89,17 @@ def prompt_ids(tokenizer: Any, chat_template: str | None, video_token: str, ques
                          "once")
     if system is not None and text.count(_SYSTEM_SLOT) != 1:
         raise NoSystemPrompt(f"the chat template of {name!r} does not render a system message")
+    return text
+
+
+def slot_ids(tokenizer: Any, text: str, question: str) -> list[int]:
+    """Token ids of a piece of :func:`slotted_prompt`'s text with no video placeholder: the template's own parts with
+    special tokens parsed (``<|im_start|>``...), the question and the system prompt in place of their stand-ins as
+    text, never control (``split_special_tokens=True``: ``<video>`` typed into a question stays characters)."""
     ids: list[int] = []
-    for part in re.split(f"({re.escape(video_token)}|{_QUESTION_SLOT}|{_SYSTEM_SLOT})", text):
-        if part == video_token:
-            ids += [tokenizer.convert_tokens_to_ids(video_token)] * count
-        elif part in (_QUESTION_SLOT, _SYSTEM_SLOT):  # text, never control (see above)
-            said = question if part == _QUESTION_SLOT else system
+    for part in re.split(f"({_QUESTION_SLOT}|{_SYSTEM_SLOT})", text):
+        if part in (_QUESTION_SLOT, _SYSTEM_SLOT):
+            said = question if part == _QUESTION_SLOT else _SYSTEM.get()
             ids += tokenizer(said, add_special_tokens=False, split_special_tokens=True)["input_ids"]
         elif part:
             ids += tokenizer(part, add_special_tokens=False)["input_ids"]

@@ -41,7 +41,7 @@ from .attention import capture_inputs, mean_outputs, packed_vision_stats, simila
 from .base import EncodedVideo, Pipeline, Pixels
 from .errors import ModelError
 from .preprocess import PreprocessConfig, normalize, patchify, resize, to_tensor
-from .prompt import chat_prompt
+from .prompt import slot_ids, slotted_prompt
 from .tiny import build_tokenizer, point_vision_token_ids, save_checkpoint, special_ids
 
 SPECIAL_TOKENS = (
@@ -230,19 +230,19 @@ class Qwen3VLPipeline(Pipeline):
     def prompt_ids(self, question: str, counts: list[int], timestamps: list[float]) -> list[int]:
         """Token ids of the chat prompt with the video laid out as one block per temporal group: group ``g`` is
         ``<{t:.1f} seconds><|vision_start|>`` + ``counts[g]`` video tokens + ``<|vision_end|>``."""
-        text = chat_prompt(self.tokenizer, self.chat_template, question)
+        # the question (and a system prompt) are text, never control: <|video_pad|> typed into a question must not
+        # become a video token (pipelines/prompt.py, slot_ids)
+        text = slotted_prompt(self.tokenizer, self.chat_template, self.video_token, self.name)
         wrapped = VISION_START + self.video_token + VISION_END
         placeholder = wrapped if text.count(wrapped) == 1 else self.video_token
-        if text.count(placeholder) != 1:
-            raise ModelError(f"the chat template of {self.name!r} must hold one {self.video_token} placeholder")
         before, after = text.split(placeholder)
         tok = self.tokenizer
         start, end, pad = (tok.convert_tokens_to_ids(s) for s in (VISION_START, VISION_END, self.video_token))
-        ids = tok(before, add_special_tokens=False)["input_ids"]
+        ids = slot_ids(tok, before, question)
         for count, seconds in zip(counts, timestamps):
             ids += tok(f"<{seconds:.1f} seconds>", add_special_tokens=False)["input_ids"]
             ids += [start] + [pad] * count + [end]
-        return ids + tok(after, add_special_tokens=False)["input_ids"]
+        return ids + slot_ids(tok, after, question)
 
     def full_positions(self, encoded: EncodedVideo, question: str) -> tuple[Tensor, Tensor]:
         """Input ids [1, L] of the uncompressed prompt and its M-RoPE positions [3, 1, L] (``get_rope_index``)."""
