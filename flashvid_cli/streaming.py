@@ -97,6 +97,19 @@ def stream_video(stages: VideoStages, video: str | Path, config: AskConfig | Non
     frames (its features carry per-clip metadata), or for ``chunk_frames < 1``; VideoError when the video does
     not decode; MethodError for a bad method.
     """
+    try:
+        return _stream_video(stages, video, config, question, chunk_frames, progress, decoded)
+    except BaseException:
+        if (stop := getattr(decoded, "close", None)) is not None:
+            stop()  # a decode started ahead (load_and_decode's FrameStream) that this call refused or failed on
+        raise
+
+
+def _stream_video(stages: VideoStages, video: str | Path, config: AskConfig | None = None,
+                  question: str | None = None, chunk_frames: int = DEFAULT_CHUNK_FRAMES,
+                  progress: Progress | None = None, decoded: DecodedVideo | FrameStream | None = None
+                  ) -> tuple[PreparedVideo, CompressedVideo]:
+    """The body of :func:`stream_video`, which stops a stream given as ``decoded`` when this raises."""
     import torch
 
     from .pipelines.generation import synchronize

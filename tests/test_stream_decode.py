@@ -221,3 +221,22 @@ def test_bad_chunk_sizes_are_refused(sample_video):
         with pytest.raises(ValueError, match="at least 1"):
             decode_stream(sample_video, chunk=chunk, max_chunks=ahead)
 
+
+
+def test_a_stream_started_ahead_is_stopped_when_stream_video_refuses(tiny_models, long_video):
+    """load_and_decode starts the streamed decode before the model loads; a stream_video that then refuses (here a
+    method that cannot stream) stops it and its worker instead of leaving them blocked on a full queue."""
+    from flashvid_cli.api import VideoQA
+    from flashvid_cli.config import ConfigError
+    from flashvid_cli.streaming import stream_video
+
+    qa = VideoQA(str(tiny_models["llava_onevision"]), device="cpu")
+    config = AskConfig(method="divprune", keep=0.25, frames=60)
+    api._POOL.close()
+    ahead = qa.decode_stream(long_video, config, 4, resize=RESIZE)
+    _wait_until(lambda: ahead._queue.full(), "the stream filled its queue")
+    workers = _decode_workers()
+    with pytest.raises(ConfigError, match="cannot stream"):
+        stream_video(qa, long_video, config, chunk_frames=4, decoded=ahead)
+    assert not ahead._thread.is_alive()
+    assert workers and all(_gone(pid) for pid in workers)
