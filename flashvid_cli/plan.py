@@ -21,7 +21,9 @@ stream chunk (frames), q the chunks a streamed decode runs ahead at most, K the 
                                         before pooling; an upper bound for families that keep fewer)
     kept    = K x D x b
     whole   = frames(T) + pixels(T) + feats(T) + vision(T) + kept
-    stream  = frames(min((q + 2) x c, T)) + pixels(min(c, T)) + feats(min(c, T)) + vision(min(c, T)) + kept
+    stream  = frames(min((q + 2) x c, T)) + pixels(min(c, T)) + feats(min(s, T)) + vision(min(c, T)) + kept
+              (s: the frames of features the method holds, Method.stream_frames_held: c, or FlashVID's
+              stream_window + c - 1, since it compresses a window at a time)
 
 It leaves out what does not grow with the video or is not known before loading: the weights, the interpreter,
 what a method reads besides the features (importance ``[T, N]`` float32, a key metric), copies of the frames on
@@ -139,7 +141,8 @@ def make_plan(video: str | Path, config: AskConfig, rules: InputRules, dtype_byt
             vision = lambda t: t * patches * (width * (layers + 1) + rules.hidden) * dtype_bytes  # noqa: E731
         whole = frames_bytes + T * 3 * h * w * PIXEL_BYTES + feats(T) + vision(T) + kept
         held = min((DEFAULT_MAX_CHUNKS + 2) * chunk, T) * h * w * 3  # frames(min((q + 2) x c, T)): decoded in chunks
-        stream = held + c * 3 * h * w * PIXEL_BYTES + feats(c) + vision(c) + kept
+        kept_back = min(method.stream_frames_held(c), T)  # frames of features a method holds (FlashVID: a window)
+        stream = held + c * 3 * h * w * PIXEL_BYTES + feats(kept_back) + vision(c) + kept
     why = refusal(method, config)
     if why is None and per_unit * T != before:
         why = f"model family {rules.adapter.model_type!r} encodes frames together"

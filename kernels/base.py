@@ -145,6 +145,12 @@ class Method:
         """Float32 ``feats [T, N, D]`` -> :class:`Compressed`; called only when there is something to drop."""
         raise NotImplementedError
 
+    def stream_frames_held(self, chunk: int) -> int:
+        """The most frames of uncompressed features (and what the method reads of them) a streamed run holds at once
+        with chunks of ``chunk`` frames: one chunk, unless the method keeps chunks until it can compress (the
+        memory plan reads it, flashvid_cli/plan.py)."""
+        return chunk
+
     def stream_start(self, grid_hw: tuple[int, int], total_frames: int | None = None) -> ChunkState:
         """A streamed compression of a clip whose frames are ``H x W`` tokens (``grid_hw``), ``total_frames`` long
         when known before the first chunk. Raises MethodError when the method cannot stream (``stream_unit`` None)."""

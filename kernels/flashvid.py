@@ -90,6 +90,10 @@ class FlashVID(Method):
     llm_retention_ratio: float = 0.3
     stream_window: int = 32
 
+    def stream_frames_held(self, chunk: int) -> int:
+        """Chunks are held until a window of ``stream_window`` frames is full: at most ``stream_window + chunk - 1``."""
+        return self.stream_window + chunk - 1
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.llm_stage is None:

@@ -213,3 +213,19 @@ def test_cli_plan_with_tokens_auto_shows_the_budget(sample_video, no_decode):
     # 2,048 - 1,700 - 1 (LLaVA-OV's newline) = 347 before the text: 8 tokens a frame of 40
     assert plan["tokens_after"] == 320 and plan["after_is"] == "about"
     assert plan["prompt_tokens"] == 320 + 1 + 1700
+
+
+def test_the_streamed_estimate_counts_the_frames_flashvid_holds_for_its_window(sample_video):
+    """FlashVID streamed holds chunks until a window of stream_window frames is full (W + c - 1 frames of features
+    at most); the plan counted one chunk for it, as for a per-frame method."""
+    def plan(window: int):
+        config = AskConfig(method="flashvid", keep=0.25, frames=40, options={"stream_window": str(window)})
+        return plan_request(sample_video, config, str(DEMO), device="cpu")
+
+    wide, narrow = plan(32), plan(8)
+    per_frame = wide.tokens_before // wide.frames * wide.hidden * wide.dtype_bytes  # N x D x b
+    # chunks of 16: min(32 + 15, 40) = 40 frames held against min(8 + 15, 40) = 23
+    assert wide.stream_bytes - narrow.stream_bytes == (40 - 23) * per_frame
+    pool = plan_request(sample_video, AskConfig(method="pool", keep=0.25, frames=40), str(DEMO), device="cpu")
+    assert pool.stream_bytes - (pool.tokens_after * pool.hidden * pool.dtype_bytes) < (
+        narrow.stream_bytes - narrow.tokens_after * narrow.hidden * narrow.dtype_bytes)
