@@ -117,6 +117,23 @@ def check_video_file(path: str | os.PathLike, *, empty_ok: bool = False, probe: 
         container.close()
 
 
+def check_plot_file(path: str | os.PathLike, option: str = "--plot") -> None:
+    """Fail now, not after the run, for a plot matplotlib cannot write to ``path``: matplotlib missing (the ``plot``
+    extra), a file name whose extension is not one of its formats (none: it would save ``path.png`` instead), or
+    a path :func:`check_output_file` refuses. Raises InputError naming ``option``."""
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:
+        raise InputError(f"{option} needs matplotlib: pip install 'vidq[plot]'") from None
+    kinds = FigureCanvasBase.get_supported_filetypes()  # {"png": "Portable Network Graphics", ...}
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in kinds:
+        shown = "no extension" if not suffix else f"'.{suffix}'"
+        raise InputError(f"{option} {path}: matplotlib cannot write {shown}; end the name in .png, .pdf or .svg "
+                         f"(or one of {', '.join('.' + k for k in sorted(kinds) if k not in ('png', 'pdf', 'svg'))})")
+    check_output_file(path, option)
+
+
 def check_output_file(path: str | os.PathLike, option: str) -> None:
     """Fail now, not after the run: ``path`` must be a file this process can create or append to.
 

@@ -272,7 +272,7 @@ def _has_matplotlib() -> bool:
 
 def test_eval_prints_a_table_and_says_what_failed(eval_run):
     result, _ = eval_run
-    assert result.exit_code == 0, result.stderr
+    assert result.exit_code == 3, result.stderr  # the table and files are written; q2's missing video is not scored
     for text in ["divprune", "none", "accuracy", "chance: 29.2%", "/2"]:
         assert text in result.stdout, text
     assert "1 of 3 questions failed" in result.stderr and "q2" in result.stderr
@@ -352,7 +352,7 @@ def test_eval_pool_and_nuwa_with_nuwas_opt(tiny_models, dataset, budget, opt):
     decoding built each method with every --opt)."""
     args = ["eval", str(dataset), "--model", str(tiny_models["llava_onevision"]), *budget, "--frames", "4"]
     both = runner.invoke(app, [*args, "--methods", "pool,nuwa", "--opt", opt])
-    assert both.exit_code == 0, both.output
+    assert both.exit_code == 3, both.output  # the missing video's question
     assert "1 of 3 questions failed" in both.stderr and "has no option" not in both.stderr
     alone = runner.invoke(app, [*args, "--methods", "pool"])
     pool_row = next(line for line in alone.stdout.splitlines() if line.startswith("pool"))
@@ -396,3 +396,28 @@ def test_eval_plot_keeps_equal_lines_apart(tmp_path):
     env = {"model": "m", "chance": 0.25, "questions": 10, "scoring": "likelihood"}
     path = plot_eval(EvalResult(env, rows, []), tmp_path / "e.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_exits_0_when_every_question_is_scored_and_refuses_a_plot_it_cannot_write(tiny_models, dataset,
+                                                                                    tmp_path, monkeypatch):
+    lines = [line for line in dataset.read_text().splitlines() if "missing.mp4" not in line]
+    good = tmp_path / "good.jsonl"
+    good.write_text("\n".join(lines) + "\n")
+    (tmp_path / "clips").symlink_to(dataset.parent / "clips")
+    ok = runner.invoke(app, ["eval", str(good), "--model", str(tiny_models["llava_onevision"]), "--methods", "pool",
+                             "--keep", "0.5", "--frames", "4"])
+    assert ok.exit_code == 0, ok.stderr
+    if not _has_matplotlib():
+        return
+    import flashvid_cli.api as api
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded for a plot that cannot be written")
+
+    monkeypatch.setattr(api.VideoQA, "__init__", refuse)
+    for name, said in (("p.txt", "cannot write '.txt'"), ("plot", "cannot write no extension")):
+        for command in (["eval", str(good)], ["bench", str(dataset.parent / "clips" / "clip.mp4")]):
+            out = runner.invoke(app, [*command, "--model", str(tiny_models["llava_onevision"]), "--plot",
+                                      str(tmp_path / name)])
+            lines = [line for line in out.stderr.splitlines() if line.strip()]
+            assert out.exit_code == 1 and len(lines) == 1 and said in lines[0] and ".png" in lines[0], out.output

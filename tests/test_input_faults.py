@@ -292,7 +292,7 @@ def test_prompt_past_the_context_fails_its_line_or_row_in_annotate_eval_and_benc
     data.write_text(json.dumps({"video": "clip.mp4", "question": "Q?", "options": ["a", "b"], "answer": "A"}) + "\n")
     result = vidq("eval", str(data), "--model", str(short_context), "--methods", "none,pool", "--keep", "0.25",
                   "--frames", "8", "--json", str(tmp_path / "e.json"))
-    assert result.exit_code == 0 and "Traceback" not in result.stderr
+    assert result.exit_code == 3 and "Traceback" not in result.stderr  # written, with none's question unscored
     rows = {r["method"]: r for r in json.loads((tmp_path / "e.json").read_text())["rows"]}
     assert (rows["none"]["failed"], rows["pool"]["failed"]) == (1, 0)  # 129 visual tokens fail; 33 fit
     errors = [p["error"] for p in json.loads((tmp_path / "e.json").read_text())["predictions"] if p["error"]]

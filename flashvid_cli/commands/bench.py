@@ -61,7 +61,7 @@ def bench(
     with user_errors():
         from ..api import AskConfig, VideoQA
         from ..bench import DEFAULT_FOLLOW_UP, DEFAULT_KEEPS, DEFAULT_QUESTION, BenchConfig, plot_bench, run_bench
-        from ..inputs import check_ask, check_output_file, check_video_file, writing
+        from ..inputs import check_ask, check_output_file, check_plot_file, check_video_file, writing
 
         keeps, counts = budget_lists(keep, tokens, DEFAULT_KEEPS)
         config = BenchConfig(
@@ -79,9 +79,10 @@ def bench(
         for video in videos:  # everything that needs no model, before loading it
             check_video_file(video, empty_ok=True)
         check_ask(config.ask, device=device, dtype=dtype)
-        for path, option in ((json_file, "--json"), (plot, "--plot")):
-            if path is not None:
-                check_output_file(path, option)
+        if json_file is not None:
+            check_output_file(json_file, "--json")
+        if plot is not None:
+            check_plot_file(plot)  # matplotlib, a format it writes, a path it can write to
         warn_random(model)
         qa = VideoQA(model, device=device, dtype=dtype, cache=open_cache(not cache, cache_size))
         err.print(f"[dim]loaded {escape(model)} in {qa.load_s:.1f}s; {len(config.runs()) * len(videos)} rows x "

@@ -21,6 +21,9 @@ from .options import (
 from .shell import Command, app, err, open_cache, output_console, user_errors, warn_random
 
 
+PARTIAL_EXIT = 3  # as annotate's: the run completed, but some questions could not be scored
+
+
 @app.command("eval", cls=Command)
 def evaluate(
     data: Annotated[Path, typer.Argument(help="JSON lines: video, question, options, answer (letter, index or "
@@ -55,11 +58,14 @@ def evaluate(
     no_cache: NoCache = False,
     cache_size: CacheSize = DEFAULT_CACHE_SIZE,
 ) -> None:
-    """Multiple-choice accuracy of each method at each keep ratio; every video is encoded once."""
+    """Multiple-choice accuracy of each method at each keep ratio; every video is encoded once.
+
+    Exit code 0 when every question was scored in every row, 3 when some could not be (the table and files are
+    written without them; --json has their errors), 1 when the run could not work."""
     with user_errors():
         from ..api import AskConfig, VideoQA
-        from ..evaluate import DEFAULT_KEEPS, EvalConfig, plot_eval, read_dataset, require_matplotlib, run_eval
-        from ..inputs import check_ask, check_output_file, writing
+        from ..evaluate import DEFAULT_KEEPS, EvalConfig, plot_eval, read_dataset, run_eval
+        from ..inputs import check_ask, check_output_file, check_plot_file, writing
 
         keeps, counts = budget_lists(keep, tokens, DEFAULT_KEEPS)
         config = EvalConfig(
@@ -71,14 +77,13 @@ def evaluate(
             ask=AskConfig(frames=frames, fps=fps, max_frames=max_frames, decoder=decoder, seek=seek,
                           options=parse_options(opt)),
         )
-        if plot is not None:
-            require_matplotlib()
         for name in config.methods:  # everything that needs no model, before loading it; --opt against each method
             check_ask(dataclasses.replace(config.ask, method=name, options=config.options_for(name)), device=device,
                       dtype=dtype)
-        for path, option in ((json_file, "--json"), (plot, "--plot")):
-            if path is not None:
-                check_output_file(path, option)
+        if json_file is not None:
+            check_output_file(json_file, "--json")
+        if plot is not None:
+            check_plot_file(plot)  # matplotlib, a format it writes, a path it can write to
         questions = read_dataset(data)[:limit]
         warn_random(model)
         qa = VideoQA(model, device=device, dtype=dtype, cache=open_cache(no_cache, cache_size))
@@ -104,6 +109,9 @@ def evaluate(
                       f"the accuracy (errors in --json); the first, {escape(first.id)}: {escape(first.error)}[/]",
                       highlight=False, soft_wrap=True)
         warn_random(model)  # again at the end, where the eye lands
+    if result.failed_questions:
+        # the table and files are written, but some questions are left out of them: `vidq eval ... && publish` stops
+        raise typer.Exit(PARTIAL_EXIT)
 
 
 def _progress():
