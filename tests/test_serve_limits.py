@@ -189,3 +189,23 @@ def test_a_client_leaving_a_non_streamed_request_cancels_it_as_499(qa, media):
         assert _status_count(made, 200) == 1
     finally:
         made.stop()
+
+
+@pytest.mark.parametrize("args, env, line", [
+    (["--api-key", ""], {}, "--api-key is empty"),
+    (["--api-key", "  "], {}, "--api-key is empty"),
+    ([], {"VIDQ_API_KEY": ""}, "VIDQ_API_KEY is empty"),
+])
+def test_an_empty_api_key_is_refused_not_served_without_authentication(args, env, line, monkeypatch):
+    """`--api-key "$KEY"` with KEY unset served every route with no key at all."""
+    from typer.testing import CliRunner
+
+    import flashvid_cli.api as api
+    from flashvid_cli.cli import app
+
+    monkeypatch.setattr(api.VideoQA, "__init__", lambda *a, **k: pytest.fail("the model loaded"))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    result = CliRunner().invoke(app, ["serve", "--model", "some/model", *args])
+    lines = [x for x in result.stderr.splitlines() if x.strip()]
+    assert result.exit_code == 1 and len(lines) == 1 and line in lines[0], result.output

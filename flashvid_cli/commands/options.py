@@ -44,8 +44,8 @@ TextAfterVideo = Annotated[
     Optional[str], typer.Option(help="Qwen2.5-VL: where text after the video resumes: hf (default) or qwen.")
 ]
 Stream = Annotated[bool, typer.Option("--stream", help="Preprocess, encode and compress a chunk of frames at a "
-                                     "time, keeping only compressed tokens (long videos; per-frame methods: none, "
-                                     "pool, visionzip, nuwa; docs/STREAMING.md). A progress bar on a terminal.")]
+                                     "time, keeping only compressed tokens (long videos). `vidq methods` says how "
+                                     "each method streams (docs/STREAMING.md). A progress bar on a terminal.")]
 NoCache = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the cache of encoded videos "
                                        "($VIDQ_CACHE_DIR, else ~/.cache/vidq; see `vidq cache info`).")]
 CacheSize = Annotated[str, typer.Option(help="Size cap of the encoded-video cache, least recently used entries "

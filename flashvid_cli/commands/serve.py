@@ -96,7 +96,7 @@ def serve(
             allow_url_download=allow_url_download, allow_private_urls=allow_private_urls,
             download_timeout=download_timeout, max_data_bytes=max_data_bytes, kv_cache_size=kv_cache_size,
             video_cache_size=video_cache_size, max_queue=max_queue, request_timeout=request_timeout,
-            api_key=api_key or os.environ.get("VIDQ_API_KEY"),
+            api_key=_api_key(api_key),
             encoded_cache=open_cache(no_cache, cache_size), engine=engine, replicas=replicas,
             gpus_per_replica=gpus_per_replica,
         )
@@ -127,3 +127,18 @@ def serve(
 
 def _exit_zero(signum: int, frame: object) -> None:
     raise SystemExit(0)
+
+
+def _api_key(given: str | None) -> str | None:
+    """--api-key, else $VIDQ_API_KEY, else None (no key asked). An empty or blank key is refused in one line: it is
+    what `--api-key "$KEY"` with KEY unset gives, and it served with no authentication at all."""
+    from ..api import ConfigError
+
+    for key, where in ((given, "--api-key"), (os.environ.get("VIDQ_API_KEY"), "VIDQ_API_KEY")):
+        if key is None:
+            continue
+        if not key.strip():
+            raise ConfigError(f"{where} is empty: give the key clients must send, or leave {where} out to serve "
+                              "without one")
+        return key
+    return None
