@@ -30,7 +30,7 @@ def refuse(text: str | None, role: str, tokens: tuple[str, ...]) -> None:
         return
     for token in tokens:
         if token in text:
-            raise APIError(400, f"{'an' if role[0] in 'aeiou' else 'a'} {role} message's text holds {token!r}, one of the model's control tokens, which "
+            raise APIError(400, f"{'an' if role == 'assistant' else 'a'} {role} message's text holds {token!r}, one of the model's control tokens, which "
                            "the tokenizer would read as that token, not as text: remove or rephrase it",
                            "control_token")
 
