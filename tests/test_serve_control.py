@@ -56,7 +56,7 @@ def _refused(response: httpx.Response, token: str, role: str) -> None:
     error = response.json()["error"]
     assert set(error) == {"message", "type", "code", "param"}
     assert (error["code"], error["type"]) == ("control_token", "invalid_request_error")
-    assert repr(token) in error["message"] and f"a {role} message" in error["message"]
+    assert repr(token) in error["message"] and f"{'an' if role == 'assistant' else 'a'} {role} message" in error["message"]
 
 
 def test_every_family_lists_its_placeholders_and_turn_markers(qas):
