@@ -195,6 +195,8 @@ def _stream_video(stages: VideoStages, video: str | Path, config: AskConfig | No
 
         written = put_compressed(stages.cache, ckey.with_indices(decoded.indices), merged, dataclasses.asdict(info))
         state, note = ("miss", None) if written else ("off", stages.cache.warning or "the entry was not written")
+    if (said := decoded.stats.get("stream_note")) is not None:  # how this run's decode overlapped (not cached)
+        info.notes.append(said)
     info.notes.append(f"streamed in {stream.chunks} chunk(s) of up to {chunk_frames} frames: only compressed tokens "
                       "were kept" + (", and cached per method and keep" if state == "miss" else ""))
     extra_tokens = pipe.extra_video_tokens

@@ -70,6 +70,9 @@ def test_a_second_streamed_ask_decodes_nothing(tiny_models, sample_video, tmp_pa
     assert a["answer"] == b["answer"]
     assert (a["report"]["cache"]["encoded"], b["report"]["cache"]["encoded"]) == ("miss", "hit")
     assert any("not decoded, encoded or compressed" in n for n in b["report"]["video"]["notes"])
+    assert any(n.startswith("decoded while") for n in a["report"]["video"]["notes"])
+    # the first run's decode is not the second's: the entry does not bring back a note of a decode that never ran
+    assert not any(n.startswith("decoded while") for n in b["report"]["video"]["notes"])
     assert b["report"]["timings"]["wall"] is not None
     # another keep is another entry: streamed and decoded again
     assert not will_hit(EncodedCache(), sample_video, AskConfig(**{**config.__dict__, "keep": 0.25}), model,

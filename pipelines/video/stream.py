@@ -227,7 +227,8 @@ class FrameStream:
                     raise value
                 else:
                     own = value.stats.get("decode_s", 0.0)
-                    value.notes.append(f"decoded while the frames before were preprocessed and encoded: "
+                    # this run's, not the video's: kept out of its notes, which a cache entry stores with it
+                    value.stats["stream_note"] = (f"decoded while the frames before were preprocessed and encoded: "
                                        f"{own * 1e3:,.0f} ms of decoding, of which {self.waited_s * 1e3:,.0f} ms "
                                        f"were waited for (the decode stage); at most {self.max_chunks} chunk(s) of "
                                        f"{self.chunk} frames decoded ahead")
