@@ -322,6 +322,17 @@ def test_eval_prints_accuracy_by_question_type_within_80_columns():
     cells = " ".join(line for line in typed if line.startswith("where_at_end")).split()
     assert cells.count("100.0%") == 6 and cells.count("50.0%") == 2  # pool's two rows, every other row's
     assert sum(line.count("66.7%") for line in typed) == 8
+    long_name = "a_question_type_whose_name_runs_on_and_on_for_sixty_four_characters_"
+    odd = [EvalRow("pool", 0.5, 0.5, 2, 4, 0, 1.0, 1.0, by_type={
+        long_name: TypeScore(1.0, 1, 1), "": TypeScore(0.0, 0, 1)})]  # and 2 questions with no type: 1 right
+    console = Console(width=80, record=True, color_system=None)
+    print_eval(EvalResult(env, odd, []), console)
+    lines = console.export_text().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert any(line.startswith("(no type) (2)") and "50.0%" in line for line in lines)  # the counts add up: 4
+    assert any(line.startswith("(empty) (1)") for line in lines)
+    assert any(line.startswith(long_name[:20]) and "… (1)" in line for line in lines)
+    assert sum(line.startswith("question type (n)") for line in lines) == 1  # one table: the long name does not split it
     one_type = [EvalRow("none", 1.0, 1.0, 2, 2, 0, 1.0, 1.0, by_type={"how_many": TypeScore(1.0, 2, 2)})]
     console = Console(width=80, record=True, color_system=None)
     print_eval(EvalResult(env, one_type, []), console)

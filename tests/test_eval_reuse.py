@@ -90,5 +90,23 @@ def test_run_eval_says_what_each_prediction_reused(tiny_models, sample_video, tm
     for p in result.predictions:
         states.setdefault(p.method, []).append(p.cache["prefix"])
     assert states == {"pool": ["miss", "hit"],  # the video prefilled once for both questions
-                      "cdpruner": ["miss", "miss"],  # its tokens are the question's: a cache per question
+                      "cdpruner": ["off", "off"],  # its tokens are the question's: a cache per question's options
                       "fastv": ["off", "off"]}  # its in-LLM stage: full forwards
+
+
+def test_a_template_that_asks_first_says_off_as_ask_does(sample_video, tmp_path):
+    """The demo model's template puts the question before the video: no question can reuse the video's prefill,
+    so eval says "off" (it said "miss" for every question), as ask's report does; its options still share a cache."""
+    from pathlib import Path
+
+    from flashvid_cli.api import VideoQA
+    from flashvid_cli.evaluate import read_dataset
+
+    data = tmp_path / "q.jsonl"
+    data.write_text("".join(json.dumps({"video": str(sample_video), "question": q.question,
+                                        "options": list(q.options), "answer": q.answer}) + "\n"
+                            for q in QUESTIONS))
+    demo = Path(__file__).resolve().parents[1] / "samples" / "vidq-demo-llava-ov"
+    qa = VideoQA(str(demo), device="cpu")
+    result = run_eval(qa, read_dataset(data), EvalConfig(methods=("pool",), keeps=(0.5,), ask=FAST))
+    assert [p.cache["prefix"] for p in result.predictions] == ["off", "off"]

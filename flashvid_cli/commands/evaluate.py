@@ -161,11 +161,16 @@ def print_by_type(rows: list, console: Console) -> None:
     """Accuracy by question type when the set has more than one: a row per type (with the questions scored of it),
     a column per row of the main table (method and keep, or tokens), in as many tables as it takes to stay within
     the console's width (80 columns piped)."""
-    types = sorted({t for r in rows for t in r.by_type})
+    from ..evaluate import TypeScore
+
+    untyped = "(no type)"
+    rows = [_with_untyped(r, untyped, TypeScore) for r in rows]
+    types = sorted({t for r in rows for t in r.by_type}, key=lambda t: (t == untyped, t))
     if len(types) < 2:
         return
     counts = {t: max(r.by_type[t].total for r in rows if t in r.by_type) for t in types}
-    labels = [f"{t} ({counts[t]})" for t in types]
+    cut = max(12, console.width // 3)  # a long type name is cut, so the columns keep room
+    labels = [f"{_cut(t if t.strip() else '(empty)', cut)} ({counts[t]})" for t in types]
     label = max(len("question type (n)"), *(len(x) for x in labels))
     heads = [f"{r.method}\n{r.tokens:,} tok" if r.tokens is not None else f"{r.method}\n{r.keep:g}" for r in rows]
     widths = [max(len("100.0%"), *(len(line) for line in h.split("\n"))) for h in heads]
@@ -187,3 +192,18 @@ def print_by_type(rows: list, console: Console) -> None:
             scores = [rows[i].by_type.get(t) for i in group]
             table.add_row(name, *("-" if x is None or x.accuracy is None else f"{x.accuracy:.1%}" for x in scores))
         console.print(table)
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _with_untyped(row, name: str, score_type):
+    """``row`` with the questions it scored that carry no type as one more type, ``name``, so the types' counts
+    add up to the row's."""
+    typed = sum(s.total for s in row.by_type.values())
+    if typed >= row.total or not row.by_type:
+        return row
+    correct = row.correct - sum(s.correct for s in row.by_type.values())
+    n = row.total - typed
+    return dataclasses.replace(row, by_type={**row.by_type, name: score_type(correct / n, correct, n)})

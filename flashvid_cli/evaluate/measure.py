@@ -91,6 +91,9 @@ def run_eval(qa: VideoQA, questions: Sequence[Question], config: EvalConfig,
     done, failed = 0, set()  # failed: indices of questions that failed in any row
 
     fits = _fits_some_run(qa, config)
+    from ..pipelines.prefix import template_order_reason
+
+    video_first = template_order_reason(qa.pipeline) is None  # else no question can reuse the video's prefill
     for video, decoded, error in _decode_ahead(list(by_video), config.ask, qa.frame_resizer(), fits):
         prepared = None
         if error is None:
@@ -111,7 +114,8 @@ def run_eval(qa: VideoQA, questions: Sequence[Question], config: EvalConfig,
                     compressed, question_error = _attempt(qa.compress, prepared, method, q.question, run.tokens)
                     tally.searched(compressed)
                 scorer = Scorer(qa, method.llm_prune(), method.decode_sparsity(),
-                                video_cache if shared is not None else _prompt_cache(qa, method))
+                                video_cache if shared is not None else _prompt_cache(qa, method),
+                                video_shared=shared is not None and video_first)
                 if question_error is None:
                     scores, question_error = _attempt(score_question, qa, prepared, compressed, q, config.scoring,
                                                       rule, scorer)

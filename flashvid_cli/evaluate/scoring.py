@@ -22,13 +22,16 @@ class Scorer:
     """The forward passes of one question's scoring: :meth:`VideoQA.last_logits` (a full forward each), or, with
     ``reuse`` (a ``PromptCache`` of the video's compressed tokens, for a method with no in-LLM stage and no
     decoding sparsity), only what the cache does not already hold: a question's options share its prompt, and
-    where the template puts the video first a video's questions share its prefill. ``prefix`` then says what the
-    question's first forward found: "hit" (the video's prefill reused), "miss" (prefilled in full) or "off"."""
+    where the template puts the video first a video's questions share its prefill. ``prefix`` says, as ask's
+    report does, what became of the video's prefill: "hit" (reused from an earlier question), "miss" (prefilled,
+    kept for the next) or "off" (it cannot serve another question: ``video_shared`` False, for a template that asks
+    before the video or a method whose tokens are the question's; or no cache at all)."""
 
-    def __init__(self, qa: VideoQA, prune: Any = None, sparse: Any = None, reuse: Any = None) -> None:
+    def __init__(self, qa: VideoQA, prune: Any = None, sparse: Any = None, reuse: Any = None,
+                 video_shared: bool = True) -> None:
         self.qa, self.prune, self.sparse = qa, prune, sparse
         self.reuse = reuse if prune is None and sparse is None else None
-        self.prefix: str | None = None if self.reuse is not None else "off"
+        self.prefix: str | None = None if self.reuse is not None and video_shared else "off"
 
     def logits(self, inputs: dict[str, Any], count: int = 1, append: Sequence[int] = ()) -> Any:
         """Float32 logits ``[count, vocab]`` at the last ``count`` positions of the prompt then ``append``."""
