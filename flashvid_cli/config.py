@@ -33,6 +33,7 @@ class AskConfig:
     decode_timeout_s: float | None = 120.0
     text_after_video: str | None = None  # Qwen2.5-VL only: "hf" (default) or "qwen"
     tokens: int | None = None  # visual tokens the LLM should see; replaces keep (searched per method and clip)
+    tokens_at_most: bool = False  # tokens is a ceiling, not a target (--tokens auto): never more, as close as it can
     stream: bool = False  # preprocess, encode and compress a chunk of frames at a time (flashvid_cli/streaming.py)
 
     def __post_init__(self) -> None:

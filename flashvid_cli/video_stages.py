@@ -268,11 +268,12 @@ class VideoStages:
         return {"question": self.pipeline.question_embeddings(question)}
 
     def compress(self, prepared: PreparedVideo, method: Method | AskConfig, question: str | None = None,
-                 tokens: int | None = None) -> CompressedVideo:
+                 tokens: int | None = None, at_most: bool = False) -> CompressedVideo:
         """Compress ``prepared`` with ``method`` (a built Method, or an AskConfig's method, keep, options and tokens).
 
         With ``tokens`` (or an AskConfig's ``tokens``) the method runs at the keep that makes the LLM see as close
-        to ``tokens`` visual tokens as it can, found by :func:`kernels.tokens.fit_tokens` (its count rule, or a
+        to ``tokens`` visual tokens as it can (``at_most``, or an AskConfig's ``tokens_at_most``: never more), found
+        by :func:`kernels.tokens.fit_tokens` (its count rule, or a
         search compressing this clip; the result's ``search`` says what that cost, and its ``seconds`` include it).
 
         A method whose ``needs`` hold "question" reads ``question``: it gets the LLM's input embeddings of the
@@ -285,6 +286,7 @@ class VideoStages:
 
         if isinstance(method, AskConfig):
             tokens = method.tokens if tokens is None else tokens
+            at_most = at_most or method.tokens_at_most
             method = self.build_method(method)
         extra = self.pipeline.extra_video_tokens
         if tokens is not None and tokens <= extra:
@@ -308,7 +310,7 @@ class VideoStages:
                 from .kernels.tokens import fit_tokens
 
                 fit = fit_tokens(method, tokens - extra, encoded.feats, encoded.grid, encoded.importance,
-                                 encoded.metric, **kwargs)
+                                 encoded.metric, at_most=at_most, **kwargs)
                 method, out, search = fit.method, fit.compressed, {"probes": fit.probes, "seconds": fit.search_s}
         synchronize(device)
         seconds = time.perf_counter() - started

@@ -317,11 +317,11 @@ class VideoQA(VideoStages):
         if _needs_question(method):
             results = []
             for question in questions:
-                compressed = self.compress(prepared, method, question, config.tokens)
+                compressed = self.compress(prepared, method, question, config.tokens, config.tokens_at_most)
                 results.append(self.answer(prepared, question, config, compressed,
                                            self.video_prefix(compressed, reuse_prefix)))
             return results
-        compressed = self.compress(prepared, method, tokens=config.tokens)
+        compressed = self.compress(prepared, method, tokens=config.tokens, at_most=config.tokens_at_most)
         prefix = self.video_prefix(compressed, reuse_prefix)
         return [self.answer(prepared, question, config, compressed, prefix) for question in questions]
 

@@ -51,12 +51,14 @@ def at_keep(method: Method, keep: float) -> Method:
 
 
 def search_keep(count: Callable[[float], int], target: int, top: int, probes: int, guess: float,
-                resolution: float = 0.0) -> float:
+                resolution: float = 0.0, at_most: bool = False) -> float:
     """The keep in (0, 1] whose ``count(keep)`` (non-decreasing, ``count(1) = top``) is nearest ``target``.
 
     Bisection for the smallest keep counting at least ``target``, then the closer of it and the largest keep below
-    it (a tie goes to the larger count: never fewer tokens than asked when as close). ``guess`` is probed first;
-    the search stops after ``probes`` calls or once the bracket is narrower than ``resolution``.
+    it (a tie goes to the larger count: never fewer tokens than asked when as close). With ``at_most`` the largest
+    keep found counting at most ``target`` (``--tokens auto``: a budget that must not be passed), or, when no keep
+    probed counts that few, the smallest probed. ``guess`` is probed first; the search stops after ``probes`` calls
+    or once the bracket is narrower than ``resolution``.
     """
     if target >= top:
         return 1.0
@@ -78,6 +80,8 @@ def search_keep(count: Callable[[float], int], target: int, top: int, probes: in
         else:
             lo, lo_count = probe, got
         probe = (lo + hi) / 2
+    if at_most and lo_count is not None:
+        return lo
     if lo_count is None or hi_count - target <= target - lo_count:
         return hi
     return lo
@@ -90,9 +94,11 @@ def fit_tokens(
     grid: Grid,
     importance: Tensor | None = None,
     metric: Tensor | None = None,
+    at_most: bool = False,
     **inputs: Any,
 ) -> TokenFit:
-    """Compress ``feats [T, N, D]`` with ``method`` at the keep whose output is nearest ``tokens`` tokens.
+    """Compress ``feats [T, N, D]`` with ``method`` at the keep whose output is nearest ``tokens`` tokens (with
+    ``at_most``: the most tokens not past ``tokens`` that the search finds, see :func:`search_keep`).
 
     Methods that ignore keep run as they are. A count rule (``method.tokens_for``) is searched without touching
     the data; otherwise each probe compresses the clip (at most ``DATA_PROBES`` times). ``inputs`` go to every
@@ -111,7 +117,8 @@ def fit_tokens(
         return TokenFit(method, out, tokens, 0, time.perf_counter() - started)
     guess = min(tokens / top, 0.5)
     if at_keep(method, guess).tokens_for(grid) is not None:  # below keep 1, where every count is T*N
-        keep = search_keep(lambda k: at_keep(method, k).tokens_for(grid), tokens, top, RULE_PROBES, guess)
+        keep = search_keep(lambda k: at_keep(method, k).tokens_for(grid), tokens, top, RULE_PROBES, guess,
+                           at_most=at_most)
         chosen = at_keep(method, keep)
         out = chosen(feats, grid, importance, metric, **inputs)
         return TokenFit(chosen, out, tokens, 0, time.perf_counter() - started)
@@ -123,7 +130,7 @@ def fit_tokens(
         return int(seen[keep].tokens.shape[0])
 
     # No count rule moves by a token for a keep step under 1/(4*T*N) (every budget is ~keep*N or ~keep*T*N).
-    keep = search_keep(count, tokens, top, DATA_PROBES, guess, resolution=0.25 / top)
+    keep = search_keep(count, tokens, top, DATA_PROBES, guess, resolution=0.25 / top, at_most=at_most)
     chosen = at_keep(method, keep)
     compressed = seen[keep] if keep in seen else chosen(feats, grid, importance, metric, **inputs)
     return TokenFit(chosen, compressed, tokens, len(seen), time.perf_counter() - started)

@@ -96,3 +96,31 @@ def test_chat_refuses_tokens_auto_in_one_line(sample_video, no_model_load):
     assert out.exit_code == 1
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "a chat's conversation grows every turn: give --tokens N" in lines[0], out.output
+
+
+def test_a_ceiling_search_never_passes_the_count():
+    """--tokens auto's budget is a ceiling: the nearest count can be above it (flashvid's data-dependent count
+    passed the budget by 4 tokens and the prompt was then refused as past the context)."""
+    from flashvid_cli.kernels.tokens import search_keep
+
+    steps = [0, 10, 20, 31, 44, 60, 80]  # a count that jumps, as a data-dependent one does
+
+    def count(keep: float) -> int:
+        return steps[min(int(keep * 7), 6)] if keep < 1 else 100
+
+    nearest = search_keep(count, 30, 100, 40, 0.3, resolution=1e-6)
+    ceiling = search_keep(count, 30, 100, 40, 0.3, resolution=1e-6, at_most=True)
+    assert count(nearest) == 31 and count(ceiling) == 20  # nearest passes 30 by one; the ceiling never does
+    assert search_keep(count, 44, 100, 40, 0.3, resolution=1e-6, at_most=True) and count(
+        search_keep(count, 44, 100, 40, 0.3, resolution=1e-6, at_most=True)) == 44  # an exact hit stays exact
+
+
+@pytest.mark.parametrize("words", [455, 460, 465])
+def test_ask_tokens_auto_with_flashvid_always_fits(sample_video, words):
+    question = "word " * words
+    out = CliRunner().invoke(app, ["ask", str(sample_video), question, "--model", str(DEMO), "--device", "cpu",
+                                   "--no-cache", "--method", "flashvid", "--tokens", "auto", "--max-new-tokens", "4",
+                                   "--json"])
+    assert out.exit_code == 0, out.output
+    tokens = json.loads(out.stdout.splitlines()[0])["report"]["tokens"]
+    assert tokens["visual_after"] <= tokens["asked"] and tokens["prompt"] + 4 <= 2048, tokens

@@ -57,12 +57,12 @@ def answer_video(qa: VideoQA, video: str, questions: list[str], config: AskConfi
                 from ..plan import auto_tokens
 
                 height, width = decoded.frames.shape[1:3]
-                config = dataclasses.replace(config, tokens=auto_tokens(qa.pipeline, questions, config,
-                                                                        len(decoded.frames), height, width))
+                config = dataclasses.replace(config, tokens_at_most=True, tokens=auto_tokens(
+                    qa.pipeline, questions, config, len(decoded.frames), height, width))
             method = qa.build_method(config)
             prepared = qa.prepare(video, config, decoded=decoded, need=method.needs, write_cache=False)
             if "question" not in method.needs:
-                compressed = qa.compress(prepared, method, tokens=config.tokens)
+                compressed = qa.compress(prepared, method, tokens=config.tokens, at_most=config.tokens_at_most)
                 prefix = qa.video_prefix(compressed)  # the video's prefill, kept for the next question
         except Exception as exc:  # noqa: BLE001 - one bad video costs its lines, never the run
             error = exc
@@ -72,7 +72,7 @@ def answer_video(qa: VideoQA, video: str, questions: list[str], config: AskConfi
                 yield make_record(video, question, options, error=error_text(error), decode_s=decode_s)
                 continue
             try:
-                own = compressed or qa.compress(prepared, method, question, config.tokens)
+                own = compressed or qa.compress(prepared, method, question, config.tokens, config.tokens_at_most)
                 result = qa.answer(prepared, question, config, own, prefix or qa.video_prefix(own))
             except Exception as exc:  # noqa: BLE001 - one bad question costs its line, never the run
                 yield make_record(video, question, options, error=error_text(exc), decode_s=decode_s)

@@ -128,8 +128,8 @@ def ask(
             from ..plan import auto_tokens
 
             height, width = decoded.frames.shape[1:3]  # already at (or near) the model's input size
-            config = dataclasses.replace(config, tokens=auto_tokens(qa.pipeline, asked, config, len(decoded.frames),
-                                                                    height, width))
+            config = dataclasses.replace(config, tokens_at_most=True, tokens=auto_tokens(
+                qa.pipeline, asked, config, len(decoded.frames), height, width))  # a ceiling: never past it
         with stream_progress(err.is_terminal and stream) as qa.progress:
             results = qa.ask_many(video, asked, config, decoded=decoded)
         for index, (question, result) in enumerate(zip(asked, results)):
