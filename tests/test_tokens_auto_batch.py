@@ -124,3 +124,14 @@ def test_ask_tokens_auto_with_flashvid_always_fits(sample_video, words):
     assert out.exit_code == 0, out.output
     tokens = json.loads(out.stdout.splitlines()[0])["report"]["tokens"]
     assert tokens["visual_after"] <= tokens["asked"] and tokens["prompt"] + 4 <= 2048, tokens
+
+
+def test_a_question_that_alone_fills_the_context_says_to_shorten_it():
+    """It said 'lower --fps or --max-frames', which no frame setting could answer."""
+    from flashvid_cli.pipelines.errors import PromptTooLongError
+    from flashvid_cli.plan import context_budget
+
+    with pytest.raises(PromptTooLongError, match="the prompt's text alone is 7,729 tokens.*shorten the question"):
+        context_budget(40, 16, 2048, 64, 7729, 1)
+    with pytest.raises(PromptTooLongError, match="lower --fps or --max-frames"):  # the frames are what is too many
+        context_budget(4000, 16, 2048, 64, 20, 1)
