@@ -280,8 +280,8 @@ def context_budget(units: int, per_unit: int, context: int, new_tokens: int, tex
     k = min(per_unit, room // max(units, 1))
     if text_tokens and room < 1:  # no frame setting can help: the text alone fills the context
         raise PromptTooLongError(
-            f"--tokens auto: the prompt's text alone is {text_tokens:,} tokens, with {new_tokens:,} to generate, "
-            f"against a {context:,}-token context, leaving no room for the video; shorten the question or lower "
+            f"--tokens auto: not even 1 visual token a frame fits: the prompt's text ({text_tokens:,} tokens) and "
+            f"{new_tokens:,} to generate already fill the {context:,}-token context; shorten the question or lower "
             "--max-new-tokens")
     if k < 1:
         raise PromptTooLongError(

@@ -131,7 +131,7 @@ def test_a_question_that_alone_fills_the_context_says_to_shorten_it():
     from flashvid_cli.pipelines.errors import PromptTooLongError
     from flashvid_cli.plan import context_budget
 
-    with pytest.raises(PromptTooLongError, match="the prompt's text alone is 7,729 tokens.*shorten the question"):
+    with pytest.raises(PromptTooLongError, match=r"the prompt's text \(7,729 tokens\) and 64 to generate already fill.*shorten the question"):
         context_budget(40, 16, 2048, 64, 7729, 1)
     with pytest.raises(PromptTooLongError, match="lower --fps or --max-frames"):  # the frames are what is too many
         context_budget(4000, 16, 2048, 64, 20, 1)
