@@ -241,7 +241,12 @@ def test_other_refusals(servers, media):
     _refused(main, first("https://example.com/v.mp4", "what?"), 400, "url_download_disabled")
     _refused(main, first(media["broken"], "what?"), 422, "video_decode_error")
     _refused(main, first(media["a"], "what?"), 400, "n_not_supported", n=2)
-    _refused(main, first(media["a"], "what?"), 400, "invalid_option", extra_body={"vidq": {"keep": 2}})
+    said = _refused(main, first(media["a"], "what?"), 400, "invalid_option", extra_body={"vidq": {"keep": 2}})
+    assert "vidq.keep must be in (0, 1]" in said.body["message"]  # the request's field, not the CLI's --keep
+    said = _refused(main, first(media["a"], "what?"), 400, "invalid_option", max_tokens=0)
+    assert "max_tokens must be at least 1" in said.body["message"]
+    said = _refused(main, first(media["a"], "what?"), 400, "invalid_option", temperature=-1)
+    assert "temperature must be >= 0" in said.body["message"] and "--" not in said.body["message"]
     _refused(main, first(media["a"], "what?"), 400, "invalid_option", extra_body={"vidq": {"method": "nope"}})
     _refused(main, [{"role": "user", "content": "no video"}], 400, "video_required")
     with pytest.raises(openai.NotFoundError) as caught:

@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import AskConfig
+from ..config import AskConfig, ConfigError
 from .errors import APIError, bad_request
 
 # The fields of the ``vidq`` extension object and the AskConfig field each sets.
@@ -78,7 +78,10 @@ def parse_request(body: Any, defaults: AskConfig) -> ChatRequest:
     changes.update(_vidq(ext))
     if "tokens" in changes and "keep" not in changes:
         changes["keep"] = defaults.keep
-    config = dataclasses.replace(defaults, **changes)
+    try:
+        config = dataclasses.replace(defaults, **changes)
+    except ConfigError as exc:  # the CLI's check, said with the request's field names, not the CLI's options
+        raise bad_request(_field_names(str(exc)), "invalid_option") from None
     top_p = 1.0 if body.get("top_p") is None else _number(body["top_p"], "top_p", float)
     if not 0.0 < top_p <= 1.0:
         raise bad_request(f"top_p must be in (0, 1], got {top_p}")
@@ -91,6 +94,22 @@ def parse_request(body: Any, defaults: AskConfig) -> ChatRequest:
         raise bad_request("'stream_options' must be an object")
     return ChatRequest(model, url, turns, question, config, top_p, stop, bool(body.get("stream", False)),
                        bool(options.get("include_usage", False)), images, system, timeout)
+
+
+# the CLI option an AskConfig check names -> the request field that sets it
+_FIELD_OF = {"--max-new-tokens": "max_tokens", "--temperature": "temperature", "--seed": "seed",
+             "--keep": "vidq.keep", "--tokens": "vidq.tokens", "--max-frames": "vidq.max_frames",
+             "--frames": "num_frames (media_io_kwargs.video) or vidq.frames",
+             "--fps": "fps (media_io_kwargs.video) or vidq.fps", "--seek": "vidq.seek", "--decoder": "vidq.decoder",
+             "--method": "vidq.method", "--opt": "vidq.opt", "--text-after-video": "vidq.text_after_video"}
+
+
+def _field_names(message: str) -> str:
+    """``message`` with each CLI option replaced by the request field that sets it (longest names first)."""
+    import re
+
+    names = sorted(_FIELD_OF, key=len, reverse=True)
+    return re.sub("|".join(re.escape(n) + r"\b" for n in names), lambda m: _FIELD_OF[m.group(0)], message)
 
 
 def _number(value: Any, name: str, kind: type) -> Any:
