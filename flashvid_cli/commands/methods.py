@@ -24,7 +24,7 @@ def methods() -> None:
         table.add_column("--tokens reaches", overflow="fold", ratio=3)
         for name, cls in registered().items():
             defaults = option_defaults(name, families())  # resolved as a run resolves them, for every family
-            options = "\n".join(f"{key}={value}" for key, value in defaults.items()) or "-"  # one per line
+            options = "\n".join(f"{key}={_shown(value)}" for key, value in defaults.items()) or "-"  # one per line
             needs = sorted(cls.needs - {"question"})
             if "question" in cls.needs:
                 needs.append("the question")
@@ -43,3 +43,15 @@ def methods() -> None:
             streams.setdefault(how, []).append(name)
         lines = [f"  {how}: {', '.join(names)}" for how, names in sorted(streams.items(), key=lambda p: p[0][:2] == "no")]
         output_console().print("\n".join(["--stream (docs/STREAMING.md):", *lines]), highlight=False)
+
+
+def _shown(value: object) -> str:
+    """A default as the table shows it: a number to 4 significant digits (nuwa's llm_keep 1/7 read
+    0.14285714285714285), anything else as it is."""
+    try:
+        number = float(value) if isinstance(value, (str, float)) else None
+    except ValueError:
+        number = None
+    if number is None or isinstance(value, bool) or len(str(value)) <= 8:
+        return str(value)
+    return f"{number:.4g}"
