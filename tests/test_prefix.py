@@ -112,7 +112,8 @@ def test_a_question_reading_method_compresses_per_question_and_prefills_in_full(
     monkeypatch.setattr(qa, "build_method", lambda config: ReadsTheQuestion(keep=1.0))
     seen = []
     original = qa.compress
-    monkeypatch.setattr(qa, "compress", lambda p, m, q=None, tokens=None: seen.append(q) or original(p, m, q, tokens))
+    monkeypatch.setattr(qa, "compress", lambda p, m, q=None, tokens=None, at_most=False: seen.append(q)
+                        or original(p, m, q, tokens, at_most))
     results = qa.ask_many(sample_video, QUESTIONS[:2], FAST)
     assert seen == QUESTIONS[:2]
     assert [r.report.cache["prefix"] for r in results] == ["off", "off"]

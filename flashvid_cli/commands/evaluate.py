@@ -61,7 +61,7 @@ def evaluate(
     """Multiple-choice accuracy of each method at each keep ratio; every video is encoded once.
 
     Exit code 0 when every question was scored in every row, 3 when some could not be (the table and files are
-    written without them; --json has their errors), 1 when the run could not work."""
+    written without them, their errors in the JSON file), 1 when the run could not work."""
     with user_errors():
         from ..api import AskConfig, VideoQA
         from ..evaluate import DEFAULT_KEEPS, EvalConfig, plot_eval, read_dataset, run_eval
