@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import AskConfig, ConfigError
+from .pipelines.errors import PromptTooLongError
 from .results import AskResult, CompressedVideo, PreparedVideo, Report, Timings, TokenCounts, VideoPrefix
 from .video_stages import VideoStages, _needs_question
 
@@ -280,10 +281,16 @@ class VideoQA(VideoStages):
         questions = list(questions)
         if not questions:
             raise ConfigError("no question to ask")
-        if any(not q.strip() for q in questions):
-            raise ConfigError("the question is empty")
-        for question in questions:  # a question too long on its own is refused before any video work
-            self.pipeline.check_question_length(question, config.max_new_tokens)
+        def named(i: int) -> str:  # which question an error is about, when there are several
+            return f"question {i + 1} of {len(questions)}" if len(questions) > 1 else "the question"
+
+        if (empty := next((i for i, q in enumerate(questions) if not q.strip()), None)) is not None:
+            raise ConfigError(f"{named(empty)} is empty")
+        for i, question in enumerate(questions):  # a question too long on its own is refused before any video work
+            try:
+                self.pipeline.check_question_length(question, config.max_new_tokens)
+            except PromptTooLongError as exc:
+                raise PromptTooLongError(f"{named(i)}: {exc}" if len(questions) > 1 else str(exc)) from None
         method = self.build_method(config)
         self.text_after_video_rule(config.text_after_video)
         if config.stream:  # a chunk of frames at a time, only compressed tokens kept (docs/STREAMING.md)

@@ -258,8 +258,9 @@ class Pipeline:
             lower = "lower --keep or --frames (or --max-frames)"
         else:
             lower = "shorten the question" + (" or lower --max-new-tokens" if n_tokens - visual < limit else "")
+        what = f"({visual:,} of them video)" if visual else "without the video"  # before any video work
         raise PromptTooLongError(
-            f"the prompt is {n_tokens:,} tokens ({visual:,} of them video){generated}, past the {limit:,}-token "
+            f"the prompt is {n_tokens:,} tokens {what}{generated}, past the {limit:,}-token "
             f"context of {self.name!r}; {lower}"
         )
 

@@ -271,7 +271,7 @@ def test_prompt_past_the_context_is_refused_before_prefill(short_context, sample
     long_question = "word " * 100
     line = one_error_line(vidq("ask", str(sample_video), long_question, "--model", str(short_context),
                                "--method", "pool", "--keep", "0.1", "--frames", "1", "--max-new-tokens", "4"))
-    assert "shorten the question" in line and "(0 of them video)" in line, line  # refused before decoding
+    assert "shorten the question" in line and "tokens without the video" in line, line  # refused before decoding
     # The same model answers when the prompt fits.
     ok = vidq("ask", str(sample_video), QUESTION, "--model", str(short_context), "--method", "pool", "--keep", "0.25",
               "--frames", "2", "--max-new-tokens", "2")
@@ -449,3 +449,11 @@ def test_a_file_that_is_no_video_is_refused_before_the_model_loads(no_model_load
 def test_a_device_is_not_a_video_file(no_model_load):
     line = one_error_line(vidq("ask", "/dev/zero", "Q?", "--model", "unused"))
     assert "is not a regular file" in line and no_model_load == []
+
+
+def test_with_several_questions_an_error_says_which(tiny_models, sample_video):
+    common = ["--model", str(tiny_models["llava_onevision"]), *FAST]
+    empty = one_error_line(vidq("ask", str(sample_video), "What happens?", "  ", *common))
+    assert "question 2 of 2 is empty" in empty, empty
+    long = one_error_line(vidq("ask", str(sample_video), "What happens?", "word " * 5000, "And then?", *common))
+    assert "error: question 2 of 3: the prompt is" in long and "without the video" in long, long

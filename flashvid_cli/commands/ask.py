@@ -82,8 +82,8 @@ def ask(
             seek=seek, text_after_video=text_after_video, stream=stream,
         )
         check_video_file(video, probe=True)  # everything that needs no model, before loading it
-        for question in asked:
-            check_question(question)
+        for i, question in enumerate(asked):
+            check_question(question, f"question {i + 1} of {len(asked)}" if len(asked) > 1 else "the question")
         check_ask(config, device=device, dtype=dtype, model=model)
         if stream:
             from ..streaming import check_streamable
