@@ -253,7 +253,8 @@ class Pipeline:
             return
         generated = f" and {new_tokens:,} more to generate" if new_tokens else ""
         if n_tokens <= limit:  # only the answer overflows
-            lower = f"lower --max-new-tokens to {limit - n_tokens:,} or fewer, or lower --keep or --frames"
+            lower = f"lower --max-new-tokens to {limit - n_tokens:,} or fewer" + (
+                ", or lower --keep or --frames" if visual else " (and leave room for the video)")
         elif n_tokens - visual + new_tokens < limit:  # fewer visual tokens fix it
             lower = "lower --keep or --frames (or --max-frames)"
         else:

@@ -79,3 +79,19 @@ def test_geometry_the_family_refuses_is_refused_before_ray(no_ray, no_model_load
         assert "(2048x8, downscaled at decode)" in record["error"], record["error"]
         assert "aspect ratio must be below 200, got 240.0" in record["error"], record["error"]
     assert no_ray == [] and no_model_load == []
+
+
+def test_a_question_too_long_for_every_video_is_one_line_before_any_decode(tiny_models, sample_video, tmp_path,
+                                                                             monkeypatch):
+    """It cost every video its decode and encode, then wrote the same error line for each."""
+    from flashvid_cli.annotate import runner
+
+    decoded = []
+    monkeypatch.setattr(runner, "timed_decode", lambda *a, **k: decoded.append(a) or pytest.fail("decoded"))
+    out = tmp_path / "a.jsonl"
+    result = vidq("annotate", str(sample_video), "-q", "word " * 5000, "-q", QUESTION, "--out", str(out),
+                  "--model", str(tiny_models["llava_onevision"]), "--quiet", "--max-new-tokens", "2")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1, result.output
+    assert "question 'word word" in lines[0] and "shorten the question" in lines[0], lines[0]
+    assert decoded == [] and (not out.exists() or out.read_text() == "")

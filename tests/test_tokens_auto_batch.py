@@ -84,7 +84,7 @@ def test_annotate_tokens_auto_a_video_too_long_even_at_one_token_a_frame_is_its_
     out = tmp_path / "out.jsonl"
     result = CliRunner().invoke(app, [
         "annotate", str(sample_video), "-q", "q?", "--out", str(out), "--model", str(DEMO), "--device", "cpu",
-        "--no-cache", "--method", "divprune", "--tokens", "auto", "--frames", "40", "--max-new-tokens", "2040",
+        "--no-cache", "--method", "divprune", "--tokens", "auto", "--frames", "40", "--max-new-tokens", "2000",
         "--quiet"])
     assert result.exit_code == 3, result.output  # completed, with an error line
     [record] = _lines(out)

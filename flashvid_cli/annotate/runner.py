@@ -63,6 +63,20 @@ def validate(config: AnnotateConfig, questions: list[str]) -> None:
     build(config.ask.method, config.ask.keep, options=config.ask.options)
 
 
+def check_questions(qa: VideoQA, todo: Todo, new_tokens: int) -> None:
+    """A question whose prompt without the video, with ``new_tokens`` to generate, passes the model's context is
+    too long for every video: PromptTooLongError naming it, once, before any video decodes (it was each video's
+    error lines, after its decode and encode)."""
+    from ..pipelines.errors import PromptTooLongError
+
+    for question in dict.fromkeys(q for _, questions in todo for q in questions):
+        try:
+            qa.pipeline.check_question_length(question, new_tokens)
+        except PromptTooLongError as exc:
+            shown = question if len(question) <= 40 else question[:39] + "…"
+            raise PromptTooLongError(f"question {shown!r}: {exc}") from None
+
+
 class LocalEngine:
     """This process: one model, videos decoded ``prefetch`` ahead in threads (:class:`~.engine.Engine`)."""
 
@@ -73,6 +87,7 @@ class LocalEngine:
         """Load the model once; decode up to ``prefetch`` videos ahead in threads (each waits on its worker
         process)."""
         qa = VideoQA(config.model, device=config.device, dtype=config.dtype, cache=config.open_cache())
+        check_questions(qa, todo, config.ask.max_new_tokens)  # the same for every video: refused once, before any
         options = config.options()
         with ThreadPoolExecutor(max_workers=max(1, config.prefetch), thread_name_prefix="vidq-decode") as pool:
             pending: dict[int, Future] = {}
