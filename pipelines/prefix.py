@@ -18,7 +18,6 @@ match a fresh prefill within a tolerance (tests/test_prefix.py states it), not b
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +25,7 @@ import torch
 from torch import Tensor
 
 from .generation import GenerationOptions
-from .prompt import chat_prompt
+from .prompt import chat_prompt, text_ids
 
 if TYPE_CHECKING:
     from .base import Pipeline
@@ -74,7 +73,7 @@ def conversation_ids(pipe: Pipeline, turns: Sequence[tuple[str, Sequence[int]]],
     answer where it was put.
     """
     tok = pipe.tokenizer
-    asked_all = [asked for asked, _ in turns] + [question]
+    said = {_QUESTION.format(i): asked for i, asked in enumerate([*(q for q, _ in turns), question])}  # as text
     messages: list[dict[str, Any]] = []
     for i, _ in enumerate(turns):  # questions go in as stand-ins: their text is tokenized as text, never control
         messages.append(_user(_QUESTION.format(i), video=i == 0))
@@ -91,25 +90,12 @@ def conversation_ids(pipe: Pipeline, turns: Sequence[tuple[str, Sequence[int]]],
         piece, sep, text = text.partition(_ANSWER.format(i))
         if not sep:
             raise ValueError(f"the chat template of {pipe.name!r} does not render an assistant answer")
-        ids += _text_ids(tok, piece, asked_all)
+        ids += text_ids(tok, piece, said)
         answer = list(answer)
         while answer and answer[-1] in stop:
             answer.pop()
         ids += answer
-    return ids + _text_ids(tok, text, asked_all)
-
-
-def _text_ids(tok: Any, text: str, questions: Sequence[str]) -> list[int]:
-    """Ids of rendered template text: its own parts with special tokens parsed, each question's stand-in replaced by
-    the question tokenized as text (``split_special_tokens``: ``<video>`` or ``<|im_end|>`` typed into a question
-    stay characters and cannot forge a placeholder or a turn), as :func:`~.prompt.prompt_ids` does."""
-    ids: list[int] = []
-    for part in re.split(f"({_QUESTION.format(r'[0-9]+')})", text):
-        if (found := re.fullmatch(_QUESTION.format("([0-9]+)"), part)) is not None:
-            ids += tok(questions[int(found.group(1))], add_special_tokens=False, split_special_tokens=True)["input_ids"]
-        elif part:
-            ids += tok(part, add_special_tokens=False)["input_ids"]
-    return ids
+    return ids + text_ids(tok, text, said)
 
 
 def _user(question: str, video: bool) -> dict[str, Any]:

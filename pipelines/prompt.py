@@ -93,14 +93,22 @@ def slotted_prompt(tokenizer: Any, chat_template: str | None, video_token: str, 
 
 
 def slot_ids(tokenizer: Any, text: str, question: str) -> list[int]:
-    """Token ids of a piece of :func:`slotted_prompt`'s text with no video placeholder: the template's own parts with
-    special tokens parsed (``<|im_start|>``...), the question and the system prompt in place of their stand-ins as
-    text, never control (``split_special_tokens=True``: ``<video>`` typed into a question stays characters)."""
+    """Token ids of a piece of :func:`slotted_prompt`'s text with no video placeholder: the question and the system
+    prompt in place of their stand-ins, as :func:`text_ids` tokenizes them."""
+    system = _SYSTEM.get()
+    return text_ids(tokenizer, text, {_QUESTION_SLOT: question, **({} if system is None else {_SYSTEM_SLOT: system})})
+
+
+def text_ids(tokenizer: Any, text: str, said: dict[str, str]) -> list[int]:
+    """Token ids of rendered template ``text`` in which each key of ``said`` (a stand-in no template or tokenizer
+    treats specially) stands for its value: the template's own parts with special tokens parsed
+    (``<|im_start|>``...), each value as text, never control (``split_special_tokens=True``: ``<video>`` or
+    ``<|im_end|>`` typed into a question stay characters and cannot forge a placeholder or a turn)."""
     ids: list[int] = []
-    for part in re.split(f"({_QUESTION_SLOT}|{_SYSTEM_SLOT})", text):
-        if part in (_QUESTION_SLOT, _SYSTEM_SLOT):
-            said = question if part == _QUESTION_SLOT else _SYSTEM.get()
-            ids += tokenizer(said, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    stand_ins = "|".join(re.escape(k) for k in sorted(said, key=len, reverse=True))
+    for part in re.split(f"({stand_ins})", text) if said else [text]:
+        if part in said:
+            ids += tokenizer(said[part], add_special_tokens=False, split_special_tokens=True)["input_ids"]
         elif part:
             ids += tokenizer(part, add_special_tokens=False)["input_ids"]
     return ids
