@@ -67,3 +67,25 @@ def sample_video() -> Path:
     path = REPO / "samples" / "sample.mp4"
     assert path.is_file(), "samples/sample.mp4 is missing: run python samples/make_sample_video.py"
     return path
+
+
+# A chat template that puts the question before the video (the demo model's until it was retrained video first):
+# no question can then reuse the video's prefill, which the reports and eval must say.
+QUESTION_FIRST_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + ' '}}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ '\\n' + content['text'] }}"
+    "{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}{{ '\\n<video>' }}{% endfor %}"
+    "{{'<|im_end|>\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def question_first_demo(tmp_path_factory) -> Path:
+    """A copy of the demo checkpoint whose chat template asks before the video."""
+    import shutil
+
+    out = tmp_path_factory.mktemp("question-first") / "demo"
+    shutil.copytree(REPO / "samples" / "vidq-demo-llava-ov", out)
+    (out / "chat_template.jinja").write_text(QUESTION_FIRST_TEMPLATE)
+    return out

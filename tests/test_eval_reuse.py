@@ -94,11 +94,9 @@ def test_run_eval_says_what_each_prediction_reused(tiny_models, sample_video, tm
                       "fastv": ["off", "off"]}  # its in-LLM stage: full forwards
 
 
-def test_a_template_that_asks_first_says_off_as_ask_does(sample_video, tmp_path):
-    """The demo model's template puts the question before the video: no question can reuse the video's prefill,
-    so eval says "off" (it said "miss" for every question), as ask's report does; its options still share a cache."""
-    from pathlib import Path
-
+def test_a_template_that_asks_first_says_off_as_ask_does(sample_video, tmp_path, question_first_demo):
+    """On a template that puts the question before the video no question can reuse the video's prefill, so eval
+    says "off" (it said "miss" for every question), as ask's report does; its options still share a cache."""
     from flashvid_cli.api import VideoQA
     from flashvid_cli.evaluate import read_dataset
 
@@ -106,7 +104,6 @@ def test_a_template_that_asks_first_says_off_as_ask_does(sample_video, tmp_path)
     data.write_text("".join(json.dumps({"video": str(sample_video), "question": q.question,
                                         "options": list(q.options), "answer": q.answer}) + "\n"
                             for q in QUESTIONS))
-    demo = Path(__file__).resolve().parents[1] / "samples" / "vidq-demo-llava-ov"
-    qa = VideoQA(str(demo), device="cpu")
+    qa = VideoQA(str(question_first_demo), device="cpu")
     result = run_eval(qa, read_dataset(data), EvalConfig(methods=("pool",), keeps=(0.5,), ask=FAST))
     assert [p.cache["prefix"] for p in result.predictions] == ["off", "off"]

@@ -247,14 +247,12 @@ def test_scoring_logits_are_those_generate_decodes_with(qas, sample_video, famil
     assert float((plain[1:] - scored[1:]).abs().max()) > 100 * ATOL  # the full cache scores otherwise
 
 
-def test_chat_follow_up_on_a_template_that_asks_before_the_video(sample_video):
-    """The demo checkpoint's template puts the question before the video, so a follow-up's question is found by its
-    own tokens, not by the first turn's layout (it was once looked for inside the cached prefix)."""
-    from pathlib import Path
-
+def test_chat_follow_up_on_a_template_that_asks_before_the_video(sample_video, question_first_demo):
+    """On a template that puts the question before the video, a follow-up's question is found by its own tokens,
+    not by the first turn's layout (it was once looked for inside the cached prefix)."""
     from flashvid_cli.api import VideoQA
 
-    qa = VideoQA(str(Path(__file__).resolve().parents[1] / "samples" / "vidq-demo-llava-ov"), device="cpu")
+    qa = VideoQA(str(question_first_demo), device="cpu")
     talk = Chat(qa, sample_video, AskConfig(method="sparsevila", keep=0.5, frames=4, max_new_tokens=3), logits=True)
     talk.ask(QUESTION)
     follow = "And its colour?"

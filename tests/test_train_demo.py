@@ -1,5 +1,6 @@
-"""The demo model's training targets (samples/train_demo_model.py): what the auxiliary losses teach is true of
-the clip, and the running answer after the last frame is the question's answer. Nothing here trains."""
+"""The demo model's training data (samples/train_demo_model.py): each sequence is the prompt vidq builds, what the
+auxiliary losses teach is true of the clip, and the state after the last frame answers its questions. Nothing here
+trains."""
 
 from __future__ import annotations
 
@@ -19,39 +20,88 @@ def clips() -> list[synthetic.Clip]:
     return [synthetic.random_clip(rng) for _ in range(120)]
 
 
-def test_running_answer_after_the_last_frame_is_the_answer(clips):
+def test_frame_state_after_the_last_frame_answers_the_questions_that_name_no_shape(clips):
     rng = np.random.default_rng(12)
     asked = 0
     for clip in clips:
+        state = train.frame_state(clip)
+        assert state.shape == (synthetic.FRAMES, len(train.STATE))
+        counts = state[:, 0]
+        assert (np.diff(counts) >= 0).all() and counts[0] >= 0  # shapes only ever add up
         for qa in synthetic.questions(clip, rng, every=True):
-            targets = train.frame_targets(clip, qa)
-            assert targets.shape == (synthetic.FRAMES,)
-            assert train.ANSWERS[targets[-1]] == qa.answer_text, (qa, clip)
-            known = targets[targets >= 0]
-            if qa.type == "direction":  # fixed once known
-                assert (known == known[-1]).all()
-            asked += 1
-    assert asked > 400
+            if qa.type == "how_many":
+                assert synthetic.COUNTS[counts[-1]] == qa.answer_text
+                asked += 1
+            elif qa.type == "appears_last":
+                assert synthetic.SHAPES[state[-1, 1]] == qa.answer_text
+                asked += 1
+    assert asked > 150
 
 
-def test_running_answer_follows_the_clip():
+def test_frame_state_follows_the_clip():
     square = synthetic.Shape("square", "red", "blue", change_at=6, appear=0, vanish=synthetic.FRAMES,
                              direction="right", start=(14.0, 14.0), end=(46.0, 14.0))
     cross = synthetic.Shape("cross", "green", "green", change_at=synthetic.FRAMES, appear=4, vanish=synthetic.FRAMES,
                             direction="down", start=(46.0, 22.0), end=(46.0, 50.0))
-    clip = synthetic.Clip((square, cross))
-    names = lambda qa: [train.ANSWERS[i] if i >= 0 else None for i in train.frame_targets(clip, qa)]  # noqa: E731
-    qa = lambda kind, question, options: synthetic.QA(kind, question, options, 0)  # noqa: E731
-    count = names(qa("how_many", "How many shapes appear in the video?", synthetic.COUNTS))
-    assert count[:4] == ["one"] * 4 and count[4:] == ["two"] * 12
-    last = names(qa("appears_last", "Which shape appears last?", synthetic.SHAPES))
-    assert last[:4] == [None] * 4 and last[4:] == ["cross"] * 12
-    colour = names(qa("colour_at_end", "What colour is the square at the end?", tuple(synthetic.COLOURS)))
-    assert colour[:6] == ["red"] * 6 and colour[6:] == ["blue"] * 10
-    way = names(qa("direction", "Which way does the cross move?", synthetic.DIRECTIONS))
-    assert way[:6] == [None] * 6 and way[6:] == ["down"] * 10
-    where = names(qa("where_at_end", "Where is the square at the end?", synthetic.QUADRANTS))
-    assert where[0] == "top left" and where[-1] == "top right" and None in where  # unlabelled near the midline
+    circle = synthetic.Shape("circle", "white", "white", change_at=synthetic.FRAMES, appear=0, vanish=10,
+                             direction="up", start=(14.0, 50.0), end=(14.0, 30.0))
+    state = train.frame_state(synthetic.Clip((square, cross, circle)))
+    assert [synthetic.COUNTS[i] for i in state[:, 0]] == ["two"] * 4 + ["three"] * 12  # a vanished one still counts
+    assert list(state[:4, 1]) == [-100] * 4  # square and circle tie until the cross appears
+    assert [synthetic.SHAPES[i] for i in state[4:, 1]] == ["cross"] * 12
+
+
+def test_conversation_is_the_chat_prompt_with_true_answers():
+    """Every training sequence is the prompt vidq builds: the first turn is ask's prompt, each later turn the
+    template's rendering of the whole conversation (the video placeholder repeated), and the labels are exactly
+    each answer and its end token; the queries are the positions that predict the answer tokens."""
+    tokenizer = train.build_tokenizer(train.LLAVA_SPECIAL, vocab_size=512, corpus=train.corpus())
+    batcher = train.Batcher(tokenizer, 9)
+    rng = np.random.default_rng(21)
+    clip = next(c for c in (synthetic.random_clip(rng) for _ in range(50)) if len(c.shapes) >= 3)
+    qas = synthetic.questions(clip, rng)[:3]
+    ids, labels, queries = batcher.conversation(qas[:1])
+    assert ids == batcher.first_prompt(qas[0].question) + batcher.ids(qas[0].answer_text) + [batcher.end_id]
+    ids, labels, queries = batcher.conversation(qas)
+    messages = []
+    for i, qa in enumerate(qas):
+        content = [{"type": "video"}] if i == 0 else []
+        messages.append({"role": "user", "content": [*content, {"type": "text", "text": qa.question}]})
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": qa.answer_text}]})
+    text = tokenizer.apply_chat_template(messages, chat_template=train.DEMO_CHAT_TEMPLATE, tokenize=False)
+    assert tokenizer.decode(ids) == text.replace("<video>", "<video>" * 9).removesuffix("\n")
+    assert text.index("<video>") < text.index(qas[0].question)  # the video comes first
+    answered = [i for i, label in enumerate(labels) if label != -100]
+    wanted = []
+    for qa, where in zip(qas, queries):
+        answer = batcher.ids(qa.answer_text)
+        assert [ids[q + 1] for q in where] == answer
+        wanted += [*(q + 1 for q in where), where[-1] + 2]
+        assert ids[where[-1] + 2] == batcher.end_id
+    assert answered == wanted and all(labels[i] == ids[i] for i in answered)
+
+
+def test_look_targets_are_the_named_shape_in_its_last_and_first_kept_frame(clips):
+    rng = np.random.default_rng(22)
+    checked = 0
+    for clip in clips[:40]:
+        cells = train.cell_targets(clip)
+        for qa in synthetic.questions(clip, rng, every=True):
+            flags = train.named_cells(clip, qa, cells)
+            for kept in (np.arange(synthetic.FRAMES * TOKENS_PER_FRAME),
+                         np.sort(rng.choice(synthetic.FRAMES * TOKENS_PER_FRAME, 40, replace=False))):
+                last, first = train.look_targets(flags, kept, TOKENS_PER_FRAME)
+                if qa.type in ("how_many", "appears_last"):
+                    assert len(last) == len(first) == 0
+                    continue
+                on = kept[flags[kept] == 1]
+                if not len(on):
+                    assert len(last) == len(first) == 0
+                    continue
+                assert set(kept[last]) == set(on[on // TOKENS_PER_FRAME == on.max() // TOKENS_PER_FRAME])
+                assert set(kept[first]) == set(on[on // TOKENS_PER_FRAME == on.min() // TOKENS_PER_FRAME])
+                checked += 1
+    assert checked > 100
 
 
 def test_cell_targets_name_the_shape_that_covers_the_cell_with_its_colour_and_place(clips):
