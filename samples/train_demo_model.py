@@ -592,9 +592,8 @@ MODEL_CARD = """\
 
 **What it is.** A {parameters:,}-parameter `LlavaOnevisionForConditionalGeneration` (the real transformers class:
 SigLIP vision tower 3 layers x 128 at 64x64 px with 8 px patches, 2-layer projector, Qwen2 language model 4 layers
-x 128, its own byte-level BPE tokenizer, and a chat template that puts the video first, as
-LLaVA-OneVision's does) trained from
-scratch by the vidq project. It is a **demo model for synthetic videos only**: 16-frame 64x64 clips of coloured
+x 128, its own byte-level BPE tokenizer, and a chat template that puts the video first, as LLaVA-OneVision's
+does) trained from scratch by the vidq project. It is a **demo model for synthetic videos only**: 16-frame 64x64 clips of coloured
 shapes from `flashvid_cli/synthetic.py`. It knows five questions and answers each with one word or two:
 
 - How many shapes appear in the video? (one, two, three, four)
@@ -625,7 +624,8 @@ saw what inference sees.
 
 **How good it is.** On the balanced validation set (seed {val_seed}, {val_count} questions, one clip each; an
 option's score is the summed log-probability of its tokens): accuracy {val_accuracy:.1%} (chance 25%). Per
-question type: {val_per_type}. Asked as the second question of a conversation (after another question about the
+question type: {val_per_type}.
+Asked as the second question of a conversation (after another question about the
 same clip and its true answer): {val_second_turn:.1%}. `training.json` holds the full log. The accuracy of every
 compression method and keep ratio on a held-out test set is in vidq's `docs/ACCURACY.md`.
 """
