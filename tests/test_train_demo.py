@@ -81,26 +81,31 @@ def test_conversation_is_the_chat_prompt_with_true_answers():
     assert answered == wanted and all(labels[i] == ids[i] for i in answered)
 
 
+def flagged_questions(clips, rng):
+    """Every question of each clip, with the clip's cell targets and the question's named cells."""
+    for clip in clips:
+        targets = train.cell_targets(clip)
+        for qa in synthetic.questions(clip, rng, every=True):
+            yield clip, qa, targets, train.named_cells(clip, qa, targets)
+
+
 def test_look_targets_are_the_named_shape_in_its_last_and_first_kept_frame(clips):
     rng = np.random.default_rng(22)
     checked = 0
-    for clip in clips[:40]:
-        cells = train.cell_targets(clip)
-        for qa in synthetic.questions(clip, rng, every=True):
-            flags = train.named_cells(clip, qa, cells)
-            for kept in (np.arange(synthetic.FRAMES * TOKENS_PER_FRAME),
-                         np.sort(rng.choice(synthetic.FRAMES * TOKENS_PER_FRAME, 40, replace=False))):
-                last, first = train.look_targets(flags, kept, TOKENS_PER_FRAME)
-                if qa.type in ("how_many", "appears_last"):
-                    assert len(last) == len(first) == 0
-                    continue
-                on = kept[flags[kept] == 1]
-                if not len(on):
-                    assert len(last) == len(first) == 0
-                    continue
-                assert set(kept[last]) == set(on[on // TOKENS_PER_FRAME == on.max() // TOKENS_PER_FRAME])
-                assert set(kept[first]) == set(on[on // TOKENS_PER_FRAME == on.min() // TOKENS_PER_FRAME])
-                checked += 1
+    for _, qa, _, flags in flagged_questions(clips[:40], rng):
+        for kept in (np.arange(synthetic.FRAMES * TOKENS_PER_FRAME),
+                     np.sort(rng.choice(synthetic.FRAMES * TOKENS_PER_FRAME, 40, replace=False))):
+            last, first = train.look_targets(flags, kept, TOKENS_PER_FRAME)
+            if qa.type in ("how_many", "appears_last"):
+                assert len(last) == len(first) == 0
+                continue
+            on = kept[flags[kept] == 1]
+            if not len(on):
+                assert len(last) == len(first) == 0
+                continue
+            assert set(kept[last]) == set(on[on // TOKENS_PER_FRAME == on.max() // TOKENS_PER_FRAME])
+            assert set(kept[first]) == set(on[on // TOKENS_PER_FRAME == on.min() // TOKENS_PER_FRAME])
+            checked += 1
     assert checked > 100
 
 
@@ -131,22 +136,19 @@ def test_cell_targets_name_the_shape_that_covers_the_cell_with_its_colour_and_pl
 def test_named_cells_mark_the_tokens_of_the_shape_the_question_names(clips):
     rng = np.random.default_rng(14)
     named = 0
-    for clip in clips[:40]:
-        targets = train.cell_targets(clip)
-        for qa in synthetic.questions(clip, rng, every=True):
-            flags = train.named_cells(clip, qa, targets)
-            assert flags.shape == (synthetic.FRAMES * TOKENS_PER_FRAME,)
-            if qa.type in ("how_many", "appears_last"):  # names no shape: ignored
-                assert (flags == -1).all()
-                continue
-            s = train.named_shape(clip, qa)
-            assert s.shape in qa.question
-            on = flags.reshape(synthetic.FRAMES, TOKENS_PER_FRAME) == 1
-            assert set(np.unique(flags)) <= {0.0, 1.0}
-            assert all(on[f].any() == (targets[f, :, 0] == 1 + synthetic.SHAPES.index(s.shape)).any()
-                       for f in range(synthetic.FRAMES))
-            assert not on[[f for f in range(synthetic.FRAMES) if not s.visible(f)]].any()
-            named += 1
+    for clip, qa, targets, flags in flagged_questions(clips[:40], rng):
+        assert flags.shape == (synthetic.FRAMES * TOKENS_PER_FRAME,)
+        if qa.type in ("how_many", "appears_last"):  # names no shape: ignored
+            assert (flags == -1).all()
+            continue
+        s = train.named_shape(clip, qa)
+        assert s.shape in qa.question
+        on = flags.reshape(synthetic.FRAMES, TOKENS_PER_FRAME) == 1
+        assert set(np.unique(flags)) <= {0.0, 1.0}
+        assert all(on[f].any() == (targets[f, :, 0] == 1 + synthetic.SHAPES.index(s.shape)).any()
+                   for f in range(synthetic.FRAMES))
+        assert not on[[f for f in range(synthetic.FRAMES) if not s.visible(f)]].any()
+        named += 1
     assert named > 60
 
 
@@ -165,3 +167,20 @@ def test_kept_tokens_and_frame_ends():
             for f, end in enumerate(ends):
                 in_frame = np.flatnonzero(k // TOKENS_PER_FRAME == f)
                 assert end == (in_frame[-1] if len(in_frame) else -1)
+
+
+def test_what_the_word_should_carry_answers_its_questions(clips):
+    rng = np.random.default_rng(23)
+    checked = 0
+    for clip, qa, _, _ in flagged_questions(clips, rng):
+        if qa.type not in ("direction", "colour_at_end", "where_at_end"):
+            continue
+        colour, quadrant, direction = train.word_targets(train.named_shape(clip, qa))
+        if qa.type == "direction":
+            assert synthetic.DIRECTIONS[direction] == qa.answer_text
+        elif qa.type == "colour_at_end":
+            assert list(synthetic.COLOURS)[colour] == qa.answer_text
+        else:  # end positions keep away from the midlines, so the quadrant is always labelled
+            assert synthetic.QUADRANTS[quadrant] == qa.answer_text
+        checked += 1
+    assert checked > 200
