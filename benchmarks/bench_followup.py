@@ -6,8 +6,8 @@
    Target: <= 10%.
 2. annotate: ``annotate`` of 10 videos x 5 questions against the same 10 videos x 1 question with the demo model
    (samples/vidq-demo-llava-ov, clips in samples/demo/), wall time of the library call, model load included.
-   Target: <= 1.5x. (The demo model's template puts the question before the video, so only the decode, encode and
-   compression are shared there; the prefill is paid per question.)
+   Target: <= 1.5x. (The demo model's template puts the video first, so a video's questions share its decode,
+   encode, compression and prefill: each report's ``cache.prefix`` is "miss" for the first question, "hit" after.)
 3. second ask: a second ``ask`` of the same video and options against the first, time from the start of ``ask``
    to the first token (model load excluded), with the encoded-video cache (a fresh cache directory per repeat for
    the first). Target: <= 20%.
