@@ -435,6 +435,19 @@ def test_help_keeps_brackets_and_usage_lines_name_arguments():
     assert "vidq ask [OPTIONS] VIDEO [QUESTIONS...]" in usage
 
 
+def test_help_paragraphs_wrap_to_the_terminal_not_to_the_docstring():
+    """typer's rich help keeps a line break inside any paragraph after the first ("so a follow-up" alone on a line
+    of `vidq chat --help`): every command's help reaches typer with one line per paragraph."""
+    from typer.main import get_command
+
+    commands = list(get_command(app).commands.values())
+    commands += [sub for c in commands for sub in getattr(c, "commands", {}).values()]
+    assert len(commands) >= 9
+    for command in commands:
+        if command.help:
+            assert "\n" not in command.help.replace("\n\n", ""), command.name
+
+
 @pytest.mark.parametrize("command", ["ask", "chat"])
 @pytest.mark.parametrize("content, what", [(b"hello, this is a shopping list\n" * 40, "a text file, not a video"),
                                            (bytes(range(256))[::-1] * 64, "not a video")], ids=["text", "bytes"])

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import errno
+import inspect
 import os
 import sys
 from collections.abc import Iterator
@@ -131,8 +132,16 @@ class Command(TyperCommand):
     flag (``--json`` of ask takes nothing; bench's ``--json FILE`` takes a file).
 
     typer 0.29 writes required arguments as ``{video}`` in usage lines, which reads as a template left unfilled.
-    Every command passes ``cls=Command``; a test checks every registered command's usage line.
+    Every command passes ``cls=Command``; a test checks every registered command's usage line. The help text's
+    paragraphs are joined into one line each: typer's rich help keeps the docstring's own line breaks after the
+    first paragraph, so they broke mid-sentence at every terminal width.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.help:
+            paragraphs = inspect.cleandoc(self.help).split("\n\n")
+            self.help = "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
 
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []
