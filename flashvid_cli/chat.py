@@ -126,6 +126,9 @@ class Chat:
             stream.end()
         self.turns.append((question, list(gen.token_ids)))
         notes = [f"turn {len(self.turns)}: {reused:,} of {gen.prompt_tokens:,} prompt tokens came from the KV cache"]
+        if not fresh:  # the stage rows are the video's, paid once; this turn paid its prompt and generation only
+            notes.append("decode, preprocess, vision encode and compress are the first turn's: the video was not "
+                         "decoded or encoded again")
         if compressed.question is not None and not fresh:
             notes.append(f"method {compressed.method.name!r} compressed the video for this conversation's first "
                          "question")

@@ -96,4 +96,5 @@ def test_chat_answers_follow_ups_from_the_kept_video(tmp_path, demo):
             reused, total = map(int, re.search(r"turn \d+: ([\d,]+) of ([\d,]+) prompt tokens",
                                                " ".join(result.report.notes)).groups())
             assert total - reused <= 20, result.report.notes  # the question and the template's few tokens
+            assert any("are the first turn's" in note for note in result.report.notes)  # the stage rows say whose
     assert later >= 12 and right / later >= 0.8, (right, later)
