@@ -141,9 +141,9 @@ class Batcher:
         self.end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.video_id = tokenizer.convert_tokens_to_ids("<video>")
         self.video_tokens = video_tokens
-        self.shape_ids = {shape: self.ids(f" {shape}") for shape in synthetic.SHAPES}  # a question's shape word
-        assert all(len(ids) == 1 for ids in self.shape_ids.values()), "a shape's name is not one token"
-        self.shape_ids = {shape: ids[0] for shape, ids in self.shape_ids.items()}
+        words = {shape: self.ids(f" {shape}") for shape in synthetic.SHAPES}  # a question's shape word
+        assert all(len(ids) == 1 for ids in words.values()), "a shape's name is not one token"
+        self.shape_ids = {shape: ids[0] for shape, ids in words.items()}
         image, video = llava_preprocessors(synthetic.SIZE)
         self.preprocess = PreprocessConfig.from_dict(video)
         # what conversation_ids reads of a pipeline
@@ -229,16 +229,15 @@ def cell_targets(clip: synthetic.Clip, frames: Sequence[int] = range(synthetic.F
     return targets
 
 
-def cell_loss(head: torch.nn.Linear, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """The summed cross-entropies of ``head``'s four predictions per token (``features`` [..., D], ``targets``
-    [..., 4] from :func:`cell_targets`)."""
-    logits = head(features).flatten(0, -2).split(list(TARGETS.values()), dim=-1)
+def probe_loss(head: torch.nn.Linear, features: torch.Tensor, targets: torch.Tensor, classes: dict[str, int]
+               ) -> torch.Tensor:
+    """The summed cross-entropies of ``head``'s predictions, one per entry of ``classes`` (its logits split by those
+    counts), against ``targets`` [..., len(classes)] (-100 ignored); ``features`` [..., D]. The auxiliary losses'
+    probes (TARGETS per visual token, STATE per frame, WORD per shape word) all read this way."""
+    logits = head(features).flatten(0, -2).split(list(classes.values()), dim=-1)
     wanted = targets.flatten(0, -2)
     return sum(torch.nn.functional.cross_entropy(part, wanted[:, i], ignore_index=-100)
                for i, part in enumerate(logits))
-
-
-ANSWERS = (*synthetic.COUNTS, *synthetic.SHAPES, *synthetic.DIRECTIONS, *synthetic.COLOURS, *synthetic.QUADRANTS)
 
 
 def named_shape_of(qa: synthetic.QA) -> str | None:
@@ -284,15 +283,6 @@ def frame_state(clip: synthetic.Clip) -> np.ndarray:
     return state
 
 
-def state_loss(head: torch.nn.Linear, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """The summed cross-entropies of ``head``'s predictions of :func:`frame_state` (``features`` [..., D],
-    ``targets`` [..., 2])."""
-    logits = head(features).flatten(0, -2).split(list(STATE.values()), dim=-1)
-    wanted = targets.flatten(0, -2)
-    return sum(torch.nn.functional.cross_entropy(part, wanted[:, i], ignore_index=-100)
-               for i, part in enumerate(logits))
-
-
 WORD = {"colour": len(synthetic.COLOURS), "quadrant": len(synthetic.QUADRANTS), "direction": len(synthetic.DIRECTIONS)}
 
 
@@ -309,14 +299,6 @@ def word_targets(shape: synthetic.Shape) -> np.ndarray:
     return np.array([list(synthetic.COLOURS).index(shape.colour_at(last)),
                      -100 if near else synthetic.QUADRANTS.index(synthetic.quadrant(x, y)),
                      synthetic.DIRECTIONS.index(shape.direction)], dtype=np.int64)
-
-
-def word_loss(head: torch.nn.Linear, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """The summed cross-entropies of ``head``'s predictions of :func:`word_targets` (``features`` [N, D], ``targets``
-    [N, 3])."""
-    logits = head(features).split(list(WORD.values()), dim=-1)
-    return sum(torch.nn.functional.cross_entropy(part, targets[:, i], ignore_index=-100)
-               for i, part in enumerate(logits))
 
 
 def look_targets(flags: np.ndarray, kept: np.ndarray, tokens_per_frame: int) -> tuple[np.ndarray, np.ndarray]:
@@ -386,7 +368,7 @@ def accuracy(model, batcher: Batcher, data, second_turn: bool = False, batch_siz
         chunk = jobs[start:start + batch_size]
         inputs = batcher.batch([data[i][0] for i, _, _ in chunk], [qas for _, _, qas in chunk])
         queries = inputs.pop("queries")
-        ids = inputs.pop("labels")
+        labels = inputs.pop("labels")  # the answer's ids where they are scored
         logp = torch.log_softmax(model(**inputs).logits.float(), dim=-1)
         for row, (i, k, qas) in enumerate(chunk):
             where = torch.tensor(list(queries[row][-1]))  # the positions that predict the scored answer's tokens
@@ -394,7 +376,7 @@ def accuracy(model, batcher: Batcher, data, second_turn: bool = False, batch_siz
                 firsts = [batcher.ids(o)[0] for o in qas[-1].options]
                 scored[i] = logp[row, where[0], firsts].tolist()
             else:
-                scored[i].append(float(logp[row, where, ids[row, where + 1]].sum()))
+                scored[i].append(float(logp[row, where, labels[row, where + 1]].sum()))
     model.train()
     hits: dict[str, list[bool]] = {}
     for (_, qa, _), scores in zip(data, scored):
@@ -438,7 +420,7 @@ def warm_up_vision(model, head: torch.nn.Linear, batcher: Batcher, rng: np.rando
         wanted = torch.from_numpy(np.concatenate(targets)).view(len(stacks), -1, len(TARGETS))
         for group in optim.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / 20)
-        loss = cell_loss(head, video_tokens(model, pixels)[:, :-1], wanted)
+        loss = probe_loss(head, video_tokens(model, pixels)[:, :-1], wanted, TARGETS)
         optim.zero_grad(set_to_none=True)
         loss.backward()
         optim.step()
@@ -500,7 +482,7 @@ def train(args: argparse.Namespace) -> dict:
         inputs = batcher.batch(clips, conversations, len(kept[0]) + 1)
         queries = inputs.pop("queries")
         video = video_tokens(model, inputs.pop("pixel_values_videos"))  # [B, FRAMES * cells + 1, D]
-        aux = cell_loss(aux_head, video[:, :-1], torch.from_numpy(np.stack(cells)).flatten(1, 2))
+        aux = probe_loss(aux_head, video[:, :-1], torch.from_numpy(np.stack(cells)).flatten(1, 2), TARGETS)
         video = torch.stack([torch.cat([v[torch.from_numpy(k)], v[-1:]]) for v, k in zip(video, kept)])
         out = model(**inputs, mm_encoder_outputs={"video": BaseModelOutputWithPooling(pooler_output=video)},
                     output_hidden_states=True, output_attentions=True)
@@ -513,7 +495,7 @@ def train(args: argparse.Namespace) -> dict:
         targets = torch.from_numpy(np.concatenate([targets, targets[:, -1:]], axis=1))
         hidden = out.hidden_states[args.state_layer][torch.arange(len(clips))[:, None],
                                                      first[:, None] + torch.from_numpy(ends)]  # [B, FRAMES + 1, D]
-        state = state_loss(state_head, hidden, targets)
+        state = probe_loss(state_head, hidden, targets, STATE)
         attention = out.attentions[args.look_layer]  # [B, heads, L, L]
         reading = out.attentions[args.look_layer + 1]  # the next layer: the answer reads the word
         looks, copies, words, word_wanted = [], [], [], []
@@ -532,8 +514,8 @@ def train(args: argparse.Namespace) -> dict:
                 word_wanted.append(word_targets(named_shape(clips_drawn[row], qa)))
         look = torch.stack(looks).mean() if looks else answer * 0
         copy = torch.stack(copies).mean() if copies else answer * 0
-        said = word_loss(word_head, torch.stack(words), torch.from_numpy(np.stack(word_wanted))) if words \
-            else answer * 0
+        said = probe_loss(word_head, torch.stack(words), torch.from_numpy(np.stack(word_wanted)), WORD) \
+            if words else answer * 0
         loss = (answer + args.aux_weight * aux + args.state_weight * state
                 + args.look_weight * (look + copy + said))
         optim.zero_grad(set_to_none=True)
