@@ -24,17 +24,15 @@ def pytest_sessionfinish(session, exitstatus):
 
 @pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config):
-    """End the test process with pytest's exit status once everything is reported, skipping interpreter
-    finalization, as the ``vidq`` entry point does (cli.main): one CI run on 2026-12-07 passed every test, printed its
-    summary, then died with SIGSEGV while native libraries (torch, Ray, the decoders) tore down their threads, and
-    the identical rerun exited 0. ``VIDQ_DEBUG=1`` keeps the normal finalization, to look into it."""
-    if os.environ.get("VIDQ_DEBUG") == "1" or not _EXIT_STATUS:
-        return
-    import sys
+    """End the test process with pytest's exit status once everything is reported, as the ``vidq`` entry point
+    ends (``cli.end_process``: threads joined, ``atexit`` handlers run, streams flushed, no finalization): one CI
+    run on 2026-12-07 passed every test, printed its summary, then died with SIGSEGV while native libraries tore
+    down, and the identical rerun exited 0. ``VIDQ_DEBUG=1`` keeps the normal finalization, to look into it."""
+    from flashvid_cli.cli import end_process
+    from flashvid_cli.commands.shell import DEBUG_VARIABLE
 
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(_EXIT_STATUS[-1])
+    if os.environ.get(DEBUG_VARIABLE, "") in {"", "0"} and _EXIT_STATUS:
+        end_process(_EXIT_STATUS[-1])
 
 
 @pytest.fixture(scope="session", autouse=True)
