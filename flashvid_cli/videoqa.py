@@ -208,6 +208,40 @@ class VideoQA(VideoStages):
                              notes=[reason] if reason else [])
         return AskResult(gen.text, report, list(gen.token_ids))
 
+    def answer_batch(self, prepared: PreparedVideo, questions: Sequence[str], config: AskConfig,
+                     prefix: VideoPrefix) -> list[AskResult]:
+        """Greedy answers to ``questions`` about ``prefix``'s compressed video from one batched generate() over the
+        video's cached prefill (:meth:`PromptCache.generate_batch`): answers equal one-at-a-time :meth:`answer`
+        calls' up to float rounding of the logits, for about the cost of one. The prefill must be in ``prefix``
+        already (answer one question first). Each report's prefill and generate are the batch's, and say so.
+        Raises ConfigError for an empty question and ValueError when the batch cannot run
+        (:meth:`PromptCache.batch_reason`); the caller then answers one at a time."""
+        from .pipelines.generation import GenerationOptions, synchronize
+        import torch
+
+        from .pipelines.prefix import video_end
+
+        if any(not q.strip() for q in questions):
+            raise ConfigError("a question is empty")
+        if prefix.store is None:
+            raise ValueError(prefix.reason or "no reusable prefill")
+        pipe, compressed = self.pipeline, prefix.compressed
+        options = GenerationOptions(config.max_new_tokens, config.temperature,
+                                    sparse=compressed.method.decode_sparsity())
+        rule = self.text_after_video_rule(config.text_after_video)
+        synchronize(pipe.device)
+        started = time.perf_counter()
+        with torch.inference_mode():
+            prompts = [pipe.inputs(prepared.encoded, compressed.compressed, q, text_after_video=rule)
+                       for q in questions]
+            synchronize(pipe.device)
+            prompt_s = (time.perf_counter() - started) / len(questions)
+            gens = prefix.store.generate_batch(prompts, options, video_end(pipe, prompts[0]["input_ids"]))
+        note = (f"answered with {len(questions) - 1} other question(s) in one batched generate() over the video's "
+                "cached prefill: prefill and generate are the batch's")
+        return [AskResult(g.text, self.report(prepared, compressed, g, prompt_s, rule, prefix="hit", notes=[note]),
+                          list(g.token_ids)) for g in gens]
+
     def report(self, prepared: PreparedVideo, compressed: CompressedVideo, generation: Generation, prompt_s: float,
                text_after_video: str | None, prefix: str = "off", notes: Sequence[str] = ()) -> Report:
         """The one place a :class:`Report` is built: the stages' times, token counts, method, video, what was

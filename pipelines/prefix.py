@@ -18,6 +18,7 @@ match a fresh prefill within a tolerance (tests/test_prefix.py states it), not b
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -194,6 +195,77 @@ class PromptCache:
             step = torch.arange(1, len(fed) - positions.shape[-1] + 1, dtype=positions.dtype, device=positions.device)
             self.positions = torch.cat([positions, positions[..., -1:] + step], dim=-1)
         return gen, keep
+
+    def batch_reason(self, prompts: Sequence[dict[str, Any]], options: GenerationOptions, end: int) -> str | None:
+        """Why :meth:`generate_batch` cannot answer ``prompts`` together, or None: it needs greedy decoding (a
+        sampled answer must not depend on which questions share its batch), no decoding sparsity, positions the model
+        counts itself (LLaVA-OneVision; M-RoPE families pass explicit ``position_ids``), and the cache holding every
+        prompt's first ``end`` tokens (the video's prefill, left by an earlier question)."""
+        if options.temperature > 0:
+            return "sampling (temperature > 0) answers one question at a time"
+        if options.sparse is not None or any(p.get("position_ids") is not None for p in prompts):
+            return "this model or method answers one question at a time"
+        if any(self.shared(p, end) < end for p in prompts):
+            return "the video's prefill is not in the cache yet"
+        return None
+
+    def generate_batch(self, prompts: Sequence[dict[str, Any]], options: GenerationOptions,
+                       end: int) -> list[Generation]:
+        """Greedy answers to several prompts that share their first ``end`` tokens (one video, several questions)
+        from one batched generate(): the cached prefix is repeated per row, each prompt's own tokens (its question)
+        are right-aligned after it with padding between, masked out, so every row sees its own positions and
+        tokens exactly as alone; only matmul shapes differ, so logits match one-at-a-time answers within float
+        rounding (tests/test_batch_answers.py). A row that finishes early is padded until the last one does.
+
+        Every ``prompts[i]`` comes from :meth:`Pipeline.inputs`; :meth:`batch_reason` must be None. Returns one
+        :class:`Generation` per prompt, in order, each with the batch's prefill and decode seconds. The cache then
+        holds the prefix alone again (batch 1); on any error it is emptied and the error raised.
+        """
+        from .generation import Generation, _Clock, synchronize
+
+        pipe = self.pipe
+        if (reason := self.batch_reason(prompts, options, end)) is not None:
+            raise ValueError(reason)
+        for prompt in prompts:
+            pipe._check_inputs(prompt, options.max_new_tokens)
+        head = prompts[0]["input_ids"][:, :end]  # [1, end], held by the cache
+        rows = [p["input_ids"][0, end:] for p in prompts]
+        width, count = max(len(r) for r in rows), len(rows)
+        ids = torch.full((count, end + width), pipe.tokenizer.pad_token_id, dtype=head.dtype, device=head.device)
+        mask = torch.zeros_like(ids)
+        ids[:, :end], mask[:, :end] = head, 1
+        for i, row in enumerate(rows):  # padding between the video and the question, masked out
+            ids[i, end + width - len(row):], mask[i, end + width - len(row):] = row, 1
+        self.cache.crop(end - self.cache.get_seq_length())
+        held = list(self.ids[:end])
+        self.ids = []  # until the generation finishes, the cache holds no known ids
+        try:
+            self.cache.batch_repeat_interleave(count)
+            clock = _Clock(pipe.device)
+            synchronize(pipe.device)
+            start = time.perf_counter()
+            out = pipe.stock_generate({"input_ids": ids, "attention_mask": mask}, options, options.max_new_tokens,
+                                      self.cache, clock)
+            synchronize(pipe.device)
+            finish = time.perf_counter()
+            self.cache.batch_select_indices(torch.tensor([0], device=head.device))
+            self.cache.crop(end - self.cache.get_seq_length())
+        except BaseException:
+            self.reset()
+            raise
+        self.ids = held
+        first = clock.first_token_at or finish
+        eos = pipe.model.generation_config.eos_token_id
+        stop = set(eos if isinstance(eos, list) else [eos])  # a row padded after its stop; one without ran to the end
+        gens = []
+        for i, row in enumerate(rows):
+            new = out.sequences[i, end + width:].tolist()
+            cut = next((k + 1 for k, t in enumerate(new) if t in stop), len(new))  # the stop token stays, as alone
+            new = new[:cut]
+            logits = [x[i:i + 1].detach() for x in out.logits[:cut]] if options.return_logits else None
+            text = pipe.tokenizer.decode(new, skip_special_tokens=True).strip()
+            gens.append(Generation(text, new, end + len(row), first - start, finish - first, logits))
+        return gens
 
     def logits(self, inputs: dict[str, Any], count: int = 1, append: Sequence[int] = ()) -> tuple[Tensor, int]:
         """Float32 logits ``[count, vocab]`` at the last ``count`` positions of ``inputs`` followed by ``append``

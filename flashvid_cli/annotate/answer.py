@@ -67,10 +67,15 @@ def answer_video(qa: VideoQA, video: str, questions: list[str], config: AskConfi
         except Exception as exc:  # noqa: BLE001 - one bad video costs its lines, never the run
             error = exc
     try:
-        for question in questions:
+        for i, question in enumerate(questions):
             if error is not None:
                 yield make_record(video, question, options, error=error_text(error), decode_s=decode_s)
                 continue
+            if i == 1 and prefix is not None and len(questions) > 1 and (batch := _batched(qa, prepared, questions[1:],
+                                                                                          config, prefix)):
+                for asked, result in zip(questions[1:], batch):
+                    yield make_record(video, asked, options, result=result, decode_s=decode_s)
+                break
             try:
                 own = compressed or qa.compress(prepared, method, question, config.tokens, config.tokens_at_most)
                 result = qa.answer(prepared, question, config, own, prefix or qa.video_prefix(own))
@@ -81,3 +86,16 @@ def answer_video(qa: VideoQA, video: str, questions: list[str], config: AskConfi
     finally:  # the encoded video goes to the cache after its answers, in no answer's time to first token
         if prepared is not None:
             qa.write_cache(prepared)
+
+
+def _batched(qa: VideoQA, prepared: Any, questions: list[str], config: AskConfig, prefix: Any) -> list[Any] | None:
+    """The later questions of a video answered in one batch over the first one's cached prefill
+    (:meth:`VideoQA.answer_batch`), or None when they cannot be (sampling, a method or family that answers one at a
+    time, the first question failed, any error in the batch): they are then answered one at a time, each with its
+    own line or error."""
+    if prefix.store is None or config.temperature > 0:
+        return None
+    try:
+        return qa.answer_batch(prepared, questions, config, prefix)
+    except Exception:  # noqa: BLE001 - one at a time instead, where each question's own error is its line
+        return None
