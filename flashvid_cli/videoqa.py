@@ -238,7 +238,7 @@ class VideoQA(VideoStages):
             prompt_s = (time.perf_counter() - started) / len(questions)
             gens = prefix.store.generate_batch(prompts, options, video_end(pipe, prompts[0]["input_ids"]))
         note = (f"one of {len(questions)} questions answered together in one batched generate() over the video's "
-                "cached prefill: prefill and generate are the batch's")
+                "cached prefill: generate, and prefill but for this question's own prompt building, are the batch's")
         return [AskResult(g.text, self.report(prepared, compressed, g, prompt_s, rule, prefix="hit", notes=[note]),
                           list(g.token_ids)) for g in gens]
 

@@ -176,6 +176,7 @@ class PromptCache:
         prefill). With decoding sparsity the answer is decoded on a compact copy, so the cache then holds the prompt
         alone, and the next prompt prefills the answer's tokens.
         """
+        self.pipe._check_inputs(inputs, options.max_new_tokens)  # a prompt refused leaves the cache as it was
         keep = self.shared(inputs, end)
         if keep:
             self.cache.crop(keep - self.cache.get_seq_length())

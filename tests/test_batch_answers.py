@@ -129,5 +129,7 @@ def test_annotate_batches_a_videos_later_questions_and_a_bad_one_costs_only_its_
     summary = annotate(videos[:1], [QUESTIONS[0], long, QUESTIONS[1]], bad, config)
     rows = [json.loads(line) for line in bad.read_text().splitlines()]
     assert [r["error"] is None for r in rows] == [True, False, True]
+    # The refused question left the video's prefill in the cache: the next one reuses it.
+    assert [r["report"]["cache"]["prefix"] for r in rows if r["report"]] == ["miss", "hit"]
     assert rows[2]["answer"] == next(r["answer"] for r in lines if r["video"] == videos[0]
                                      and r["question"] == QUESTIONS[1])
