@@ -216,9 +216,9 @@ class VideoQA(VideoStages):
         already (answer one question first). Each report's prefill and generate are the batch's, and say so.
         Raises ConfigError for an empty question and ValueError when the batch cannot run
         (:meth:`PromptCache.batch_reason`); the caller then answers one at a time."""
-        from .pipelines.generation import GenerationOptions, synchronize
         import torch
 
+        from .pipelines.generation import GenerationOptions, synchronize
         from .pipelines.prefix import video_end
 
         if any(not q.strip() for q in questions):

@@ -71,8 +71,7 @@ def answer_video(qa: VideoQA, video: str, questions: list[str], config: AskConfi
             if error is not None:
                 yield make_record(video, question, options, error=error_text(error), decode_s=decode_s)
                 continue
-            if i == 1 and prefix is not None and len(questions) > 1 and (batch := _batched(qa, prepared, questions[1:],
-                                                                                          config, prefix)):
+            if i == 1 and prefix is not None and (batch := _batched(qa, prepared, questions[1:], config, prefix)):
                 for asked, result in zip(questions[1:], batch):
                     yield make_record(video, asked, options, result=result, decode_s=decode_s)
                 break
@@ -93,8 +92,6 @@ def _batched(qa: VideoQA, prepared: Any, questions: list[str], config: AskConfig
     (:meth:`VideoQA.answer_batch`), or None when they cannot be (sampling, a method or family that answers one at a
     time, the first question failed, any error in the batch): they are then answered one at a time, each with its
     own line or error."""
-    if prefix.store is None or config.temperature > 0:
-        return None
     try:
         return qa.answer_batch(prepared, questions, config, prefix)
     except Exception:  # noqa: BLE001 - one at a time instead, where each question's own error is its line
