@@ -241,6 +241,14 @@ class VideoStages:
             prepared.cache, prepared.cache_note = "off", self.cache.warning or "the entry was not written"
         return prepared.cache
 
+    def holds_encoded(self, video: str | Path, config: AskConfig, need: frozenset[str]) -> bool:
+        """Whether :meth:`prepare` of ``video`` with ``config`` and ``need`` (a method's needs) will read the
+        on-disk cache instead of decoding: the entry's header only, no tensor read (so a caller decoding ahead,
+        such as annotate's engines, can skip a decode that would be thrown away). A wrong guess costs time, never
+        an answer: ``prepare`` looks the entry up itself and decodes when it misses."""
+        key = self._cache_key(video, config, frozenset(need) & VISION_NEEDS, None)
+        return key is not None and self.cache.holds(key)
+
     def _cache_key(self, video: str | Path, config: AskConfig, need: frozenset[str],
                    decoded: DecodedVideo | None) -> Any:
         """The encoded-video cache key of this prepare, or None when there is no usable cache."""

@@ -69,3 +69,40 @@ def test_second_ask_reads_the_cache_without_decoding(tiny_models, sample_video, 
     # Another sampling is another key: decoded ahead again.
     assert not will_hit(EncodedCache(), sample_video, AskConfig(method="pool", keep=0.5, frames=3), model,
                         device="cpu")
+
+
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_annotate_reads_cached_videos_without_decoding(tiny_models, sample_video, tmp_path, monkeypatch, decodes,
+                                                       engine):
+    """A rerun of annotate (a new --out, same videos) decoded every video again in its prefetch threads or Ray
+    tasks and then read the encoded video from the cache, throwing the frames away (found by a new user's trial:
+    ``decode_s`` beside "not decoded")."""
+    from flashvid_cli.annotate import AnnotateConfig, annotate
+
+    if engine == "ray":
+        ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'vidq[ray]'")
+        pytest.importorskip("ray.data", reason="the ray engine needs Ray Data: pip install 'ray[data]'")
+    monkeypatch.setenv("VIDQ_CACHE_DIR", str(tmp_path / "cache"))
+    videos = [str(tmp_path / f"{name}.mp4") for name in "ab"]
+    for video in videos:
+        (tmp_path / video).write_bytes(sample_video.read_bytes())
+    ask = AskConfig(method="pool", keep=0.5, frames=4, max_new_tokens=2)
+    config = AnnotateConfig(model=str(tiny_models["llava_onevision"]), device="cpu", ask=ask, cache_size="1G",
+                            engine=engine)
+    questions = ["What happens?", "How many objects?"]
+    annotate(videos, questions, tmp_path / "first.jsonl", AnnotateConfig(**{**config.__dict__, "engine": "local"}))
+    assert decodes == videos
+    if engine == "ray":  # the decode tasks run in Ray workers: the count is the lines' decode_s
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        annotate(videos, questions, tmp_path / "again.jsonl", config)
+    finally:
+        if engine == "ray":
+            ray.shutdown()
+    assert decodes == videos  # nothing decoded in this process the second time
+    first, again = ([json.loads(line) for line in (tmp_path / name).read_text().splitlines()]
+                    for name in ("first.jsonl", "again.jsonl"))
+    assert all(r["decode_s"] is not None and r["report"]["cache"]["encoded"] == "miss" for r in first)
+    assert all(r["decode_s"] is None and r["report"]["cache"]["encoded"] == "hit" for r in again), again
+    answers = lambda lines: {(r["video"], r["question"]): r["answer"] for r in lines}  # noqa: E731
+    assert answers(again) == answers(first)

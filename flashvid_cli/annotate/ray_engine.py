@@ -65,9 +65,20 @@ def _import_ray() -> Any:
     return ray
 
 
-def _decode_row(row: dict[str, Any], ask: dict[str, Any]) -> dict[str, Any]:
-    """Ray task: decode one video; the frames (or the error) travel pickled to the answering actors."""
+def _decode_row(row: dict[str, Any], ask: dict[str, Any], probe: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Ray task: decode one video; the frames (or the error) travel pickled to the answering actors. ``probe``
+    (model, device, dtype, cache_size): when the encoded-video cache on this machine holds the video's encoding
+    (:func:`~flashvid_cli.cache.probe.will_hit`), nothing is decoded and the actor's prepare reads the entry (or
+    decodes, should it miss there)."""
     config = AskConfig(**ask)
+    if probe is not None:
+        from ..cache import EncodedCache
+        from ..cache.probe import will_hit
+
+        model = {name: probe[name] for name in ("model", "device", "dtype")}  # fn_kwargs are shared: not popped
+        if will_hit(EncodedCache(max_bytes=probe["cache_size"]), row["video"], config, **model):
+            payload = {"decoded": None, "decode_s": None, "error": None}
+            return {"video": row["video"], "questions": row["questions"], "payload": pickle.dumps(payload)}
     try:
         decoded, seconds = timed_decode(row["video"], config)
         payload = {"decoded": decoded, "decode_s": seconds, "error": None}
@@ -260,7 +271,9 @@ def _stream(ray: Any, todo: list[tuple[str, list[str]]], config: AnnotateConfig,
     items = [{"video": video, "questions": json.dumps(questions)} for video, questions in todo]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     # Different CPU requests keep Ray Data from fusing the decode into the actors, so decoding overlaps answering.
-    ds = ds.map(_decode_row, fn_kwargs={"ask": ask}, num_cpus=DECODE_CPUS)
+    probe = None if config.cache_size is None or config.tokens_auto else {  # --tokens auto sizes from the frames
+        "model": config.model, "device": config.device, "dtype": config.dtype, "cache_size": config.cache_size}
+    ds = ds.map(_decode_row, fn_kwargs={"ask": ask, "probe": probe}, num_cpus=DECODE_CPUS)
     answer = dict(
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=config.ray_actors),

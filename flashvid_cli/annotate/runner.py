@@ -89,12 +89,20 @@ class LocalEngine:
         qa = VideoQA(config.model, device=config.device, dtype=config.dtype, cache=config.open_cache())
         check_questions(qa, todo, config.ask.max_new_tokens)  # the same for every video: refused once, before any
         options = config.options()
+        # a video whose encoding the cache holds is not decoded ahead (prepare reads the entry); --tokens auto
+        # sizes the budget from the decoded frames, so it decodes anyway
+        need = frozenset() if config.tokens_auto else qa.build_method(config.ask).needs
         with ThreadPoolExecutor(max_workers=max(1, config.prefetch), thread_name_prefix="vidq-decode") as pool:
             pending: dict[int, Future] = {}
             try:
                 for i, (video, questions) in enumerate(todo):
                     for j in range(i, min(len(todo), i + 1 + config.prefetch)):
-                        if j not in pending:
+                        if j in pending:
+                            continue
+                        if not config.tokens_auto and qa.holds_encoded(todo[j][0], config.ask, need):
+                            pending[j] = Future()
+                            pending[j].set_result((None, None))
+                        else:
                             pending[j] = pool.submit(timed_decode, todo[j][0], config.checked(), qa.frame_resizer(),
                                                      rules_of(qa.pipeline))
                     decoded = decode_s = error = None
