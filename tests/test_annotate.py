@@ -123,6 +123,17 @@ def test_a_first_line_torn_by_a_kill_is_cut_not_refused(tmp_path):
     assert sink.repaired == 25 and out.read_bytes() == b"" and sink.done() == set()
 
 
+def test_an_out_the_run_created_and_wrote_nothing_to_is_removed(tmp_path):
+    made, kept, written = (tmp_path / f"{name}.jsonl" for name in ("made", "kept", "written"))
+    JsonLines(made).close()  # a run refused after opening its output (a question too long for the model)
+    kept.write_text("")  # the user's own empty file stays
+    JsonLines(kept).close()
+    with JsonLines(written) as sink:
+        sink.write(json.loads(record("/v/a.mp4", "Q1")))
+    assert not made.exists() and kept.exists() and written.read_text() == record("/v/a.mp4", "Q1") + "\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.jsonl", "written.jsonl"]  # no lock file either
+
+
 def test_a_complete_last_line_without_newline_is_kept(tmp_path):
     out = tmp_path / "out.jsonl"
     out.write_text(record("/v/a.mp4", "Q1") + "\n" + record("/v/b.mp4", "Q1"))  # e.g. written by hand

@@ -10,6 +10,7 @@ second exits at once naming the first's pid.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -123,7 +124,7 @@ class JsonLines:
     someone else's JSON: :class:`OutputError`, the file untouched), then read it: every vidq line's key, the
     numbers of lines that are not vidq records (kept as they are), a torn last line cut off, a complete last line
     missing its newline given one. Later lines win: a key's state is its last line. Each write is flushed and
-    fsynced before the next.
+    fsynced before the next. A file it created stays only once a line is written in it.
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -140,6 +141,7 @@ class JsonLines:
         except PermissionError as exc:
             raise OutputError(f"cannot write next to --out {self.path}: {exc.strerror or exc}") from None
         try:
+            self._created = not self.path.exists()  # removed again on close if no line was written
             self.existing = self._read_and_repair()
             self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         except BaseException:
@@ -216,8 +218,14 @@ class JsonLines:
         self.existing.latest[line_key(record)] = record["error"] is not None
 
     def close(self) -> None:
+        """Close the file and release the lock; a file this run created and wrote no line to (a run refused after
+        opening it, say a question too long for the model) is removed, so no empty output is left behind."""
         try:
             self._file.close()
+            if self._created:
+                with contextlib.suppress(OSError):  # gone or unreadable already: nothing to tidy
+                    if self.path.stat().st_size == 0:
+                        self.path.unlink()
         finally:
             self._lock.release()
 
