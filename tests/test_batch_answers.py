@@ -133,3 +133,34 @@ def test_annotate_batches_a_videos_later_questions_and_a_bad_one_costs_only_its_
     assert [r["report"]["cache"]["prefix"] for r in rows if r["report"]] == ["miss", "hit"]
     assert rows[2]["answer"] == next(r["answer"] for r in lines if r["video"] == videos[0]
                                      and r["question"] == QUESTIONS[1])
+
+
+def test_cli_names_the_question_that_failed_and_leaves_no_empty_out(tmp_path, demo):
+    """A question too long only with the video is that question's failure, not the video's: the stderr line names
+    it (it read as if the whole video failed). A question too long for every video is refused before any video
+    decodes, and the --out file the run had just created is not left behind empty. Two questions: the second is
+    answered alone (no batch of one)."""
+    from typer.testing import CliRunner
+
+    from flashvid_cli.cli import app
+
+    long = _too_long_with_the_video(demo)
+    base = ["annotate", str(CLIPS[0]), "--model", str(DEMO), "--device", "cpu", "--method", "flashvid", "--keep",
+            "0.25", "--max-new-tokens", "8", "--no-cache", "--quiet"]
+    out = tmp_path / "a.jsonl"
+    result = CliRunner().invoke(app, [*base, "--out", str(out), "-q", QUESTIONS[0], "-q", long])
+    assert result.exit_code == 3, result.stderr
+    [failed] = [line for line in result.stderr.splitlines() if line.startswith("failed:")]
+    assert failed.startswith(f"failed: {CLIPS[0]}, question 'Why Why ") and "past the 2,048-token context" in failed
+    first, second = [json.loads(line) for line in out.read_text().splitlines()]
+    assert first["error"] is None and second["error"] is not None and second["question"] == long
+    again = tmp_path / "b.jsonl"
+    result = CliRunner().invoke(app, [*base, "--out", str(again), "-q", QUESTIONS[0], "-q", QUESTIONS[1]])
+    assert result.exit_code == 0, result.stderr
+    rows = [json.loads(line) for line in again.read_text().splitlines()]
+    assert [r["report"]["cache"]["prefix"] for r in rows] == ["miss", "hit"]
+    assert not any("batched" in note for r in rows for note in r["report"]["notes"])
+    never = tmp_path / "c.jsonl"
+    result = CliRunner().invoke(app, [*base, "--out", str(never), "-q", QUESTIONS[0], "-q", "Why " * 3000])
+    assert result.exit_code == 1 and "shorten the question" in result.stderr, result.stderr
+    assert not never.exists() and not list(tmp_path.glob("c.jsonl*"))  # nor its lock file

@@ -71,7 +71,9 @@ def answer_video(qa: VideoQA, video: str, questions: list[str], config: AskConfi
             if error is not None:
                 yield make_record(video, question, options, error=error_text(error), decode_s=decode_s)
                 continue
-            if i == 1 and prefix is not None and (batch := _batched(qa, prepared, questions[1:], config, prefix)):
+            batch = (_batched(qa, prepared, questions[1:], config, prefix)
+                     if i == 1 and len(questions) > 2 and prefix is not None else None)  # a batch of one: answer()
+            if batch:
                 for asked, result in zip(questions[1:], batch):
                     yield make_record(video, asked, options, result=result, decode_s=decode_s)
                 break
