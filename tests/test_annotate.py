@@ -351,6 +351,29 @@ def test_ray_engine_gives_the_same_lines_as_the_local_one(tiny_models, folder, t
     assert comparable(remote) == comparable(local)
 
 
+def test_ray_decode_task_gives_the_local_engines_frames_at_the_models_size(tiny_models, sample_video):
+    """The Ray decode task decoded at the video's own size (the frames travel pickled to the actors) where the
+    local engine resizes to the model's input size as it decodes; now both give the same frames, bit for bit."""
+    import dataclasses
+    import pickle
+
+    import torch
+
+    from flashvid_cli.annotate.answer import timed_decode
+    from flashvid_cli.annotate.ray_engine import _decode_row
+    from flashvid_cli.api import VideoQA
+
+    model = str(tiny_models["llava_onevision"])
+    row = _decode_row({"video": str(sample_video), "questions": "[]"}, dataclasses.asdict(FAST),
+                      {"model": model, "device": "cpu", "dtype": "auto"})
+    payload = pickle.loads(row["payload"])
+    assert payload["error"] is None and payload["decode_s"] > 0
+    local, _ = timed_decode(str(sample_video), FAST, VideoQA(model, device="cpu").frame_resizer())
+    plain, _ = timed_decode(str(sample_video), FAST)
+    assert payload["decoded"].frames.shape == local.frames.shape != plain.frames.shape
+    assert torch.equal(torch.as_tensor(payload["decoded"].frames), torch.as_tensor(local.frames))
+
+
 def test_ray_engine_fails_at_once_on_a_request_no_cluster_here_can_hold(tiny_models, folder, tmp_path):
     from flashvid_cli.annotate.ray_engine import RayResourceError, local_resources
 

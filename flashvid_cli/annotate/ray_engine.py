@@ -65,25 +65,32 @@ def _import_ray() -> Any:
     return ray
 
 
-def _decode_row(row: dict[str, Any], ask: dict[str, Any], probe: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Ray task: decode one video; the frames (or the error) travel pickled to the answering actors. ``probe``
-    (model, device, dtype, cache_size): when the encoded-video cache on this machine holds the video's encoding
-    (:func:`~flashvid_cli.cache.probe.will_hit`), nothing is decoded and the actor's prepare reads the entry (or
-    decodes, should it miss there)."""
+def _decode_row(row: dict[str, Any], ask: dict[str, Any], model: dict[str, str],
+                cache_size: str | None = None) -> dict[str, Any]:
+    """Ray task: decode one video; the frames (or the error) travel pickled to the answering actors.
+
+    ``model`` (its ``model``, ``device``, ``dtype``): the frames are resized to its input size as they decode
+    (``pipelines.frame_resizer``, from the checkpoint's config files), as the local engine does, so a 1080p video
+    travels at the model's size, not its own. ``cache_size`` (None: no cache): when the encoded-video cache on
+    this machine holds the video's encoding (:func:`~flashvid_cli.cache.probe.will_hit`), nothing is decoded and
+    the actor's prepare reads the entry (or decodes, should it miss there); None too for ``--tokens auto``, which
+    sizes its budget from the frames.
+    """
+    from ..pipelines import frame_resizer
+
     config = AskConfig(**ask)
-    if probe is not None:
+    payload: dict[str, Any] = {"decoded": None, "decode_s": None, "error": None}
+    if cache_size is not None:
         from ..cache import EncodedCache
         from ..cache.probe import will_hit
 
-        model = {name: probe[name] for name in ("model", "device", "dtype")}  # fn_kwargs are shared: not popped
-        if will_hit(EncodedCache(max_bytes=probe["cache_size"]), row["video"], config, **model):
-            payload = {"decoded": None, "decode_s": None, "error": None}
+        if will_hit(EncodedCache(max_bytes=cache_size), row["video"], config, **model):
             return {"video": row["video"], "questions": row["questions"], "payload": pickle.dumps(payload)}
     try:
-        decoded, seconds = timed_decode(row["video"], config)
-        payload = {"decoded": decoded, "decode_s": seconds, "error": None}
+        payload["decoded"], payload["decode_s"] = timed_decode(
+            row["video"], config, frame_resizer(model["model"], model["device"]))
     except Exception as exc:  # noqa: BLE001 - becomes the video's error lines
-        payload = {"decoded": None, "decode_s": None, "error": exc}
+        payload["error"] = exc
     return {"video": row["video"], "questions": row["questions"], "payload": pickle.dumps(payload)}
 
 
@@ -271,9 +278,9 @@ def _stream(ray: Any, todo: list[tuple[str, list[str]]], config: AnnotateConfig,
     items = [{"video": video, "questions": json.dumps(questions)} for video, questions in todo]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     # Different CPU requests keep Ray Data from fusing the decode into the actors, so decoding overlaps answering.
-    probe = None if config.cache_size is None or config.tokens_auto else {  # --tokens auto sizes from the frames
-        "model": config.model, "device": config.device, "dtype": config.dtype, "cache_size": config.cache_size}
-    ds = ds.map(_decode_row, fn_kwargs={"ask": ask, "probe": probe}, num_cpus=DECODE_CPUS)
+    decode = {"ask": ask, "model": {"model": config.model, "device": config.device, "dtype": config.dtype},
+              "cache_size": None if config.tokens_auto else config.cache_size}
+    ds = ds.map(_decode_row, fn_kwargs=decode, num_cpus=DECODE_CPUS)
     answer = dict(
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=config.ray_actors),
