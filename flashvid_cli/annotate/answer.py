@@ -20,6 +20,11 @@ def error_text(exc: BaseException) -> str:
     return message if isinstance(exc, (VidqError, MethodError)) and message else f"{type(exc).__name__}: {message}"
 
 
+def short_question(question: str, width: int = 40) -> str:
+    """``question`` for a one-line message: as it is up to ``width`` characters, else cut to ``width`` with "…"."""
+    return question if len(question) <= width else question[:width - 1] + "…"
+
+
 def make_record(video: str, question: str, options: dict[str, Any], result: Any = None,
                 error: str | None = None, decode_s: float | None = None) -> dict[str, Any]:
     """The line written for one (video, question): answer and report, or the error."""

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..api import ConfigError, VideoQA
 from ..pipelines.preflight import rules_of
-from .answer import answer_video, timed_decode
+from .answer import answer_video, short_question, timed_decode
 from .config import AnnotateConfig
 from .engine import Engine, Todo
 from .output import JsonLines
@@ -73,8 +73,7 @@ def check_questions(qa: VideoQA, todo: Todo, new_tokens: int) -> None:
         try:
             qa.pipeline.check_question_length(question, new_tokens)
         except PromptTooLongError as exc:
-            shown = question if len(question) <= 40 else question[:39] + "…"
-            raise PromptTooLongError(f"question {shown!r}: {exc}") from None
+            raise PromptTooLongError(f"question {short_question(question)!r}: {exc}") from None
 
 
 class LocalEngine:
@@ -91,7 +90,7 @@ class LocalEngine:
         options = config.options()
         # a video whose encoding the cache holds is not decoded ahead (prepare reads the entry); --tokens auto
         # sizes the budget from the decoded frames, so it decodes anyway
-        need = frozenset() if config.tokens_auto else qa.build_method(config.ask).needs
+        need = None if config.tokens_auto else qa.build_method(config.ask).needs
         with ThreadPoolExecutor(max_workers=max(1, config.prefetch), thread_name_prefix="vidq-decode") as pool:
             pending: dict[int, Future] = {}
             try:
@@ -99,7 +98,7 @@ class LocalEngine:
                     for j in range(i, min(len(todo), i + 1 + config.prefetch)):
                         if j in pending:
                             continue
-                        if not config.tokens_auto and qa.holds_encoded(todo[j][0], config.ask, need):
+                        if need is not None and qa.holds_encoded(todo[j][0], config.ask, need):
                             pending[j] = Future()
                             pending[j].set_result((None, None))
                         else:

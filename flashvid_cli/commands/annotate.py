@@ -157,11 +157,12 @@ class _Progress:
             return
         if kind == "failed" and (record["video"], record["error"]) not in self.named:
             self.named.add((record["video"], record["error"]))  # a video's questions share their decode error
+            from ..annotate.answer import short_question
+
             video, error, question = record["video"], record["error"], record["question"]
-            shown = question if len(question) <= 40 else question[:39] + "…"
             # the video's own errors (decode, geometry) name the file and are its every line's; any other is the
             # question's (its prompt too long with the video, say): named, so it does not read as the whole video's
-            named = error if error.startswith(video) else f"{video}, question {shown!r}: {error}"
+            named = error if error.startswith(video) else f"{video}, question {short_question(question)!r}: {error}"
             err.print(f"[red]failed:[/] {named}", highlight=False, soft_wrap=True)
         if self.task is None:
             return
